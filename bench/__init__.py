@@ -1,0 +1,1 @@
+"""`abacus bench ...`: benchmarks that print figures and ratios."""

@@ -1,0 +1,63 @@
+"""The `abacus` command: the root group only assembles the groups each package exports."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+
+from settings import load_settings
+
+# (module, attribute) of each package's commands; a package owns its CLI.
+_COMMANDS: list[tuple[str, str]] = [
+    ("settings.cli", "config"),
+    ("counting.cli", "recount"),
+    ("counting.cli", "generate"),
+    ("services.cli", "services"),
+    ("storage.cli", "schema"),
+    ("bench", "bench"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML settings file (default: $ABACUS_CONFIG, else ./abacus.toml if present).",
+)
+@click.pass_context
+def root(ctx: click.Context, config: Path | None) -> None:
+    """Abacus: move event aggregation off Celery/RabbitMQ onto PyFlink/Kafka, audited."""
+    try:
+        ctx.obj = load_settings(config)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except ValueError as exc:  # pydantic ValidationError is a ValueError
+        first = str(exc).splitlines()
+        raise click.UsageError("invalid settings: " + " ".join(first[:3])) from exc
+
+
+def _assemble() -> None:
+    for module_name, attr in _COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # package not built yet
+                continue
+            raise
+        command = getattr(module, attr, None)
+        if command is not None:
+            root.add_command(command)
+
+
+_assemble()
+
+
+def main() -> None:
+    root()
+
+
+if __name__ == "__main__":
+    main()

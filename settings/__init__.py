@@ -1,0 +1,30 @@
+"""Settings: one object per external system, from a TOML file and ABACUS_* variables.
+
+Precedence (highest first): ABACUS_* environment variables (nested with ``__``, e.g.
+``ABACUS_KAFKA__BOOTSTRAP_SERVERS``), the TOML file (``--config``, ``ABACUS_CONFIG`` or
+``./abacus.toml``), then the defaults below, which point at the local servers that
+``abacus services up`` starts. Secrets are ``SecretStr``: they never reach ``repr``, logs
+or ``abacus config show``.
+"""
+
+from settings.model import (
+    CassandraSettings,
+    FlinkSettings,
+    KafkaSettings,
+    RabbitSettings,
+    RedisSettings,
+    ServicesSettings,
+    Settings,
+    load_settings,
+)
+
+__all__ = [
+    "CassandraSettings",
+    "FlinkSettings",
+    "KafkaSettings",
+    "RabbitSettings",
+    "RedisSettings",
+    "ServicesSettings",
+    "Settings",
+    "load_settings",
+]

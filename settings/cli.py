@@ -1,0 +1,29 @@
+"""`abacus config show`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from settings.model import Settings
+
+
+@click.group()
+def config() -> None:
+    """Inspect the settings in effect."""
+
+
+@config.command("show")
+@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table")
+@click.pass_obj
+def show(settings: Settings, fmt: str) -> None:
+    """Print the settings in effect, secrets masked."""
+    data = settings.masked()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    for section, values in data.items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"  {key} = {json.dumps(value)}")

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_Model = BaseModel
+
+
+class ServicesSettings(_Model):
+    """The local servers that `abacus services` runs (ignored for remote clusters)."""
+
+    data_dir: Path = Path(".abacus")
+    kafka_version: str = "4.1.1"
+    cassandra_version: str = "5.0.6"
+    flink_kafka_connector: str = "org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2"
+    kafka_heap_mb: int = 512
+    cassandra_heap_mb: int = 1024
+    start_timeout_s: float = 180.0
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    topic: str = "abacus.events"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    dlq_topic: str = "abacus.dlq"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka configuration (confluent-kafka) for these settings."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol.lower(),
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+
+class CassandraSettings(_Model):
+    hosts: list[str] = ["127.0.0.1"]
+    port: int = 19042
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl: bool = False
+    ssl_cafile: Path | None = None
+    local_dc: str | None = None
+    keyspace_prefix: str = ""
+    replication: dict[str, Any] = {"class": "SimpleStrategy", "replication_factor": 1}
+    request_timeout_s: float = 30.0
+    write_concurrency: int = Field(default=64, ge=1)
+
+    def keyspace(self, name: str) -> str:
+        """The physical keyspace of a logical one (legacy, shadow, serving, m2, ops)."""
+        return f"{self.keyspace_prefix}{name}"
+
+
+class RabbitSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = 5673
+    vhost: str = "/"
+    username: str = "guest"
+    password: SecretStr = SecretStr("guest")
+    ssl: bool = False
+    exchange: str = "abacus.events"
+    routing_key: str = "aggregate"
+    legacy_queue: str = "legacy.aggregate"
+    shadow_queue: str = "bridge.shadow"
+    dead_letter_queue: str = "legacy.dead_letter"
+    prefetch: int = Field(default=256, ge=1)
+
+    def url(self) -> str:
+        """AMQP URL with the password in it: pass to clients only, never print it."""
+        scheme = "amqps" if self.ssl else "amqp"
+        vhost = "" if self.vhost == "/" else self.vhost
+        pw = self.password.get_secret_value()
+        return f"{scheme}://{self.username}:{pw}@{self.host}:{self.port}/{vhost}"
+
+
+class RedisSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = 16379
+    db: int = 0
+    password: SecretStr | None = None
+    ssl: bool = False
+    prefix: str = "abacus:"
+    uniques_ttl_s: int = Field(default=40 * 86400, ge=1)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "db": self.db,
+            "password": self.password.get_secret_value() if self.password else None,
+            "ssl": self.ssl,
+        }
+
+
+class FlinkSettings(_Model):
+    jobmanager: str | None = None  # host:port of a remote cluster's REST API; None = MiniCluster
+    parallelism: int = Field(default=1, ge=1)
+    checkpoint_dir: Path = Path(".abacus/flink/checkpoints")
+    checkpoint_interval_ms: int = Field(default=10_000, ge=100)
+    window_ms: int = Field(default=1_000, ge=10)
+    dedup_ttl_s: int = Field(default=7 * 86400, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ABACUS_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    services: ServicesSettings = ServicesSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    cassandra: CassandraSettings = CassandraSettings()
+    rabbitmq: RabbitSettings = RabbitSettings()
+    redis: RedisSettings = RedisSettings()
+    flink: FlinkSettings = FlinkSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data, secrets replaced by '**********'."""
+        return self.model_dump(mode="json")
+
+
+_CONFIG_OVERRIDE: Path | None = None
+
+
+def _config_path() -> Path | None:
+    if _CONFIG_OVERRIDE is not None:
+        return _CONFIG_OVERRIDE
+    env = os.environ.get("ABACUS_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("abacus.toml")
+    return default if default.is_file() else None
+
+
+def load_settings(config: Path | None = None) -> Settings:
+    """Compose the settings once (the CLI does this); `config` overrides ABACUS_CONFIG."""
+    global _CONFIG_OVERRIDE
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(f"config file not found: {config}")
+    _CONFIG_OVERRIDE = config
+    try:
+        return Settings()
+    finally:
+        _CONFIG_OVERRIDE = None
