@@ -16,7 +16,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("counting.cli", "generate"),
     ("services.cli", "services"),
     ("storage.cli", "schema"),
-    ("bench", "bench"),
+    ("bench.cli", "bench"),
 ]
 
 

@@ -1,0 +1,141 @@
+"""A fixed, tricky corpus of hydrated events for tests of every pipeline (pure).
+
+Time zones with DST folds and gaps (New York, Berlin, Lord Howe's half-hour shift),
+half-hour and 45-minute zones, local months that differ from UTC months, facets of every
+kind, redeliveries of the same event_id, heavy customers, and one invalid event for every
+rejection reason. `tricky_lines()` is what a producer publishes, one raw event a line.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _ts(iso_utc: str) -> int:
+    return int(datetime.fromisoformat(iso_utc).replace(tzinfo=UTC).timestamp())
+
+
+# (UTC instant, zone): DST folds/gaps and odd offsets, around local midnights and months
+_MOMENTS: list[tuple[str, str]] = [
+    ("2025-11-02T05:30:00", "America/New_York"),  # 01:30 EDT, first pass of the fold
+    ("2025-11-02T06:30:00", "America/New_York"),  # 01:30 EST, repeated hour: same bucket
+    ("2025-03-09T06:59:59", "America/New_York"),  # 01:59:59 EST, just before the gap
+    ("2025-03-09T07:00:00", "America/New_York"),  # 03:00 EDT, 02:xx is skipped
+    ("2025-10-26T00:30:00", "Europe/Berlin"),  # 02:30 CEST
+    ("2025-10-26T01:30:00", "Europe/Berlin"),  # 02:30 CET (fold)
+    ("2025-03-30T00:59:59", "Europe/Berlin"),  # 01:59:59 CET, before the gap
+    ("2025-03-30T01:00:00", "Europe/Berlin"),  # 03:00 CEST
+    ("2025-04-05T14:45:00", "Australia/Lord_Howe"),  # 01:45 +11, before the half-hour fold
+    ("2025-04-05T15:15:00", "Australia/Lord_Howe"),  # 01:45 +10:30, same local hour
+    ("2025-12-31T18:20:00", "Asia/Kolkata"),  # 23:50 local on Dec 31, +05:30
+    ("2025-12-31T18:30:00", "Asia/Kolkata"),  # 00:00 local on Jan 1: new year, month, day
+    ("2025-06-30T18:14:59", "Asia/Kathmandu"),  # 23:59:59 local, +05:45
+    ("2025-06-30T18:15:00", "Asia/Kathmandu"),  # 00:00 local, July
+    ("2025-01-31T15:14:00", "Australia/Eucla"),  # 23:59 local, +08:45
+    ("2025-02-01T04:30:00", "America/New_York"),  # 23:30 local on Jan 31; UTC says February
+    ("2018-12-07T03:32:42", "UTC"),  # the seed post's example
+    ("2000-01-01T00:00:00", "UTC"),  # the smallest valid timestamp
+]
+
+_PROPERTIES: list[dict[str, Any]] = [
+    {"message_id": "MSG123", "ip": "", "browser": "Safari 12.0.1", "type": "open"},
+    {"flag": True, "off": False, "n": 3, "big": 12345678901234567890, "f": 12.5},
+    {"neg": -7, "tiny": 1e-07, "whole": 2.0, "nothing": None, "list": [1, 2], "obj": {"a": 1}},
+    {"s256": "x" * 256, "s257": "y" * 257, "unicode": "café ☕", "emoji": "🎉"},
+    {"campaign_name": "holiday sales", "type": "click"},
+    {},
+]
+
+
+def tricky_events() -> list[dict[str, Any]]:
+    """The valid events (with redeliveries): every moment x a rotation of properties."""
+    events: list[dict[str, Any]] = []
+    for i, (iso, zone) in enumerate(_MOMENTS):
+        for j in range(2):
+            events.append(
+                {
+                    "event_id": f"tricky-{i:02d}-{j}",
+                    "company_id": ("COM-A", "COM-B", "COM-ü")[i % 3],
+                    # customer 0 is heavy: uniques < count on many keys
+                    "customer_id": "CUS-0" if j == 0 else f"CUS-{i % 4 + 1}",
+                    "statistic_id": ("opened", "clicked")[(i + j) % 2],
+                    "timestamp": _ts(iso) + (0.75 if j else 0),
+                    "timezone": zone,
+                    "properties": _PROPERTIES[(i + j) % len(_PROPERTIES)],
+                    "ignored_field": "not counted",
+                }
+            )
+    events[5]["timezone"] = "UTC"  # explicit UTC beside the default
+    del events[7]["timezone"]  # default UTC
+    del events[9]["properties"]  # default {}
+    # redeliveries: the same event_id again, the first delivery is the event
+    events += [dict(events[0]), dict(events[3]), dict(events[3])]
+    events.append(dict(events[10], customer_id="CUS-OTHER"))  # same id, other content
+    return events
+
+
+def invalid_lines() -> list[tuple[str, str]]:
+    """(raw line, expected reason) for every reason of SEMANTICS.md §1, some twice."""
+    ok = {
+        "event_id": "bad-0",
+        "company_id": "COM-A",
+        "customer_id": "CUS-1",
+        "statistic_id": "opened",
+        "timestamp": 1_700_000_000,
+    }
+
+    def variant(n: int, **changes: Any) -> str:
+        event = {**ok, "event_id": f"bad-{n:02d}", **changes}
+        for name, value in changes.items():
+            if value is _DROP:
+                del event[name]
+        return json.dumps(event)
+
+    huge_props = {f"k{i:02d}": "v" * 1400 for i in range(48)}  # ~67 KiB canonical
+    return [
+        ('{"event_id": "bad-00", "pad": "' + "x" * (1024 * 1024) + '"}', "too_large"),
+        ("{not json", "not_json"),
+        ("[1, 2, 3]", "not_an_object"),
+        ('"just a string"', "not_an_object"),
+        (variant(1, properties=huge_props), "too_large"),
+        (variant(2, customer_id=_DROP), "missing_field"),
+        (variant(3, timestamp=_DROP, company_id=""), "missing_field"),
+        (variant(4, timestamp=True), "bad_type"),
+        (variant(5, timestamp="1700000000"), "bad_type"),
+        (variant(6, company_id=123), "bad_type"),
+        (variant(7, properties=[1]), "bad_type"),
+        (variant(8, timezone=5), "bad_type"),
+        (variant(9, properties={"x": float("nan")}, company_id=""), "bad_type"),
+        (variant(10, company_id=""), "bad_length"),
+        (variant(11, customer_id="c" * 65), "bad_length"),
+        (variant(12, event_id="e" * 129), "bad_length"),
+        (variant(13, timestamp=946684799), "bad_timestamp"),
+        (variant(14, timestamp=4102444800), "bad_timestamp"),
+        (variant(15, timestamp=float("inf")), "bad_timestamp"),
+        (variant(16, timezone="Mars/Olympus_Mons"), "bad_timezone"),
+        (variant(17, properties={f"p{i}": i for i in range(51)}), "too_many_properties"),
+        (variant(18, properties={"": 1}), "bad_property_key"),
+        (variant(19, properties={"k" * 65: 1}), "bad_property_key"),
+    ]
+
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "<drop>"
+
+
+_DROP: Any = _Drop()
+
+
+def tricky_lines() -> list[str]:
+    """The corpus as a producer publishes it: valid events and invalid lines interleaved."""
+    valid = [json.dumps(e, ensure_ascii=False) for e in tricky_events()]
+    bad = [line for line, _ in invalid_lines()]
+    lines: list[str] = []
+    for i, line in enumerate(valid):
+        lines.append(line)
+        if i % 3 == 2 and bad:
+            lines.append(bad.pop(0))
+    return lines + bad

@@ -1,0 +1,151 @@
+"""Validation of hydrated events (SEMANTICS.md §1): an Event, or a Rejection with its reason.
+
+The checks run in the order of the reasons table; the first that fails decides the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import zoneinfo
+from functools import lru_cache
+from typing import Any
+
+from counting.facets import NonFiniteFloat, facet_value
+from counting.model import Event, Reason, Rejection
+
+MAX_INPUT_BYTES = 1024 * 1024
+MAX_CANONICAL_BYTES = 64 * 1024
+MAX_PROPERTIES = 50
+MAX_PROPERTY_KEY_CHARS = 64
+TS_MIN_S = 946684800
+TS_MAX_S = 4102444800  # exclusive
+
+# field -> maximum length in characters; all required, all strings
+ID_FIELDS: dict[str, int] = {
+    "event_id": 128,
+    "company_id": 64,
+    "customer_id": 64,
+    "statistic_id": 64,
+}
+REQUIRED_FIELDS: tuple[str, ...] = (*ID_FIELDS, "timestamp")
+
+# A JSON integer is text of any length; Python's default guard (4300 digits) would turn a
+# valid event into a crash. Inputs are capped at 1 MiB before parsing.
+sys.set_int_max_str_digits(0)
+
+# The canonical encoding of a parsed input is never more than 5 times the input's size
+# (the worst growth is a short float such as `1e15` -> `1000000000000000.0`); inputs below
+# this size therefore cannot exceed the canonical limit and skip its (costly) computation.
+_CANONICAL_SAFE_INPUT_BYTES = MAX_CANONICAL_BYTES // 5
+
+
+@lru_cache(maxsize=1)
+def known_timezones() -> frozenset[str]:
+    """The IANA names this interpreter knows (the system's zoneinfo, or the tzdata package)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def canonical_size(event: Any) -> int:
+    """UTF-8 size of the event's canonical JSON encoding (the transport-independent size)."""
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8"))
+
+
+def _event_id_of(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        event_id = obj.get("event_id")
+        if type(event_id) is str and event_id:
+            return event_id
+    return None
+
+
+def _reject(reason: Reason, obj: Any, detail: str) -> Rejection:
+    return Rejection(reason, _event_id_of(obj), detail)
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Event | Rejection:
+    """Validate one hydrated event as received (bytes or text) or already decoded (dict)."""
+    obj: Any
+    if isinstance(raw, dict):
+        obj = raw
+        try:
+            if canonical_size(obj) > MAX_CANONICAL_BYTES:
+                return _reject(Reason.TOO_LARGE, obj, "canonical encoding is over 64 KiB")
+        except (TypeError, ValueError) as exc:
+            return _reject(Reason.NOT_JSON, obj, f"not encodable as JSON: {exc}")
+        return validate_object(obj)
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if len(data) > MAX_INPUT_BYTES:
+        return Rejection(Reason.TOO_LARGE, None, f"input is {len(data)} bytes, over 1 MiB")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Rejection(Reason.NOT_JSON, None, f"not UTF-8 JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Rejection(Reason.NOT_AN_OBJECT, None, f"JSON {type(obj).__name__}, not an object")
+    if len(data) > _CANONICAL_SAFE_INPUT_BYTES or b"\\ud" in data or b"\\uD" in data:
+        try:
+            if canonical_size(obj) > MAX_CANONICAL_BYTES:
+                return _reject(Reason.TOO_LARGE, obj, "canonical encoding is over 64 KiB")
+        except UnicodeEncodeError:
+            return _reject(Reason.NOT_JSON, obj, "a string holds a lone surrogate (not UTF-8)")
+    return validate_object(obj)
+
+
+def validate_object(obj: dict[str, Any]) -> Event | Rejection:  # noqa: C901 - one check a line
+    """Checks from `missing_field` on, in the order of the reasons table."""
+    for name in REQUIRED_FIELDS:
+        if name not in obj:
+            return _reject(Reason.MISSING_FIELD, obj, f"missing field {name!r}")
+
+    for name in ID_FIELDS:
+        if type(obj[name]) is not str:
+            return _reject(Reason.BAD_TYPE, obj, f"{name} must be a string")
+    ts = obj["timestamp"]
+    if type(ts) is not int and type(ts) is not float:
+        return _reject(Reason.BAD_TYPE, obj, "timestamp must be a number (not a bool)")
+    tz = obj.get("timezone", "UTC")
+    if type(tz) is not str:
+        return _reject(Reason.BAD_TYPE, obj, "timezone must be a string")
+    properties = obj.get("properties", {})
+    if type(properties) is not dict:
+        return _reject(Reason.BAD_TYPE, obj, "properties must be an object")
+    facets: list[tuple[str, str]] = []
+    for key, value in properties.items():
+        try:
+            text = facet_value(value)
+        except NonFiniteFloat:
+            return _reject(Reason.BAD_TYPE, obj, f"property {key[:64]!r} is a non-finite float")
+        if text is not None:
+            facets.append((key, text))
+
+    for name, limit in ID_FIELDS.items():
+        if not 0 < len(obj[name]) <= limit:
+            return _reject(Reason.BAD_LENGTH, obj, f"{name} must be 1..{limit} characters")
+    if tz == "":
+        return _reject(Reason.BAD_LENGTH, obj, "timezone must not be empty")
+
+    if not (math.isfinite(ts) and TS_MIN_S <= ts < TS_MAX_S):
+        return _reject(Reason.BAD_TIMESTAMP, obj, f"timestamp {ts!r} out of range")
+
+    if tz not in known_timezones():
+        return _reject(Reason.BAD_TIMEZONE, obj, f"unknown time zone {tz[:64]!r}")
+
+    if len(properties) > MAX_PROPERTIES:
+        return _reject(Reason.TOO_MANY_PROPERTIES, obj, f"{len(properties)} properties, max 50")
+
+    for key in properties:
+        if not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS:
+            return _reject(Reason.BAD_PROPERTY_KEY, obj, "property keys must be 1..64 characters")
+
+    return Event(
+        event_id=obj["event_id"],
+        company_id=obj["company_id"],
+        customer_id=obj["customer_id"],
+        statistic_id=obj["statistic_id"],
+        timestamp=ts,
+        timezone=tz,
+        facets=tuple(facets),
+    )

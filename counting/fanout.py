@@ -1,0 +1,42 @@
+"""Fan-out: the account and customer counters one event touches (SEMANTICS.md §4)."""
+
+from __future__ import annotations
+
+from counting.buckets import bucket_labels
+from counting.model import RESOLUTIONS, AccountKey, CustomerKey, Event
+
+TOTAL: tuple[str, str] = ("", "")  # the facet of the statistic's total
+
+
+def account_keys(event: Event) -> list[AccountKey]:
+    """3 x (1 + F) keys: every resolution, for the total and each facet."""
+    labels = bucket_labels(event.timestamp, event.timezone)
+    company, statistic = event.company_id, event.statistic_id
+    facets = (TOTAL, *event.facets)
+    return [
+        AccountKey(company, statistic, resolution, bucket, facet, value)
+        for resolution, bucket in zip(RESOLUTIONS, labels, strict=True)
+        for facet, value in facets
+    ]
+
+
+def customer_keys(event: Event) -> list[CustomerKey]:
+    """3 keys: the customer's statistic at every resolution."""
+    labels = bucket_labels(event.timestamp, event.timezone)
+    return [
+        CustomerKey(event.company_id, event.customer_id, event.statistic_id, resolution, bucket)
+        for resolution, bucket in zip(RESOLUTIONS, labels, strict=True)
+    ]
+
+
+_SEP = "\x1f"  # unit separator: cannot be confused with a character of an id
+
+
+def key_id(key: AccountKey | CustomerKey) -> str:
+    """A stable text identity of a key (for Redis keys, Flink state keys, sorting)."""
+    return _SEP.join(key.__getattribute__(f) for f in key.__slots__)  # type: ignore[attr-defined]
+
+
+def uniqueness_id(key: AccountKey, customer_id: str) -> str:
+    """Identity of "this customer counted for this account key" (Check Uniques)."""
+    return key_id(key) + _SEP + customer_id

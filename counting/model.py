@@ -1,0 +1,82 @@
+"""The values of the counting contract (SEMANTICS.md): plain, frozen, picklable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why an event is invalid, in the order the checks run (SEMANTICS.md §1)."""
+
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    BAD_LENGTH = "bad_length"
+    BAD_TIMESTAMP = "bad_timestamp"
+    BAD_TIMEZONE = "bad_timezone"
+    TOO_MANY_PROPERTIES = "too_many_properties"
+    BAD_PROPERTY_KEY = "bad_property_key"
+
+
+RESOLUTIONS: tuple[str, str, str] = ("hour", "day", "month")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid hydrated event, reduced to what is counted."""
+
+    event_id: str
+    company_id: str
+    customer_id: str
+    statistic_id: str
+    timestamp: float | int
+    timezone: str
+    facets: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An invalid event: its reason, its event_id where it has a usable one, and a detail."""
+
+    reason: Reason
+    event_id: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKey:
+    """One account-level counter ("Abacus Statistic"); facet = value = "" is the total."""
+
+    company_id: str
+    statistic_id: str
+    resolution: str
+    bucket: str
+    facet: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerKey:
+    """One customer-level counter ("Abacus Customer")."""
+
+    company_id: str
+    customer_id: str
+    statistic_id: str
+    resolution: str
+    bucket: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountCount:
+    key: AccountKey
+    count: int
+    uniques: int
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerCount:
+    key: CustomerKey
+    count: int
