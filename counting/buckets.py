@@ -58,3 +58,9 @@ def bucket_date(bucket: str) -> str:
     if len(bucket) < 10:
         raise ValueError(f"a month bucket has no date: {bucket!r}")
     return bucket[:10]
+
+
+def rollups(hour: str) -> dict[str, str]:
+    """The labels of every resolution that contains an hour label (a local hour lies in
+    exactly one local day and month, so these follow from its text)."""
+    return {"hour": hour, "day": hour[:10], "month": hour[:7]}

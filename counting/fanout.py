@@ -34,7 +34,7 @@ _SEP = "\x1f"  # unit separator: cannot be confused with a character of an id
 
 def key_id(key: AccountKey | CustomerKey) -> str:
     """A stable text identity of a key (for Redis keys, Flink state keys, sorting)."""
-    return _SEP.join(key.__getattribute__(f) for f in key.__slots__)  # type: ignore[attr-defined]
+    return _SEP.join(key)
 
 
 def uniqueness_id(key: AccountKey, customer_id: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Reason(StrEnum):
@@ -46,8 +47,9 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class AccountKey:
+# Keys are NamedTuples, not dataclasses: they are hashed and compared millions of times
+# (dict keys of every aggregation), and a tuple does both in C, about 3x faster.
+class AccountKey(NamedTuple):
     """One account-level counter ("Abacus Statistic"); facet = value = "" is the total."""
 
     company_id: str
@@ -58,8 +60,7 @@ class AccountKey:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerKey:
+class CustomerKey(NamedTuple):
     """One customer-level counter ("Abacus Customer")."""
 
     company_id: str

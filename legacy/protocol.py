@@ -1,0 +1,66 @@
+"""The wire format of the aggregation task: Celery protocol 2, JSON only (pure, no I/O).
+
+Producers publish one task message per event; its single argument is the *raw* event text,
+exactly as it stands in the event log. Every consumer (the legacy worker, the bridge and,
+through Kafka, Abacus) hands that same text to `counting.parse_event`, so all three sides
+of an audit validate identical bytes and agree on every rejection reason.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+TASK_NAME = "legacy.aggregate"
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """What an AMQP publish carries: body bytes, Celery headers, AMQP properties."""
+
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+
+    @property
+    def task_id(self) -> str:
+        return str(self.headers["id"])
+
+
+def task_message(raw_event: str, task_id: str | None = None, origin: str = "abacus") -> TaskMessage:
+    """A Celery protocol-2 message for the aggregation task of one raw event."""
+    task_id = task_id or str(uuid.uuid4())
+    body = json.dumps(
+        [[raw_event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
+        ensure_ascii=False,
+    ).encode(CONTENT_ENCODING)
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "(<event>,)",
+        "kwargsrepr": "{}",
+        "origin": origin,
+        "ignore_result": True,
+    }
+    properties = {
+        "correlation_id": task_id,
+        "content_type": CONTENT_TYPE,
+        "content_encoding": CONTENT_ENCODING,
+        "delivery_mode": 2,
+        "priority": 0,
+    }
+    return TaskMessage(body, headers, properties)
