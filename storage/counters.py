@@ -1,0 +1,190 @@
+"""Reading and writing a count store: thin, prepared statements only, bounded concurrency.
+
+Writers index every (date, company, statistic) and (date, company, customer, statistic)
+they touch *before* writing the counts, so a crash between the two can only make compare
+read a key that has no counts yet, never hide counts from it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from cassandra.concurrent import execute_concurrent_with_args
+
+from counting import AccountCount, AccountKey, CustomerCount, CustomerKey, bucket_date
+from settings import CassandraSettings
+from storage.cassandra import Prepared
+from storage.schema import SHARDS, STORES, keyspace_of
+
+_INDEX_CACHE_MAX = 200_000
+
+
+def period_of(resolution: str, bucket: str) -> str:
+    """The partition period of a bucket: its year for month buckets, else its month."""
+    return bucket[:4] if resolution == "month" else bucket[:7]
+
+
+def shard_of(*parts: str) -> int:
+    return zlib.crc32("\x1f".join(parts).encode("utf-8")) % SHARDS
+
+
+def date_slice(date: str) -> tuple[str, str]:
+    """Bucket bounds [low, high) that select a date's day bucket and its hour buckets."""
+    return date, date + "U"  # "T" < "U": every "DTHH" sorts below "DU"
+
+
+class CounterStore:
+    """One count store (legacy, shadow, serving, m2) in Cassandra."""
+
+    def __init__(self, prepared: Prepared, settings: CassandraSettings, name: str) -> None:
+        if name not in STORES:
+            raise ValueError(f"unknown store {name!r}; known: {', '.join(STORES)}")
+        self.name, self.kind = name, STORES[name].kind
+        self._session, self._concurrency = prepared.session, settings.write_concurrency
+        ks = keyspace_of(settings, name)
+        akey = ("company_id = ? AND statistic_id = ? AND period = ? AND bucket = ? "
+                "AND resolution = ? AND facet = ? AND value = ?")
+        ckey = ("company_id = ? AND customer_id = ? AND period = ? AND statistic_id = ? "
+                "AND bucket = ? AND resolution = ?")
+        if self.kind == "counter":
+            self._account = prepared(
+                f"UPDATE {ks}.account_counts SET count = count + ?, uniques = uniques + ? "
+                f"WHERE {akey}")
+            self._customer = prepared(
+                f"UPDATE {ks}.customer_counts SET count = count + ? WHERE {ckey}")
+        else:
+            self._account = prepared(
+                f"UPDATE {ks}.account_counts SET count = ?, uniques = ? WHERE {akey}")
+            self._customer = prepared(f"UPDATE {ks}.customer_counts SET count = ? WHERE {ckey}")
+        self._account_index = prepared(
+            f"INSERT INTO {ks}.account_keys_by_date (date, shard, company_id, statistic_id) "
+            "VALUES (?, ?, ?, ?)")
+        self._customer_index = prepared(
+            f"INSERT INTO {ks}.customer_keys_by_date "
+            "(date, shard, company_id, customer_id, statistic_id) VALUES (?, ?, ?, ?, ?)")
+        cols = "bucket, resolution, facet, value, count, uniques"
+        self._read_account = prepared(
+            f"SELECT {cols} FROM {ks}.account_counts WHERE company_id = ? AND statistic_id = ? "
+            "AND period = ? AND bucket >= ? AND bucket < ?")
+        self._read_customer = prepared(
+            f"SELECT bucket, resolution, count FROM {ks}.customer_counts WHERE company_id = ? "
+            "AND customer_id = ? AND period = ? AND statistic_id = ? AND bucket >= ? "
+            "AND bucket < ?")
+        self._account_keys = prepared(
+            f"SELECT company_id, statistic_id FROM {ks}.account_keys_by_date "
+            "WHERE date = ? AND shard = ?")
+        self._customer_keys = prepared(
+            f"SELECT company_id, customer_id, statistic_id FROM {ks}.customer_keys_by_date "
+            "WHERE date = ? AND shard = ?")
+        self._scan_account = prepared(f"SELECT company_id, statistic_id, {cols} "
+                                      f"FROM {ks}.account_counts")
+        self._scan_customer = prepared(
+            f"SELECT company_id, customer_id, statistic_id, bucket, resolution, count "
+            f"FROM {ks}.customer_counts")
+        self._indexed: set[tuple[str, ...]] = set()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _run(self, statement: Any, params: Iterable[tuple[Any, ...]]) -> None:
+        params = list(params)
+        if params:
+            execute_concurrent_with_args(self._session, statement, params,
+                                         concurrency=self._concurrency,
+                                         raise_on_first_error=True)
+
+    def _index(self, rows: Iterable[tuple[str, ...]], statement: Any) -> None:
+        """Index rows are (date, company, [customer,] statistic); the shard spreads a date
+        over SHARDS partitions by company (account) or company and customer (customer)."""
+        new = [r for r in dict.fromkeys(rows) if r not in self._indexed]
+        if not new:
+            return
+        self._run(statement, [(r[0], shard_of(*r[1:-1]), *r[1:]) for r in new])
+        if len(self._indexed) > _INDEX_CACHE_MAX:
+            self._indexed.clear()
+        self._indexed.update(new)
+
+    def write_account(self, rows: Iterable[tuple[AccountKey, int, int]]) -> None:
+        """Counter stores add (count, uniques) increments; bigint stores set final values."""
+        rows = list(rows)
+        self._index(((bucket_date(k.bucket), k.company_id, k.statistic_id)
+                     for k, _, _ in rows if k.resolution == "hour"), self._account_index)
+        self._run(self._account, [
+            (count, uniques, k.company_id, k.statistic_id, period_of(k.resolution, k.bucket),
+             k.bucket, k.resolution, k.facet, k.value) for k, count, uniques in rows])
+
+    def write_customer(self, rows: Iterable[tuple[CustomerKey, int]]) -> None:
+        rows = list(rows)
+        self._index(((bucket_date(k.bucket), k.company_id, k.customer_id, k.statistic_id)
+                     for k, _ in rows if k.resolution == "hour"), self._customer_index)
+        self._run(self._customer, [
+            (count, k.company_id, k.customer_id, period_of(k.resolution, k.bucket),
+             k.statistic_id, k.bucket, k.resolution) for k, count in rows])
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def keys_of_date(self, date: str, level: str) -> Iterator[tuple[str, ...]]:
+        statement = self._account_keys if level == "account" else self._customer_keys
+        for shard in range(SHARDS):
+            for row in self._session.execute(statement, (date, shard)):
+                yield tuple(row)
+
+    def read_date(self, date: str, level: str, include_month: bool = False
+                  ) -> Iterator[AccountCount | CustomerCount]:
+        """Every counter of one local date: its day and hour buckets (and its month's)."""
+        low, high = date_slice(date)
+        month = date[:7]
+        for ids in self.keys_of_date(date, level):
+            slices = [(date[:7], low, high)]
+            if include_month:
+                slices.append((date[:4], month, month + "\x00"))
+            for period, lo, hi in slices:
+                if level == "account":
+                    company, statistic = ids
+                    for r in self._session.execute(self._read_account,
+                                                   (company, statistic, period, lo, hi)):
+                        key = AccountKey(company, statistic, r.resolution, r.bucket, r.facet,
+                                         r.value)
+                        yield AccountCount(key, r.count or 0, r.uniques or 0)
+                else:
+                    company, customer, statistic = ids
+                    for r in self._session.execute(
+                            self._read_customer, (company, customer, period, statistic, lo, hi)):
+                        ckey = CustomerKey(company, customer, statistic, r.resolution, r.bucket)
+                        yield CustomerCount(ckey, r.count or 0)
+
+    def read_account_range(self, company: str, statistic: str, resolution: str,
+                           first: str, last: str) -> Iterator[AccountCount]:
+        """The serving query: one partition per period spanned by [first, last]."""
+        periods = sorted({period_of(resolution, first), period_of(resolution, last)})
+        if resolution != "month" and periods[0] != periods[-1]:
+            periods = _months_between(periods[0], periods[-1])
+        for period in periods:
+            for r in self._session.execute(self._read_account,
+                                           (company, statistic, period, first, last + "\x00")):
+                if r.resolution == resolution:
+                    key = AccountKey(company, statistic, resolution, r.bucket, r.facet, r.value)
+                    yield AccountCount(key, r.count or 0, r.uniques or 0)
+
+    def scan(self, level: str) -> Iterator[AccountCount | CustomerCount]:
+        """Every counter of the store (a full table scan: for dumps of small stores)."""
+        if level == "account":
+            for r in self._session.execute(self._scan_account):
+                key = AccountKey(r.company_id, r.statistic_id, r.resolution, r.bucket, r.facet,
+                                 r.value)
+                yield AccountCount(key, r.count or 0, r.uniques or 0)
+        else:
+            for r in self._session.execute(self._scan_customer):
+                ckey = CustomerKey(r.company_id, r.customer_id, r.statistic_id, r.resolution,
+                                   r.bucket)
+                yield CustomerCount(ckey, r.count or 0)
+
+
+def _months_between(first: str, last: str) -> list[str]:
+    year, month = int(first[:4]), int(first[5:7])
+    out = []
+    while f"{year:04d}-{month:02d}" <= last:
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out

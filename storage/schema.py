@@ -1,0 +1,109 @@
+"""The Cassandra schema: one keyspace per count store, plus ops (audits, cutover).
+
+Table design (README, "Schema"):
+- Counters are partitioned by (company, statistic, period) at account level and
+  (company, customer, period) at customer level, where period is the bucket's month for
+  hour and day buckets and its year for month buckets. The serving query "company X,
+  statistic Y, resolution R, buckets in a range" reads one partition per month spanned.
+- Buckets sort as text: `D` < `DT00` < ... < `DT23` < the next day, so one clustering slice
+  `D <= bucket < D + "U"` returns a date's day and hour counters together.
+- `*_keys_by_date` index, per local date of the hour bucket, the (company, statistic) and
+  (company, customer, statistic) each writer touched, spread over SHARDS partitions, so
+  `compare --date D` enumerates a date's counters in time proportional to that date's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from settings import CassandraSettings
+
+SHARDS = 8
+
+Kind = Literal["counter", "bigint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """A count store: a logical name, its keyspace, and how counts are written."""
+
+    name: str
+    kind: Kind
+    description: str
+
+
+STORES: dict[str, Store] = {
+    s.name: s
+    for s in (
+        Store("legacy", "counter", "the legacy pipeline's counters (Big Bertha + Celery)"),
+        Store("shadow", "counter", "Abacus milestone 1 in shadow mode"),
+        Store("serving", "counter", "Abacus milestone 1 serving counter tables"),
+        Store("m2", "bigint", "Abacus milestone 2 final counts (bigint)"),
+    )
+}
+OPS = "ops"
+
+
+def keyspace_of(settings: CassandraSettings, name: str) -> str:
+    return settings.keyspace(f"abacus_{name}")
+
+
+def _replication(settings: CassandraSettings) -> str:
+    items = ", ".join(f"'{k}': '{v}'" for k, v in settings.replication.items())
+    return "{" + items + "}"
+
+
+def counter_tables(kind: Kind) -> list[str]:
+    """CREATE TABLE statements of a count store (`{ks}` stands for its keyspace)."""
+    count_type = "counter" if kind == "counter" else "bigint"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {{ks}}.account_counts (
+            company_id text, statistic_id text, period text,
+            bucket text, resolution text, facet text, value text,
+            count {count_type}, uniques {count_type},
+            PRIMARY KEY ((company_id, statistic_id, period), bucket, resolution, facet, value))""",
+        f"""CREATE TABLE IF NOT EXISTS {{ks}}.customer_counts (
+            company_id text, customer_id text, period text,
+            statistic_id text, bucket text, resolution text,
+            count {count_type},
+            PRIMARY KEY ((company_id, customer_id, period), statistic_id, bucket, resolution))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.account_keys_by_date (
+            date text, shard int, company_id text, statistic_id text,
+            PRIMARY KEY ((date, shard), company_id, statistic_id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.customer_keys_by_date (
+            date text, shard int, company_id text, customer_id text, statistic_id text,
+            PRIMARY KEY ((date, shard), company_id, customer_id, statistic_id))""",
+    ]
+
+
+OPS_TABLES: list[str] = [
+    """CREATE TABLE IF NOT EXISTS {ks}.audits (
+        audit_id text PRIMARY KEY, date text, left_store text, right_store text, truth text,
+        params text, summary text, state text, outcome text,
+        started_at timestamp, ended_at timestamp)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.audits_by_date (
+        date text, started_at timestamp, audit_id text, left_store text, right_store text,
+        outcome text,
+        PRIMARY KEY ((date), started_at, audit_id)) WITH CLUSTERING ORDER BY (started_at DESC,
+        audit_id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.cutover_state (
+        level text PRIMARY KEY, stage text, version int, updated_at timestamp)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.cutover_log (
+        level text, at timeuuid, from_stage text, to_stage text, who text,
+        audit_ids list<text>, forced boolean, reason text,
+        PRIMARY KEY ((level), at)) WITH CLUSTERING ORDER BY (at DESC)""",
+]
+
+
+def statements(settings: CassandraSettings) -> list[str]:
+    """Every DDL statement, idempotent (IF NOT EXISTS), in the order to run them."""
+    out: list[str] = []
+    for name in [*STORES, OPS]:
+        ks = keyspace_of(settings, name)
+        out.append(
+            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {_replication(settings)}"
+        )
+        tables = OPS_TABLES if name == OPS else counter_tables(STORES[name].kind)
+        out += [" ".join(t.format(ks=ks).split()) for t in tables]
+    return out
