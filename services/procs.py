@@ -1,0 +1,124 @@
+"""Process facts read from /proc (Linux): liveness, our marker, RSS, port owners, log tails."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections import deque
+from pathlib import Path
+
+# Every process a service starts carries this variable (children inherit it: RabbitMQ's epmd,
+# erl_child_setup...), so we find the whole tree of a service and tell it from strangers.
+MARKER_VAR = "ABACUS_SERVICE_DIR"
+
+
+def _proc(pid: int, name: str) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """True when `pid` exists and is not a zombie."""
+    stat = _proc(pid, "stat")
+    if stat is None:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live processes whose environment has MARKER_VAR=marker."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        environ = _proc(int(entry.name), "environ")
+        if environ and needle in environ.split(b"\0") and alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def is_marked(pid: int, marker: str) -> bool:
+    environ = _proc(pid, "environ") or b""
+    return f"{MARKER_VAR}={marker}".encode() in environ.split(b"\0")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (0 when it is gone)."""
+    status = _proc(pid, "status") or b""
+    for line in status.splitlines():
+        if line.startswith(b"VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of a child of this process, so it does not stay a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing is bound to host:port (a bound socket counts, even if not listening)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def port_owners(port: int) -> set[int]:
+    """Pids holding a TCP socket bound to `port` (any address, any state but TIME_WAIT)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] != "06" and fields[9] != "0":
+                    inodes.add(f"socket:[{fields[9]}]")
+    owners: set[int] = set()
+    if not inodes:
+        return owners
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) in inodes:
+                        owners.add(int(entry.name))
+                        break
+    return owners
+
+
+def command_line(pid: int) -> str:
+    raw = _proc(pid, "cmdline") or b""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file ([] when it does not exist)."""
+    try:
+        with path.open(errors="replace") as handle:
+            return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+    except FileNotFoundError:
+        return []
