@@ -115,6 +115,10 @@ class Service(ABC):
     def probe(self) -> str:
         """A real client round trip; returns the server version or raises."""
 
+    def shareable(self, role: str, owners: set[int]) -> bool:
+        """True when the processes holding the `role` port may be shared (e.g. epmd)."""
+        return False
+
     def data_paths(self) -> list[Path]:
         """What `down --purge` removes (default: the whole service directory)."""
         return [self.dir]
@@ -155,6 +159,8 @@ class Service(ABC):
             owners = procs.port_owners(port)
             if owners and all(procs.is_marked(p, self.marker) for p in owners):
                 continue  # ours, e.g. the epmd a previous RabbitMQ left behind
+            if owners and self.shareable(role, owners):
+                continue
             who = ", ".join(f"pid {p} ({procs.command_line(p)[:80]})" for p in sorted(owners))
             raise PortInUseError(
                 f"port {port} for {self.name} ({role}) is in use by another process "

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services import procs
 from services.base import Service
 
 BIN = Path("/usr/lib/rabbitmq/bin")
 EPMD_PORT = 4370  # not the default 4369, so a system Erlang node does not collide
-NODENAME = "abacus@localhost"
 # One scheduler (and one dirty CPU scheduler) is plenty for tests on a 2-core machine;
 # rabbitmq-server already passes +sbwt none (no busy-waiting).
 ERL_ARGS = "+S 1:1 +SDcpu 1:1"
@@ -31,6 +31,16 @@ class RabbitService(Service):
         port = self.settings.rabbitmq.port
         return {"amqp": port, "dist": port + 20000, "epmd": EPMD_PORT}
 
+    @property
+    def nodename(self) -> str:
+        """One node name per AMQP port, so two instances can share the epmd."""
+        return f"abacus-{self.port}@localhost"
+
+    def shareable(self, role: str, owners: set[int]) -> bool:
+        return role == "epmd" and all(
+            procs.command_line(p).endswith("epmd -daemon") for p in owners
+        )
+
     def missing(self) -> str | None:
         server = BIN / "rabbitmq-server"
         return None if server.is_file() else f"{server} (apt package rabbitmq-server)"
@@ -40,17 +50,20 @@ class RabbitService(Service):
         (self.dir / "rabbitmq-env.conf").write_text("# abacus: everything is set by env vars\n")
         # Memory is load-driven (queued messages); 1 GiB keeps the four servers in the 4 GiB
         # budget: above half of it queues page to disk, above it publishers are blocked.
+        # Measured as memory allocated by the VM, not RSS: after a burst the Erlang allocators
+        # keep their carriers, RSS stays at the peak and an RSS-based alarm never clears.
         (self.dir / "rabbitmq.conf").write_text(
             "loopback_users.guest = true\n"
             "disk_free_limit.absolute = 50MB\n"
             f"vm_memory_high_watermark.absolute = {VM_MEMORY_HIGH_WATERMARK_BYTES}\n"
+            "vm_memory_calculation_strategy = allocated\n"
         )
 
     def environment(self) -> dict[str, str]:
         ports = self.ports()
         return {
             "HOME": str(self.dir),  # .erlang.cookie lives here, shared by server and CLI
-            "RABBITMQ_NODENAME": NODENAME,
+            "RABBITMQ_NODENAME": self.nodename,
             "RABBITMQ_NODE_IP_ADDRESS": self.host,
             "RABBITMQ_NODE_PORT": str(ports["amqp"]),
             "RABBITMQ_DIST_PORT": str(ports["dist"]),
