@@ -60,7 +60,7 @@ def bucket_date(bucket: str) -> str:
     return bucket[:10]
 
 
-def rollups(hour: str) -> dict[str, str]:
-    """The labels of every resolution that contains an hour label (a local hour lies in
-    exactly one local day and month, so these follow from its text)."""
-    return {"hour": hour, "day": hour[:10], "month": hour[:7]}
+
+# An hour label "YYYY-MM-DDTHH" starts with its day label (10 characters) and month label
+# (7): a local hour lies in exactly one local day and month.
+LABEL_WIDTH: dict[str, int] = {"hour": 13, "day": 10, "month": 7}

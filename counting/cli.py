@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from itertools import chain
 from typing import IO, Any
 
 import click
 
 from counting.events import parse_event
 from counting.exchange import to_line, to_record
-from counting.generate import DEFAULT_TIMEZONES, GeneratorConfig, generate as generate_events
+from counting.generate import DEFAULT_TIMEZONES, GeneratorConfig
+from counting.generate import generate as generate_events
 from counting.model import Rejection
-from counting.recount import Recount
+from counting.recount import Recount, paused_gc
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -42,20 +43,21 @@ def rejection_line(rejection: Rejection) -> str:
 def recount(events_file: IO[bytes], fmt: str, rejects: IO[str] | None) -> None:
     """The reference counts of a file of hydrated events (SEMANTICS.md), rejects apart."""
     result = Recount()
-    for raw in read_lines(events_file):
-        rejection = result.add_raw(raw)
-        if rejection is not None and rejects is not None:
-            rejects.write(rejection_line(rejection) + "\n")
-    counted = [*result.account(), *result.customer()]
     out = click.get_text_stream("stdout")
-    if fmt == "jsonl":
-        for item in counted:
-            out.write(to_line(item) + "\n")
-    elif fmt == "json":
-        json.dump([to_record(c) for c in counted], out, ensure_ascii=False, indent=1)
-        out.write("\n")
-    else:
-        _print_table([to_record(c) for c in counted])
+    with paused_gc():
+        for raw in read_lines(events_file):
+            rejection = result.add_raw(raw)
+            if rejection is not None and rejects is not None:
+                rejects.write(rejection_line(rejection) + "\n")
+        counted = chain(result.account(), result.customer())
+        if fmt == "jsonl":
+            for item in counted:
+                out.write(to_line(item) + "\n")
+        elif fmt == "json":
+            json.dump([to_record(c) for c in counted], out, ensure_ascii=False, indent=1)
+            out.write("\n")
+        else:
+            _print_table([to_record(c) for c in counted])
     summary = (f"recount: {result.events} events counted, {result.duplicates} duplicates, "
                f"{sum(result.rejected.values())} rejected")
     reasons = ", ".join(f"{r}={n}" for r, n in sorted(result.rejected.items()))

@@ -6,7 +6,6 @@ The checks run in the order of the reasons table; the first that fails decides t
 from __future__ import annotations
 
 import json
-import math
 import sys
 import zoneinfo
 from functools import lru_cache
@@ -94,22 +93,25 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event | Rejection:
     return validate_object(obj)
 
 
-def validate_object(obj: dict[str, Any]) -> Event | Rejection:  # noqa: C901 - one check a line
+def validate_object(obj: dict[str, Any]) -> Event | Rejection:
     """Checks from `missing_field` on, in the order of the reasons table."""
-    for name in REQUIRED_FIELDS:
-        if name not in obj:
-            return _reject(Reason.MISSING_FIELD, obj, f"missing field {name!r}")
-
-    for name in ID_FIELDS:
-        if type(obj[name]) is not str:
-            return _reject(Reason.BAD_TYPE, obj, f"{name} must be a string")
+    if not obj.keys() >= _REQUIRED:
+        missing = next(name for name in REQUIRED_FIELDS if name not in obj)
+        return _reject(Reason.MISSING_FIELD, obj, f"missing field {missing!r}")
+    event_id, company_id = obj["event_id"], obj["company_id"]
+    customer_id, statistic_id = obj["customer_id"], obj["statistic_id"]
     ts = obj["timestamp"]
+    tz = obj.get("timezone", "UTC")
+    properties = obj.get("properties", _EMPTY)
+
+    if not (type(event_id) is str and type(company_id) is str and type(customer_id) is str
+            and type(statistic_id) is str):
+        name = next(n for n in ID_FIELDS if type(obj[n]) is not str)
+        return _reject(Reason.BAD_TYPE, obj, f"{name} must be a string")
     if type(ts) is not int and type(ts) is not float:
         return _reject(Reason.BAD_TYPE, obj, "timestamp must be a number (not a bool)")
-    tz = obj.get("timezone", "UTC")
     if type(tz) is not str:
         return _reject(Reason.BAD_TYPE, obj, "timezone must be a string")
-    properties = obj.get("properties", {})
     if type(properties) is not dict:
         return _reject(Reason.BAD_TYPE, obj, "properties must be an object")
     facets: list[tuple[str, str]] = []
@@ -121,16 +123,18 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:  # noqa: C901 - o
         if text is not None:
             facets.append((key, text))
 
-    for name, limit in ID_FIELDS.items():
-        if not 0 < len(obj[name]) <= limit:
-            return _reject(Reason.BAD_LENGTH, obj, f"{name} must be 1..{limit} characters")
-    if tz == "":
+    if not (0 < len(event_id) <= 128 and 0 < len(company_id) <= 64
+            and 0 < len(customer_id) <= 64 and 0 < len(statistic_id) <= 64):
+        name, limit = next((n, m) for n, m in ID_FIELDS.items() if not 0 < len(obj[n]) <= m)
+        return _reject(Reason.BAD_LENGTH, obj, f"{name} must be 1..{limit} characters")
+    if not tz:
         return _reject(Reason.BAD_LENGTH, obj, "timezone must not be empty")
 
-    if not (math.isfinite(ts) and TS_MIN_S <= ts < TS_MAX_S):
-        return _reject(Reason.BAD_TIMESTAMP, obj, f"timestamp {ts!r} out of range")
+    if not (TS_MIN_S <= ts < TS_MAX_S):  # NaN compares False: not finite fails here too
+        return _reject(Reason.BAD_TIMESTAMP, obj, f"timestamp {ts!r} is not finite or out of "
+                       f"range [{TS_MIN_S}, {TS_MAX_S})")
 
-    if tz not in known_timezones():
+    if tz not in _TIMEZONES:
         return _reject(Reason.BAD_TIMEZONE, obj, f"unknown time zone {tz[:64]!r}")
 
     if len(properties) > MAX_PROPERTIES:
@@ -140,12 +144,9 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:  # noqa: C901 - o
         if not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS:
             return _reject(Reason.BAD_PROPERTY_KEY, obj, "property keys must be 1..64 characters")
 
-    return Event(
-        event_id=obj["event_id"],
-        company_id=obj["company_id"],
-        customer_id=obj["customer_id"],
-        statistic_id=obj["statistic_id"],
-        timestamp=ts,
-        timezone=tz,
-        facets=tuple(facets),
-    )
+    return Event(event_id, company_id, customer_id, statistic_id, ts, tz, tuple(facets))
+
+
+_REQUIRED = frozenset(REQUIRED_FIELDS)
+_EMPTY: dict[str, Any] = {}
+_TIMEZONES = known_timezones()

@@ -57,7 +57,7 @@ class KafkaSettings(_Model):
 
 
 class CassandraSettings(_Model):
-    hosts: list[str] = ["127.0.0.1"]
+    hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     port: int = 19042
     username: str | None = None
     password: SecretStr | None = None
@@ -65,7 +65,9 @@ class CassandraSettings(_Model):
     ssl_cafile: Path | None = None
     local_dc: str | None = None
     keyspace_prefix: str = ""
-    replication: dict[str, Any] = {"class": "SimpleStrategy", "replication_factor": 1}
+    replication: dict[str, Any] = Field(
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1}
+    )
     request_timeout_s: float = 30.0
     write_concurrency: int = Field(default=64, ge=1)
 
