@@ -162,9 +162,15 @@ class Service(ABC):
             if owners and self.shareable(role, owners):
                 continue
             who = ", ".join(f"pid {p} ({procs.command_line(p)[:80]})" for p in sorted(owners))
+            others = sorted({m for m in map(procs.marker_of, owners) if m})
+            whose = (
+                f"started by abacus for another data dir: {', '.join(others)}"
+                if others
+                else "not started by abacus"
+            )
             raise PortInUseError(
-                f"port {port} for {self.name} ({role}) is in use by another process "
-                f"(not started by abacus){': ' + who if who else ''}"
+                f"port {port} for {self.name} is in use by another process ({whose}): "
+                f"it is the {role} port" + (f"; held by {who}" if who else "")
             )
 
     def log_excerpt(self, lines: int = LOG_TAIL_LINES) -> str:

@@ -48,6 +48,15 @@ def is_marked(pid: int, marker: str) -> bool:
     return f"{MARKER_VAR}={marker}".encode() in environ.split(b"\0")
 
 
+def marker_of(pid: int) -> str | None:
+    """The MARKER_VAR value of a process (None when it has none)."""
+    prefix = f"{MARKER_VAR}=".encode()
+    for item in (_proc(pid, "environ") or b"").split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix) :].decode(errors="replace")
+    return None
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process (0 when it is gone)."""
     status = _proc(pid, "status") or b""
