@@ -118,23 +118,19 @@ def status(settings: Settings, names: tuple[str, ...], fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
+        details = any(s.detail for s in report.services)
         table = Table()
         for column in ("service", "state", "address", "pid", "version", "RSS"):
             table.add_column(column, no_wrap=True)
-        table.add_column("detail")
+        if details:
+            table.add_column("detail")
         for s in report.services:
             pids = str(s.pid) if s.pid else "-"
             if len(s.pids) > 1:
                 pids += f" (+{len(s.pids) - 1})"
-            table.add_row(
-                s.name,
-                s.state,
-                s.address,
-                pids,
-                s.version or "-",
-                _mib(s.rss_bytes) if s.pids else "-",
-                s.detail or "",
-            )
+            rss = _mib(s.rss_bytes) if s.pids else "-"
+            row = [s.name, s.state, s.address, pids, s.version or "-", rss]
+            table.add_row(*row, *([s.detail or ""] if details else []))
         Console().print(table)
         verdict = "within" if report.total_rss_bytes <= report.budget_bytes else "OVER"
         click.echo(
