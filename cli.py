@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 import click
@@ -56,7 +57,20 @@ _assemble()
 
 
 def main() -> None:
-    root()
+    """Run `abacus`; a usage error is one line on stderr saying what to fix, exit 2."""
+    try:
+        code = root.main(standalone_mode=False, prog_name="abacus")
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "abacus"
+        click.echo(f"{where}: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"abacus: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("abacus: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
