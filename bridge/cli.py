@@ -1,0 +1,177 @@
+"""`abacus bridge ...`: run the RabbitMQ -> Kafka bridge, and read its counts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bridge import rabbit
+from bridge.status import COUNTERS, read_status, status_path
+from settings.model import Settings
+
+MODE = click.Choice(["shadow", "live"])
+EXIT_NOT_RUNNING = 3
+
+
+@click.group()
+def bridge() -> None:
+    """Copy the aggregation queue into Kafka (shadow: a mirror queue; live: the legacy queue)."""
+
+
+@bridge.command()
+@click.option("--mode", type=MODE, required=True,
+              help="shadow: own mirror queue, legacy untouched; live: consume the legacy queue.")
+@click.option("--prefetch", type=click.IntRange(1, 65535), default=None,
+              help="Unacked messages in flight (default: rabbitmq.prefetch).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port (default: none).")
+@click.option("--topic", default=None, help="Events topic (default: kafka.topic).")
+@click.option("--dlq-topic", default=None, help="Dead-letter topic (default: kafka.dlq_topic).")
+@click.option("--queue", default=None,
+              help="Override the consumed queue (default: rabbitmq.shadow_queue or legacy_queue).")
+@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where to write the counts every second "
+                   "(default: <services.data_dir>/bridge/<mode>.json).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every connection event.")
+@click.pass_obj
+def run(
+    settings: Settings,
+    mode: str,
+    prefetch: int | None,
+    metrics_port: int | None,
+    topic: str | None,
+    dlq_topic: str | None,
+    queue: str | None,
+    status_file: Path | None,
+    verbose: bool,
+) -> None:
+    """Run the bridge until SIGTERM/SIGINT (then flush, ack what Kafka confirmed, exit 0)."""
+    from bridge.service import Bridge
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("abacus.bridge").setLevel(logging.INFO)
+    settings = _override(settings, mode, topic, dlq_topic, queue)
+    svc = Bridge(
+        settings, mode,  # type: ignore[arg-type]
+        prefetch=prefetch, metrics_port=metrics_port, status_file=status_file,
+    )
+    svc.install_signal_handlers()
+    svc.run()
+
+
+def _override(
+    settings: Settings, mode: str, topic: str | None, dlq_topic: str | None, queue: str | None
+) -> Settings:
+    kafka: dict[str, Any] = {}
+    if topic:
+        kafka["topic"] = topic
+    if dlq_topic:
+        kafka["dlq_topic"] = dlq_topic
+    rmq: dict[str, Any] = {}
+    if queue:
+        rmq["shadow_queue" if mode == "shadow" else "legacy_queue"] = queue
+    return settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update=kafka),
+            "rabbitmq": settings.rabbitmq.model_copy(update=rmq),
+        }
+    )
+
+
+@bridge.command()
+@click.option("--mode", type=click.Choice(["shadow", "live", "all"]), default="all",
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--minutes", type=click.IntRange(0, 60), default=5, show_default=True,
+              help="Per-minute rows to show in the table.")
+@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Read this status file instead of <services.data_dir>/bridge/<mode>.json.")
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Also ask RabbitMQ for the queue depth and Kafka for the topic end offsets.")
+@click.pass_obj
+def status(
+    settings: Settings, mode: str, fmt: str, minutes: int, status_file: Path | None, probe: bool
+) -> None:
+    """Counts of the bridge (totals and per minute) to reconcile queue, topic and Abacus.
+
+    Exits 3 when no bridge of the asked mode is running (the counts of the last run are
+    still printed when its status file exists).
+    """
+    modes = ["shadow", "live"] if mode == "all" else [mode]
+    docs: list[dict[str, Any]] = []
+    for m in modes:
+        path = status_file or status_path(settings.services.data_dir, m)
+        doc = read_status(path)
+        if doc is None:
+            if mode != "all":
+                docs.append({"mode": m, "running": False, "status_file": str(path)})
+            continue
+        doc["status_file"] = str(path)
+        if probe:
+            _probe(settings, doc)
+        docs.append(doc)
+    if fmt == "json":
+        click.echo(json.dumps(docs if mode == "all" else docs[0], indent=2, sort_keys=True))
+    else:
+        _render(docs, minutes)
+    if not any(d.get("running") for d in docs):
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+def _probe(settings: Settings, doc: dict[str, Any]) -> None:
+    from bridge.kafka import topic_end_offsets
+
+    queue = doc.get("queue") or rabbit.queue_for(doc["mode"], settings.rabbitmq)
+    depth = rabbit.queue_depth(settings.rabbitmq, queue)
+    doc["queue_depth"] = None if depth is None else {"ready": depth[0], "consumers": depth[1]}
+    topic = doc.get("topic") or settings.kafka.topic
+    dlq = doc.get("dlq_topic") or settings.kafka.dlq_topic
+    doc["topic_end_offsets"] = topic_end_offsets(settings.kafka, topic, timeout_s=3.0)
+    doc["dlq_end_offsets"] = topic_end_offsets(settings.kafka, dlq, timeout_s=3.0)
+
+
+def _render(docs: list[dict[str, Any]], minutes: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not docs:
+        console.print("no bridge has run yet (no status file)")
+        return
+    for doc in docs:
+        state = "running" if doc.get("running") else "not running"
+        console.print(
+            f"[bold]bridge {doc['mode']}[/bold]: {state}; queue {doc.get('queue', '?')} -> "
+            f"topic {doc.get('topic', '?')} (DLQ {doc.get('dlq_topic', '?')}); "
+            f"in flight {doc.get('in_flight', 0)}"
+        )
+        if "totals" not in doc:
+            continue
+        table = Table("minute", *COUNTERS)
+        for row in doc.get("per_minute", [])[-minutes:] if minutes else []:
+            table.add_row(row["minute"], *(f"{row[k]:,}" for k in COUNTERS))
+        table.add_row("[bold]total[/bold]", *(f"{doc['totals'][k]:,}" for k in COUNTERS))
+        console.print(table)
+        if doc.get("dead_lettered_by_reason"):
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(doc["dead_lettered_by_reason"].items()))
+            console.print(f"dead-lettered by reason: {reasons}")
+        if "queue_depth" in doc:
+            qd = doc["queue_depth"]
+            console.print(
+                "queue: "
+                + ("unreachable" if qd is None else f"{qd['ready']:,} ready, {qd['consumers']} consumers")
+                + f"; topic end offsets {doc.get('topic_end_offsets')}, "
+                f"DLQ end offsets {doc.get('dlq_end_offsets')}"
+            )
+        if doc.get("last_error"):
+            console.print(f"last error: {doc['last_error']}")

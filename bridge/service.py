@@ -1,0 +1,355 @@
+"""The bridge loop: consume RabbitMQ, produce to Kafka, ack after Kafka confirmed.
+
+At-least-once with bounded memory:
+- RabbitMQ delivers at most `prefetch` unacked messages; each becomes a Kafka record
+  (events topic, or DLQ topic when it cannot be decoded), produced asynchronously;
+- a message is acked only when Kafka's delivery report for its record arrived, with
+  `multiple=True` up to the highest contiguous confirmed delivery tag;
+- a Kafka error leaves the message unacked and re-produces it with backoff; a record
+  Kafka refuses for good (size) is dead-lettered instead;
+- SIGTERM: stop consuming, flush Kafka, ack what was confirmed, close (the rest returns to
+  the queue);
+- a lost connection or channel: reconnect with backoff; delivery tags of the old channel
+  are dropped (never acked on the new one, which would close it again: no crash loop), and
+  their messages come back redelivered (counted: they may be duplicates in Kafka).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+from bridge import rabbit
+from bridge.amqp091 import AmqpError, Connection
+from bridge.decode import Bad, Good, Incoming, Reason, dead_letter, decode
+from bridge.kafka import ensure_topics, make_producer
+from bridge.status import Counts, Minutes, serve_metrics, status_path, write_status
+from settings.model import Settings
+
+log = logging.getLogger("abacus.bridge")
+
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+    }
+)
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(slots=True)
+class Pending:
+    """One consumed message until it is acked."""
+
+    gen: int
+    tag: int
+    msg: Incoming
+    received_ms: int
+    record: Good | Bad
+    done: bool = False
+    attempts: int = 0
+    retry_at: float = 0.0
+
+
+class Bridge:
+    """RabbitMQ queue -> Kafka topic (+ DLQ topic), acked after delivery."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mode: rabbit.Mode,
+        *,
+        prefetch: int | None = None,
+        metrics_port: int | None = None,
+        status_file: Path | None = None,
+        should_stop: Callable[[Counts], bool] | None = None,
+        producer_overrides: dict[str, Any] | None = None,
+        flush_timeout_s: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.rabbit = settings.rabbitmq
+        self.kafka = settings.kafka
+        self.queue = rabbit.queue_for(mode, self.rabbit)
+        self.topic = self.kafka.topic
+        self.dlq_topic = self.kafka.dlq_topic
+        self.prefetch = prefetch or self.rabbit.prefetch
+        self.metrics_port = metrics_port
+        self.status_file = status_file or status_path(settings.services.data_dir, mode)
+        self.should_stop = should_stop
+        self.producer_overrides = producer_overrides or {}
+        self.flush_timeout_s = flush_timeout_s
+        self.counts = Counts()
+        self.minutes = Minutes()
+        self._stop = False
+        self._gen = 0
+        self._pending: deque[Pending] = deque()
+        self._retries: list[Pending] = []
+        self._conn: Connection | None = None
+        self._ctag = ""
+        self._producer: Any = None
+        self._started_at = time.time()
+        self._last_error = ""
+        self._last_tick = 0.0
+        self._connected = False
+
+    # ------------------------------------------------------------ control
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish (signal-safe)."""
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop and time.monotonic() < deadline:
+            if self._producer is not None:
+                self._producer.poll(min(0.1, max(0.0, deadline - time.monotonic())))
+            else:
+                time.sleep(0.1)
+            self._tick()
+
+    def _error(self, what: str, exc: BaseException | str) -> None:
+        self._last_error = f"{what}: {exc}"
+        log.warning("%s", self._last_error)
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> Counts:
+        """Run until stopped; return the final counts."""
+        if self.metrics_port:
+            serve_metrics(self.metrics_port, self.counts, self.mode, self.in_flight)
+        self._tick(force=True)
+        backoff = 1.0
+        while not self._stop:
+            try:
+                ensure_topics(self.kafka, [self.topic, self.dlq_topic])
+                break
+            except (KafkaException, RuntimeError) as exc:
+                self._error("Kafka not ready", exc)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        self._producer = make_producer(self.kafka, **self.producer_overrides)
+        backoff = 1.0
+        try:
+            while not self._stop:
+                try:
+                    self._connect()
+                    backoff = 1.0
+                    self._consume()
+                except (AmqpError, OSError) as exc:
+                    if self._stop:
+                        break
+                    self.counts.reconnects += 1
+                    self._error(f"RabbitMQ connection lost, reconnecting in {backoff:.0f}s", exc)
+                    self._drop_connection()
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            self._shutdown()
+        return self.counts
+
+    def _connect(self) -> None:
+        conn = rabbit.connect(self.rabbit)
+        self._conn = conn
+        self._gen += 1
+        self._pending = deque()
+        self._retries = []
+        self._ctag = rabbit.setup_consumer(conn, self.mode, self.rabbit, self.prefetch)
+        self._connected = True
+        log.info(
+            "bridge %s consuming %s on %s:%s -> %s (prefetch %d)",
+            self.mode, self.queue, self.rabbit.host, self.rabbit.port, self.topic, self.prefetch,
+        )
+
+    def _drop_connection(self) -> None:
+        """Forget the old channel: its delivery tags are meaningless from now on."""
+        self._connected = False
+        if self._conn is not None:
+            self._conn.abort()
+        self._conn = None
+        self._pending = deque()
+        self._retries = []
+
+    def _consume(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        producer = self._producer
+        handle = self._handle
+        while not self._stop:
+            waiting = len(producer) > 0
+            deliveries = conn.read_deliveries(0.0 if waiting else 0.05)
+            for d in deliveries:
+                handle(d)
+            producer.poll(0.0 if deliveries or not waiting else 0.002)
+            self._ack_ready()
+            if self._retries:
+                self._retry_due()
+            now = time.monotonic()
+            if now - self._last_tick >= 1.0:
+                conn.heartbeat_tick()
+                self._tick()
+            if self.should_stop is not None and self.should_stop(self.counts):
+                self._stop = True
+
+    def _handle(self, d: Any) -> None:
+        counts = self.counts
+        counts.consumed += 1
+        if d.redelivered:
+            counts.redelivered += 1
+        msg = Incoming(d.body, d.properties, d.routing_key, d.exchange, d.redelivered)
+        received_ms = int(time.time() * 1000)
+        p = Pending(self._gen, d.delivery_tag, msg, received_ms, decode(msg, received_ms))
+        self._pending.append(p)
+        self._produce(p)
+
+    def _produce(self, p: Pending) -> None:
+        rec = p.record
+        if type(rec) is Good:
+            topic, key = self.topic, rec.key
+        else:
+            topic, key = self.dlq_topic, None
+        while True:
+            try:
+                self._producer.produce(
+                    topic, rec.value, key, headers=rec.headers, on_delivery=partial(self._delivered, p)
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                self._failed(p, exc.args[0])
+                return
+
+    def _delivered(self, p: Pending, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._failed(p, err)
+            return
+        p.done = True
+        rec = p.record
+        if type(rec) is Good:
+            self.counts.produced += 1
+        else:
+            self.counts.dead_lettered += 1
+            by = self.counts.dead_lettered_by_reason
+            by[rec.reason.value] = by.get(rec.reason.value, 0) + 1
+
+    def _failed(self, p: Pending, err: Any) -> None:
+        self.counts.kafka_errors += 1
+        code = err.code() if hasattr(err, "code") else None
+        if type(p.record) is Good and code in _PERMANENT:
+            detail = f"Kafka refused the record: {err}"
+            self._error("dead-lettering a record Kafka refused", err)
+            p.record = dead_letter(p.msg, p.received_ms, Reason.KAFKA_REJECTED, detail)
+            self._produce(p)
+            return
+        if p.gen != self._gen:
+            return  # its message will come back redelivered on the new channel
+        p.attempts += 1
+        delay = min(0.2 * 2**p.attempts, MAX_BACKOFF_S)
+        p.retry_at = time.monotonic() + delay
+        self._retries.append(p)
+        if p.attempts == 1 or p.attempts % 10 == 0:
+            self._error(f"Kafka delivery failed (attempt {p.attempts}, retry in {delay:.1f}s)", err)
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        due = [p for p in self._retries if p.retry_at <= now]
+        if not due:
+            return
+        self._retries = [p for p in self._retries if p.retry_at > now]
+        for p in due:
+            if p.gen == self._gen:
+                self._produce(p)
+
+    def _ack_ready(self) -> None:
+        pending = self._pending
+        if not pending or not pending[0].done:
+            return
+        n = 0
+        last = 0
+        while pending and pending[0].done:
+            last = pending.popleft().tag
+            n += 1
+        assert self._conn is not None
+        self._conn.basic_ack(last, multiple=True)
+        self.counts.acked += n
+
+    # ------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        conn = self._conn
+        if conn is not None and self._connected:
+            try:
+                conn.basic_cancel(self._ctag)
+            except (AmqpError, OSError) as exc:
+                self._error("cancel failed", exc)
+                self._drop_connection()
+                conn = None
+        if self._producer is not None:
+            left = self._producer.flush(self.flush_timeout_s)
+            if left:
+                self._error("shutdown", f"{left} record(s) not confirmed by Kafka; left unacked")
+        if conn is not None and self._conn is not None:
+            try:
+                self._ack_ready()
+            except (AmqpError, OSError) as exc:
+                self._error("final ack failed", exc)
+            conn.close()
+        self._conn = None
+        self._connected = False
+        self._tick(force=True, stopped=True)
+        log.info("bridge stopped: %s", self.counts.snapshot())
+
+    # ------------------------------------------------------------ status
+
+    def status(self, stopped: bool = False) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "mode": self.mode,
+            "queue": self.queue,
+            "topic": self.topic,
+            "dlq_topic": self.dlq_topic,
+            "prefetch": self.prefetch,
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "updated_at": time.time(),
+            "stopped": stopped,
+            "connected": self._connected,
+            "in_flight": len(self._pending),
+            "totals": c.snapshot(),
+            "dead_lettered_by_reason": dict(c.dead_lettered_by_reason),
+            "per_minute": self.minutes.table(c),
+            "last_error": self._last_error,
+            "metrics_port": self.metrics_port,
+        }
+
+    def _tick(self, force: bool = False, stopped: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_tick < 1.0:
+            return
+        self._last_tick = now
+        self.minutes.tick(time.time(), self.counts)
+        try:
+            write_status(self.status_file, self.status(stopped))
+        except OSError as exc:
+            self._error("cannot write the status file", exc)
