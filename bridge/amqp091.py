@@ -17,6 +17,7 @@ heartbeats, exchange/queue declare/bind/delete/purge, qos, consume/cancel, ack, 
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl as ssl_module
@@ -122,7 +123,7 @@ class ChannelError(AmqpError):
     """The server closed the channel (e.g. 406 PRECONDITION_FAILED, 404 NOT_FOUND)."""
 
 
-class ConnectionError_(AmqpError):  # noqa: N801 - not the builtin ConnectionError
+class ConnectionError_(AmqpError):
     """The server closed the connection, or it was lost."""
 
 
@@ -142,19 +143,19 @@ class Delivery:
 # ---------------------------------------------------------------- field-table codec
 
 
-def _shortstr(buf: bytes | bytearray | memoryview, pos: int) -> tuple[str, int]:
+def _shortstr(buf: bytes | bytearray, pos: int) -> tuple[str, int]:
     n = buf[pos]
     pos += 1
     return bytes(buf[pos : pos + n]).decode("utf-8", "surrogateescape"), pos + n
 
 
-def _longstr_bytes(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int]:
+def _longstr_bytes(buf: bytes | bytearray, pos: int) -> tuple[bytes, int]:
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
     return bytes(buf[pos : pos + n]), pos + n
 
 
-def _value(buf: bytes | bytearray | memoryview, pos: int) -> tuple[Any, int]:  # noqa: C901
+def _value(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     kind = buf[pos]
     pos += 1
     if kind == 0x53:  # 'S' long string
@@ -212,17 +213,34 @@ def _value(buf: bytes | bytearray | memoryview, pos: int) -> tuple[Any, int]:  #
     raise AmqpError(f"unknown field type {chr(kind)!r} in a field table")
 
 
-def _table(buf: bytes | bytearray | memoryview, pos: int) -> tuple[dict[str, Any], int]:
+def _table(buf: bytes | bytearray, pos: int) -> tuple[dict[str, Any], int]:
+    """Decode a field table; the common types (long string, void, bool, ints) inline."""
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
     end = pos + n
     out: dict[str, Any] = {}
+    u32 = _U32.unpack_from
     while pos < end:
         klen = buf[pos]
-        pos += 1
-        key = bytes(buf[pos : pos + klen]).decode("utf-8", "surrogateescape")
-        pos += klen
-        out[key], pos = _value(buf, pos)
+        kend = pos + 1 + klen
+        key = buf[pos + 1 : kend].decode("utf-8", "surrogateescape")
+        kind = buf[kend]
+        if kind == 0x53:  # 'S'
+            (ln,) = u32(buf, kend + 1)
+            pos = kend + 5 + ln
+            raw = buf[kend + 5 : pos]
+            try:
+                out[key] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                out[key] = bytes(raw)
+        elif kind == 0x56:  # 'V'
+            out[key] = None
+            pos = kend + 1
+        elif kind == 0x74:  # 't'
+            out[key] = bool(buf[kend + 1])
+            pos = kend + 2
+        else:
+            out[key], pos = _value(buf, kend)
     return out, pos
 
 
@@ -231,7 +249,7 @@ def decode_table(data: bytes) -> dict[str, Any]:
     return _table(data, 0)[0]
 
 
-def _enc_value(v: Any) -> bytes:  # noqa: C901
+def _enc_value(v: Any) -> bytes:
     if v is None:
         return b"V"
     if isinstance(v, bool):
@@ -255,7 +273,7 @@ def _enc_value(v: Any) -> bytes:  # noqa: C901
     if isinstance(v, datetime):
         return b"T" + _U64.pack(int(v.timestamp()))
     if isinstance(v, Decimal):
-        sign, digits, exponent = v.as_tuple()
+        exponent = v.as_tuple().exponent
         scale = -int(exponent) if isinstance(exponent, int) and exponent < 0 else 0
         unscaled = int(v.scaleb(scale))
         return b"D" + _U8.pack(scale) + _I32.pack(unscaled)
@@ -277,7 +295,7 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
     return _U32.pack(len(inner)) + inner
 
 
-def decode_properties(buf: bytes | bytearray | memoryview, pos: int, flags: int) -> dict[str, Any]:
+def decode_properties(buf: bytes | bytearray, pos: int, flags: int) -> dict[str, Any]:
     """Basic content-header properties, from the property list at `pos`."""
     props: dict[str, Any] = {}
     if flags & 0x8000:
@@ -432,9 +450,7 @@ class Connection:
             struct.pack(">HIH", channel_max or 1, self.frame_max, self._heartbeat_s),
             channel=0,
         )
-        self._send_method(
-            CONNECTION_OPEN, _enc_shortstr(self.vhost) + b"\x00\x00", channel=0
-        )
+        self._send_method(CONNECTION_OPEN, _enc_shortstr(self.vhost) + b"\x00\x00", channel=0)
         self._wait_method(CONNECTION_OPEN_OK, channel=0)
         self.closed = False
         self._send_method(CHANNEL_OPEN, b"\x00")
@@ -454,7 +470,7 @@ class Connection:
                 )
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline:
-                    sig, _, ch = self._read_method(deadline - time.monotonic())
+                    sig, _, _ = self._read_method(deadline - time.monotonic())
                     if sig == CONNECTION_CLOSE_OK or sig is None:
                         break
         except (OSError, AmqpError):
@@ -466,10 +482,8 @@ class Connection:
         """Drop the TCP connection without a handshake."""
         self.closed = True
         if self.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
             self.sock = None
 
     def __enter__(self) -> Connection:
@@ -494,9 +508,7 @@ class Connection:
         sock = self.sock
         if sock is None:
             raise ConnectionError_("connection is closed")
-        if timeout is not None and not (
-            isinstance(sock, ssl_module.SSLSocket) and sock.pending()
-        ):
+        if timeout is not None and not (isinstance(sock, ssl_module.SSLSocket) and sock.pending()):
             ready, _, _ = select.select([sock], [], [], max(timeout, 0.0))
             if not ready:
                 return False
@@ -543,7 +555,7 @@ class Connection:
                 routing_key, pos = _shortstr(buf, pos)
                 self._partial = Delivery(dtag, redelivered, exchange, routing_key, tag)
                 return None
-            if sig == BASIC_ACK or sig == BASIC_NACK:
+            if sig in (BASIC_ACK, BASIC_NACK):
                 (dtag,) = _U64.unpack_from(buf, start + 4)
                 multiple = bool(buf[start + 12] & 1)
                 self._on_confirm(dtag, multiple, nack=sig == BASIC_NACK)
@@ -649,7 +661,7 @@ class Connection:
     def exchange_declare(
         self,
         exchange: str,
-        type: str,  # noqa: A002 - py-amqp's name
+        type: str,
         passive: bool = False,
         durable: bool = False,
         auto_delete: bool = True,

@@ -24,19 +24,38 @@ def bridge() -> None:
 
 
 @bridge.command()
-@click.option("--mode", type=MODE, required=True,
-              help="shadow: own mirror queue, legacy untouched; live: consume the legacy queue.")
-@click.option("--prefetch", type=click.IntRange(1, 65535), default=None,
-              help="Unacked messages in flight (default: rabbitmq.prefetch).")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
-              help="Serve Prometheus metrics on this port (default: none).")
+@click.option(
+    "--mode",
+    type=MODE,
+    required=True,
+    help="shadow: own mirror queue, legacy untouched; live: consume the legacy queue.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Unacked messages in flight (default: rabbitmq.prefetch).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (default: none).",
+)
 @click.option("--topic", default=None, help="Events topic (default: kafka.topic).")
 @click.option("--dlq-topic", default=None, help="Dead-letter topic (default: kafka.dlq_topic).")
-@click.option("--queue", default=None,
-              help="Override the consumed queue (default: rabbitmq.shadow_queue or legacy_queue).")
-@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Where to write the counts every second "
-                   "(default: <services.data_dir>/bridge/<mode>.json).")
+@click.option(
+    "--queue",
+    default=None,
+    help="Override the consumed queue (default: rabbitmq.shadow_queue or legacy_queue).",
+)
+@click.option(
+    "--status-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Where to write the counts every second "
+    "(default: <services.data_dir>/bridge/<mode>.json).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection event.")
 @click.pass_obj
 def run(
@@ -61,8 +80,11 @@ def run(
     logging.getLogger("abacus.bridge").setLevel(logging.INFO)
     settings = _override(settings, mode, topic, dlq_topic, queue)
     svc = Bridge(
-        settings, mode,  # type: ignore[arg-type]
-        prefetch=prefetch, metrics_port=metrics_port, status_file=status_file,
+        settings,
+        mode,  # type: ignore[arg-type]
+        prefetch=prefetch,
+        metrics_port=metrics_port,
+        status_file=status_file,
     )
     svc.install_signal_handlers()
     svc.run()
@@ -88,16 +110,31 @@ def _override(
 
 
 @bridge.command()
-@click.option("--mode", type=click.Choice(["shadow", "live", "all"]), default="all",
-              show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
-@click.option("--minutes", type=click.IntRange(0, 60), default=5, show_default=True,
-              help="Per-minute rows to show in the table.")
-@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Read this status file instead of <services.data_dir>/bridge/<mode>.json.")
-@click.option("--probe/--no-probe", default=True, show_default=True,
-              help="Also ask RabbitMQ for the queue depth and Kafka for the topic end offsets.")
+@click.option(
+    "--mode", type=click.Choice(["shadow", "live", "all"]), default="all", show_default=True
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--minutes",
+    type=click.IntRange(0, 60),
+    default=5,
+    show_default=True,
+    help="Per-minute rows to show in the table.",
+)
+@click.option(
+    "--status-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read this status file instead of <services.data_dir>/bridge/<mode>.json.",
+)
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_default=True,
+    help="Also ask RabbitMQ for the queue depth and Kafka for the topic end offsets.",
+)
 @click.pass_obj
 def status(
     settings: Settings, mode: str, fmt: str, minutes: int, status_file: Path | None, probe: bool
@@ -163,13 +200,19 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
         table.add_row("[bold]total[/bold]", *(f"{doc['totals'][k]:,}" for k in COUNTERS))
         console.print(table)
         if doc.get("dead_lettered_by_reason"):
-            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(doc["dead_lettered_by_reason"].items()))
+            reasons = ", ".join(
+                f"{k} {v:,}" for k, v in sorted(doc["dead_lettered_by_reason"].items())
+            )
             console.print(f"dead-lettered by reason: {reasons}")
         if "queue_depth" in doc:
             qd = doc["queue_depth"]
             console.print(
                 "queue: "
-                + ("unreachable" if qd is None else f"{qd['ready']:,} ready, {qd['consumers']} consumers")
+                + (
+                    "unreachable"
+                    if qd is None
+                    else f"{qd['ready']:,} ready, {qd['consumers']} consumers"
+                )
                 + f"; topic end offsets {doc.get('topic_end_offsets')}, "
                 f"DLQ end offsets {doc.get('dlq_end_offsets')}"
             )

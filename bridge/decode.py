@@ -131,7 +131,7 @@ def _bad(
     return Bad(reason, detail, body, headers)
 
 
-def decode(msg: Incoming, received_ms: int) -> Good | Bad:  # noqa: C901 - one check a line
+def decode(msg: Incoming, received_ms: int) -> Good | Bad:
     """Decode one AMQP message into a Kafka record or a dead-letter record."""
     props = msg.properties
     headers = props.get("headers") or {}
@@ -160,7 +160,10 @@ def decode(msg: Incoming, received_ms: int) -> Good | Bad:  # noqa: C901 - one c
     encoding = (_text(props.get("content_encoding")) or "utf-8").strip().lower()
     if encoding not in _UTF8_NAMES:
         return _bad(
-            Reason.BAD_ENCODING, f"content encoding {encoding} is not UTF-8", msg, received_ms,
+            Reason.BAD_ENCODING,
+            f"content encoding {encoding} is not UTF-8",
+            msg,
+            received_ms,
             task_id,
         )
     if isinstance(headers, dict) and headers.get("compression"):
@@ -183,8 +186,11 @@ def decode(msg: Incoming, received_ms: int) -> Good | Bad:  # noqa: C901 - one c
     if task is None:  # a plain JSON event: the body is the raw event
         if len(body) > MAX_EVENT_BYTES:
             return _bad(
-                Reason.TOO_LARGE, f"event of {len(body)} bytes exceeds {MAX_EVENT_BYTES}", msg,
-                received_ms, task_id,
+                Reason.TOO_LARGE,
+                f"event of {len(body)} bytes exceeds {MAX_EVENT_BYTES}",
+                msg,
+                received_ms,
+                task_id,
             )
         try:
             obj = json.loads(text)
@@ -236,13 +242,19 @@ def decode(msg: Incoming, received_ms: int) -> Good | Bad:  # noqa: C901 - one c
         value = raw.encode("utf-8")
     except UnicodeEncodeError:
         return _bad(
-            Reason.BAD_ENVELOPE, "the event text is not valid Unicode (lone surrogate)", msg,
-            received_ms, task_id,
+            Reason.BAD_ENVELOPE,
+            "the event text is not valid Unicode (lone surrogate)",
+            msg,
+            received_ms,
+            task_id,
         )
     if len(value) > MAX_EVENT_BYTES:
         return _bad(
-            Reason.TOO_LARGE, f"event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}", msg,
-            received_ms, task_id,
+            Reason.TOO_LARGE,
+            f"event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}",
+            msg,
+            received_ms,
+            task_id,
         )
     return Good(key_of(raw), value, record_headers(msg, received_ms, task_id))
 

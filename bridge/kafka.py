@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from settings.model import KafkaSettings
 
@@ -69,7 +69,11 @@ def topic_end_offsets(kafka: KafkaSettings, topic: str, timeout_s: float = 5.0) 
 
     try:
         consumer = Consumer(
-            {**kafka.client_config(), "group.id": "abacus-bridge-status", "enable.auto.commit": False}
+            {
+                **kafka.client_config(),
+                "group.id": "abacus-bridge-status",
+                "enable.auto.commit": False,
+            }
         )
     except KafkaException:
         return None

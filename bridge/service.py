@@ -178,7 +178,12 @@ class Bridge:
         self._connected = True
         log.info(
             "bridge %s consuming %s on %s:%s -> %s (prefetch %d)",
-            self.mode, self.queue, self.rabbit.host, self.rabbit.port, self.topic, self.prefetch,
+            self.mode,
+            self.queue,
+            self.rabbit.host,
+            self.rabbit.port,
+            self.topic,
+            self.prefetch,
         )
 
     def _drop_connection(self) -> None:
@@ -231,7 +236,11 @@ class Bridge:
         while True:
             try:
                 self._producer.produce(
-                    topic, rec.value, key, headers=rec.headers, on_delivery=partial(self._delivered, p)
+                    topic,
+                    rec.value,
+                    key,
+                    headers=rec.headers,
+                    on_delivery=partial(self._delivered, p),
                 )
                 return
             except BufferError:
@@ -246,7 +255,7 @@ class Bridge:
             return
         p.done = True
         rec = p.record
-        if type(rec) is Good:
+        if isinstance(rec, Good):
             self.counts.produced += 1
         else:
             self.counts.dead_lettered += 1

@@ -152,5 +152,5 @@ def serve_metrics(port: int, counts: Counts, mode: str, in_flight: Any) -> Any:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PrometheusCollector(counts, mode, in_flight))  # type: ignore[arg-type]
+    registry.register(PrometheusCollector(counts, mode, in_flight))
     return start_http_server(port, registry=registry)
