@@ -18,6 +18,9 @@ _COMMANDS: list[tuple[str, str]] = [
     ("services.cli", "services"),
     ("storage.cli", "schema"),
     ("bench.cli", "bench"),
+    ("compare.cli", "compare"),
+    ("compare.cli", "dump"),
+    ("compare.cli", "audits"),
 ]
 
 

@@ -1,0 +1,164 @@
+"""Audit history in the ops keyspace: every audit's record (id, date, sides, parameters,
+summary, start, end, state, outcome), listed by date, and the question cutover gates ask:
+"were the last N days clean?".
+
+Tables (storage/schema.py, OPS_TABLES): `audits` by id, `audits_by_date` by date, newest
+first. `state` is running | done | failed; `outcome` is running | clean | dirty | error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from datetime import date as Date
+from typing import Any
+
+from settings import CassandraSettings, Settings
+from storage import OPS, Prepared, keyspace_of
+
+_COLUMNS = ("audit_id, date, left_store, right_store, truth, params, summary, state, outcome, "
+            "started_at, ended_at")
+
+
+@dataclass
+class AuditRecord:
+    audit_id: str
+    date: str
+    left: str
+    right: str
+    truth: str
+    params: dict[str, Any]
+    summary: dict[str, Any] | None = None
+    state: str = "running"
+    outcome: str = "running"
+    started_at: datetime = field(default_factory=lambda: now_ms())
+    ended_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"audit_id": self.audit_id, "date": self.date, "left": self.left,
+                "right": self.right, "truth": self.truth, "state": self.state,
+                "outcome": self.outcome, "started_at": _iso(self.started_at),
+                "ended_at": _iso(self.ended_at), "params": self.params}
+
+
+def now_ms() -> datetime:
+    """Now, truncated to what a CQL timestamp keeps (milliseconds), so a record read back
+    names the same `audits_by_date` row."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # the driver returns naive UTC
+    return at.isoformat(timespec="milliseconds")
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    return None if at is None or at.tzinfo else at.replace(tzinfo=UTC)
+
+
+class AuditStore:
+    """The audit records of one ops keyspace; prepared statements only."""
+
+    def __init__(self, prepared: Prepared, settings: CassandraSettings) -> None:
+        # Only identifiers (the keyspace, from settings) are formatted in; values are bound.
+        ks = keyspace_of(settings, OPS)
+        self._session = prepared.session
+        marks = ", ".join("?" * len(_COLUMNS.split(",")))
+        self._insert = prepared(
+            f"INSERT INTO {ks}.audits ({_COLUMNS}) VALUES ({marks})")  # noqa: S608
+        self._insert_by_date = prepared(
+            f"INSERT INTO {ks}.audits_by_date (date, started_at, audit_id, "  # noqa: S608
+            "left_store, right_store, outcome) VALUES (?, ?, ?, ?, ?, ?)")
+        self._get = prepared(
+            f"SELECT {_COLUMNS} FROM {ks}.audits WHERE audit_id = ?")  # noqa: S608
+        self._all = prepared(f"SELECT {_COLUMNS} FROM {ks}.audits")  # noqa: S608
+        self._of_date = prepared(
+            f"SELECT audit_id FROM {ks}.audits_by_date WHERE date = ?")  # noqa: S608
+
+    def save(self, record: AuditRecord) -> None:
+        """Insert or overwrite the record (both tables)."""
+        summary = None if record.summary is None else json.dumps(record.summary)
+        self._session.execute(self._insert, (
+            record.audit_id, record.date, record.left, record.right, record.truth,
+            json.dumps(record.params), summary, record.state, record.outcome,
+            record.started_at, record.ended_at))
+        self._session.execute(self._insert_by_date, (
+            record.date, record.started_at, record.audit_id, record.left, record.right,
+            record.outcome))
+
+    def get(self, audit_id: str) -> AuditRecord | None:
+        row = self._session.execute(self._get, (audit_id,)).one()
+        return None if row is None else _record(row)
+
+    def of_date(self, date: str) -> list[AuditRecord]:
+        """The audits of a date, newest first."""
+        ids = [r.audit_id for r in self._session.execute(self._of_date, (date,))]
+        return [r for r in (self.get(i) for i in ids) if r is not None]
+
+    def all(self) -> Iterator[AuditRecord]:
+        for row in self._session.execute(self._all):
+            yield _record(row)
+
+
+def _record(row: Any) -> AuditRecord:
+    return AuditRecord(
+        audit_id=row.audit_id, date=row.date, left=row.left_store, right=row.right_store,
+        truth=row.truth, params=json.loads(row.params or "{}"),
+        summary=json.loads(row.summary) if row.summary else None, state=row.state,
+        outcome=row.outcome, started_at=_utc(row.started_at) or now_ms(),
+        ended_at=_utc(row.ended_at))
+
+
+# -- the cutover gates' question --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DayAudit:
+    date: str
+    audit_id: str | None
+    outcome: str | None  # None: no finished audit of these sides on that date
+
+
+@dataclass(frozen=True)
+class CleanDays:
+    clean: bool
+    days: list[DayAudit]
+
+    @property
+    def audit_ids(self) -> list[str]:
+        return [d.audit_id for d in self.days if d.audit_id is not None]
+
+
+def clean_days(store: AuditStore, left: str, right: str, n: int, until: str) -> CleanDays:
+    """For each of the n dates ending at `until`, the latest finished audit of left against
+    right decides; the days are clean when every one has a clean audit."""
+    last = Date.fromisoformat(until)
+    days = []
+    for back in range(n - 1, -1, -1):
+        date = (last - timedelta(days=back)).isoformat()
+        finished = [r for r in store.of_date(date)
+                    if r.left == left and r.right == right and r.state == "done"]
+        latest = max(finished, key=lambda r: r.started_at, default=None)
+        days.append(DayAudit(date, latest.audit_id if latest else None,
+                             latest.outcome if latest else None))
+    return CleanDays(all(d.outcome == "clean" for d in days), days)
+
+
+def last_clean_days(settings: Settings, left: str, right: str, n: int,
+                    until: str | None = None) -> CleanDays:
+    """Were the last n days clean? `until` defaults to yesterday (UTC): a date is audited
+    once it is over."""
+    from storage import connect
+
+    until = until or (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    session = connect(settings.cassandra)
+    try:
+        return clean_days(AuditStore(Prepared(session), settings.cassandra), left, right, n,
+                          until)
+    finally:
+        session.cluster.shutdown()
