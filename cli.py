@@ -21,6 +21,8 @@ _COMMANDS: list[tuple[str, str]] = [
     ("compare.cli", "compare"),
     ("compare.cli", "dump"),
     ("compare.cli", "audits"),
+    ("legacy.cli", "produce"),
+    ("legacy.cli", "legacy"),
 ]
 
 

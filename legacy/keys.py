@@ -1,0 +1,68 @@
+"""Where legacy keeps its state in Redis: every key under one prefix.
+
+The prefix is `settings.redis.prefix + "legacy:"`, so a test (or a second installation
+sharing a Redis) isolates itself by its own `redis.prefix`. Counter keys are encoded as
+JSON arrays: unambiguous for any facet value (a value may hold any character).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from counting import AccountKey
+from settings import RedisSettings
+
+SUB_PREFIX = "legacy:"
+
+
+def encode_key(key: AccountKey) -> str:
+    """The text of an account key in Redis (a set member, a hash field)."""
+    return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_key(text: str | bytes) -> AccountKey:
+    return AccountKey._make(json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """The names of legacy's Redis keys."""
+
+    prefix: str
+
+    @classmethod
+    def of(cls, settings: RedisSettings) -> RedisKeys:
+        return cls(settings.prefix + SUB_PREFIX)
+
+    def uniques(self, company_id: str, customer_id: str) -> str:
+        """Check Uniques: the set of account keys this customer already counted for."""
+        return self.prefix + "u:" + json.dumps([company_id, customer_id], ensure_ascii=False,
+                                               separators=(",", ":"))
+
+    @property
+    def pending(self) -> str:
+        """Big Bertha: the hash of pre-aggregated increments not yet taken by a flush."""
+        return self.prefix + "bb:pending"
+
+    @property
+    def batches(self) -> str:
+        """Big Bertha: sorted set of the batches taken by flushes (score = take time)."""
+        return self.prefix + "bb:batches"
+
+    def batch(self, batch_id: str) -> str:
+        return self.prefix + "bb:batch:" + batch_id
+
+    @property
+    def stats(self) -> str:
+        """Hash of operational counters (processed, dead-lettered by reason, flushes...)."""
+        return self.prefix + "stats"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this prefix (for cleanup)."""
+        return _glob_escape(self.prefix) + "*"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

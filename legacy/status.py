@@ -1,0 +1,129 @@
+"""What legacy is doing: queue depths, unacked tasks, pending pre-aggregates, counters.
+
+RabbitMQ's AMQP API reports ready messages and consumers of a queue, not unacknowledged
+ones; those are asked of the workers themselves (Celery remote control: active and
+reserved tasks), on the installation's own control exchange.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from amqp.exceptions import NotFound
+from kombu import Connection
+
+from legacy.aggregation import redis_client
+from legacy.bertha import BigBertha
+from legacy.keys import RedisKeys
+from settings import Settings
+
+
+@dataclass
+class Status:
+    queue: str
+    ready: int  # messages waiting in the legacy queue
+    consumers: int  # worker connections consuming it
+    unacked: int | None  # tasks delivered to workers and not acked yet (None: not asked)
+    dead_letter_queue: str
+    dead_letters: int
+    pending_fields: int  # Big Bertha increments not yet in Cassandra
+    batches: int  # Big Bertha batches taken and not finished
+    stats: dict[str, int] = field(default_factory=dict)
+    rate: float | None = None  # tasks/s over the sample interval
+
+    @property
+    def drained(self) -> bool:
+        """Nothing left to count: queue empty, nothing unacked, Big Bertha empty."""
+        return (self.ready == 0 and self.unacked == 0 and self.pending_fields == 0
+                and self.batches == 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drained": self.drained}
+
+
+def queue_depth(conn: Connection, name: str) -> tuple[int, int]:
+    """(ready messages, consumers) of a queue; (0, 0) if it does not exist."""
+    channel = conn.channel()
+    try:
+        _, ready, consumers = channel.queue_declare(queue=name, passive=True)
+        return ready, consumers
+    except NotFound:
+        return 0, 0
+    finally:
+        with contextlib.suppress(Exception):  # closed by the broker after NOT_FOUND
+            channel.close()
+
+
+def unacked_tasks(settings: Settings, workers: int, timeout_s: float = 1.0) -> int:
+    """Tasks the workers hold (executing or prefetched), asked by remote control."""
+    if workers == 0:
+        return 0  # no consumer: no delivery can be unacked
+    from legacy.app import make_app
+
+    app = make_app(settings)
+    try:
+        inspect = app.control.inspect(timeout=timeout_s, limit=workers)
+        if len(inspect.ping() or {}) < workers:
+            return -1  # a consumer did not answer (busy, or not a worker): unknown
+        total = 0
+        for reply in (inspect.active() or {}, inspect.reserved() or {}):
+            total += sum(len(tasks) for tasks in reply.values())
+        return total
+    finally:
+        app.close()
+
+
+def _stats(client: Any, keys: RedisKeys) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
+
+
+def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 0.0) -> Status:
+    keys = RedisKeys.of(settings.redis)
+    client = redis_client(settings)
+    rabbit = settings.rabbitmq
+    try:
+        before = _stats(client, keys) if sample_s > 0 else None
+        if before is not None:
+            time.sleep(sample_s)
+        with Connection(rabbit.url()) as conn:
+            ready, consumers = queue_depth(conn, rabbit.legacy_queue)
+            dead, _ = queue_depth(conn, rabbit.dead_letter_queue)
+        unacked = unacked_tasks(settings, consumers) if ask_workers else None
+        bertha = BigBertha(client, keys)
+        stats = _stats(client, keys)
+        rate = None
+        if before is not None:
+            done = ("processed", "dead_lettered")
+            rate = sum(stats.get(k, 0) - before.get(k, 0) for k in done) / sample_s
+        return Status(
+            queue=rabbit.legacy_queue, ready=ready, consumers=consumers,
+            unacked=unacked if unacked is None or unacked >= 0 else None,
+            dead_letter_queue=rabbit.dead_letter_queue, dead_letters=dead,
+            pending_fields=bertha.pending_fields(), batches=len(list(bertha.batch_ids())),
+            stats=stats, rate=rate)
+    finally:
+        client.close()
+
+
+def is_drained(settings: Settings) -> bool:
+    return read_status(settings).drained
+
+
+def wait_drained(settings: Settings, timeout_s: float = 120.0, poll_s: float = 0.5,
+                 confirmations: int = 2) -> Status:
+    """Wait until legacy has drained (`confirmations` reads in a row); raises TimeoutError
+    with the last status when it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    while True:
+        status = read_status(settings)
+        streak = streak + 1 if status.drained else 0
+        if streak >= confirmations:
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"legacy did not drain within {timeout_s:.0f} s: "
+                               f"{status.to_dict()}")
+        time.sleep(poll_s)

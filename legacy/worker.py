@@ -1,0 +1,107 @@
+"""Running legacy workers: in this process (`abacus legacy worker`) or as a subprocess
+(`start_worker`, for shadow runs, benchmarks and tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from legacy.app import WorkerOptions, make_app
+from settings import Settings
+
+
+def run_worker(settings: Settings, options: WorkerOptions) -> int:
+    """Run a Celery worker on the legacy queue until it is stopped; its exit code."""
+    app = make_app(settings, options)
+    hostname = options.hostname or f"legacy-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    worker = app.Worker(
+        hostname=hostname, concurrency=options.concurrency, pool=options.pool,
+        loglevel=options.loglevel, queues=[settings.rabbitmq.legacy_queue],
+        without_gossip=True, without_mingle=True, without_heartbeat=True,
+        prefetch_multiplier=options.prefetch_multiplier, optimization="fair",
+    )
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that give a child process exactly these settings (secrets
+    included: for a child's environment only, never for printing)."""
+    env: dict[str, str] = {}
+    for section in type(settings).model_fields:
+        value = getattr(settings, section)
+        data = value.model_dump(mode="python")
+        for name, item in data.items():
+            if hasattr(item, "get_secret_value"):
+                data[name] = item.get_secret_value()
+        env[f"ABACUS_{section.upper()}"] = json.dumps(data, default=str)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """A legacy worker running as a child process."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """Warm shutdown (SIGTERM: finish the running tasks), then kill if it hangs."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def worker_args(options: WorkerOptions) -> list[str]:
+    args = ["legacy", "worker", "--concurrency", str(options.concurrency),
+            "--pool", options.pool, "--prefetch-multiplier", str(options.prefetch_multiplier),
+            "--flush-interval-s", str(options.flush_interval_s),
+            "--loglevel", options.loglevel,
+            "--chaos-redeliver", str(options.chaos.redeliver),
+            "--chaos-crash", str(options.chaos.crash),
+            "--chaos-drop-flush", str(options.chaos.drop_flush)]
+    if options.trace_dir is not None:
+        args += ["--trace-dir", str(options.trace_dir)]
+    if options.hostname:
+        args += ["--hostname", options.hostname]
+    return args
+
+
+def start_worker(settings: Settings, options: WorkerOptions, log_path: Path) -> WorkerProcess:
+    """Start `abacus legacy worker` as a child process with these settings and options;
+    its output goes to `log_path`. Stop it with `.stop()`."""
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("ABACUS_CONFIG", None)  # the settings travel whole in the environment
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli", *worker_args(options)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    return WorkerProcess(process, log_path)
