@@ -787,9 +787,10 @@ class Connection:
             self._confirmed_upto = max(self._confirmed_upto, tag)
         else:
             self._confirmed_set.add(tag)
-            while self._confirmed_upto + 1 in self._confirmed_set:
-                self._confirmed_upto += 1
-                self._confirmed_set.discard(self._confirmed_upto)
+        while self._confirmed_upto + 1 in self._confirmed_set:
+            self._confirmed_upto += 1
+        if self._confirmed_set:
+            self._confirmed_set = {t for t in self._confirmed_set if t > self._confirmed_upto}
 
     def publish_frames(
         self,

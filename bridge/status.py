@@ -96,7 +96,11 @@ def read_status(path: Path) -> dict[str, Any] | None:
         doc: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    doc["running"] = _alive(doc.get("pid")) and time.time() - doc.get("updated_at", 0) < 10
+    doc["running"] = (
+        not doc.get("stopped")
+        and _alive(doc.get("pid"))
+        and time.time() - doc.get("updated_at", 0) < 10
+    )
     return doc
 
 

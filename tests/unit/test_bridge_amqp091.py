@@ -144,3 +144,17 @@ def test_channel_close_from_the_server_raises_with_the_code() -> None:
         conn._handle_frame(*frame)
     assert info.value.reply_code == 406
     assert conn.sock is None
+
+
+def test_publisher_confirms_mixing_single_and_multiple_acks() -> None:
+    conn = A.Connection()
+    conn._confirm = True
+    conn._next_publish_seq = 5  # four published
+    conn._on_confirm(2, multiple=False, nack=False)
+    conn._on_confirm(4, multiple=False, nack=False)
+    assert conn._confirmed_upto == 0
+    conn._on_confirm(1, multiple=True, nack=False)
+    assert conn._confirmed_upto == 2
+    conn._on_confirm(3, multiple=False, nack=False)
+    assert conn._confirmed_upto == 4
+    conn.wait_for_confirms(timeout=0.1)

@@ -1,0 +1,445 @@
+"""The bridge on real RabbitMQ and Kafka: every event once, crash safety, bad input,
+shadow vs live, reconnects, counts. Each test has its own exchange, queues and topics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+
+from bridge import rabbit
+from bridge.amqp091 import Connection
+from bridge.decode import MAX_BODY_BYTES, MAX_EVENT_BYTES
+from bridge.service import Bridge
+from bridge.status import read_status
+from counting.corpus import tricky_lines
+from legacy.protocol import TASK_NAME, task_message
+from settings.model import Settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Env:
+    settings: Settings
+    conn: Connection  # the test's own publisher/inspector connection
+
+    @property
+    def rmq(self) -> Any:
+        return self.settings.rabbitmq
+
+    def depth(self, queue: str) -> int:
+        return self.conn.queue_declare(queue, passive=True)[1]
+
+    def publish(self, messages: list[tuple[bytes, dict[str, Any]]]) -> None:
+        """Publish with confirms: when this returns, every message is in its queues."""
+        frames = [
+            self.conn.publish_frames(body, self.rmq.exchange, self.rmq.routing_key, props)
+            for body, props in messages
+        ]
+        for i in range(0, len(frames), 500):
+            self.conn.send_raw(b"".join(frames[i : i + 500]))
+        self.conn.wait_for_confirms(timeout=60)
+
+    def env_vars(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "ABACUS_RABBITMQ__EXCHANGE": s.rabbitmq.exchange,
+            "ABACUS_RABBITMQ__LEGACY_QUEUE": s.rabbitmq.legacy_queue,
+            "ABACUS_RABBITMQ__SHADOW_QUEUE": s.rabbitmq.shadow_queue,
+            "ABACUS_RABBITMQ__PORT": str(s.rabbitmq.port),
+            "ABACUS_KAFKA__TOPIC": s.kafka.topic,
+            "ABACUS_KAFKA__DLQ_TOPIC": s.kafka.dlq_topic,
+            "ABACUS_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+            "ABACUS_SERVICES__DATA_DIR": str(s.services.data_dir),
+        }
+
+
+@pytest.fixture
+def env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env]:
+    u = uuid.uuid4().hex[:8]
+    isolated = settings.model_copy(
+        update={
+            "rabbitmq": settings.rabbitmq.model_copy(
+                update={
+                    "exchange": f"test.{u}.events",
+                    "legacy_queue": f"test.{u}.legacy",
+                    "shadow_queue": f"test.{u}.shadow",
+                    "prefetch": 256,
+                }
+            ),
+            "kafka": settings.kafka.model_copy(
+                update={"topic": f"test.{u}.events", "dlq_topic": f"test.{u}.dlq"}
+            ),
+            "services": settings.services.model_copy(update={"data_dir": tmp_path / "data"}),
+        }
+    )
+    conn = rabbit.connect(isolated.rabbitmq)
+    rabbit.declare_topology(conn, isolated.rabbitmq)
+    rabbit.declare_shadow_queue(conn, isolated.rabbitmq)
+    conn.confirm_select()
+    yield Env(isolated, conn)
+    for q in (isolated.rabbitmq.legacy_queue, isolated.rabbitmq.shadow_queue):
+        conn.queue_delete(q)
+    conn.exchange_delete(isolated.rabbitmq.exchange)
+    conn.close()
+    admin = AdminClient(isolated.kafka.client_config())
+    for fut in admin.delete_topics([isolated.kafka.topic, isolated.kafka.dlq_topic]).values():
+        with contextlib.suppress(Exception):  # a topic the test never created
+            fut.result()
+
+
+def celery_message(raw: str, task_id: str | None = None) -> tuple[bytes, dict[str, Any]]:
+    m = task_message(raw, task_id=task_id)
+    return m.body, {**m.properties, "headers": m.headers}
+
+
+def event(i: int) -> str:
+    return json.dumps(
+        {
+            "event_id": f"E{i}",
+            "company_id": f"COM{i % 5}",
+            "customer_id": f"CUS{i % 11}",
+            "statistic_id": "opened",
+            "timestamp": 1544153562 + i,
+        }
+    )
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
+    """All records of `topic` once at least `expected` arrived (plus a short grace)."""
+    consumer = Consumer(
+        {
+            **settings.kafka.client_config(),
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(1000, timeout=0.5)
+            for m in batch:
+                if m.error() is None:
+                    out.append(m)
+            if len(out) >= expected:
+                quiet_until = quiet_until or time.monotonic() + 1.0
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+def headers_of(record: Any) -> dict[str, bytes]:
+    return dict(record.headers() or [])
+
+
+def run_in_thread(b: Bridge) -> threading.Thread:
+    t = threading.Thread(target=b.run, daemon=True)
+    t.start()
+    return t
+
+
+def wait_for(cond: Any, timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def test_shadow_every_event_once_with_key_and_headers(env: Env) -> None:
+    lines = [event(i) for i in range(1500)] + tricky_lines()
+    lines = [ln for ln in lines if len(ln.encode()) <= MAX_EVENT_BYTES]
+    ids = [f"T{i}" for i in range(len(lines))]
+    env.publish([celery_message(ln, tid) for ln, tid in zip(lines, ids, strict=True)])
+    plain = event(99999)
+    env.publish([(plain.encode(), {"content_type": "application/json", "message_id": "M-plain"})])
+    total = len(lines) + 1
+
+    port = free_port()
+    b = Bridge(env.settings, "shadow", metrics_port=port, should_stop=lambda c: c.acked >= total)
+    thread = run_in_thread(b)
+    wait_for(lambda: b.counts.acked >= total // 2, what="half the messages acked")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    assert b'abacus_bridge_acked_total{mode="shadow"}' in metrics
+    thread.join(120)
+    assert not thread.is_alive()
+
+    records = read_topic(env.settings, env.settings.kafka.topic, total)
+    assert len(records) == total
+    by_task = {headers_of(r).get("task_id", b"").decode(): r for r in records}
+    for line, tid in zip(lines, ids, strict=True):
+        r = by_task[tid]
+        assert r.value() == line.encode()
+        obj: Any
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        company = obj.get("company_id") if isinstance(obj, dict) else None
+        assert r.key() == (company.encode() if isinstance(company, str) else b"")
+        h = headers_of(r)
+        assert h["routing_key"] == env.rmq.routing_key.encode()
+        assert h["exchange"] == env.rmq.exchange.encode()
+        assert h["content_type"] == b"application/json"
+        assert h["redelivered"] == b"false"
+        assert int(h["bridge_received_ms"]) > 0
+    plain_rec = [r for r in records if headers_of(r).get("message_id") == b"M-plain"]
+    assert [r.value() for r in plain_rec] == [plain.encode()]
+    assert plain_rec[0].key() == b"COM4"
+
+    c = b.counts
+    assert (c.consumed, c.produced, c.acked, c.dead_lettered) == (total, total, total, 0)
+    # shadow leaves the legacy queue's contents untouched, and drained its own queue
+    assert env.depth(env.rmq.legacy_queue) == total
+    assert env.depth(env.rmq.shadow_queue) == 0
+
+    # the status command shows the same counts (the run is over: exit 3 "not running")
+    status_file = env.settings.services.data_dir / "bridge" / "shadow.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "status",
+            "--mode",
+            "shadow",
+            "--format",
+            "json",
+            "--status-file",
+            str(status_file),
+            "--no-probe",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env.env_vars(),
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["totals"]["acked"] == total and doc["totals"]["produced"] == total
+    assert sum(row["consumed"] for row in doc["per_minute"]) == total
+    assert doc["stopped"] is True
+
+
+def test_live_mode_drains_the_legacy_queue(env: Env) -> None:
+    n = 1000
+    env.publish([celery_message(event(i)) for i in range(n)])
+    assert env.depth(env.rmq.legacy_queue) == n
+    b = Bridge(env.settings, "live", should_stop=lambda c: c.acked >= n)
+    run_in_thread(b).join(120)
+    assert env.depth(env.rmq.legacy_queue) == 0
+    assert env.depth(env.rmq.shadow_queue) == n  # the mirror queue is not live mode's
+    assert len(read_topic(env.settings, env.settings.kafka.topic, n)) == n
+
+
+def test_bad_messages_are_dead_lettered_and_good_ones_still_arrive(env: Env) -> None:
+    good = [celery_message(event(i), f"G{i}") for i in range(40)]
+    m = task_message(event(0), task_id="B")
+    props = {**m.properties, "headers": m.headers}
+    bad: list[tuple[str, bytes, dict[str, Any]]] = [
+        (
+            "pickle",
+            b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00]\x94.",
+            {**props, "content_type": "application/x-python-serialize"},
+        ),
+        ("content_type", m.body, {**props, "content_type": "application/x-yaml"}),
+        ("content_type", b"hello", {}),
+        ("broken_json", m.body[:-7], props),
+        ("broken_json", b'{"event_id": ', {"content_type": "application/json"}),
+        ("unknown_task", m.body, {**props, "headers": {**m.headers, "task": "other.task"}}),
+        ("bad_envelope", b'[["a", "b"], {}, {}]', props),
+        (
+            "bad_envelope",
+            json.dumps({"task": TASK_NAME, "id": "x", "args": ["{}"]}).encode(),
+            {"content_type": "application/json"},
+        ),
+        ("bad_encoding", m.body, {**props, "content_encoding": "binary"}),
+        ("too_large", celery_message(json.dumps({"pad": "x" * MAX_EVENT_BYTES}))[0], props),
+        ("oversized_body", b"[" + b" " * MAX_BODY_BYTES + b"]", props),
+    ]
+    messages: list[tuple[bytes, dict[str, Any]]] = []
+    for i, (_, body, p) in enumerate(bad):  # interleave: good, bad, good, bad, ...
+        messages += [good[i], (body, p)]
+    messages += good[len(bad) :]
+    env.publish(messages)
+    total = len(messages)
+
+    b = Bridge(env.settings, "live", should_stop=lambda c: c.acked >= total)
+    run_in_thread(b).join(120)
+    assert env.depth(env.rmq.legacy_queue) == 0
+
+    dlq = read_topic(env.settings, env.settings.kafka.dlq_topic, len(bad))
+    assert len(dlq) == len(bad)
+    got = sorted(
+        (headers_of(r)["reason"].decode(), len(r.value()), int(headers_of(r)["original_size"]))
+        for r in dlq
+    )
+    want = sorted((reason, min(len(body), MAX_BODY_BYTES), len(body)) for reason, body, _ in bad)
+    assert got == want
+    for r in dlq:  # the original bytes, untouched (oversized: its first 4 MiB)
+        h = headers_of(r)
+        assert h["detail"]
+        originals = [
+            body[:MAX_BODY_BYTES] for reason, body, _ in bad if reason == h["reason"].decode()
+        ]
+        assert r.value() in originals
+    events = read_topic(env.settings, env.settings.kafka.topic, len(good))
+    assert sorted(headers_of(r)["task_id"] for r in events) == sorted(
+        f"G{i}".encode() for i in range(len(good))
+    )
+    c = b.counts
+    assert c.dead_lettered == len(bad) and c.produced == len(good) and c.acked == total
+    assert c.dead_lettered_by_reason == dict(Counter(reason for reason, _, _ in bad))
+
+
+def test_reconnect_drops_stale_delivery_tags_and_loses_nothing(env: Env) -> None:
+    n = 6000
+    env.publish([celery_message(event(i), f"T{i}") for i in range(n)])
+    b = Bridge(env.settings, "live", should_stop=lambda c: c.acked >= n)
+    thread = run_in_thread(b)
+    wait_for(lambda: b.counts.acked >= 1000, what="1000 acks")
+    conn = b._conn
+    assert conn is not None and conn.sock is not None
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the broker connection drops mid-stream
+    wait_for(lambda: b.counts.reconnects >= 1, what="a reconnect")
+    thread.join(120)
+    assert not thread.is_alive()
+    assert b.counts.reconnects == 1  # no crash loop on stale delivery tags
+    assert env.depth(env.rmq.legacy_queue) == 0
+    records = read_topic(env.settings, env.settings.kafka.topic, n)
+    ids = Counter(headers_of(r)["task_id"] for r in records)
+    assert set(ids) == {f"T{i}".encode() for i in range(n)}
+    assert len(records) - n <= b.counts.redelivered
+
+
+def _spawn(env: Env, status_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "run",
+            "--mode",
+            "live",
+            "--prefetch",
+            "500",
+            "--status-file",
+            str(status_file),
+        ],
+        cwd=REPO,
+        env=env.env_vars(),
+        stderr=subprocess.PIPE,
+    )
+
+
+def _status(path: Path) -> dict[str, Any]:
+    return read_status(path) or {"totals": {"acked": 0}, "in_flight": -1}
+
+
+def test_sigkill_mid_stream_loses_nothing_and_counts_duplicates(env: Env, tmp_path: Path) -> None:
+    n = 20000
+    env.publish([celery_message(event(i), f"T{i}") for i in range(n)])
+    first = tmp_path / "first.json"
+    proc = _spawn(env, first)
+    try:
+        wait_for(lambda: _status(first)["totals"]["acked"] >= 3000, 120, "3000 acks")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    wait_for(
+        lambda: env.conn.queue_declare(env.rmq.legacy_queue, passive=True)[2] == 0,
+        30,
+        "the broker to notice the dead consumer",
+    )
+    left = env.depth(env.rmq.legacy_queue)
+    assert 0 < left < n, "killed mid-stream"
+
+    second = tmp_path / "second.json"
+    proc = _spawn(env, second)
+    try:
+        wait_for(
+            lambda: (
+                env.depth(env.rmq.legacy_queue) == 0
+                and _status(second)["in_flight"] == 0
+                and _status(second)["totals"]["acked"] >= left
+            ),
+            120,
+            "the queue drained",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    final = read_status(second)
+    assert final is not None and final["stopped"]
+
+    records = read_topic(env.settings, env.settings.kafka.topic, n)
+    ids = Counter(headers_of(r)["task_id"] for r in records)
+    assert set(ids) == {f"T{i}".encode() for i in range(n)}, "an event was lost"
+    duplicates = len(records) - n
+    # each duplicate is a record of a message the broker redelivered after the kill
+    assert duplicates <= final["totals"]["redelivered"]
+    assert final["totals"]["acked"] == left
+    print(
+        f"SIGKILL: {n} events, {duplicates} duplicates, "
+        f"{final['totals']['redelivered']} redelivered"
+    )
+
+
+def test_sigterm_flushes_acks_and_leaves_the_rest(env: Env, tmp_path: Path) -> None:
+    n = 8000
+    env.publish([celery_message(event(i), f"T{i}") for i in range(n)])
+    status_file = tmp_path / "s.json"
+    proc = _spawn(env, status_file)
+    try:
+        wait_for(lambda: _status(status_file)["totals"]["acked"] >= 1000, 120, "1000 acks")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    final = read_status(status_file)
+    assert final is not None
+    acked = final["totals"]["acked"]
+    assert final["totals"]["produced"] == acked  # nothing confirmed was left unacked
+    assert env.depth(env.rmq.legacy_queue) == n - acked  # the rest stayed in the queue
+    records = read_topic(env.settings, env.settings.kafka.topic, acked, timeout_s=20)
+    assert len(records) == acked
