@@ -7,7 +7,7 @@ mismatches only), the unit plan (ids only), and the truth (the date's reference 
 The detail goes to `<work_dir>/<audit_id>/detail.jsonl` as it is confirmed.
 
 Resume: the plan (the sorted list of units) is written before the first read and the
-progress (chunks done, detail bytes, tally) after each confirmed chunk, atomically; a
+progress (units done, detail bytes, tally) after each confirmed chunk, atomically; a
 resumed audit truncates the detail to the recorded length and carries on with the next
 chunk, reading the truth from the same bounds. The result is the same as an uninterrupted
 audit's over the same data.
@@ -286,7 +286,7 @@ def _plan(params: AuditParams, readers: Sequence[StoreReader], truth: Truth | No
 
 @dataclass
 class _Chunk:
-    index: int
+    start: int  # index in the plan of its first unit
     units: list[Unit]
     results: dict[Unit, tuple[Tally, list[Mismatch]]]
     deadline: float
@@ -338,31 +338,28 @@ class _Runner:
         self.tolerance = Tolerance.from_dict(params.tolerance)
 
     def run(self, plan: list[Unit]) -> Tally:
-        size = self.options.chunk_units
-        chunks = [plan[i:i + size] for i in range(0, len(plan), size)]
         state_path = self.spool / "progress.json"
         detail_path = self.spool / "detail.jsonl"
         state = (json.loads(state_path.read_text("utf-8")) if state_path.is_file()
-                 else {"chunks_done": 0, "detail_bytes": 0, "tally": Tally().to_dict()})
+                 else {"units_done": 0, "detail_bytes": 0, "tally": Tally().to_dict()})
         tally = Tally.from_dict(state["tally"])
+        size = self.options.chunk_units
+        starts = range(state["units_done"], len(plan), size)  # any chunk size resumes
         detail_path.touch()
         with detail_path.open("r+b") as detail:
             detail.truncate(state["detail_bytes"])
             detail.seek(state["detail_bytes"])
             settling: deque[_Chunk] = deque()
-            done_units = sum(len(c) for c in chunks[: state["chunks_done"]])
-            self._report(done_units, len(plan))
-            for index in range(state["chunks_done"], len(chunks)):
-                settling.append(self._first_read(index, chunks[index]))
+            self._report(state["units_done"], len(plan))
+            for start in starts:
+                settling.append(self._first_read(start, plan[start:start + size]))
                 while settling and (settling[0].deadline <= time.monotonic()
                                     or len(settling) > self.options.max_settling_chunks):
-                    done_units += self._confirm(settling.popleft(), tally, detail, state,
-                                                state_path)
-                    self._report(done_units, len(plan))
+                    self._confirm(settling.popleft(), tally, detail, state, state_path)
+                    self._report(state["units_done"], len(plan))
             while settling:
-                done_units += self._confirm(settling.popleft(), tally, detail, state,
-                                            state_path)
-                self._report(done_units, len(plan))
+                self._confirm(settling.popleft(), tally, detail, state, state_path)
+                self._report(state["units_done"], len(plan))
         return tally
 
     def _report(self, done: int, total: int) -> None:
@@ -388,15 +385,15 @@ class _Runner:
             out[unit] = (tally, records)
         return out
 
-    def _first_read(self, index: int, units: list[Unit]) -> _Chunk:
+    def _first_read(self, start: int, units: list[Unit]) -> _Chunk:
         results = self._diff(units, self._read(units))
         candidates = [m for _, records in results.values() for m in records]
         if candidates and self.on_candidates is not None:
             self.on_candidates(candidates)
-        return _Chunk(index, units, results, time.monotonic() + self.options.settle_s)
+        return _Chunk(start, units, results, time.monotonic() + self.options.settle_s)
 
     def _confirm(self, chunk: _Chunk, tally: Tally, detail: Any, state: dict[str, Any],
-                 state_path: Path) -> int:
+                 state_path: Path) -> None:
         """Re-read the units with mismatches once the chunk has settled; write the chunk."""
         suspects = [u for u in chunk.units if chunk.results[u][1]]
         if suspects:
@@ -413,7 +410,6 @@ class _Runner:
             detail.write(("\n".join(lines) + "\n").encode("utf-8"))
         detail.flush()
         os.fsync(detail.fileno())
-        state.update(chunks_done=chunk.index + 1, detail_bytes=detail.tell(),
+        state.update(units_done=chunk.start + len(chunk.units), detail_bytes=detail.tell(),
                      tally=tally.to_dict())
         _write_json(state_path, state)
-        return len(chunk.units)

@@ -58,7 +58,7 @@ def _levels(level: str) -> tuple[str, ...]:
 @contextmanager
 def _output(out: Path | None) -> Iterator[IO[str]]:
     if out is None:
-        yield click.get_text_stream("stdout")
+        yield sys.stdout
         return
     with out.open("w", encoding="utf-8") as stream:
         yield stream
