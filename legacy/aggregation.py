@@ -69,13 +69,10 @@ class Aggregator:
             return Outcome.DEAD_LETTERED
         event = parsed
         encoded = [encode_key(k) for k in account_keys(event)]
-        # Check Uniques: one pipelined round trip
+        # Check Uniques: one round trip
         first = self._uniques.first_times(event.company_id, event.customer_id, encoded)
-        # Big Bertha: the count and uniques increments, one pipelined round trip
-        pipe = self._redis.pipeline(transaction=False)
-        self._bertha.add(pipe, encoded, first)
-        pipe.hincrby(self._keys.stats, "processed", 1)
-        pipe.execute()
+        # Big Bertha: the count and uniques increments, one round trip
+        self._bertha.add(encoded, first)
         t_bertha = time.time()
         if not redelivered and self._chaos.crashes(event.event_id):
             os._exit(CRASH_EXIT_CODE)  # chaos: the worker process dies between Redis and Cassandra

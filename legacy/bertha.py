@@ -1,12 +1,12 @@
 """Big Bertha: account-level increments pre-aggregated in Redis, taken in batches by flushes.
 
-Workers HINCRBY a pending hash (field `c<key>` the count, `u<key>` the uniques, `<key>`
-the JSON of an AccountKey). A flush atomically renames the pending hash to a batch (a Lua
-script: workers immediately start a new pending hash), writes the batch to Cassandra
-counters, then deletes it. Batches are registered with their take time, so a batch whose
-flusher died is taken over after `stale_s` and written again: as in the old system, a
-crash between the Cassandra write and the delete doubles those counts, and a lost batch
-loses them. That is the non-idempotency the migration removes.
+Workers HINCRBY a pending hash, one script per event (field `c<key>` the count, `u<key>`
+the uniques, `<key>` the JSON of an AccountKey). A flush atomically renames the pending
+hash to a batch (a Lua script: workers immediately start a new pending hash), writes the
+batch to Cassandra counters, then deletes it. Batches are registered with their take
+time, so a batch whose flusher died is taken over after `stale_s` and written again: as in
+the old system, a crash between the Cassandra write and the delete doubles those counts,
+and a lost batch loses them. That is the non-idempotency the migration removes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import redis
 
@@ -34,24 +33,32 @@ for _, id in ipairs(stale) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return stale
 """
 
+_ADD = """
+for i, field in ipairs(ARGV) do
+  if i > 1 then redis.call('HINCRBY', KEYS[1], field, 1) end
+end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
 _SCAN_COUNT = 2000
 
 
 class BigBertha:
     def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self._client, self._keys = client, keys
+        self._add = client.register_script(_ADD)
         self._take = client.register_script(_TAKE)
         self._claim = client.register_script(_CLAIM_STALE)
 
     # -- the worker side ------------------------------------------------------------------
 
-    def add(self, pipe: Any, encoded_keys: Sequence[str], first_times: Sequence[bool]) -> None:
-        """Queue one event's increments on a pipeline (the caller executes it)."""
-        pending = self._keys.pending
-        for encoded, first in zip(encoded_keys, first_times, strict=True):
-            pipe.hincrby(pending, "c" + encoded, 1)
-            if first:
-                pipe.hincrby(pending, "u" + encoded, 1)
+    def add(self, encoded_keys: Sequence[str], first_times: Sequence[bool],
+            stat: str = "processed") -> None:
+        """One event's increments (count of every key, uniques of the first-time ones) and
+        the `stat` counter, in one server-side script: one round trip."""
+        fields = ["c" + e for e in encoded_keys]
+        fields += ["u" + e for e, first in zip(encoded_keys, first_times, strict=True) if first]
+        self._add(keys=[self._keys.pending, self._keys.stats], args=[stat, *fields])
 
     # -- the flush side -------------------------------------------------------------------
 

@@ -20,13 +20,16 @@ from vine import promise
 from legacy import deadletter
 from legacy.aggregation import redis_client
 from legacy.keys import RedisKeys
-from legacy.protocol import TASK_NAME
+from legacy.protocol import CONTENT_TYPE, TASK_NAME
 
 log = logging.getLogger(__name__)
 
 
 def screen(message: Any) -> tuple[str, str] | None:
     """(reason, detail) when a message is not a decodable aggregation task, else None."""
+    if message.content_type != CONTENT_TYPE:  # JSON only; kombu passes a typeless body raw
+        return deadletter.CONTENT_DISALLOWED, f"content type {message.content_type!r}, " \
+            f"only {CONTENT_TYPE!r} is accepted"
     try:
         body = message.decode()
     except ContentDisallowed as exc:

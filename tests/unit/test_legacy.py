@@ -1,0 +1,186 @@
+"""Legacy's pure parts (no servers): Redis key encoding, chaos selection, the consumer's
+screen of messages, dead-letter records, trace arithmetic, settings for child processes,
+and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kombu.message import Message
+from kombu.serialization import prepare_accept_content
+from pydantic import SecretStr
+
+from counting import AccountKey
+from counting.corpus import tricky_lines
+from legacy import deadletter
+from legacy.app import WorkerOptions
+from legacy.chaos import Chaos
+from legacy.cli import legacy as legacy_group
+from legacy.consumer import screen
+from legacy.keys import RedisKeys, decode_key, encode_key
+from legacy.protocol import task_message
+from legacy.trace import Traces
+from legacy.worker import settings_env, worker_args
+from settings.model import Settings
+
+ABACUS = [sys.executable, "-c", "import cli; cli.main()"]
+
+keys = st.builds(AccountKey, *[st.text(max_size=8, alphabet=st.sampled_from("ab\x1f\"\\é,[]"))
+                               for _ in range(6)])
+
+
+@given(keys, keys)
+def test_key_encoding_round_trips_and_is_injective(a: AccountKey, b: AccountKey) -> None:
+    assert decode_key(encode_key(a)) == a
+    assert decode_key(encode_key(a).encode("utf-8")) == a
+    assert (encode_key(a) == encode_key(b)) == (a == b)
+
+
+def test_uniqueness_sets_do_not_collide_on_separators() -> None:
+    rk = RedisKeys("p:legacy:")
+    assert rk.uniques("a\x1fb", "c") != rk.uniques("a", "b\x1fc")
+    assert RedisKeys("x*[y]:").pattern == "x\\*\\[y\\]:*"
+
+
+def test_chaos_selection_is_deterministic_and_proportional() -> None:
+    ids = [f"event-{i}" for i in range(20_000)]
+    chaos = Chaos(redeliver=0.1, crash=0.0, drop_flush=1.0)
+    hit = [i for i in ids if chaos.redelivers(i)]
+    assert hit == [i for i in ids if Chaos(redeliver=0.1).redelivers(i)]
+    assert 1800 < len(hit) < 2200
+    assert not any(chaos.crashes(i) for i in ids)
+    assert all(chaos.drops(i) for i in ids)
+    assert not Chaos().active and chaos.active
+    # the knobs pick independent events
+    other = {i for i in ids if Chaos(crash=0.1).crashes(i)}
+    assert len(other & set(hit)) < 400
+    with pytest.raises(ValueError, match="within"):
+        Chaos(crash=1.5)
+
+
+ACCEPT = prepare_accept_content(["json"])
+
+
+def message(body: bytes, content_type: str = "application/json",
+            headers: dict[str, object] | None = None) -> Message:
+    good = task_message(tricky_lines()[0])
+    return Message(body=body, content_type=content_type, content_encoding="utf-8",
+                   headers=good.headers if headers is None else headers, accept=ACCEPT)
+
+
+class _Trap:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.path), "w")
+
+
+def test_screen_passes_a_task_and_names_what_is_wrong_with_the_rest(tmp_path: Path) -> None:
+    raw = tricky_lines()[0]
+    good = task_message(raw).body
+    assert screen(message(good)) is None
+    assert screen(message(task_message("{not json").body)) is None  # the task dead-letters it
+    marker = tmp_path / "unpickled"
+    pickled = pickle.dumps(((_Trap(marker),), {}, {}))
+    cases = {
+        deadletter.CONTENT_DISALLOWED: [message(pickled, "application/x-python-serialize"),
+                                        message(good, "application/x-yaml"),
+                                        message(good, None)],  # type: ignore[arg-type]
+        deadletter.UNDECODABLE: [message(good[:-3]), message(b"\xff\xfe")],
+        deadletter.UNKNOWN_TASK: [message(good, headers={}),
+                                  message(good, headers={"task": "celery.ping"})],
+        deadletter.BAD_TASK_MESSAGE: [
+            message(b"{}"), message(json.dumps([[raw, raw], {}, {}]).encode()),
+            message(json.dumps([[], {}, {}]).encode()),
+            message(json.dumps([[1], {}, {}]).encode()),
+            message(json.dumps([[raw], {"x": 1}, {}]).encode()),
+            message(json.dumps([[raw], {}]).encode())],
+    }
+    for reason, messages in cases.items():
+        for m in messages:
+            problem = screen(m)
+            assert problem is not None and problem[0] == reason, (reason, m.body[:40])
+            assert problem[1]
+    assert not marker.exists(), "a pickle body was deserialized"
+
+
+def test_dead_letter_records_keep_the_body() -> None:
+    text = deadletter.record("not_json", "x" * 5000, body=b'[["{"], {}, {}]', event_id=None)
+    assert text["body"] == '[["{"], {}, {}]' and len(text["detail"]) == 2000
+    binary = deadletter.record(deadletter.CONTENT_DISALLOWED, "pickle", body=b"\x80\x04.",
+                               task_id="t1", content_type="application/x-python-serialize")
+    assert binary["body"] is None and binary["body_b64"] == "gAQu"
+    assert json.loads(json.dumps(binary)) == binary
+
+
+def test_visible_time_is_the_customer_write_and_the_next_flush(tmp_path: Path) -> None:
+    (tmp_path / "worker-1.trace").write_text(
+        "task a 10.0 10.5\ntask b 10.9 11.0\ntask c 12.5 12.6\ntask a 30.0 30.1\ntask d 1")
+    (tmp_path / "flusher-1.trace").write_text("flush x 11.0 11.2\nflush y 12.0 12.3\n")
+    traces = Traces.read(tmp_path)
+    visible = traces.visible_at()
+    assert visible["a"] == 11.2  # first completion; flush x took its increments
+    assert visible["b"] == 11.2  # its customer write (11.0) came before flush x was written
+    assert "c" not in visible  # no flush after it yet: not visible
+    assert "d" not in traces.tasks  # a line cut by a crash
+
+
+def test_settings_travel_whole_to_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings().model_copy(update={
+        "rabbitmq": Settings().rabbitmq.model_copy(update={"legacy_queue": "q.x",
+                                                           "password": SecretStr("s3cr3t")}),
+        "redis": Settings().redis.model_copy(update={"prefix": "t:1:"})})
+    for name, value in settings_env(original).items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child.rabbitmq.legacy_queue == "q.x" and child.redis.prefix == "t:1:"
+    assert child.rabbitmq.password.get_secret_value() == "s3cr3t"
+    assert child.model_dump() == original.model_dump()
+
+
+def test_worker_arguments_parse_back_to_the_same_options(tmp_path: Path) -> None:
+    options = WorkerOptions(concurrency=3, pool="threads", prefetch_multiplier=4,
+                            flush_interval_s=0.5, chaos=Chaos(0.1, 0.2, 0.3),
+                            trace_dir=tmp_path, loglevel="INFO", hostname="w1@h")
+    args = worker_args(options)
+    assert args[:2] == ["legacy", "worker"]
+    worker_command = legacy_group.commands["worker"]
+    ctx = worker_command.make_context("worker", args[2:])
+    p = ctx.params
+    assert (p["concurrency"], p["pool"], p["prefetch_multiplier"], p["flush_interval_s"]) == (
+        3, "threads", 4, 0.5)
+    assert Chaos(p["chaos_redeliver"], p["chaos_crash"], p["chaos_drop_flush"]) == options.chaos
+    assert p["trace_dir"] == tmp_path and p["hostname"] == "w1@h"
+    with pytest.raises(ValueError, match="pool"):
+        WorkerOptions(pool="gevent")
+    with pytest.raises(click.BadParameter):
+        worker_command.make_context("worker", ["--chaos-crash", "2"])
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ABACUS, *args], capture_output=True, text=True, check=False,
+                          env={**os.environ})
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["produce"], "exactly one of --events FILE or --generate N"),
+    (["produce", "--generate", "10"], "--generate needs --events-out FILE"),
+    (["produce", "--generate", "10", "--rate", "-1"], "--rate"),
+    (["legacy", "worker", "--pool", "gevent"], "--pool"),
+    (["legacy", "flush", "--interval-s", "0"], "--interval-s"),
+])
+def test_wrong_arguments_exit_non_zero_with_one_line(args: list[str], says: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], done.stderr
