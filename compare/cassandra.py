@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from cassandra.cluster import ExecutionProfile, Session
@@ -21,7 +23,7 @@ from compare.diff import Counted, order
 from compare.truth import Unit
 from counting import AccountCount, AccountKey, CustomerCount, CustomerKey
 from settings import CassandraSettings
-from storage import CounterStore, Prepared, date_slice
+from storage import SHARDS, CounterStore, Prepared, date_slice, keyspace_of
 
 PROFILE = "compare"
 LEVELS = ("account", "customer")
@@ -137,19 +139,24 @@ class StoreReader:
     """One count store as an audit reads it."""
 
     def __init__(self, prepared: Prepared, settings: CassandraSettings, name: str,
-                 fetcher: Fetcher) -> None:
-        self.name = name
+                 fetcher: Fetcher, in_size: int = 64) -> None:
+        self.name, self.fetcher, self.in_size = name, fetcher, in_size
         self.store = CounterStore(prepared, settings, name)
-        self.fetcher = fetcher
-        # The store's prepared reads (see the report: storage could expose these publicly).
-        self._read = {"account": self.store._read_account, "customer": self.store._read_customer}
+        # The store's own prepared reads (storage could expose these publicly).
+        self._read_account = self.store._read_account
         self._keys = {"account": self.store._account_keys,
                       "customer": self.store._customer_keys}
+        # Customer partitions hold a few rows each: one query per partition would cost more
+        # in round trips than in rows, so the customers of a (company, statistic) are read
+        # `in_size` at a time. Only the keyspace (an identifier) is formatted in.
+        ks = keyspace_of(settings, name)
+        self._read_customers = prepared(
+            f"SELECT customer_id, bucket, resolution, count FROM {ks}.customer_counts "  # noqa: S608
+            "WHERE company_id = ? AND customer_id IN ? AND period = ? AND statistic_id = ? "
+            "AND bucket >= ? AND bucket < ?")
 
     def units(self, date: str, levels: Iterable[str]) -> set[Unit]:
         """Every unit the store's writers indexed for the date (all shards, in parallel)."""
-        from storage import SHARDS
-
         requests = [(self._keys[level], (date, shard)) for level in levels
                     for shard in range(SHARDS)]
         tags = [level for level in levels for _ in range(SHARDS)]
@@ -158,33 +165,52 @@ class StoreReader:
             out.update((level, tuple(row)) for row in rows)
         return out
 
-    def _requests(self, unit: Unit, date: str, include_month: bool
-                  ) -> list[tuple[Any, tuple[Any, ...]]]:
-        level, ids = unit
+    def requests(self, units: Sequence[Unit], date: str, include_month: bool
+                 ) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[Decoder]]:
+        """The queries that read the units, and how to decode the rows of each."""
         low, high = date_slice(date)
         slices = [(date[:7], low, high)]
         if include_month:
-            month = date[:7]
-            slices.append((date[:4], month, month + "\x00"))
-        statement = self._read[level]
-        if level == "account":
-            company, statistic = ids
-            return [(statement, (company, statistic, period, lo, hi))
-                    for period, lo, hi in slices]
-        company, customer, statistic = ids
-        return [(statement, (company, customer, period, statistic, lo, hi))
-                for period, lo, hi in slices]
-
-    def requests(self, units: Sequence[Unit], date: str, include_month: bool
-                 ) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[Unit]]:
-        """The queries that read the units, and the unit of each."""
+            slices.append((date[:4], date[:7], date[:7] + "\x00"))
         requests: list[tuple[Any, tuple[Any, ...]]] = []
-        owners: list[Unit] = []
-        for unit in units:
-            for request in self._requests(unit, date, include_month):
-                requests.append(request)
-                owners.append(unit)
-        return requests, owners
+        decoders: list[Decoder] = []
+        customers: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for level, ids in units:
+            if level == "account":
+                company, statistic = ids
+                for period, lo, hi in slices:
+                    requests.append((self._read_account, (company, statistic, period, lo, hi)))
+                    decoders.append(partial(_decode_account, company, statistic))
+            else:
+                company, customer, statistic = ids
+                customers[(company, statistic)].append(customer)
+        for (company, statistic), names in customers.items():
+            for i in range(0, len(names), self.in_size):
+                batch = names[i:i + self.in_size]
+                for period, lo, hi in slices:
+                    requests.append((self._read_customers,
+                                     (company, batch, period, statistic, lo, hi)))
+                    decoders.append(partial(_decode_customers, company, statistic))
+        return requests, decoders
+
+
+Decoder = Callable[[list[tuple[Any, ...]]], Iterator[tuple[Unit, Counted]]]
+
+
+def _decode_account(company: str, statistic: str, rows: list[tuple[Any, ...]]
+                    ) -> Iterator[tuple[Unit, Counted]]:
+    unit: Unit = ("account", (company, statistic))
+    for bucket, resolution, facet, value, count, uniques in rows:
+        yield unit, AccountCount(AccountKey(company, statistic, resolution, bucket, facet, value),
+                                 count or 0, uniques or 0)
+
+
+def _decode_customers(company: str, statistic: str, rows: list[tuple[Any, ...]]
+                      ) -> Iterator[tuple[Unit, Counted]]:
+    for customer, bucket, resolution, count in rows:
+        yield (("customer", (company, customer, statistic)),
+               CustomerCount(CustomerKey(company, customer, statistic, resolution, bucket),
+                             count or 0))
 
 
 def read_stores(readers: Sequence[StoreReader], units: Sequence[Unit], date: str,
@@ -192,29 +218,17 @@ def read_stores(readers: Sequence[StoreReader], units: Sequence[Unit], date: str
     """Every counter of each unit on the date in each store, sorted by `order`: the queries
     of all the stores share one fetch, so they overlap."""
     requests: list[tuple[Any, tuple[Any, ...]]] = []
-    owners: list[tuple[int, Unit]] = []
+    owners: list[tuple[int, Decoder]] = []
     for i, reader in enumerate(readers):
-        reqs, units_of = reader.requests(units, date, include_month)
+        reqs, decoders = reader.requests(units, date, include_month)
         requests += reqs
-        owners += [(i, u) for u in units_of]
+        owners += [(i, d) for d in decoders]
     out: list[dict[Unit, list[Counted]]] = [{u: [] for u in units} for _ in readers]
-    for (i, unit), rows in zip(owners, readers[0].fetcher.fetch(requests), strict=True):
-        out[i][unit].extend(decode(unit, rows))
+    for (i, decoder), rows in zip(owners, readers[0].fetcher.fetch(requests), strict=True):
+        side = out[i]
+        for unit, counted in decoder(rows):
+            side[unit].append(counted)
     for side in out:
         for items in side.values():
             items.sort(key=order)
     return out
-
-
-def decode(unit: Unit, rows: Iterable[tuple[Any, ...]]) -> list[Counted]:
-    """Rows of the store's reads into counting's types (absent counter columns are 0)."""
-    level, ids = unit
-    if level == "account":
-        company, statistic = ids
-        return [AccountCount(AccountKey(company, statistic, resolution, bucket, facet, value),
-                             count or 0, uniques or 0)
-                for bucket, resolution, facet, value, count, uniques in rows]
-    company, customer, statistic = ids
-    return [CustomerCount(CustomerKey(company, customer, statistic, resolution, bucket),
-                          count or 0)
-            for bucket, resolution, count in rows]

@@ -1,0 +1,146 @@
+"""`abacus bench compare`: counter rows compared per second, with the truth off and on.
+
+The dataset: generated events of one UTC day, recounted; the date's counters written into
+the legacy store (as they are) and the shadow store (0.1% of them changed) of keyspaces
+named after the parameters, so a rerun with the same parameters reuses them (the events
+file and a marker live in `.abacus/bench/`). Target (issue 6): at least 50,000 rows/s on a
+date with 1M counter rows per side: `abacus bench compare --rows 1000000`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from settings import Settings
+
+DAY = "2025-11-03"
+
+
+def _bench_settings(settings: Settings, rows: int, seed: int) -> Settings:
+    prefix = f"bench_cmp_{rows}_{seed}_"
+    cass = settings.cassandra.model_copy(update={"keyspace_prefix": prefix,
+                                                 "write_concurrency": 256})
+    return settings.model_copy(update={"cassandra": cass})
+
+
+def _config(n: int, seed: int) -> Any:
+    from counting.generate import GeneratorConfig
+
+    start = 1_762_128_000  # 2025-11-03T00:00:00Z
+    return GeneratorConfig(n=n, seed=seed, companies=300, customers=300_000, statistics=6,
+                           facets=8, timezones=("UTC",), duplicate_share=0.0,
+                           start_ts=start, span_s=86_400 - 2)
+
+
+def _recount(n: int, seed: int) -> tuple[Any, int]:
+    from counting import Recount
+    from counting.generate import generate
+    from counting.recount import paused_gc
+
+    recount = Recount()
+    with paused_gc():
+        for event in generate(_config(n, seed)):
+            recount.add_raw(event)
+    rows = [c for c in (*recount.account(), *recount.customer())
+            if c.key.resolution != "month"]
+    return rows, n
+
+
+def _dataset(rows_target: int, seed: int) -> tuple[list[Any], int]:
+    """The date's counters (at least rows_target of them) and the number of events."""
+    sample = 20_000
+    rows, _ = _recount(sample, seed)
+    n = int(sample * rows_target / max(1, len(rows)) * 1.15) + 1
+    while True:
+        rows, _ = _recount(n, seed)
+        if len(rows) >= rows_target:
+            return rows, n
+        n = int(n * rows_target / max(1, len(rows)) * 1.1) + 1
+
+
+def _load(settings: Settings, rows: list[Any], seed: int) -> float:
+    from storage import CounterStore, Prepared, connect, statements
+
+    session = connect(settings.cassandra)
+    try:
+        for cql in statements(settings.cassandra):
+            session.execute(cql, timeout=120)
+        prepared = Prepared(session)
+        rng = random.Random(seed)
+        right = [c._replace(count=c.count + 1) if rng.random() < 0.001 else c for c in rows]
+        t0 = time.perf_counter()
+        for name, side in (("legacy", rows), ("shadow", right)):
+            store = CounterStore(prepared, settings.cassandra, name)
+            accounts = [(c.key, c.count, c.uniques) for c in side if hasattr(c, "uniques")]
+            customers = [(c.key, c.count) for c in side if not hasattr(c, "uniques")]
+            for i in range(0, len(accounts), 20_000):
+                store.write_account(accounts[i:i + 20_000])
+            for i in range(0, len(customers), 20_000):
+                store.write_customer(customers[i:i + 20_000])
+        return time.perf_counter() - t0
+    finally:
+        session.cluster.shutdown()
+
+
+@click.command("compare")
+@click.option("--rows", type=click.IntRange(min=1000), default=100_000, show_default=True,
+              help="Counter rows per side on the date (the issue's target: 1000000).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--chunk-units", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--reload", is_flag=True, help="Load the dataset again even if present.")
+@click.pass_obj
+def bench_compare(settings: Settings, rows: int, seed: int, concurrency: int,
+                  chunk_units: int, reload: bool) -> None:
+    """Counter rows compared per second by `abacus compare`, truth off and on."""
+    from compare.audit import RunOptions, run_audit
+    from compare.cassandra import LEVELS
+
+    bench = _bench_settings(settings, rows, seed)
+    home = Path(".abacus/bench")
+    home.mkdir(parents=True, exist_ok=True)
+    marker = home / f"compare-{rows}-{seed}.json"
+    events_path = home / f"compare-{rows}-{seed}.events.jsonl"
+    info = json.loads(marker.read_text()) if marker.is_file() and not reload else None
+    if info is None or not events_path.is_file():
+        t0 = time.perf_counter()
+        counted, n = _dataset(rows, seed)
+        from counting.generate import generate
+
+        with events_path.open("w", encoding="utf-8") as out:
+            for event in generate(_config(n, seed)):
+                out.write(json.dumps(event) + "\n")
+        prepared_s = time.perf_counter() - t0
+        click.echo(f"dataset: {n} events -> {len(counted)} counter rows per side on {DAY} "
+                   f"({prepared_s:.1f}s to generate and recount)")
+        load_s = _load(bench, counted, seed)
+        info = {"events": n, "rows": len(counted), "load_s": round(load_s, 1)}
+        click.echo(f"loaded 2 x {len(counted)} rows in {load_s:.1f}s "
+                   f"({2 * len(counted) / load_s:,.0f} rows/s)")
+        marker.write_text(json.dumps(info))
+    else:
+        click.echo(f"reusing the dataset of {marker} ({info['rows']} rows per side, "
+                   f"{info['events']} events; keyspace prefix "
+                   f"{bench.cassandra.keyspace_prefix})")
+    options = RunOptions(concurrency=concurrency, max_rps=0, chunk_units=chunk_units,
+                         settle_s=0, work_dir=home / "audits")
+    figures = {}
+    for label, truth in (("truth off", "none"), ("truth on", str(events_path))):
+        t0 = time.perf_counter()
+        result = run_audit(bench, DAY, "legacy", "shadow", truth, options=options)
+        elapsed = time.perf_counter() - t0
+        s = result.summary
+        figures[label] = s["keys_compared"] / elapsed
+        click.echo(f"{label:9}: {s['keys_compared']:,} keys compared ({s['units']:,} units, "
+                   f"{s['queries']:,} queries) in {elapsed:.1f}s = "
+                   f"{figures[label]:,.0f} rows/s per side; {s['mismatched']:,} mismatches "
+                   f"(outcome {result.outcome})")
+    click.echo(f"levels: {', '.join(LEVELS)}; concurrency {concurrency}, chunk {chunk_units} "
+               f"units, settle 0s, no rate limit; target >= 50,000 rows/s; "
+               f"truth on / off = {figures['truth on'] / figures['truth off']:.2f}")
