@@ -13,7 +13,8 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
 .clean{color:#176b2c} .dirty{color:#b3261e} .error,.running{color:#8a6d00}
 table{border-collapse:collapse;margin:4px 0 12px} td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:left} th{background:#f3f3f3} td.n{text-align:right;font-variant-numeric:tabular-nums}
-.grid{display:flex;flex-wrap:wrap;gap:24px} .muted{color:#666} svg text{font-size:11px}
+.grid{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
+.muted{color:#666} svg text{font-size:11px}
 """
 _LEFT, _RIGHT = "#3366cc", "#dc7633"
 
