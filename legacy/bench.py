@@ -12,6 +12,7 @@ rate below capacity. Isolated: its own queues, Redis prefix and keyspace prefix.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,7 +29,7 @@ from legacy.keys import RedisKeys
 from legacy.producer import publish_lines
 from legacy.status import read_status, wait_drained
 from legacy.trace import Traces
-from legacy.worker import start_worker
+from legacy.worker import cpu_seconds, start_flusher, start_worker
 from settings import Settings
 
 
@@ -82,9 +83,12 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _phase(settings: Settings, lines: list[str], rate: float, trace_dir: Path,
-           timeout_s: float) -> dict[str, Any]:
+           timeout_s: float, pids: list[int]) -> dict[str, Any]:
+    cpu_before = [cpu_seconds(pid) for pid in pids]
     report = publish_lines(settings.rabbitmq, lines, rate=rate, keep_ids=True)
     wait_drained(settings, timeout_s=timeout_s, poll_s=0.2)
+    worker_cpu, flusher_cpu = (cpu_seconds(pid) - before
+                               for pid, before in zip(pids, cpu_before, strict=True))
     visible = Traces.read(trace_dir).visible_at()
     latencies = sorted(visible[t] - p for t, p in zip(report.task_ids, report.published_at,
                                                       strict=True) if t in visible)
@@ -101,6 +105,8 @@ def _phase(settings: Settings, lines: list[str], rate: float, trace_dir: Path,
         "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
         "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
         "untraced": missing,
+        "worker_cpu_ms_per_event": round(worker_cpu / len(lines) * 1000, 2),
+        "flusher_cpu_ms_per_event": round(flusher_cpu / len(lines) * 1000, 2),
     }
 
 
@@ -117,43 +123,45 @@ def run_legacy_bench(settings: Settings, lines: list[str], *, concurrency: int =
     """
     tag = uuid.uuid4().hex[:8]
     isolated = bench_settings(settings, tag)
-    options = WorkerOptions(concurrency=concurrency, pool=pool,
-                            prefetch_multiplier=prefetch_multiplier,
-                            flush_interval_s=flush_interval_s)
     figures: dict[str, Any] = {"parameters": {
         "events": len(lines), "concurrency": concurrency, "pool": pool,
         "prefetch_multiplier": prefetch_multiplier, "flush_interval_s": flush_interval_s,
-        "rate": rate, "workers": 1, "acks_late": True, "warmup_events": warmup}}
+        "flusher": "process", "rate": rate, "workers": 1, "acks_late": True,
+        "warmup_events": warmup, "load_1m_at_start": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count()}}
     _apply_legacy_schema(isolated)
     with tempfile.TemporaryDirectory(prefix="legacy-bench-") as tmp:
         trace_dir = Path(tmp) / "trace"
-        options = WorkerOptions(**{**_fields(options), "trace_dir": trace_dir})
+        options = WorkerOptions(concurrency=concurrency, pool=pool,
+                                prefetch_multiplier=prefetch_multiplier, flush_interval_s=0,
+                                trace_dir=trace_dir)
         worker = start_worker(isolated, options, Path(tmp) / "worker.log")
+        flusher = start_flusher(isolated, Path(tmp) / "flusher.log", flush_interval_s,
+                                trace_dir=trace_dir)
+        pids = (worker.pid, flusher.pid)
         try:
             if warmup:  # every pool process connects to Redis and Cassandra first
                 publish_lines(isolated.rabbitmq, lines[:warmup])
                 wait_drained(isolated, timeout_s=timeout_s, poll_s=0.2)
-            if not worker.alive():
-                raise RuntimeError(f"the legacy worker died:\n{worker.log_tail()}")
-            figures["throughput"] = _phase(isolated, lines, rate, trace_dir, timeout_s)
+            for process in (worker, flusher):
+                if not process.alive():
+                    raise RuntimeError(f"a legacy process died:\n{process.log_tail()}")
+            figures["throughput"] = _phase(isolated, lines, rate, trace_dir, timeout_s, pids)
             if latency_events:
                 sustained = figures["throughput"]["sustained_events_per_s"] or 100.0
                 steady = latency_rate or round(sustained / 2, 1)
                 figures["latency"] = _phase(isolated, lines[:latency_events], steady,
-                                            trace_dir, timeout_s)
+                                            trace_dir, timeout_s, pids)
             figures["stats"] = read_status(isolated, ask_workers=False).stats
         finally:
             worker.stop()
+            flusher.stop()
             _cleanup(isolated)
     return figures
 
 
-def _fields(options: WorkerOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in WorkerOptions.__dataclass_fields__}
-
-
 @click.command("legacy")
-@click.option("--events", "n", type=click.IntRange(min=100), default=20_000, show_default=True)
+@click.option("--events", "n", type=click.IntRange(min=100), default=6_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True)
@@ -163,7 +171,7 @@ def _fields(options: WorkerOptions) -> dict[str, Any]:
               show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Publish rate of the throughput phase (0: unthrottled).")
-@click.option("--latency-events", type=click.IntRange(min=0), default=3000, show_default=True,
+@click.option("--latency-events", type=click.IntRange(min=0), default=1500, show_default=True,
               help="Events of the steady-rate latency phase (0: skip it).")
 @click.option("--latency-rate", type=click.FloatRange(min=1), default=None,
               help="Rate of the latency phase (default: half the sustained rate).")
@@ -192,8 +200,9 @@ def bench_legacy(settings: Settings, n: int, seed: int, concurrency: int, pool: 
     p = figures["parameters"]
     click.echo(f"legacy: {p['events']} generated events (seed {seed}, {config.facets} facets, "
                f"{config.companies} companies), 1 worker, {p['pool']} x{p['concurrency']}, "
-               f"prefetch x{p['prefetch_multiplier']}, acks late, Big Bertha flush every "
-               f"{p['flush_interval_s']} s")
+               f"prefetch x{p['prefetch_multiplier']}, acks late, Big Bertha flusher process "
+               f"every {p['flush_interval_s']} s; machine load {p['load_1m_at_start']} "
+               f"on {p['cpus']} CPUs at start")
     for phase in ("throughput", "latency"):
         if phase in figures:
             f = figures[phase]
@@ -201,4 +210,6 @@ def bench_legacy(settings: Settings, n: int, seed: int, concurrency: int, pool: 
             click.echo(f"  {phase:<10} {f['events']:>6} events published {target:<12} "
                        f"sustained {f['sustained_events_per_s']} ev/s   publish->visible "
                        f"p50 {f['latency_p50_ms']} ms  p99 {f['latency_p99_ms']} ms  "
-                       f"max {f['latency_max_ms']} ms")
+                       f"max {f['latency_max_ms']} ms   CPU/event: worker "
+                       f"{f['worker_cpu_ms_per_event']} ms, flusher "
+                       f"{f['flusher_cpu_ms_per_event']} ms")

@@ -177,22 +177,30 @@ def worker(settings: Settings, concurrency: int, pool: str, prefetch_multiplier:
               show_default=True)
 @click.option("--once", is_flag=True, help="Flush once and exit.")
 @click.option("--chaos-drop-flush", type=_share, default=0.0, show_default=True)
+@click.option("--trace-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write timing traces here (benchmarks).")
 @click.pass_obj
-def flush(settings: Settings, interval_s: float, once: bool, chaos_drop_flush: float) -> None:
-    """Write Big Bertha's pre-aggregated increments to Cassandra counters, periodically."""
-    from legacy.flusher import Flusher
+def flush(settings: Settings, interval_s: float, once: bool, chaos_drop_flush: float,
+          trace_dir: Path | None) -> None:
+    """Write Big Bertha's pre-aggregated increments to Cassandra counters, periodically
+    (SIGTERM or Ctrl-C: one last flush, then exit)."""
+    import signal
 
+    from legacy.flusher import Flusher
+    from legacy.trace import Trace
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _servers("legacy flush"):
-        flusher = Flusher(settings, Chaos(drop_flush=chaos_drop_flush))
+        flusher = Flusher(settings, Chaos(drop_flush=chaos_drop_flush),
+                          Trace(trace_dir, "flusher"))
         try:
             if once:
                 result = flusher.flush_once()
             else:
-                stop = threading.Event()
                 try:
                     result = flusher.run(interval_s, stop)
                 except KeyboardInterrupt:
-                    stop.set()
                     result = flusher.flush_once()
         finally:
             flusher.close()

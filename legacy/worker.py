@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legacy.app import WorkerOptions, make_app
+from legacy.chaos import Chaos
 from settings import Settings
 
 
@@ -47,7 +48,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @dataclass
 class WorkerProcess:
-    """A legacy worker running as a child process."""
+    """A legacy worker (or Big Bertha flusher) running as a child process."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -96,12 +97,42 @@ def worker_args(options: WorkerOptions) -> list[str]:
 def start_worker(settings: Settings, options: WorkerOptions, log_path: Path) -> WorkerProcess:
     """Start `abacus legacy worker` as a child process with these settings and options;
     its output goes to `log_path`. Stop it with `.stop()`."""
+    return _spawn(settings, worker_args(options), log_path)
+
+
+def _spawn(settings: Settings, args: list[str], log_path: Path) -> WorkerProcess:
     env = {**os.environ, **settings_env(settings)}
     env.pop("ABACUS_CONFIG", None)  # the settings travel whole in the environment
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli", *worker_args(options)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        process = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return WorkerProcess(process, log_path)
+
+
+def start_flusher(settings: Settings, log_path: Path, interval_s: float = 1.0,
+                  chaos: Chaos | None = None, trace_dir: Path | None = None) -> WorkerProcess:
+    """Start `abacus legacy flush` (Big Bertha as its own service, as it ran in production)
+    as a child process; `.stop()` makes it flush once more and exit."""
+    args = ["legacy", "flush", "--interval-s", str(interval_s),
+            "--chaos-drop-flush", str((chaos or Chaos()).drop_flush)]
+    if trace_dir is not None:
+        args += ["--trace-dir", str(trace_dir)]
+    return _spawn(settings, args, log_path)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
