@@ -1,0 +1,90 @@
+"""The Flink execution environment of a job: thread mode, RocksDB, checkpoints, memory, jars.
+
+Memory is sized explicitly: each local job is one JVM (the PyFlink gateway running a
+MiniCluster) with a fixed heap, a fixed managed-memory budget that bounds RocksDB, and the
+Python operators in the same process (thread mode).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+
+from services.paths import flink_kafka_connector_jar
+from settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    heap_mb: int = 640
+    managed_mb: int = 192  # RocksDB block cache and write buffers
+    network_mb: int = 64
+
+
+def prepare_process(memory: Memory, log_dir: Path | None = None) -> None:
+    """Environment of the JVM the gateway launches; call before any pyflink JVM access.
+
+    The virtualenv's bin must come first on PATH for thread mode, and the JVM options fix
+    the heap (the MiniCluster would otherwise take a quarter of the machine).
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if not path.startswith(bin_dir + os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+    os.environ["JVM_ARGS"] = (  # beside Flink's default --add-opens options
+        f"-Xms{memory.heap_mb}m -Xmx{memory.heap_mb}m -XX:MaxMetaspaceSize=256m "
+        "-XX:+UseParallelGC -XX:ParallelGCThreads=2"
+    )
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["FLINK_LOG_DIR"] = str(log_dir)
+
+
+def configuration(settings: Settings, name: str, parallelism: int, memory: Memory,
+                  restore_from: Path | None, checkpoint_dir: Path) -> Configuration:
+    flink = settings.flink
+    conf = Configuration()
+    python = sys.executable
+    values = {
+        "python.execution-mode": "thread",
+        "python.executable": python,
+        "python.client.executable": python,
+        "parallelism.default": str(parallelism),
+        "pipeline.name": f"abacus-{name}",
+        "pipeline.jars": flink_kafka_connector_jar(settings).as_uri(),
+        "state.backend.type": "rocksdb",
+        "execution.checkpointing.incremental": "true",
+        "state.backend.rocksdb.memory.managed": "true",
+        "execution.checkpointing.dir": checkpoint_dir.as_uri(),
+        "execution.checkpointing.interval": f"{flink.checkpoint_interval_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "2",
+        "execution.checkpointing.timeout": "10 min",
+        "execution.checkpointing.min-pause": "500 ms",
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "1 s",
+        "restart-strategy.exponential-delay.max-backoff": "30 s",
+        "taskmanager.memory.managed.size": f"{memory.managed_mb}m",
+        "taskmanager.memory.network.min": f"{memory.network_mb}m",
+        "taskmanager.memory.network.max": f"{memory.network_mb}m",
+        "taskmanager.numberOfTaskSlots": str(max(parallelism, 1)),
+        "execution.buffer-timeout.interval": "20 ms",
+        "rest.bind-port": "0",  # a free port, written to the job's state file
+        "rest.address": "127.0.0.1",
+        "rest.bind-address": "127.0.0.1",
+    }
+    if restore_from is not None:
+        values["execution.state-recovery.path"] = str(restore_from)
+    for key, value in values.items():
+        conf.set_string(key, value)
+    return conf
+
+
+def local_environment(conf: Configuration) -> StreamExecutionEnvironment:
+    return StreamExecutionEnvironment.get_execution_environment(conf)

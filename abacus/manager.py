@@ -1,0 +1,317 @@
+"""Start, stop, inspect the jobs: the Python API that `abacus job` and `abacus shadow run` use.
+
+    start_jobs(settings, "shadow")      # both jobs, background processes
+    drained(settings, "statistic")      # lag 0 and nothing pending in a window
+    stop_jobs(settings, "shadow", savepoint=True)
+
+A local job is a background `python -m abacus.runner` process (its own session, so it
+outlives the command that started it) with a state file and a log under
+`<data_dir>/jobs/`. With `flink.jobmanager` set, jobs are submitted to that cluster instead
+(`abacus.remote`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from abacus import progress
+from abacus.environment import Memory
+from abacus.lag import consumer_lag
+from abacus.pipeline import KINDS, TARGETS, JobSpec, job_name, latest_checkpoint
+from abacus.state import JobState, StateFile
+from services.paths import data_dir
+from settings import Settings
+
+RUNNING = {"STARTING", "CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "STOPPING",
+           "CANCELLING", "RECONCILING"}
+
+
+class JobError(Exception):
+    """A job operation that cannot be done; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    prefix: str = ""  # job names and consumer groups get it (tests isolate themselves)
+    window_ms: int | None = None  # default settings.flink.window_ms
+    flush_ms: int = 200  # the batching window after the counting window
+    parallelism: int | None = None  # default settings.flink.parallelism
+    uniques_ttl_s: int = 40 * 86400
+    shards: int = 4
+    memory: Memory = field(default_factory=Memory)
+    from_savepoint: Path | None = None
+    resume: bool = True  # from the newest retained checkpoint/savepoint of the job name
+
+
+def jobs_dir(settings: Settings) -> Path:
+    return data_dir(settings) / "jobs"
+
+
+def state_file(settings: Settings, name: str) -> StateFile:
+    return StateFile(jobs_dir(settings) / f"{name}.json")
+
+
+def log_path(settings: Settings, name: str) -> Path:
+    return jobs_dir(settings) / f"{name}.log"
+
+
+def _payload(settings: Settings) -> dict[str, Any]:
+    """The settings for the runner, secrets included (sent over a pipe, never stored)."""
+    absolute = settings.model_copy(update={
+        "services": settings.services.model_copy(update={"data_dir": data_dir(settings)}),
+        "flink": settings.flink.model_copy(
+            update={"checkpoint_dir": settings.flink.checkpoint_dir.expanduser().resolve()}),
+    })
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return str(value)
+
+    return json.loads(json.dumps(absolute.model_dump(mode="python"), default=plain))
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own exited child) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].startswith("Z") is False
+    except OSError:
+        return True
+
+
+def status(settings: Settings, name: str) -> JobState | None:
+    """The job's state, with a status of LOST when its process died without saying so."""
+    state = state_file(settings, name).read()
+    if state is None:
+        return None
+    if state.remote is None and state.status in RUNNING and not _alive(state.pid):
+        state = state.replace(status="LOST")
+    return state
+
+
+def statuses(settings: Settings) -> list[JobState]:
+    found = []
+    for path in sorted(jobs_dir(settings).glob("*.json")):
+        state = status(settings, path.stem)
+        if state is not None:
+            found.append(state)
+    return found
+
+
+def restore_point(settings: Settings, name: str, options: RunOptions) -> Path | None:
+    if options.from_savepoint is not None:
+        path = options.from_savepoint.expanduser().resolve()
+        if not (path / "_metadata").is_file() and not path.is_file():
+            raise JobError(f"--from-savepoint {path}: no savepoint there (no _metadata)")
+        return path
+    return latest_checkpoint(settings, name) if options.resume else None
+
+
+def _spec(settings: Settings, kind: str, target: str, options: RunOptions, name: str,
+          run_dir: str, started_ms: int) -> JobSpec:
+    return JobSpec(kind=kind,  # type: ignore[arg-type]
+                   target=target, name=name,
+                   window_ms=options.window_ms or settings.flink.window_ms,
+                   flush_ms=options.flush_ms, dedup_ttl_s=settings.flink.dedup_ttl_s,
+                   uniques_ttl_s=options.uniques_ttl_s, shards=options.shards,
+                   progress_dir=run_dir, run_started_ms=started_ms)
+
+
+def _check(kind: str, target: str) -> None:
+    if kind not in KINDS:
+        raise JobError(f"unknown job {kind!r}: use one of {', '.join(KINDS)}")
+    if target not in TARGETS:
+        raise JobError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+
+
+def _request(settings: Settings, kind: str, target: str, options: RunOptions
+             ) -> dict[str, Any]:
+    name = job_name(kind, target, options.prefix)
+    started_ms = int(time.time() * 1000)
+    progress_root = jobs_dir(settings) / f"{name}.progress"
+    shutil.rmtree(progress_root, ignore_errors=True)  # counters of earlier runs
+    run_dir = progress_root / str(started_ms)
+    spec = _spec(settings, kind, target, options, name, str(run_dir), started_ms)
+    restore = restore_point(settings, name, options)
+    return {
+        "settings": _payload(settings),
+        "spec": asdict(spec),
+        "memory": asdict(options.memory),
+        "parallelism": options.parallelism or settings.flink.parallelism,
+        "restore_from": str(restore) if restore else None,
+        "state_path": str(state_file(settings, name).path),
+        "log_dir": str(jobs_dir(settings) / f"{name}.flink"),
+    }
+
+
+def start(settings: Settings, kind: str, target: str, options: RunOptions | None = None
+          ) -> JobState:
+    """Start one job in the background; returns once it is RUNNING (or raises JobError)."""
+    options = options or RunOptions()
+    _check(kind, target)
+    name = job_name(kind, target, options.prefix)
+    current = status(settings, name)
+    if current is not None and current.status in RUNNING:
+        raise JobError(f"job {name} is already {current.status} (pid {current.pid}): "
+                       f"`abacus job stop {name}` first")
+    if settings.flink.jobmanager:
+        from abacus import remote
+
+        return remote.submit(settings, kind, target, options)
+    request = _request(settings, kind, target, options)
+    path = log_path(settings, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "abacus.runner"], stdin=subprocess.PIPE,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(request).encode())
+    proc.stdin.close()
+    return wait_for(settings, name, {"RUNNING"}, timeout_s=180, pid=proc.pid)
+
+
+def run_foreground(settings: Settings, kind: str, target: str,
+                   options: RunOptions | None = None) -> int:
+    from abacus.runner import run
+
+    options = options or RunOptions()
+    _check(kind, target)
+    return run(_request(settings, kind, target, options), foreground=True)
+
+
+def wait_for(settings: Settings, name: str, wanted: set[str], timeout_s: float,
+             pid: int | None = None) -> JobState:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = status(settings, name)
+        fresh = state is not None and (pid is None or state.pid == pid)
+        if fresh and state is not None and state.status in wanted:
+            return state
+        if fresh and state is not None and state.status in {"FAILED", "LOST", "CANCELED"}:
+            raise JobError(f"job {name} is {state.status}: {state.error or 'see'} "
+                           f"`abacus job logs {name}`")
+        if pid is not None and not _alive(pid) and not fresh:
+            raise JobError(f"job {name} exited before starting: `abacus job logs {name}`")
+        if time.monotonic() > deadline:
+            raise JobError(f"job {name} not {'/'.join(sorted(wanted))} after {timeout_s:.0f}s "
+                           f"(now {state.status if state else 'unknown'})")
+        time.sleep(0.5)
+
+
+def stop(settings: Settings, name: str, savepoint: bool = False, timeout_s: float = 180
+         ) -> JobState:
+    """Cancel a job (checkpoints retained) or stop it with a savepoint; waits until done."""
+    state = status(settings, name)
+    if state is None:
+        raise JobError(f"no job named {name}: see `abacus job status`")
+    if state.remote is not None:
+        from abacus import remote
+
+        return remote.stop(settings, state, savepoint)
+    if state.status not in RUNNING:
+        raise JobError(f"job {name} is not running ({state.status})")
+    assert state.pid is not None
+    os.kill(state.pid, signal.SIGUSR1 if savepoint else signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(state.pid):
+        if time.monotonic() > deadline:
+            raise JobError(f"job {name} (pid {state.pid}) did not stop in {timeout_s:.0f}s")
+        time.sleep(0.3)
+    final = status(settings, name)
+    assert final is not None
+    if savepoint and not final.savepoint:
+        raise JobError(f"job {name} stopped without a savepoint ({final.status}): "
+                       f"`abacus job logs {name}`")
+    return final
+
+
+def start_jobs(settings: Settings, target: str, options: RunOptions | None = None
+               ) -> list[JobState]:
+    """Both jobs (statistic and customer) for a target, each its own process and group."""
+    return [start(settings, kind, target, options) for kind in KINDS]
+
+
+def stop_jobs(settings: Settings, target: str, prefix: str = "", savepoint: bool = False
+              ) -> list[JobState]:
+    out = []
+    for kind in KINDS:
+        name = job_name(kind, target, prefix)
+        state = status(settings, name)
+        if state is not None and state.status in RUNNING:
+            out.append(stop(settings, name, savepoint))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    name: str
+    lag: int
+    fanned: int | None
+    written: int | None
+
+    @property
+    def drained(self) -> bool:
+        return self.lag == 0 and (self.fanned is None or self.fanned == self.written)
+
+
+def drain_status(settings: Settings, name: str) -> Drain:
+    """Consumer lag (committed on checkpoint) and increments pending in the windows."""
+    state = status(settings, name)
+    if state is None:
+        raise JobError(f"no job named {name}: see `abacus job status`")
+    lag = consumer_lag(settings.kafka, state.group_id, state.topic).lag
+    if not state.progress_dir:
+        return Drain(name, lag, None, None)
+    counts = progress.read(Path(state.progress_dir))
+    return Drain(name, lag, counts.fanned, counts.written)
+
+
+def drained(settings: Settings, name: str) -> bool:
+    """True when the job consumed and checkpointed everything on its topic, and every count
+    increment that entered a window has been written (no pending window output)."""
+    return drain_status(settings, name).drained
+
+
+def wait_drained(settings: Settings, names: list[str], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(names)
+    while pending:
+        pending = [n for n in pending if not drained(settings, n)]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            details = [drain_status(settings, n) for n in pending]
+            raise JobError(f"not drained after {timeout_s:.0f}s: {details}")
+        time.sleep(0.5)
+
+
+def logs(settings: Settings, name: str, lines: int = 200) -> str:
+    path = log_path(settings, name)
+    if not path.is_file():
+        raise JobError(f"no log for job {name} at {path}")
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 256 * 1024))
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])

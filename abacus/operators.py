@@ -1,0 +1,196 @@
+"""The Python operators of both jobs: thin adapters around the counting contract.
+
+They run inside Flink (thread mode: the JVM's embedded interpreter) and hold no keyed state:
+de-duplication, uniqueness and windows are Flink SQL in the JVM (`abacus/pipeline.py`).
+Every counting rule is a call into `counting`; these classes only convert rows and do I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pyflink.common import Row
+from pyflink.datastream import MapFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.table.udf import FunctionContext, TableFunction
+
+from abacus.progress import Counter
+from counting import (
+    AccountKey,
+    CustomerKey,
+    Event,
+    Rejection,
+    account_keys,
+    customer_keys,
+    parse_event,
+    uniqueness_id,
+)
+from settings import CassandraSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# -- validation ----------------------------------------------------------------------------
+
+
+class Validate(ProcessFunction):  # type: ignore[misc]
+    """Raw Kafka value -> one event row, or (raw bytes, reason, detail, event_id) to a side
+    output: every check is `counting.parse_event` on the bytes exactly as received."""
+
+    def __init__(self, rejected: OutputTag) -> None:
+        self._rejected = rejected
+
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        parsed = parse_event(value)
+        if isinstance(parsed, Rejection):
+            yield self._rejected, Row(value, parsed.reason.value, parsed.detail,
+                                      parsed.event_id or "")
+            return
+        yield Row(parsed.event_id, parsed.company_id, parsed.customer_id, parsed.statistic_id,
+                  float(parsed.timestamp), parsed.timezone,
+                  json.dumps(parsed.facets, ensure_ascii=False) if parsed.facets else "")
+
+
+def event_of(event_id: str, company_id: str, customer_id: str, statistic_id: str, ts: float,
+             tz: str, facets: str) -> Event:
+    """The Event a validated row stands for (the inverse of `Validate`'s row)."""
+    pairs = tuple((k, v) for k, v in json.loads(facets)) if facets else ()
+    return Event(event_id, company_id, customer_id, statistic_id, ts, tz, pairs)
+
+
+class DeadLetter(MapFunction):  # type: ignore[misc]
+    """Publishes each rejected event to the DLQ topic: original bytes, reason in headers.
+
+    Synchronous (flush per record): invalid events are rare, and a record is acknowledged
+    by Kafka before the checkpoint that covers its offset can complete, so none is lost.
+    """
+
+    def __init__(self, kafka: KafkaSettings, source: str) -> None:
+        self._kafka, self._source = kafka, source
+        self._producer: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer({**self._kafka.client_config(), "acks": "all",
+                                   "message.max.bytes": 2 * 1024 * 1024 + 4096})
+
+    def map(self, value: Row) -> int:
+        raw, reason, detail, event_id = value
+        headers = [("reason", reason.encode()), ("detail", detail.encode()),
+                   ("event_id", event_id.encode()), ("source", self._source.encode())]
+        errors: list[Any] = []
+        self._producer.produce(self._kafka.dlq_topic, value=bytes(raw), headers=headers,
+                               on_delivery=lambda err, _msg: errors.append(err))
+        self._producer.flush(60)
+        if not errors or errors[0] is not None:
+            raise RuntimeError(f"dead-letter publish failed: {errors[0] if errors else 'timeout'}")
+        return 1
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(30)
+
+
+# -- fan-out (SQL table functions) ---------------------------------------------------------
+
+
+class _FanOut(TableFunction):  # type: ignore[misc]
+    """Counts the count increments it emits, for drain detection (`abacus.progress`)."""
+
+    def __init__(self, progress_dir: str) -> None:
+        self._progress_dir = progress_dir
+        self._fanned: Counter | None = None
+
+    def open(self, function_context: FunctionContext) -> None:
+        if self._progress_dir:
+            self._fanned = Counter(self._progress_dir, "fanned")
+
+    def _count(self, n: int) -> None:
+        if self._fanned is not None:
+            self._fanned.add(n)
+
+
+class AccountFanOut(_FanOut):
+    """One row per account key of an event, with its uniqueness id for that key."""
+
+    def eval(self, *fields: Any) -> Iterator[tuple[str, ...]]:
+        event = event_of(*fields)
+        keys = account_keys(event)
+        self._count(len(keys))
+        customer = event.customer_id
+        for key in keys:
+            yield (*key, uniqueness_id(key, customer))
+
+
+class CustomerFanOut(_FanOut):
+    """One row per customer key of an event."""
+
+    def eval(self, *fields: Any) -> Iterator[tuple[str, ...]]:
+        keys = customer_keys(event_of(*fields))
+        self._count(len(keys))
+        yield from keys
+
+
+# -- the counter sink ----------------------------------------------------------------------
+
+
+class WriteCounts(MapFunction):  # type: ignore[misc]
+    """Writes one batch (a window's increments for a shard) to a counter store, returning only
+    when Cassandra has acknowledged all of it: the batch is one record, so a checkpoint
+    never completes between receiving increments and writing them (at-least-once).
+
+    Retries with exponential backoff; after the last attempt the job fails and restarts from
+    its latest checkpoint (which re-applies the windows since: milestone 1's known excess).
+    """
+
+    def __init__(self, cassandra: CassandraSettings, store: str, level: str,
+                 progress_dir: str, run_started_ms: int, attempts: int = 6,
+                 backoff_s: float = 0.5) -> None:
+        self._cassandra, self._store, self._level = cassandra, store, level
+        self._progress_dir, self._run_started_ms = progress_dir, run_started_ms
+        self._attempts, self._backoff_s = attempts, backoff_s
+        self._session: Any = None
+        self._write: Callable[[list[Any]], None] | None = None
+        self._written: Counter | None = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from storage import CounterStore, Prepared, connect
+
+        self._session = connect(self._cassandra)
+        store = CounterStore(Prepared(self._session), self._cassandra, self._store)
+        self._write = store.write_account if self._level == "account" else store.write_customer
+        if self._progress_dir:
+            self._written = Counter(self._progress_dir, "written")
+
+    def map(self, value: Row) -> int:
+        window_end_ms, columns = int(value[0]), value[1:]  # one array per column
+        if self._level == "account":
+            batch: list[Any] = [(AccountKey(*r[:6]), int(r[6]), int(r[7]))
+                                for r in zip(*columns, strict=True)]
+        else:
+            batch = [(CustomerKey(*r[:5]), int(r[5])) for r in zip(*columns, strict=True)]
+        self._with_retries(batch)
+        if self._written is not None and window_end_ms > self._run_started_ms:
+            self._written.add(sum(r[1] for r in batch))
+        return len(batch)
+
+    def _with_retries(self, batch: list[Any]) -> None:
+        assert self._write is not None
+        for attempt in range(1, self._attempts + 1):
+            try:
+                self._write(batch)
+                return
+            except Exception as exc:  # the driver's timeouts and unavailability errors
+                if attempt == self._attempts:
+                    raise
+                delay = self._backoff_s * 2 ** (attempt - 1)
+                log.warning("counter write failed (%s), retry %d in %.1fs",
+                            type(exc).__name__, attempt, delay)
+                time.sleep(delay)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.cluster.shutdown()

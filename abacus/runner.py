@@ -1,0 +1,132 @@
+"""The process that runs one job on a local MiniCluster: `python -m abacus.runner`.
+
+It reads its request (settings with secrets, the job spec, memory, restore point) as JSON on
+stdin, never from argv or a file, so no secret reaches `ps` or the disk. It builds the job,
+`execute_async()`s it, and keeps `<data_dir>/jobs/<name>.json` up to date. Signals:
+SIGTERM cancels (checkpoints are retained on cancellation), SIGUSR1 stops with a savepoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from abacus.environment import Memory, configuration, local_environment, prepare_process
+from abacus.pipeline import JobSpec, build, checkpoint_root
+from abacus.state import JobState, StateFile
+from settings import Settings
+
+log = logging.getLogger("abacus.runner")
+
+TERMINAL = {"FINISHED", "CANCELED", "FAILED"}
+
+
+class _Requests:
+    def __init__(self) -> None:
+        self.action: str | None = None
+
+    def cancel(self, *_: Any) -> None:
+        self.action = self.action or "cancel"
+
+    def savepoint(self, *_: Any) -> None:
+        self.action = "savepoint"
+
+
+def savepoint_dir(settings: Settings, name: str) -> Path:
+    return checkpoint_root(settings, name) / "savepoints"
+
+
+def run(request: dict[str, Any], foreground: bool = False) -> int:
+    settings = Settings.model_validate(request["settings"])
+    spec = JobSpec(**request["spec"])
+    memory = Memory(**request["memory"])
+    restore_from = Path(request["restore_from"]) if request.get("restore_from") else None
+    state_file = StateFile(Path(request["state_path"]))
+    state = JobState(name=spec.name, kind=spec.kind, target=spec.target, pid=os.getpid(),
+                     status="STARTING", started_at=time.time(), restored_from=
+                     str(restore_from) if restore_from else None,
+                     progress_dir=spec.progress_dir, group_id=spec.group_id,
+                     topic=settings.kafka.topic, run_started_ms=spec.run_started_ms,
+                     spec=asdict(spec))
+    state_file.write(state)
+    requests = _Requests()
+    signal.signal(signal.SIGTERM, requests.cancel)
+    signal.signal(signal.SIGUSR1, requests.savepoint)
+    if foreground:
+        signal.signal(signal.SIGINT, requests.cancel)
+    try:
+        prepare_process(memory, Path(request["log_dir"]))
+        conf = configuration(settings, spec.name, request["parallelism"], memory, restore_from,
+                             checkpoint_root(settings, spec.name))
+        env = local_environment(conf)
+        build(env, settings, spec)
+        client = env.execute_async(f"abacus-{spec.name}")
+    except Exception as exc:
+        state = state.replace(status="FAILED", error=f"{type(exc).__name__}: {exc}"[:2000])
+        state_file.write(state)
+        log.exception("job %s could not start", spec.name)
+        return 1
+    state = state.replace(status="RUNNING", job_id=str(client.get_job_id()))
+    state_file.write(state)
+    log.info("job %s running: %s", spec.name, state.job_id)
+    return _supervise(client, state, state_file, requests, settings)
+
+
+def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _Requests,
+               settings: Settings) -> int:
+    while True:
+        if requests.action == "savepoint":
+            target = savepoint_dir(settings, state.name)
+            state_file.write(state.replace(status="STOPPING"))
+            try:
+                path = _stop_with_savepoint(client, target)
+            except Exception as exc:
+                log.exception("stop with savepoint failed")
+                state_file.write(state.replace(status="RUNNING", error=str(exc)[:2000]))
+                requests.action = None
+                continue
+            state_file.write(state.replace(status="STOPPED", savepoint=str(path).removeprefix(
+                "file:"), stopped_at=time.time()))
+            log.info("job %s stopped with savepoint %s", state.name, path)
+            return 0
+        if requests.action == "cancel":
+            state_file.write(state.replace(status="CANCELLING"))
+            client.cancel().result()
+            state_file.write(state.replace(status="CANCELED", stopped_at=time.time()))
+            log.info("job %s cancelled (checkpoints retained)", state.name)
+            return 0
+        job_status = client.get_job_status().result()
+        status = getattr(job_status, "name", str(job_status))
+        if status != state.status:
+            state = state.replace(status=status)
+            state_file.write(state)
+            log.info("job %s is %s", state.name, status)
+        if status in TERMINAL:
+            return 0 if status != "FAILED" else 1
+        time.sleep(0.5)
+
+
+def _stop_with_savepoint(client: Any, target: Path) -> str:
+    """JobClient.stopWithSavepoint (PyFlink 2.2's wrapper lacks the format argument)."""
+    from pyflink.java_gateway import get_gateway
+
+    fmt = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    future = client._j_job_client.stopWithSavepoint(False, target.as_uri(), fmt)
+    return str(future.get())
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    request = json.load(sys.stdin)
+    sys.exit(run(request))
+
+
+if __name__ == "__main__":
+    main()
