@@ -17,6 +17,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("counting.cli", "generate"),
     ("services.cli", "services"),
     ("storage.cli", "schema"),
+    ("abacus.cli", "job"),
     ("bench.cli", "bench"),
     ("compare.cli", "compare"),
     ("compare.cli", "dump"),

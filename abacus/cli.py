@@ -1,0 +1,147 @@
+"""`abacus job run|status|stop|logs|drained`: the milestone-1 jobs as managed processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from settings import Settings
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+@click.group()
+def job() -> None:
+    """The Abacus Statistic and Customer jobs (PyFlink): run, status, stop, logs."""
+
+
+@job.command("run")
+@click.argument("kind", type=click.Choice(["statistic", "customer"]))
+@click.option("--milestone", type=click.IntRange(1, 1), default=1, show_default=True,
+              help="1: increments to counter tables (milestone 2 is a separate job).")
+@click.option("--target", type=click.Choice(["shadow", "serving"]), default="shadow",
+              show_default=True, help="The count store the job writes.")
+@click.option("--foreground", is_flag=True, help="Run in this process (Ctrl-C cancels).")
+@click.option("--from-savepoint", "from_savepoint", type=click.Path(path_type=Path),
+              default=None, help="Restore from this savepoint or checkpoint directory.")
+@click.option("--fresh", is_flag=True,
+              help="Ignore retained checkpoints (default: resume from the newest one).")
+@click.option("--prefix", default="", help="Prefix of the job name and consumer group.")
+@click.option("--window-ms", type=click.IntRange(10), default=None,
+              help="Processing-time window (default: flink.window_ms).")
+@click.option("--flush-ms", type=click.IntRange(10), default=200, show_default=True,
+              help="Batching window after the counting window.")
+@click.option("--parallelism", type=click.IntRange(1), default=None,
+              help="Default: flink.parallelism.")
+@click.option("--uniques-ttl-s", type=click.IntRange(1), default=40 * 86400, show_default=True,
+              help="How long a (counter, customer) pair is remembered for uniques.")
+@click.option("--heap-mb", type=click.IntRange(256), default=640, show_default=True)
+@click.option("--managed-mb", type=click.IntRange(64), default=192, show_default=True,
+              help="Managed memory (bounds RocksDB).")
+@click.pass_obj
+def run(settings: Settings, kind: str, milestone: int, target: str, foreground: bool,
+        from_savepoint: Path | None, fresh: bool, prefix: str, window_ms: int | None,
+        flush_ms: int, parallelism: int | None, uniques_ttl_s: int, heap_mb: int,
+        managed_mb: int) -> None:
+    """Start the KIND job (statistic or customer) in the background, or in --foreground."""
+    from abacus import manager
+    from abacus.environment import Memory
+
+    if from_savepoint is not None and fresh:
+        raise click.UsageError("--from-savepoint and --fresh exclude each other: pick one")
+    options = manager.RunOptions(prefix=prefix, window_ms=window_ms, flush_ms=flush_ms,
+                                 parallelism=parallelism, uniques_ttl_s=uniques_ttl_s,
+                                 memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb),
+                                 from_savepoint=from_savepoint, resume=not fresh)
+    try:
+        if foreground:
+            raise SystemExit(manager.run_foreground(settings, kind, target, options))
+        state = manager.start(settings, kind, target, options)
+    except (manager.JobError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    restored = f", restored from {state.restored_from}" if state.restored_from else ""
+    click.echo(f"{state.name}: {state.status} (pid {state.pid}, job {state.job_id}{restored})")
+
+
+@job.command("status")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.pass_obj
+def status(settings: Settings, fmt: str) -> None:
+    """Every job this data directory knows, with its process and Flink status."""
+    from abacus import manager
+
+    states = manager.statuses(settings)
+    if fmt == "json":
+        click.echo(json.dumps([s.to_record() for s in states], indent=1))
+        return
+    if not states:
+        click.echo("no jobs")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("job", "status", "target", "pid", "flink job", "since", "savepoint")
+    for s in states:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
+        table.add_row(s.name, s.status, s.target, str(s.pid or ""), s.job_id or "", since,
+                      s.savepoint or "")
+    Console().print(table)
+
+
+@job.command("stop")
+@click.argument("name")
+@click.option("--savepoint", is_flag=True, help="Stop with a savepoint (else cancel; "
+              "checkpoints are retained either way).")
+@click.pass_obj
+def stop(settings: Settings, name: str, savepoint: bool) -> None:
+    """Stop the job NAME (see `abacus job status`)."""
+    from abacus import manager
+
+    try:
+        state = manager.stop(settings, name, savepoint=savepoint)
+    except manager.JobError as exc:
+        raise _fail(exc) from None
+    click.echo(f"{name}: {state.status}" + (f", savepoint {state.savepoint}"
+                                            if state.savepoint else ""))
+
+
+@job.command("logs")
+@click.argument("name")
+@click.option("-n", "--lines", type=click.IntRange(1), default=200, show_default=True)
+@click.pass_obj
+def logs(settings: Settings, name: str, lines: int) -> None:
+    """The tail of the job's log (its runner; Flink's own log is beside it)."""
+    from abacus import manager
+
+    try:
+        click.echo(manager.logs(settings, name, lines))
+    except manager.JobError as exc:
+        raise _fail(exc) from None
+
+
+@job.command("drained")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0.0,
+              help="Wait up to this many seconds for all to drain.")
+@click.pass_obj
+def drained(settings: Settings, names: tuple[str, ...], wait_s: float) -> None:
+    """Exit 0 when every NAME has no consumer lag and nothing pending in a window."""
+    from abacus import manager
+
+    try:
+        if wait_s:
+            manager.wait_drained(settings, list(names), wait_s)
+        results = [manager.drain_status(settings, n) for n in names]
+    except manager.JobError as exc:
+        raise _fail(exc) from None
+    for r in results:
+        click.echo(f"{r.name}: {'drained' if r.drained else 'not drained'} (lag {r.lag}, "
+                   f"increments fanned {r.fanned}, written {r.written})")
+    if not all(r.drained for r in results):
+        raise SystemExit(1)
