@@ -24,6 +24,7 @@ import ssl as ssl_module
 import struct
 import time
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -244,6 +245,78 @@ def _table(buf: bytes | bytearray, pos: int) -> tuple[dict[str, Any], int]:
     return out, pos
 
 
+_MISSING = object()
+
+
+def _skip_entry(buf: bytes, pos: int) -> int:
+    """The position after the table entry (key and value) that starts at `pos`."""
+    vpos = pos + 1 + buf[pos]
+    if buf[vpos] == 0x53:  # 'S'
+        return vpos + 5 + _U32.unpack_from(buf, vpos + 1)[0]
+    return int(_value(buf, vpos)[1])
+
+
+def table_get(raw: bytes, key: str, default: Any = None) -> Any:
+    """One value of an encoded field table, without decoding the others.
+
+    Finds the key's bytes, then walks entry boundaries up to that position to make sure
+    the match is an entry and not bytes inside an earlier value; an absent key costs one
+    `bytes.find`.
+    """
+    kb = key.encode("utf-8", "surrogateescape")
+    needle = bytes((len(kb),)) + kb
+    end = 4 + _U32.unpack_from(raw, 0)[0]
+    walked = 4
+    search = 4
+    while True:
+        found = raw.find(needle, search, end)
+        if found < 0:
+            return default
+        while walked < found:
+            walked = _skip_entry(raw, walked)
+        if walked == found:
+            return _value(raw, found + len(needle))[0]
+        search = found + 1
+
+
+class LazyTable(Mapping[str, Any]):
+    """A field table kept encoded: `get` decodes one value, iteration decodes all once."""
+
+    __slots__ = ("_decoded", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._decoded: dict[str, Any] | None = None
+
+    def _all(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = _table(self.raw, 0)[0]
+        return self._decoded
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._decoded is not None:
+            return self._decoded.get(key, default)
+        return table_get(self.raw, key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return f"LazyTable({self._all()!r})"
+
+
 def decode_table(data: bytes) -> dict[str, Any]:
     """Decode an AMQP field table (with its 4-byte length prefix)."""
     return _table(data, 0)[0]
@@ -295,15 +368,25 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
     return _U32.pack(len(inner)) + inner
 
 
-def decode_properties(buf: bytes | bytearray, pos: int, flags: int) -> dict[str, Any]:
-    """Basic content-header properties, from the property list at `pos`."""
+def decode_properties(
+    buf: bytes | bytearray, pos: int, flags: int, lazy_headers: bool = False
+) -> dict[str, Any]:
+    """Basic content-header properties, from the property list at `pos`.
+
+    With `lazy_headers`, the headers table is a `LazyTable` (decoded on demand).
+    """
     props: dict[str, Any] = {}
     if flags & 0x8000:
         props["content_type"], pos = _shortstr(buf, pos)
     if flags & 0x4000:
         props["content_encoding"], pos = _shortstr(buf, pos)
     if flags & 0x2000:
-        props["headers"], pos = _table(buf, pos)
+        if lazy_headers:
+            end = pos + 4 + _U32.unpack_from(buf, pos)[0]
+            props["headers"] = LazyTable(bytes(buf[pos:end]))
+            pos = end
+        else:
+            props["headers"], pos = _table(buf, pos)
     if flags & 0x1000:
         props["delivery_mode"] = buf[pos]
         pos += 1
@@ -590,7 +673,7 @@ class Connection:
             if d is None:
                 return None  # a returned message's header: ignored
             _, _, size, flags = _HEADER_HEAD.unpack_from(buf, start)
-            d.properties = decode_properties(buf, start + 14, flags) if flags else {}
+            d.properties = decode_properties(buf, start + 14, flags, True) if flags else {}
             self._partial_size = size
             if size == 0:
                 self._deliveries.append(d)

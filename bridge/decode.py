@@ -12,6 +12,7 @@ never deserialised.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -134,8 +135,10 @@ def _bad(
 def decode(msg: Incoming, received_ms: int) -> Good | Bad:
     """Decode one AMQP message into a Kafka record or a dead-letter record."""
     props = msg.properties
-    headers = props.get("headers") or {}
-    task = _text(headers.get("task")) if isinstance(headers, dict) else None
+    headers = props.get("headers")
+    if headers is None:
+        headers = {}
+    task = _text(headers.get("task")) if isinstance(headers, Mapping) else None
     task_id = _text(headers.get("id")) if task is not None else None
     if task_id is None:
         task_id = _text(props.get("correlation_id")) if task is not None else None
@@ -166,7 +169,7 @@ def decode(msg: Incoming, received_ms: int) -> Good | Bad:
             received_ms,
             task_id,
         )
-    if isinstance(headers, dict) and headers.get("compression"):
+    if isinstance(headers, Mapping) and headers.get("compression"):
         return _bad(
             Reason.BAD_ENCODING, "compressed bodies are not accepted", msg, received_ms, task_id
         )
@@ -262,7 +265,7 @@ def decode(msg: Incoming, received_ms: int) -> Good | Bad:
 def task_id_of(msg: Incoming) -> str | None:
     """The Celery task id of a task message (header `id`), else None."""
     headers = msg.properties.get("headers")
-    if not isinstance(headers, dict) or headers.get("task") is None:
+    if not isinstance(headers, Mapping) or headers.get("task") is None:
         return None
     return _text(headers.get("id")) or _text(msg.properties.get("correlation_id"))
 

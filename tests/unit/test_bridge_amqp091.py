@@ -158,3 +158,31 @@ def test_publisher_confirms_mixing_single_and_multiple_acks() -> None:
     conn._on_confirm(3, multiple=False, nack=False)
     assert conn._confirmed_upto == 4
     conn.wait_for_confirms(timeout=0.1)
+
+
+def test_lazy_table_finds_keys_without_being_fooled_by_values() -> None:
+    table = {
+        "argsrepr": "\x04taskS fake",  # the key's bytes inside an earlier value
+        "nested": {"task": "inner", "id": 1},
+        "lang": "py",
+        "task": "legacy.aggregate",
+        "id": "T-1",
+        "n": None,
+    }
+    lazy = A.LazyTable(A.encode_table(table))
+    assert lazy.get("task") == "legacy.aggregate"
+    assert lazy["id"] == "T-1"
+    assert lazy.get("n", "default") is None
+    assert lazy.get("compression") is None
+    assert "compression" not in lazy and "n" in lazy
+    with pytest.raises(KeyError):
+        lazy["missing"]
+    assert dict(lazy) == table
+    assert lazy == table
+
+
+def test_lazy_table_agrees_with_full_decoding_on_celery_headers() -> None:
+    m = task_message('{"event_id": "E"}')
+    lazy = A.LazyTable(A.encode_table(m.headers))
+    for key in [*m.headers, "compression", "x"]:
+        assert lazy.get(key, "absent") == m.headers.get(key, "absent")
