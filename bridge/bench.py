@@ -94,13 +94,24 @@ def bridge_run(settings: Settings, n: int, prefetch: int) -> tuple[float, float,
 
 
 @click.command("bridge")
-@click.option("--messages", "n", type=click.IntRange(1000, 10_000_000), default=100_000,
-              show_default=True, help="Messages per measurement.")
-@click.option("--prefetch", type=click.IntRange(1, 65535), default=None,
-              help="Unacked messages in flight, both runs (default: rabbitmq.prefetch).")
+@click.option(
+    "--messages",
+    "n",
+    type=click.IntRange(1000, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="Messages per measurement.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Unacked messages in flight, both runs (default: rabbitmq.prefetch).",
+)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.pass_obj
 def bench_bridge(settings: Settings, n: int, prefetch: int | None, seed: int, fmt: str) -> None:
     """Bridge msgs/s (acks after Kafka delivery) vs raw consume msgs/s of the same messages."""
