@@ -252,7 +252,7 @@ def _skip_entry(buf: bytes, pos: int) -> int:
     """The position after the table entry (key and value) that starts at `pos`."""
     vpos = pos + 1 + buf[pos]
     if buf[vpos] == 0x53:  # 'S'
-        return vpos + 5 + _U32.unpack_from(buf, vpos + 1)[0]
+        return int(vpos + 5 + _U32.unpack_from(buf, vpos + 1)[0])
     return int(_value(buf, vpos)[1])
 
 
