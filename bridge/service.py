@@ -16,6 +16,7 @@ At-least-once with bounded memory:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -48,6 +49,10 @@ _PERMANENT = frozenset(
     }
 )
 MAX_BACKOFF_S = 30.0
+
+
+class KafkaFatal(Exception):
+    """The producer hit a fatal error (e.g. idempotence state lost): it must be replaced."""
 
 
 @dataclass(slots=True)
@@ -105,6 +110,7 @@ class Bridge:
         self._last_error = ""
         self._last_tick = 0.0
         self._connected = False
+        self._fatal: Any = None
 
     # ------------------------------------------------------------ control
 
@@ -156,6 +162,13 @@ class Bridge:
                     self._connect()
                     backoff = 1.0
                     self._consume()
+                except KafkaFatal as exc:
+                    # unacked messages come back redelivered; a fresh producer sends them
+                    self._error("Kafka producer failed fatally, recreating it", exc)
+                    self._drop_connection()
+                    self._replace_producer()
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
                 except (AmqpError, OSError) as exc:
                     if self._stop:
                         break
@@ -167,6 +180,12 @@ class Bridge:
         finally:
             self._shutdown()
         return self.counts
+
+    def _replace_producer(self) -> None:
+        old, self._fatal = self._producer, None
+        with contextlib.suppress(KafkaException):
+            old.purge()
+        self._producer = make_producer(self.kafka, **self.producer_overrides)
 
     def _connect(self) -> None:
         conn = rabbit.connect(self.rabbit)
@@ -209,6 +228,8 @@ class Bridge:
             self._ack_ready()
             if self._retries:
                 self._retry_due()
+            if self._fatal is not None:
+                raise KafkaFatal(str(self._fatal))
             now = time.monotonic()
             if now - self._last_tick >= 1.0:
                 conn.heartbeat_tick()
@@ -264,6 +285,9 @@ class Bridge:
 
     def _failed(self, p: Pending, err: Any) -> None:
         self.counts.kafka_errors += 1
+        if getattr(err, "fatal", lambda: False)():
+            self._fatal = err
+            return
         code = err.code() if hasattr(err, "code") else None
         if type(p.record) is Good and code in _PERMANENT:
             detail = f"Kafka refused the record: {err}"
