@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from counting.events import MAX_INPUT_BYTES
 from legacy.protocol import TASK_NAME
@@ -41,12 +41,27 @@ class Reason(StrEnum):
     KAFKA_REJECTED = "kafka_rejected"  # Kafka refused the record permanently (e.g. size)
 
 
+class Message(Protocol):
+    """What the bridge needs of one AMQP delivery (`bridge.amqp091.Delivery` is one)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def properties(self) -> Mapping[str, Any]: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def redelivered(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """What the bridge needs of one AMQP delivery."""
+    """A `Message` built by hand (tests, tools)."""
 
     body: bytes
-    properties: dict[str, Any]
+    properties: Mapping[str, Any]
     routing_key: str = ""
     exchange: str = ""
     redelivered: bool = False
@@ -79,7 +94,7 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def record_headers(msg: Incoming, received_ms: int, task_id: str | None) -> list[tuple[str, bytes]]:
+def record_headers(msg: Message, received_ms: int, task_id: str | None) -> list[tuple[str, bytes]]:
     """The Kafka headers of every record (good or dead-lettered) of one message."""
     props = msg.properties
     out: list[tuple[str, bytes]] = []
@@ -115,7 +130,7 @@ def key_of(raw: str | bytes) -> bytes:
 def _bad(
     reason: Reason,
     detail: str,
-    msg: Incoming,
+    msg: Message,
     received_ms: int,
     task_id: str | None,
     extra: list[tuple[str, bytes]] | None = None,
@@ -132,7 +147,7 @@ def _bad(
     return Bad(reason, detail, body, headers)
 
 
-def decode(msg: Incoming, received_ms: int) -> Good | Bad:
+def decode(msg: Message, received_ms: int) -> Good | Bad:
     """Decode one AMQP message into a Kafka record or a dead-letter record."""
     props = msg.properties
     headers = props.get("headers")
@@ -262,7 +277,7 @@ def decode(msg: Incoming, received_ms: int) -> Good | Bad:
     return Good(key_of(raw), value, record_headers(msg, received_ms, task_id))
 
 
-def task_id_of(msg: Incoming) -> str | None:
+def task_id_of(msg: Message) -> str | None:
     """The Celery task id of a task message (header `id`), else None."""
     headers = msg.properties.get("headers")
     if not isinstance(headers, Mapping) or headers.get("task") is None:
@@ -270,6 +285,6 @@ def task_id_of(msg: Incoming) -> str | None:
     return _text(headers.get("id")) or _text(msg.properties.get("correlation_id"))
 
 
-def dead_letter(msg: Incoming, received_ms: int, reason: Reason, detail: str) -> Bad:
+def dead_letter(msg: Message, received_ms: int, reason: Reason, detail: str) -> Bad:
     """Dead-letter a message for a reason found after decoding (e.g. Kafka refused it)."""
     return _bad(reason, detail, msg, received_ms, task_id_of(msg))

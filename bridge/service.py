@@ -32,7 +32,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from bridge import rabbit
 from bridge.amqp091 import AmqpError, Connection
-from bridge.decode import Bad, Good, Incoming, Reason, dead_letter, decode
+from bridge.decode import Bad, Good, Message, Reason, dead_letter, decode
 from bridge.kafka import ensure_topics, make_producer
 from bridge.status import Counts, Minutes, serve_metrics, status_path, write_status
 from settings.model import Settings
@@ -61,7 +61,7 @@ class Pending:
 
     gen: int
     tag: int
-    msg: Incoming
+    msg: Message
     received_ms: int
     record: Good | Bad
     done: bool = False
@@ -242,9 +242,8 @@ class Bridge:
         counts.consumed += 1
         if d.redelivered:
             counts.redelivered += 1
-        msg = Incoming(d.body, d.properties, d.routing_key, d.exchange, d.redelivered)
         received_ms = int(time.time() * 1000)
-        p = Pending(self._gen, d.delivery_tag, msg, received_ms, decode(msg, received_ms))
+        p = Pending(self._gen, d.delivery_tag, d, received_ms, decode(d, received_ms))
         self._pending.append(p)
         self._produce(p)
 
