@@ -163,9 +163,9 @@ def _request(settings: Settings, kind: str, target: str, options: RunOptions
     }
 
 
-def start(settings: Settings, kind: str, target: str, options: RunOptions | None = None
-          ) -> JobState:
-    """Start one job in the background; returns once it is RUNNING (or raises JobError)."""
+def launch(settings: Settings, kind: str, target: str, options: RunOptions | None = None
+           ) -> tuple[str, int | None]:
+    """Start one job's process and return (name, pid) without waiting for it to run."""
     options = options or RunOptions()
     _check(kind, target)
     name = job_name(kind, target, options.prefix)
@@ -176,7 +176,8 @@ def start(settings: Settings, kind: str, target: str, options: RunOptions | None
     if settings.flink.jobmanager:
         from abacus import remote
 
-        return remote.submit(settings, kind, target, options)
+        remote.submit(settings, kind, target, options)
+        return name, None
     request = _request(settings, kind, target, options)
     path = log_path(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +188,14 @@ def start(settings: Settings, kind: str, target: str, options: RunOptions | None
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(request).encode())
     proc.stdin.close()
-    return wait_for(settings, name, {"RUNNING"}, timeout_s=180, pid=proc.pid)
+    return name, proc.pid
+
+
+def start(settings: Settings, kind: str, target: str, options: RunOptions | None = None,
+          timeout_s: float = 300) -> JobState:
+    """Start one job in the background; returns once it is RUNNING (or raises JobError)."""
+    name, pid = launch(settings, kind, target, options)
+    return wait_for(settings, name, {"RUNNING"}, timeout_s, pid=pid)
 
 
 def run_foreground(settings: Settings, kind: str, target: str,
@@ -245,10 +253,12 @@ def stop(settings: Settings, name: str, savepoint: bool = False, timeout_s: floa
     return final
 
 
-def start_jobs(settings: Settings, target: str, options: RunOptions | None = None
-               ) -> list[JobState]:
-    """Both jobs (statistic and customer) for a target, each its own process and group."""
-    return [start(settings, kind, target, options) for kind in KINDS]
+def start_jobs(settings: Settings, target: str, options: RunOptions | None = None,
+               timeout_s: float = 300) -> list[JobState]:
+    """Both jobs (statistic and customer) for a target, each its own process and group;
+    they start side by side and this returns when both run."""
+    launched = [launch(settings, kind, target, options) for kind in KINDS]
+    return [wait_for(settings, name, {"RUNNING"}, timeout_s, pid=pid) for name, pid in launched]
 
 
 def stop_jobs(settings: Settings, target: str, prefix: str = "", savepoint: bool = False

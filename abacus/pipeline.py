@@ -192,8 +192,9 @@ def checkpoint_root(settings: Settings, name: str) -> Path:
 
 
 def latest_checkpoint(settings: Settings, name: str) -> Path | None:
-    """The newest complete retained checkpoint of a job name, if any."""
+    """The newest complete retained checkpoint or savepoint of a job name, if any."""
     root = checkpoint_root(settings, name)
-    found = [p.parent for p in root.glob("*/chk-*/_metadata")]
+    found = [p.parent for p in [*root.glob("*/chk-*/_metadata"),
+                                *root.glob("savepoints/savepoint-*/_metadata")]]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

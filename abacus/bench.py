@@ -1,0 +1,416 @@
+"""`abacus bench abacus`: both milestone-1 jobs together, beside legacy on the same events.
+
+Figures:
+- sustained events/s through both jobs: a backlog of generated events (the default mix) is
+  produced to Kafka at full speed; the clock runs from the first produce to the moment both
+  jobs' sinks have written every count increment of the backlog (their drain counters,
+  `abacus.progress`, reach the recount's totals);
+- freshness at a steady rate (default 1,000 events/s): probe events ride along the load,
+  each on a date of its own; freshness = Kafka's append time (LogAppendTime) to the moment
+  the probe's counter is readable in Cassandra, for each job, p50/p99;
+- RSS of each job (its runner and JVM, sampled);
+- legacy on the same events (`legacy.bench.run_legacy_bench`) and the ratio.
+
+Isolated: its own topic, keyspace prefix and job names; all removed or stopped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from abacus import manager, progress
+from abacus.environment import Memory
+from abacus.manager import RunOptions
+from counting import Recount
+from counting.generate import GeneratorConfig, generate
+from settings import Settings
+
+PROBE_COMPANY, PROBE_STATISTIC = "PROBE", "probe"
+PROBE_EPOCH_S = 978_307_200  # 2001-01-01T00:00:00Z: probe i counts on the date epoch + i days
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _isolated(settings: Settings, tag: str) -> Settings:
+    return settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"topic": f"bench.{tag}.events",
+                                                   "dlq_topic": f"bench.{tag}.dlq"}),
+        "cassandra": settings.cassandra.model_copy(
+            update={"keyspace_prefix": f"{settings.cassandra.keyspace_prefix}bench_{tag}_"}),
+    })
+
+
+def _prepare(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    import storage
+
+    admin = AdminClient(settings.kafka.client_config())
+    config = {"message.timestamp.type": "LogAppendTime"}
+    futures = admin.create_topics([
+        NewTopic(settings.kafka.topic, settings.kafka.partitions, 1, config=config),
+        NewTopic(settings.kafka.dlq_topic, 1, 1)])
+    for future in futures.values():
+        future.result()
+    session = storage.connect(settings.cassandra)
+    keyspace = storage.keyspace_of(settings.cassandra, "shadow")
+    try:
+        for cql in storage.statements(settings.cassandra):
+            if keyspace + " " in cql or keyspace + "." in cql:
+                session.execute(cql, timeout=120)
+    finally:
+        session.cluster.shutdown()
+
+
+def _cleanup(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    import storage
+
+    admin = AdminClient(settings.kafka.client_config())
+    for future in admin.delete_topics([settings.kafka.topic, settings.kafka.dlq_topic]).values():
+        with contextlib.suppress(Exception):  # best effort
+            future.result()
+    session = storage.connect(settings.cassandra)
+    try:
+        session.execute(f"DROP KEYSPACE IF EXISTS "
+                        f"{storage.keyspace_of(settings.cassandra, 'shadow')}", timeout=120)
+    finally:
+        session.cluster.shutdown()
+
+
+class _Producer:
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = settings.kafka.topic
+        self._producer = Producer({**settings.kafka.client_config(), "linger.ms": 5,
+                                   "queue.buffering.max.messages": 1_000_000})
+
+    def send(self, line: str, on_delivery: Any = None) -> None:
+        try:
+            company = json.loads(line).get("company_id")
+        except ValueError:
+            company = None
+        while True:
+            try:
+                self._producer.produce(self.topic, value=line.encode(),
+                                       key=company.encode() if company else None,
+                                       on_delivery=on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self) -> None:
+        self._producer.flush(120)
+
+
+class _Rss:
+    """Peak RSS of each job's process group (runner + JVM), sampled every 0.5 s."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids, self.peak_mb = pids, dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _group_rss_mb(self, pgid: int) -> float:
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+                if int(fields[2]) == pgid:
+                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for name, pid in self.pids.items():
+                self.peak_mb[name] = max(self.peak_mb[name], self._group_rss_mb(pid))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v) for k, v in self.peak_mb.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Targets:
+    account: int  # count increments the statistic job must write
+    customer: int
+
+
+def _targets(lines: list[str]) -> _Targets:
+    recount = Recount()
+    for line in lines:
+        recount.add_raw(line)
+    return _Targets(sum(c.count for c in recount.account()),
+                    sum(c.count for c in recount.customer()))
+
+
+def _written(settings: Settings, names: dict[str, str]) -> dict[str, int]:
+    out = {}
+    for kind, name in names.items():
+        state = manager.status(settings, name)
+        assert state is not None
+        out[kind] = progress.read(Path(state.progress_dir)).written
+    return out
+
+
+def _throughput(settings: Settings, names: dict[str, str], lines: list[str],
+                timeout_s: float) -> dict[str, Any]:
+    targets = _targets(lines)
+    before = _written(settings, names)
+    want = {"statistic": before["statistic"] + targets.account,
+            "customer": before["customer"] + targets.customer}
+    producer = _Producer(settings)
+    started = time.monotonic()
+    for line in lines:
+        producer.send(line)
+    producer.flush()
+    produced_s = time.monotonic() - started
+    done: dict[str, float] = {}
+    deadline = started + timeout_s
+    while len(done) < len(names):
+        written = _written(settings, names)
+        for kind in names:
+            if kind not in done and written[kind] >= want[kind]:
+                done[kind] = time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all written after {timeout_s:.0f}s: {written} of {want}")
+        time.sleep(0.05)
+    elapsed = max(done.values())
+    return {
+        "events": len(lines),
+        "produce_s": round(produced_s, 2),
+        "elapsed_s": round(elapsed, 2),
+        "events_per_s": round(len(lines) / elapsed, 1),
+        "per_job_events_per_s": {k: round(len(lines) / v, 1) for k, v in done.items()},
+        "increments": {"account": targets.account, "customer": targets.customer},
+    }
+
+
+def _probe_line(i: int) -> str:
+    return json.dumps({"event_id": f"probe-{uuid.uuid4().hex}", "company_id": PROBE_COMPANY,
+                       "customer_id": f"PRB-{i}", "statistic_id": PROBE_STATISTIC,
+                       "timestamp": PROBE_EPOCH_S + i * 86_400, "timezone": "UTC"})
+
+
+def _freshness(settings: Settings, lines: list[str], rate: float, probes_per_s: float,
+               timeout_s: float) -> dict[str, Any]:
+    import storage
+    from counting import bucket_labels
+
+    session = storage.connect(settings.cassandra)
+    store = storage.CounterStore(storage.Prepared(session), settings.cassandra, "shadow")
+    appended: dict[int, float] = {}  # probe -> Kafka append time (s)
+    visible: dict[str, dict[int, float]] = {"statistic": {}, "customer": {}}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def on_probe(i: int) -> Any:
+        def delivered(err: Any, msg: Any) -> None:
+            if err is None:
+                with lock:
+                    appended[i] = msg.timestamp()[1] / 1000
+        return delivered
+
+    def poll() -> None:
+        while not stop.is_set() or any(len(v) < len(appended) for v in visible.values()):
+            with lock:
+                pending = list(appended)
+            for i in pending:
+                day = bucket_labels(PROBE_EPOCH_S + i * 86_400, "UTC")[1]
+                if i not in visible["statistic"] and any(store.read_account_range(
+                        PROBE_COMPANY, PROBE_STATISTIC, "day", day, day)):
+                    visible["statistic"][i] = time.time()
+                if i not in visible["customer"] and any(store.read_date(day, "customer")):
+                    visible["customer"][i] = time.time()
+            if stop.is_set() and time.monotonic() > stop_deadline[0]:
+                return
+            time.sleep(0.02)
+
+    stop_deadline = [float("inf")]
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    producer = _Producer(settings)
+    every = max(1, round(rate / probes_per_s))
+    started = time.monotonic()
+    probe = 0
+    try:
+        for n, line in enumerate(lines):
+            due = started + n / rate
+            while (now := time.monotonic()) < due:
+                time.sleep(min(due - now, 0.005))
+            if n % every == 0:
+                producer.send(_probe_line(probe), on_delivery=on_probe(probe))
+                probe += 1
+            producer.send(line)
+        producer.flush()
+        achieved = len(lines) / (time.monotonic() - started)
+        stop_deadline[0] = time.monotonic() + timeout_s
+        stop.set()
+        poller.join()
+    finally:
+        stop.set()
+        session.cluster.shutdown()
+    out: dict[str, Any] = {"events": len(lines), "rate_target": rate,
+                           "rate_achieved": round(achieved, 1), "probes": probe}
+    for kind, seen in visible.items():
+        lat = [seen[i] - appended[i] for i in seen if i in appended]
+        out[kind] = {"p50_ms": _ms(_percentile(lat, 0.5)), "p99_ms": _ms(_percentile(lat, 0.99)),
+                     "max_ms": _ms(max(lat, default=None)), "seen": len(lat)}
+    return out
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, flush_ms: int,
+                     latency_rate: float, latency_events: int, probes_per_s: float,
+                     memory: Memory, parallelism: int, warmup: int = 500,
+                     timeout_s: float = 600) -> dict[str, Any]:
+    """Both jobs on `lines` in an isolated installation; their figures."""
+    tag = uuid.uuid4().hex[:8]
+    isolated = _isolated(settings, tag)
+    prefix = f"bench-{tag}-"
+    figures: dict[str, Any] = {"parameters": {
+        "events": len(lines), "window_ms": window_ms, "flush_ms": flush_ms,
+        "parallelism": parallelism, "heap_mb": memory.heap_mb, "managed_mb": memory.managed_mb,
+        "checkpoint_interval_ms": settings.flink.checkpoint_interval_ms,
+        "load_1m_at_start": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}}
+    _prepare(isolated)
+    options = RunOptions(prefix=prefix, window_ms=window_ms, flush_ms=flush_ms,
+                         parallelism=parallelism, memory=memory, resume=False)
+    try:
+        t0 = time.monotonic()
+        states = manager.start_jobs(isolated, "shadow", options)
+        figures["start_s"] = round(time.monotonic() - t0, 1)
+        names = {s.kind: s.name for s in states}
+        rss = _Rss({s.kind: s.pid for s in states if s.pid})
+        try:
+            if warmup:
+                _throughput(isolated, names, lines[:warmup], timeout_s)
+            figures["throughput"] = _throughput(isolated, names, lines, timeout_s)
+            if latency_events:
+                figures["freshness"] = _freshness(isolated, lines[:latency_events],
+                                                  latency_rate, probes_per_s, timeout_s=30)
+        finally:
+            figures["rss_mb"] = rss.stop()
+    finally:
+        manager.stop_jobs(isolated, "shadow", prefix)
+        _cleanup(isolated)
+    return figures
+
+
+@click.command("abacus")
+@click.option("--events", "n", type=click.IntRange(min=100), default=40_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--window-ms", type=click.IntRange(10), default=500, show_default=True,
+              help="Counting window (the job default is flink.window_ms).")
+@click.option("--flush-ms", type=click.IntRange(10), default=100, show_default=True)
+@click.option("--latency-rate", type=click.FloatRange(min=1), default=1000.0, show_default=True)
+@click.option("--latency-events", type=click.IntRange(min=0), default=15_000,
+              show_default=True, help="Events of the steady-rate freshness phase (0: skip).")
+@click.option("--probes-per-s", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--parallelism", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--heap-mb", type=click.IntRange(256), default=640, show_default=True)
+@click.option("--managed-mb", type=click.IntRange(64), default=192, show_default=True)
+@click.option("--legacy-events", type=click.IntRange(min=0), default=6_000, show_default=True,
+              help="The first N of the same events through legacy (0: skip legacy).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.pass_obj
+def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int, flush_ms: int,
+                 latency_rate: float, latency_events: int, probes_per_s: float,
+                 parallelism: int, heap_mb: int, managed_mb: int, legacy_events: int,
+                 fmt: str) -> None:
+    """Both Abacus jobs: sustained events/s, freshness p50/p99 at a steady rate, RSS; legacy
+    on the same events, and the ratio."""
+    config = GeneratorConfig(n=n, seed=seed)  # the generator's default mix
+    lines = [json.dumps(e, ensure_ascii=False) for e in generate(config)]
+    try:
+        figures = run_abacus_bench(
+            settings, lines, window_ms=window_ms, flush_ms=flush_ms, latency_rate=latency_rate,
+            latency_events=min(latency_events, n), probes_per_s=probes_per_s,
+            memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb), parallelism=parallelism)
+    except (TimeoutError, manager.JobError, FileNotFoundError) as exc:
+        raise click.ClickException(f"bench abacus: {exc}") from None
+    legacy = _legacy(settings, lines[:legacy_events]) if legacy_events else None
+    figures["legacy"] = legacy
+    if legacy and legacy.get("throughput", {}).get("sustained_events_per_s"):
+        figures["ratio"] = round(figures["throughput"]["events_per_s"]
+                                 / legacy["throughput"]["sustained_events_per_s"], 1)
+    if fmt == "json":
+        click.echo(json.dumps(figures))
+        return
+    _render(figures, seed)
+
+
+def _legacy(settings: Settings, lines: list[str]) -> dict[str, Any] | None:
+    try:
+        from legacy.bench import run_legacy_bench
+    except ImportError:
+        return {"error": "legacy.bench.run_legacy_bench is not available"}
+    try:
+        return run_legacy_bench(settings, lines, latency_events=0)
+    except Exception as exc:  # legacy's failure must not hide Abacus's figures
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+
+
+def _render(figures: dict[str, Any], seed: int) -> None:
+    p = figures["parameters"]
+    click.echo(f"abacus M1: {p['events']} generated events (default mix, seed {seed}), both "
+               f"jobs, window {p['window_ms']} ms + flush {p['flush_ms']} ms, parallelism "
+               f"{p['parallelism']}, heap {p['heap_mb']} MiB + managed {p['managed_mb']} MiB "
+               f"per job, checkpoints every {p['checkpoint_interval_ms']} ms; machine load "
+               f"{p['load_1m_at_start']} on {p['cpus']} CPUs at start; jobs started in "
+               f"{figures.get('start_s')} s")
+    t = figures["throughput"]
+    click.echo(f"  throughput  {t['events']} events: {t['events_per_s']} events/s through "
+               f"both jobs (statistic {t['per_job_events_per_s'].get('statistic')}, customer "
+               f"{t['per_job_events_per_s'].get('customer')}); produced in {t['produce_s']} s, "
+               f"all written after {t['elapsed_s']} s")
+    f = figures.get("freshness")
+    if f:
+        click.echo(f"  freshness   {f['events']} events at {f['rate_achieved']}/s "
+                   f"(target {f['rate_target']:g}), {f['probes']} probes, Kafka append -> "
+                   f"readable in Cassandra:")
+        for kind in ("statistic", "customer"):
+            k = f[kind]
+            click.echo(f"    {kind:<10} p50 {k['p50_ms']} ms  p99 {k['p99_ms']} ms  "
+                       f"max {k['max_ms']} ms  ({k['seen']} probes seen)")
+    click.echo(f"  RSS peak    {figures['rss_mb']} MiB (runner + JVM + Python, per job)")
+    legacy = figures.get("legacy")
+    if legacy is None:
+        click.echo("  legacy      skipped")
+    elif "error" in legacy:
+        click.echo(f"  legacy      not measured: {legacy['error']}")
+    else:
+        lt = legacy["throughput"]
+        click.echo(f"  legacy      {lt['events']} of the same events: "
+                   f"{lt['sustained_events_per_s']} events/s; publish->visible p50 "
+                   f"{lt['latency_p50_ms']} ms p99 {lt['latency_p99_ms']} ms (unthrottled)")
+        click.echo(f"  ratio       abacus / legacy = {figures.get('ratio')}x")

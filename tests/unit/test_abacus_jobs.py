@@ -1,0 +1,136 @@
+"""The jobs' Python side without servers: operators are adapters of the counting contract,
+drain counters, job naming, restore points, state files, CLI argument errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from abacus import progress
+from abacus.manager import RunOptions, restore_point
+from abacus.operators import AccountFanOut, CustomerFanOut, Validate, event_of
+from abacus.pipeline import JobSpec, job_name, latest_checkpoint
+from abacus.state import JobState, StateFile
+from counting import Rejection, account_keys, customer_keys, parse_event, uniqueness_id
+from counting.corpus import invalid_lines, tricky_lines
+from settings import load_settings
+
+
+class _Tag:
+    pass
+
+
+def _validated(line: str) -> list[object]:
+    tag = _Tag()
+    return list(Validate(tag).process_element(line.encode(), None))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("line", tricky_lines())
+def test_validate_is_parse_event(line: str) -> None:
+    out = _validated(line)
+    assert len(out) == 1
+    parsed = parse_event(line.encode())
+    if isinstance(parsed, Rejection):
+        side, row = out[0]  # type: ignore[misc]
+        assert isinstance(side, _Tag)
+        assert (bytes(row[0]), row[1], row[2], row[3]) == (
+            line.encode(), parsed.reason.value, parsed.detail, parsed.event_id or "")
+    else:
+        assert event_of(*out[0]) == parsed  # type: ignore[misc]
+
+
+def test_every_reason_goes_to_the_side_output() -> None:
+    for line, reason in invalid_lines():
+        (_, row), = _validated(line)  # type: ignore[misc]
+        assert row[1] == reason
+
+
+def test_fan_out_is_the_contracts(tmp_path: Path) -> None:
+    account, customer = AccountFanOut(str(tmp_path)), CustomerFanOut(str(tmp_path))
+    account.open(None)
+    customer.open(None)
+    expected_increments = 0
+    for line in tricky_lines():
+        parsed = parse_event(line)
+        if isinstance(parsed, Rejection):
+            continue
+        (row,) = _validated(line)
+        keys = account_keys(parsed)
+        assert list(account.eval(*row)) == [(*k, uniqueness_id(k, parsed.customer_id))
+                                            for k in keys]
+        assert list(customer.eval(*row)) == customer_keys(parsed)
+        expected_increments += len(keys) + 3
+    assert progress.read(tmp_path) == progress.Progress(expected_increments, 0)
+
+
+def test_progress_counters_sum_instances(tmp_path: Path) -> None:
+    a, b, w = (progress.Counter(str(tmp_path), k) for k in ("fanned", "fanned", "written"))
+    a.add(3)
+    b.add(4)
+    w.add(7)
+    assert progress.read(tmp_path) == progress.Progress(7, 7)
+    a.add(1)
+    assert progress.read(tmp_path).pending == 1
+
+
+def test_job_names_and_groups() -> None:
+    assert job_name("statistic", "shadow") == "statistic"
+    assert job_name("customer", "serving", "t1-") == "t1-customer-serving"
+    spec = JobSpec("statistic", "shadow", "statistic", 1000, 200, 7, 40, 4, "", 0)
+    assert (spec.group_id, spec.source, spec.state_ttl_s) == (
+        "abacus-statistic", "abacus-statistic", 40)
+
+
+def test_latest_restore_point_is_the_newest(tmp_path: Path) -> None:
+    settings = load_settings()
+    settings = settings.model_copy(update={"flink": settings.flink.model_copy(
+        update={"checkpoint_dir": tmp_path})})
+    assert latest_checkpoint(settings, "statistic") is None
+    old = tmp_path / "statistic" / "abc" / "chk-3"
+    new = tmp_path / "statistic" / "savepoints" / "savepoint-abc-1"
+    for i, path in enumerate((old, new)):
+        path.mkdir(parents=True)
+        (path / "_metadata").write_bytes(b"x")
+        stamp = time.time() - 100 + i
+        import os
+
+        os.utime(path, (stamp, stamp))
+    assert latest_checkpoint(settings, "statistic") == new
+    assert restore_point(settings, "statistic", RunOptions(resume=False)) is None
+    with pytest.raises(Exception, match="no savepoint there"):
+        restore_point(settings, "statistic", RunOptions(from_savepoint=tmp_path / "nope"))
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    file = StateFile(tmp_path / "jobs" / "statistic.json")
+    state = JobState("statistic", "statistic", "shadow", 1, "RUNNING", 1.0, job_id="j")
+    file.write(state)
+    assert file.read() == state
+    assert json.loads(file.path.read_text())["status"] == "RUNNING"
+
+
+@pytest.mark.parametrize("args", [
+    ["job", "run", "nope"],
+    ["job", "run", "statistic", "--target", "legacy"],
+    ["job", "run", "statistic", "--fresh", "--from-savepoint", "/x"],
+    ["job", "run", "statistic", "--window-ms", "0"],
+])
+def test_wrong_arguments_exit_non_zero_with_a_hint(args: list[str]) -> None:
+    from cli import root
+
+    result = CliRunner().invoke(root, args)
+    assert result.exit_code == 2
+    assert "Error:" in result.output
+
+
+def test_stop_of_an_unknown_job_says_what_to_do(tmp_path: Path) -> None:
+    from cli import root
+
+    env = {"ABACUS_SERVICES__DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(root, ["job", "stop", "nope"], env=env)
+    assert result.exit_code == 1
+    assert "abacus job status" in result.output
