@@ -161,7 +161,7 @@ def run_legacy_bench(settings: Settings, lines: list[str], *, concurrency: int =
 
 
 @click.command("legacy")
-@click.option("--events", "n", type=click.IntRange(min=100), default=6_000, show_default=True)
+@click.option("--events", "n", type=click.IntRange(min=100), default=3_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True)
@@ -171,7 +171,7 @@ def run_legacy_bench(settings: Settings, lines: list[str], *, concurrency: int =
               show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Publish rate of the throughput phase (0: unthrottled).")
-@click.option("--latency-events", type=click.IntRange(min=0), default=1500, show_default=True,
+@click.option("--latency-events", type=click.IntRange(min=0), default=600, show_default=True,
               help="Events of the steady-rate latency phase (0: skip it).")
 @click.option("--latency-rate", type=click.FloatRange(min=1), default=None,
               help="Rate of the latency phase (default: half the sustained rate).")
