@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from counting.buckets import bucket_labels
 from counting.model import RESOLUTIONS, AccountKey, CustomerKey, Event
 
@@ -29,14 +31,13 @@ def customer_keys(event: Event) -> list[CustomerKey]:
     ]
 
 
-_SEP = "\x1f"  # unit separator: cannot be confused with a character of an id
-
-
 def key_id(key: AccountKey | CustomerKey) -> str:
-    """A stable text identity of a key (for Redis keys, Flink state keys, sorting)."""
-    return _SEP.join(key)
+    """A stable, injective text identity of a key (for Redis keys, Flink state keys,
+    sorting): the key's fields as a compact JSON array, so no id or value, whatever
+    characters it holds, can make two keys collide."""
+    return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
 
 
 def uniqueness_id(key: AccountKey, customer_id: str) -> str:
-    """Identity of "this customer counted for this account key" (Check Uniques)."""
-    return key_id(key) + _SEP + customer_id
+    """Identity of "this customer counted for this account key" (Check Uniqueness)."""
+    return json.dumps((*key, customer_id), ensure_ascii=False, separators=(",", ":"))

@@ -230,3 +230,13 @@ def test_generator_is_deterministic_and_skewed() -> None:
     by_company = Counter(e["company_id"] for e in first).most_common()
     assert by_company[0][1] > 10 * by_company[-1][1]  # a few large, many small
     assert list(generate(GeneratorConfig(n=50, seed=12))) != first[:50]
+
+
+def test_key_ids_are_injective() -> None:
+    from counting import key_id, uniqueness_id
+
+    a = AccountKey("C", "S", "hour", "2025-12-01T00", "f\x1fx", "v")
+    b = AccountKey("C", "S", "hour", "2025-12-01T00", "f", "x\x1fv")
+    assert key_id(a) != key_id(b)
+    assert uniqueness_id(a, "u") != uniqueness_id(AccountKey(*a[:5], "v,u"), "")
+    assert json.loads(key_id(a)) == list(a)
