@@ -122,8 +122,32 @@ def _stop_with_savepoint(client: Any, target: Path) -> str:
     return str(future.get())
 
 
+def submit_remote(request: dict[str, Any]) -> int:
+    """Inside `flink run -py` (abacus.remote): build the job and submit it, detached."""
+    settings = Settings.model_validate(request["settings"])
+    spec = JobSpec(**request["spec"])
+    restore_from = Path(request["restore_from"]) if request.get("restore_from") else None
+    conf = configuration(settings, spec.name, request["parallelism"],
+                         Memory(**request["memory"]), restore_from,
+                         checkpoint_root(settings, spec.name))
+    env = local_environment(conf)  # the CLI's context: submits to its cluster
+    build(env, settings, spec)
+    client = env.execute_async(f"abacus-{spec.name}")
+    StateFile(Path(request["state_path"])).write(JobState(
+        name=spec.name, kind=spec.kind, target=spec.target, pid=None, status="RUNNING",
+        started_at=time.time(), job_id=str(client.get_job_id()), restored_from=
+        str(restore_from) if restore_from else None, group_id=spec.group_id,
+        topic=settings.kafka.topic, remote=request.get("remote"), spec=asdict(spec)))
+    return 0
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if "--request-file" in sys.argv:
+        path = Path(sys.argv[sys.argv.index("--request-file") + 1])
+        request = json.loads(path.read_text())
+        path.unlink(missing_ok=True)
+        sys.exit(submit_remote(request))
     request = json.load(sys.stdin)
     sys.exit(run(request))
 
