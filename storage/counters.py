@@ -8,10 +8,12 @@ read a key that has no counts yet, never hide counts from it.
 from __future__ import annotations
 
 import zlib
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import BatchStatement, BatchType
 
 from counting import AccountCount, AccountKey, CustomerCount, CustomerKey, bucket_date
 from settings import CassandraSettings
@@ -19,6 +21,7 @@ from storage.cassandra import Prepared
 from storage.schema import SHARDS, STORES, keyspace_of
 
 _INDEX_CACHE_MAX = 200_000
+_BATCH_MAX = 50  # statements per single-partition batch (well under the batch size warning)
 
 
 def period_of(resolution: str, bucket: str) -> str:
@@ -84,15 +87,32 @@ class CounterStore:
             f"SELECT company_id, customer_id, statistic_id, bucket, resolution, count "
             f"FROM {ks}.customer_counts")
         self._indexed: set[tuple[str, ...]] = set()
+        self._batch_type = BatchType.COUNTER if self.kind == "counter" else BatchType.UNLOGGED
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _run(self, statement: Any, params: Iterable[tuple[Any, ...]]) -> None:
-        params = list(params)
-        if params:
-            execute_concurrent_with_args(self._session, statement, params,
-                                         concurrency=self._concurrency,
-                                         raise_on_first_error=True)
+    def _run(self, statement: Any, params: Iterable[tuple[Any, ...]], partition: slice,
+             batch_type: BatchType | None = None) -> None:
+        """Execute statement for every row of params, rows of one partition grouped into
+        single-partition batches (counter batches for counters): one request per batch
+        instead of one per row, with `write_concurrency` requests in flight."""
+        groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
+        for row in params:
+            groups[row[partition]].append(row)
+        requests: list[tuple[Any, Any]] = []
+        for rows in groups.values():
+            for i in range(0, len(rows), _BATCH_MAX):
+                chunk = rows[i:i + _BATCH_MAX]
+                if len(chunk) == 1:
+                    requests.append((statement, chunk[0]))
+                    continue
+                batch = BatchStatement(batch_type=batch_type or self._batch_type)
+                for row in chunk:
+                    batch.add(statement, row)
+                requests.append((batch, None))
+        if requests:
+            execute_concurrent(self._session, requests, concurrency=self._concurrency,
+                               raise_on_first_error=True)
 
     def _index(self, rows: Iterable[tuple[str, ...]], statement: Any) -> None:
         """Index rows are (date, company, [customer,] statistic); the shard spreads a date
@@ -100,7 +120,8 @@ class CounterStore:
         new = [r for r in dict.fromkeys(rows) if r not in self._indexed]
         if not new:
             return
-        self._run(statement, [(r[0], shard_of(*r[1:-1]), *r[1:]) for r in new])
+        self._run(statement, [(r[0], shard_of(*r[1:-1]), *r[1:]) for r in new], slice(0, 2),
+                  BatchType.UNLOGGED)
         if len(self._indexed) > _INDEX_CACHE_MAX:
             self._indexed.clear()
         self._indexed.update(new)
@@ -112,7 +133,8 @@ class CounterStore:
                      for k, _, _ in rows if k.resolution == "hour"), self._account_index)
         self._run(self._account, [
             (count, uniques, k.company_id, k.statistic_id, period_of(k.resolution, k.bucket),
-             k.bucket, k.resolution, k.facet, k.value) for k, count, uniques in rows])
+             k.bucket, k.resolution, k.facet, k.value) for k, count, uniques in rows],
+            slice(2, 5))
 
     def write_customer(self, rows: Iterable[tuple[CustomerKey, int]]) -> None:
         rows = list(rows)
@@ -120,7 +142,7 @@ class CounterStore:
                      for k, _ in rows if k.resolution == "hour"), self._customer_index)
         self._run(self._customer, [
             (count, k.company_id, k.customer_id, period_of(k.resolution, k.bucket),
-             k.statistic_id, k.bucket, k.resolution) for k, count in rows])
+             k.statistic_id, k.bucket, k.resolution) for k, count in rows], slice(1, 4))
 
     # -- reads ----------------------------------------------------------------------------
 
