@@ -848,10 +848,10 @@ class Connection:
                     raise AmqpError(f"unexpected AMQP method {got[0]} while consuming")
                 while self._deliveries and len(out) < max_count:
                     out.append(self._deliveries.popleft())
-            if out or len(out) >= max_count:
+            if out:
                 return out
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._fill(left):
+            # nothing parsed yet: read the socket (without waiting when the time is up)
+            if not self._fill(max(0.0, deadline - time.monotonic())):
                 return out
 
     # ------------------------------------------------------------ publishing
