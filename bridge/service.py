@@ -49,6 +49,7 @@ _PERMANENT = frozenset(
     }
 )
 MAX_BACKOFF_S = 30.0
+DLQ_FALLBACK_BYTES = 256 * 1024  # a refused dead letter is retried with this head only
 
 
 class KafkaFatal(Exception):
@@ -292,6 +293,14 @@ class Bridge:
             detail = f"Kafka refused the record: {err}"
             self._error("dead-lettering a record Kafka refused", err)
             p.record = dead_letter(p.msg, p.received_ms, Reason.KAFKA_REJECTED, detail)
+            self._produce(p)
+            return
+        rec = p.record
+        if isinstance(rec, Bad) and code in _PERMANENT and len(rec.value) > DLQ_FALLBACK_BYTES:
+            # a DLQ topic with a smaller max.message.bytes than ours: keep the head only
+            self._error("DLQ record refused, truncating it", err)
+            headers = [*rec.headers, ("truncated_to", str(DLQ_FALLBACK_BYTES).encode())]
+            p.record = Bad(rec.reason, rec.detail, rec.value[:DLQ_FALLBACK_BYTES], headers)
             self._produce(p)
             return
         if p.gen != self._gen:

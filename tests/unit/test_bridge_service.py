@@ -143,3 +143,16 @@ def test_fatal_producer_error_asks_for_a_new_producer(bridge: Any) -> None:
     assert b._fatal is err
     with pytest.raises(KafkaFatal):
         b._consume()  # the loop leaves, so that run() replaces the producer
+
+
+def test_a_dead_letter_the_dlq_topic_refuses_is_truncated_not_stuck(bridge: Any) -> None:
+    b, producer, conn = bridge
+    big = delivery(1, good=False)
+    big.body = b"x" * (1024 * 1024)
+    b._handle(big)
+    producer.confirm(0, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    topic, value, _ = producer.sent[1]
+    assert topic == b.dlq_topic and value == big.body[: 256 * 1024]
+    producer.confirm(1)
+    b._ack_ready()
+    assert conn.acks == [1]
