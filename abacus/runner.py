@@ -142,7 +142,8 @@ def submit_remote(request: dict[str, Any]) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        force=True)
     if "--request-file" in sys.argv:
         path = Path(sys.argv[sys.argv.index("--request-file") + 1])
         request = json.loads(path.read_text())
