@@ -98,7 +98,7 @@ def bridge_run(settings: Settings, n: int, prefetch: int) -> tuple[float, float,
     "--messages",
     "n",
     type=click.IntRange(1000, 10_000_000),
-    default=100_000,
+    default=50_000,
     show_default=True,
     help="Messages per measurement.",
 )
