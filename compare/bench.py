@@ -65,13 +65,18 @@ def _dataset(rows_target: int, seed: int) -> tuple[list[Any], int]:
 
 
 def _load(settings: Settings, rows: list[Any], seed: int) -> float:
-    from storage import CounterStore, Prepared, connect, statements
+    from storage import CounterStore, Prepared, connect, keyspace_of, statements
 
     session = connect(settings.cassandra)
     try:
         for cql in statements(settings.cassandra):
             session.execute(cql, timeout=120)
         prepared = Prepared(session)
+        for name in ("legacy", "shadow"):  # counters add up: an interrupted load starts over
+            ks = keyspace_of(settings.cassandra, name)
+            for table in ("account_counts", "customer_counts", "account_keys_by_date",
+                          "customer_keys_by_date"):
+                session.execute(prepared(f"TRUNCATE {ks}.{table}"), timeout=120)
         rng = random.Random(seed)
         right = [c._replace(count=c.count + 1) if rng.random() < 0.001 else c for c in rows]
         t0 = time.perf_counter()
@@ -105,7 +110,7 @@ def bench_compare(settings: Settings, rows: int, seed: int, concurrency: int,
     bench = _bench_settings(settings, rows, seed)
     home = Path(".abacus/bench")
     home.mkdir(parents=True, exist_ok=True)
-    marker = home / f"compare-{rows}-{seed}.json"
+    marker = home / f"compare-{rows}-{seed}.json"  # written only once a load completed
     events_path = home / f"compare-{rows}-{seed}.events.jsonl"
     info = json.loads(marker.read_text()) if marker.is_file() and not reload else None
     if info is None or not events_path.is_file():
