@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -28,6 +29,7 @@ import pytest
 
 from abacus import manager
 from abacus.manager import RunOptions
+from abacus.pipeline import checkpoint_root
 from counting import Recount
 from counting.corpus import invalid_lines, tricky_lines
 from counting.generate import GeneratorConfig, generate
@@ -123,10 +125,18 @@ def run(settings: Settings, services_up: object) -> Iterator[Run]:
         yield state
     finally:
         for kind in ("statistic", "customer"):
-            current = manager.status(private, state.name(kind))
+            name = state.name(kind)
+            current = manager.status(private, name)
             if current is not None and current.status in manager.RUNNING:
-                manager.stop(private, state.name(kind))
+                manager.stop(private, name)
+            shutil.rmtree(checkpoint_root(private, name), ignore_errors=True)
+            for path in manager.jobs_dir(private).glob(f"{name}.*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for keyspace in [*storage.STORES, storage.OPS]:
+            session.execute(f"DROP KEYSPACE IF EXISTS "
+                            f"{storage.keyspace_of(private.cassandra, keyspace)}", timeout=120)
         session.cluster.shutdown()
+        admin.delete_topics([private.kafka.topic, private.kafka.dlq_topic])
 
 
 def _exact(run: Run, kinds: tuple[str, ...] = ("statistic", "customer")) -> None:
