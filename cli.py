@@ -17,13 +17,14 @@ _COMMANDS: list[tuple[str, str]] = [
     ("counting.cli", "generate"),
     ("services.cli", "services"),
     ("storage.cli", "schema"),
+    ("legacy.cli", "produce"),
+    ("legacy.cli", "legacy"),
+    ("bridge.cli", "bridge"),
     ("abacus.cli", "job"),
     ("bench.cli", "bench"),
     ("compare.cli", "compare"),
     ("compare.cli", "dump"),
     ("compare.cli", "audits"),
-    ("legacy.cli", "produce"),
-    ("legacy.cli", "legacy"),
 ]
 
 

@@ -40,7 +40,7 @@ def bridge() -> None:
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve Prometheus metrics on this port (default: none).",
+    help="Serve Prometheus metrics on this port (default: bridge.metrics_port, else none).",
 )
 @click.option("--topic", default=None, help="Events topic (default: kafka.topic).")
 @click.option("--dlq-topic", default=None, help="Dead-letter topic (default: kafka.dlq_topic).")
@@ -83,7 +83,7 @@ def run(
         settings,
         mode,  # type: ignore[arg-type]
         prefetch=prefetch,
-        metrics_port=metrics_port,
+        metrics_port=metrics_port or settings.bridge.metrics_port,
         status_file=status_file,
     )
     svc.install_signal_handlers()

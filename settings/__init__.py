@@ -8,6 +8,7 @@ or ``abacus config show``.
 """
 
 from settings.model import (
+    BridgeSettings,
     CassandraSettings,
     FlinkSettings,
     KafkaSettings,
@@ -19,6 +20,7 @@ from settings.model import (
 )
 
 __all__ = [
+    "BridgeSettings",
     "CassandraSettings",
     "FlinkSettings",
     "KafkaSettings",

@@ -126,6 +126,10 @@ class FlinkSettings(_Model):
     dedup_ttl_s: int = Field(default=7 * 86400, ge=1)
 
 
+class BridgeSettings(_Model):
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus; None = off
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ABACUS_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -137,6 +141,7 @@ class Settings(BaseSettings):
     rabbitmq: RabbitSettings = RabbitSettings()
     redis: RedisSettings = RedisSettings()
     flink: FlinkSettings = FlinkSettings()
+    bridge: BridgeSettings = BridgeSettings()
 
     @classmethod
     def settings_customise_sources(
