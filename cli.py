@@ -21,6 +21,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("legacy.cli", "legacy"),
     ("bridge.cli", "bridge"),
     ("abacus.cli", "job"),
+    ("shadow.cli", "shadow"),
     ("bench.cli", "bench"),
     ("compare.cli", "compare"),
     ("compare.cli", "dump"),
