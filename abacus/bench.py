@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ import click
 from abacus import manager, progress
 from abacus.environment import Memory
 from abacus.manager import RunOptions
+from abacus.pipeline import checkpoint_root
 from counting import Recount
 from counting.generate import GeneratorConfig, generate
 from settings import Settings
@@ -288,11 +290,17 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 1)
 
 
+def _lines(seed: int, n: int) -> list[str]:
+    """n events of the generator's default mix; every seed has its own event ids."""
+    return [json.dumps(e, ensure_ascii=False) for e in generate(GeneratorConfig(n=n, seed=seed))]
+
+
 def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, flush_ms: int,
                      latency_rate: float, latency_events: int, probes_per_s: float,
                      memory: Memory, parallelism: int, warmup: int = 500,
-                     timeout_s: float = 600) -> dict[str, Any]:
-    """Both jobs on `lines` in an isolated installation; their figures."""
+                     timeout_s: float = 600, seed: int = 7) -> dict[str, Any]:
+    """Both jobs on `lines` in an isolated installation; their figures. The warm-up and the
+    freshness phase use other events (other seeds): a repeated event_id is a duplicate."""
     tag = uuid.uuid4().hex[:8]
     isolated = _isolated(settings, tag)
     prefix = f"bench-{tag}-"
@@ -312,16 +320,20 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, fl
         rss = _Rss({s.kind: s.pid for s in states if s.pid})
         try:
             if warmup:
-                _throughput(isolated, names, lines[:warmup], timeout_s)
+                _throughput(isolated, names, _lines(seed + 1000, warmup), timeout_s)
             figures["throughput"] = _throughput(isolated, names, lines, timeout_s)
             if latency_events:
-                figures["freshness"] = _freshness(isolated, lines[:latency_events],
+                figures["freshness"] = _freshness(isolated, _lines(seed + 2000, latency_events),
                                                   latency_rate, probes_per_s, timeout_s=30)
         finally:
             figures["rss_mb"] = rss.stop()
     finally:
         manager.stop_jobs(isolated, "shadow", prefix)
         _cleanup(isolated)
+        for name in (f"{prefix}statistic", f"{prefix}customer"):
+            shutil.rmtree(checkpoint_root(isolated, name), ignore_errors=True)
+            for path in manager.jobs_dir(isolated).glob(f"{name}.*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     return figures
 
 
@@ -349,13 +361,13 @@ def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int, flush_ms
                  fmt: str) -> None:
     """Both Abacus jobs: sustained events/s, freshness p50/p99 at a steady rate, RSS; legacy
     on the same events, and the ratio."""
-    config = GeneratorConfig(n=n, seed=seed)  # the generator's default mix
-    lines = [json.dumps(e, ensure_ascii=False) for e in generate(config)]
+    lines = _lines(seed, n)  # the generator's default mix
     try:
         figures = run_abacus_bench(
             settings, lines, window_ms=window_ms, flush_ms=flush_ms, latency_rate=latency_rate,
             latency_events=min(latency_events, n), probes_per_s=probes_per_s,
-            memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb), parallelism=parallelism)
+            memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb), parallelism=parallelism,
+            seed=seed)
     except (TimeoutError, manager.JobError, FileNotFoundError) as exc:
         raise click.ClickException(f"bench abacus: {exc}") from None
     legacy = _legacy(settings, lines[:legacy_events]) if legacy_events else None
