@@ -35,12 +35,15 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy counting
 
+# Both pipelines side by side on a generated day of events, then the three-way audit
+# (legacy vs Abacus vs truth) and the HTML reports in out/. CHAOS=1 turns legacy's flaws on
+# (there exit 1, "not clean", is the expected outcome: legacy drifts, Abacus stays exact).
+DEMO_EVENTS ?= 4000
+DEMO_RATE ?= 40
 demo: up
 	$(ABACUS) schema apply
-	mkdir -p out
-	$(ABACUS) generate --n 20000 --seed 1 --duplicates 0.01 --late 0.02 --out out/sample.jsonl
-	$(ABACUS) recount --events out/sample.jsonl --rejects out/rejects.jsonl > out/counts.jsonl
-	@echo "reference counts: out/counts.jsonl ($$(wc -l < out/counts.jsonl) counters)"
+	$(ABACUS) shadow run --generate $(DEMO_EVENTS) --seed 1 --rate $(DEMO_RATE) \
+	  --html-dir out $(if $(filter 1,$(CHAOS)),--chaos || [ $$? -eq 1 ])
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
