@@ -69,14 +69,7 @@ def _prepare(settings: Settings) -> None:
         NewTopic(settings.kafka.dlq_topic, 1, 1)])
     for future in futures.values():
         future.result()
-    session = storage.connect(settings.cassandra)
-    keyspace = storage.keyspace_of(settings.cassandra, "shadow")
-    try:
-        for cql in storage.statements(settings.cassandra):
-            if keyspace + " " in cql or keyspace + "." in cql:
-                session.execute(cql, timeout=120)
-    finally:
-        session.cluster.shutdown()
+    storage.apply_schema(settings.cassandra, ["shadow"])
 
 
 def _cleanup(settings: Settings) -> None:

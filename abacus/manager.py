@@ -30,6 +30,7 @@ from abacus.environment import Memory
 from abacus.lag import consumer_lag
 from abacus.pipeline import KINDS, TARGETS, JobSpec, job_name, latest_checkpoint
 from abacus.state import JobState, StateFile
+from services import procs
 from services.paths import data_dir
 from settings import Settings
 
@@ -83,19 +84,7 @@ def _payload(settings: Settings) -> dict[str, Any]:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own exited child) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].startswith("Z") is False
-    except OSError:
-        return True
+    return bool(pid) and procs.alive(pid)  # type: ignore[arg-type]
 
 
 def status(settings: Settings, name: str) -> JobState | None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services import procs
+
 COUNTERS = (
     "consumed",
     "produced",
@@ -105,15 +107,7 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and pid > 0 and procs.alive(pid)
 
 
 class PrometheusCollector:

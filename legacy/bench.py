@@ -50,14 +50,7 @@ def bench_settings(settings: Settings, tag: str) -> Settings:
 
 
 def _apply_legacy_schema(settings: Settings) -> None:
-    session = storage.connect(settings.cassandra)
-    keyspace = storage.keyspace_of(settings.cassandra, "legacy")
-    try:
-        for cql in storage.statements(settings.cassandra):
-            if keyspace + " " in cql or keyspace + "." in cql:
-                session.execute(cql, timeout=120)
-    finally:
-        session.cluster.shutdown()
+    storage.apply_schema(settings.cassandra, ["legacy"])
 
 
 def _cleanup(settings: Settings) -> None:

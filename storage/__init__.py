@@ -4,7 +4,15 @@ its own for the counter tables."""
 
 from storage.cassandra import Prepared, connect
 from storage.counters import CounterStore, date_slice, period_of, shard_of
-from storage.schema import OPS, SHARDS, STORES, Store, keyspace_of, statements
+from storage.schema import (
+    OPS,
+    SHARDS,
+    STORES,
+    Store,
+    apply_schema,
+    keyspace_of,
+    statements,
+)
 
 __all__ = [
     "OPS",
@@ -13,6 +21,7 @@ __all__ = [
     "CounterStore",
     "Prepared",
     "Store",
+    "apply_schema",
     "connect",
     "date_slice",
     "keyspace_of",

@@ -96,6 +96,30 @@ OPS_TABLES: list[str] = [
 ]
 
 
+def apply_schema(settings: CassandraSettings, names: list[str] | None = None) -> int:
+    """Create the keyspaces and tables (of `names`, default all) that are missing; returns
+    the number of statements run. Existing tables are left as they are."""
+    from storage.cassandra import connect
+
+    keyspaces = None if names is None else {keyspace_of(settings, n) for n in names}
+    todo = [cql for cql in statements(settings)
+            if keyspaces is None or _keyspace_in(cql) in keyspaces]
+    session = connect(settings)
+    try:
+        for cql in todo:
+            session.execute(cql, timeout=120)
+    finally:
+        session.cluster.shutdown()
+    return len(todo)
+
+
+def _keyspace_in(cql: str) -> str:
+    words = cql.split()
+    if words[:2] == ["CREATE", "KEYSPACE"]:
+        return words[5]  # CREATE KEYSPACE IF NOT EXISTS <ks>
+    return words[5].split(".")[0]  # CREATE TABLE IF NOT EXISTS <ks>.<table>
+
+
 def statements(settings: CassandraSettings) -> list[str]:
     """Every DDL statement, idempotent (IF NOT EXISTS), in the order to run them."""
     out: list[str] = []
