@@ -29,6 +29,9 @@ from counting.model import (
 )
 
 
+_new = tuple.__new__
+
+
 class Dedup:
     """First delivery of an event_id wins; later ones are duplicates."""
 
@@ -93,10 +96,11 @@ class Recount:
 
     def account(self) -> Iterator[AccountCount]:
         """Every account counter (hour, day, month), with its count and uniques."""
+        # tuple.__new__ builds the NamedTuples in C (their own __new__ is Python code)
         for (company, statistic, hour), group in self._account_hours.items():
             for (facet, value), (count, seen) in group.items():
-                key = AccountKey(company, statistic, "hour", hour, facet, value)
-                yield AccountCount(key, count, len(seen))
+                key = _new(AccountKey, (company, statistic, "hour", hour, facet, value))
+                yield _new(AccountCount, (key, count, len(seen)))
         for resolution in RESOLUTIONS[1:]:
             width = _LABEL_WIDTH[resolution]
             rolled: dict[tuple[str, ...], list[Any]] = {}
@@ -111,17 +115,20 @@ class Recount:
                         entry[1].append(seen)
             for key, (count, sets) in rolled.items():
                 uniques = len(sets[0]) if len(sets) == 1 else len(set().union(*sets))
-                yield AccountCount(AccountKey._make(key), count, uniques)
+                yield _new(AccountCount, (_new(AccountKey, key), count, uniques))
 
     def customer(self) -> Iterator[CustomerCount]:
         """Every customer counter (hour, day, month), with its count."""
-        for resolution in RESOLUTIONS:
+        for (company, customer, statistic, hour), count in self._customer_hours.items():
+            key = _new(CustomerKey, (company, customer, statistic, "hour", hour))
+            yield _new(CustomerCount, (key, count))
+        for resolution in RESOLUTIONS[1:]:
             width = _LABEL_WIDTH[resolution]
             rolled: Counter[tuple[str, ...]] = Counter()
             for (company, customer, statistic, hour), count in self._customer_hours.items():
                 rolled[(company, customer, statistic, resolution, hour[:width])] += count
             for key, count in rolled.items():
-                yield CustomerCount(CustomerKey._make(key), count)
+                yield _new(CustomerCount, (_new(CustomerKey, key), count))
 
 
 @contextmanager
