@@ -14,7 +14,7 @@ from counting.events import parse_event
 from counting.exchange import to_line, to_record
 from counting.generate import DEFAULT_TIMEZONES, GeneratorConfig
 from counting.generate import generate as generate_events
-from counting.model import Rejection
+from counting.model import AccountCount, CustomerCount, Rejection
 from counting.recount import Recount, paused_gc
 
 
@@ -43,13 +43,14 @@ def rejection_line(rejection: Rejection) -> str:
 def recount(events_file: IO[bytes], fmt: str, rejects: IO[str] | None) -> None:
     """The reference counts of a file of hydrated events (SEMANTICS.md), rejects apart."""
     result = Recount()
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     with paused_gc():
         for raw in read_lines(events_file):
             rejection = result.add_raw(raw)
             if rejection is not None and rejects is not None:
                 rejects.write(rejection_line(rejection) + "\n")
-        counted = chain(result.account(), result.customer())
+        counted: Iterator[AccountCount | CustomerCount] = chain(result.account(),
+                                                                 result.customer())
         if fmt == "jsonl":
             for item in counted:
                 out.write(to_line(item) + "\n")

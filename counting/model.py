@@ -70,12 +70,13 @@ class CustomerKey(NamedTuple):
     bucket: str
 
 
+# `count` shadows tuple.count on purpose: it is the field's name in the exchange format
 class AccountCount(NamedTuple):
     key: AccountKey
-    count: int
+    count: int  # type: ignore[assignment]
     uniques: int
 
 
 class CustomerCount(NamedTuple):
     key: CustomerKey
-    count: int
+    count: int  # type: ignore[assignment]

@@ -28,8 +28,16 @@ from counting.model import (
     Rejection,
 )
 
+def _account(key: tuple[str, ...], count: int, uniques: int) -> AccountCount:
+    # tuple.__new__ builds the NamedTuples in C (their own __new__ is Python code)
+    return _new(AccountCount, (_new(AccountKey, key), count, uniques))  # type: ignore[no-any-return]
 
-_new = tuple.__new__
+
+def _customer(key: tuple[str, ...], count: int) -> CustomerCount:
+    return _new(CustomerCount, (_new(CustomerKey, key), count))  # type: ignore[no-any-return]
+
+
+_new: Any = tuple.__new__
 
 
 class Dedup:
@@ -96,39 +104,37 @@ class Recount:
 
     def account(self) -> Iterator[AccountCount]:
         """Every account counter (hour, day, month), with its count and uniques."""
-        # tuple.__new__ builds the NamedTuples in C (their own __new__ is Python code)
         for (company, statistic, hour), group in self._account_hours.items():
             for (facet, value), (count, seen) in group.items():
-                key = _new(AccountKey, (company, statistic, "hour", hour, facet, value))
-                yield _new(AccountCount, (key, count, len(seen)))
+                yield _account((company, statistic, "hour", hour, facet, value), count, len(seen))
         for resolution in RESOLUTIONS[1:]:
             width = _LABEL_WIDTH[resolution]
             rolled: dict[tuple[str, ...], list[Any]] = {}
+            rkey: tuple[str, ...]
             for (company, statistic, hour), group in self._account_hours.items():
                 for (facet, value), (count, seen) in group.items():
-                    key = (company, statistic, resolution, hour[:width], facet, value)
-                    entry = rolled.get(key)
+                    rkey = (company, statistic, resolution, hour[:width], facet, value)
+                    entry = rolled.get(rkey)
                     if entry is None:
-                        rolled[key] = [count, [seen]]
+                        rolled[rkey] = [count, [seen]]
                     else:
                         entry[0] += count
                         entry[1].append(seen)
-            for key, (count, sets) in rolled.items():
+            for rkey, (count, sets) in rolled.items():
                 uniques = len(sets[0]) if len(sets) == 1 else len(set().union(*sets))
-                yield _new(AccountCount, (_new(AccountKey, key), count, uniques))
+                yield _account(rkey, count, uniques)
 
     def customer(self) -> Iterator[CustomerCount]:
         """Every customer counter (hour, day, month), with its count."""
         for (company, customer, statistic, hour), count in self._customer_hours.items():
-            key = _new(CustomerKey, (company, customer, statistic, "hour", hour))
-            yield _new(CustomerCount, (key, count))
+            yield _customer((company, customer, statistic, "hour", hour), count)
         for resolution in RESOLUTIONS[1:]:
             width = _LABEL_WIDTH[resolution]
             rolled: Counter[tuple[str, ...]] = Counter()
             for (company, customer, statistic, hour), count in self._customer_hours.items():
                 rolled[(company, customer, statistic, resolution, hour[:width])] += count
-            for key, count in rolled.items():
-                yield _new(CustomerCount, (_new(CustomerKey, key), count))
+            for ckey, count in rolled.items():
+                yield _customer(ckey, count)
 
 
 @contextmanager
