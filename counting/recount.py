@@ -28,6 +28,7 @@ from counting.model import (
     Rejection,
 )
 
+
 def _account(key: tuple[str, ...], count: int, uniques: int) -> AccountCount:
     # tuple.__new__ builds the NamedTuples in C (their own __new__ is Python code)
     return _new(AccountCount, (_new(AccountKey, key), count, uniques))  # type: ignore[no-any-return]
