@@ -81,17 +81,12 @@ class Stream:
             self.published += 1
 
 
-def dates_touched(log_path: Path) -> list[tuple[str, bool]]:
-    """The local dates of the valid events of the log, sorted, each with whether its audit
-    also covers its month bucket (the first date of each month does)."""
+def dates_touched(log_path: Path) -> list[str]:
+    """The local dates (day buckets) of the valid events of the log, sorted."""
     days: set[str] = set()
     with log_path.open("rb") as stream:
         for raw in stream:
             parsed = parse_event(raw.rstrip(b"\r\n"))
             if isinstance(parsed, Event):
                 days.add(bucket_labels(parsed.timestamp, parsed.timezone)[1])
-    out, months = [], set()
-    for day in sorted(days):
-        out.append((day, day[:7] not in months))
-        months.add(day[:7])
-    return out
+    return sorted(days)

@@ -1,0 +1,168 @@
+"""`abacus shadow run` end to end: the real servers, legacy worker and flusher, the bridge,
+both Abacus jobs on Flink MiniClusters, and the three-way audit, run through the CLI.
+
+Two scenarios over the fixed tricky corpus (DST folds and gaps, odd zones, every kind of
+facet, every rejection reason), each event_id published once (its first delivery; legacy
+does not de-duplicate) with the invalid lines:
+- clean: legacy = Abacus = truth on every date touched, exit 0;
+- chaos (legacy requeues a deterministic share of tasks after counting them): legacy
+  over-counts exactly the keys of the redelivered events, by exactly their redeliveries,
+  Abacus equals the truth, exit 1, and the audits attribute the drift to those keys.
+
+Both runs start together (each has its own run id: keyspaces, topics, queues, Redis prefix,
+jobs), so the slow part, starting four Flink jobs, overlaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from counting import Event, Recount, parse_event, to_record
+from counting.corpus import tricky_lines
+from legacy.chaos import Chaos
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+REDELIVER = 0.3
+TIMEOUT_S = 900
+
+
+def first_deliveries(lines: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for line in lines:
+        parsed = parse_event(line)
+        if isinstance(parsed, Event):
+            if parsed.event_id in seen:
+                continue
+            seen.add(parsed.event_id)
+        out.append(line)
+    return out
+
+
+@dataclass
+class Outcome:
+    code: int
+    doc: dict[str, Any]
+    stderr: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.doc["run_dir"])
+
+    def mismatches(self) -> list[dict[str, Any]]:
+        out = []
+        for audit in self.doc["audits"]:
+            detail = self.run_dir / "audits" / audit["audit_id"] / "detail.jsonl"
+            out += [json.loads(line) for line in detail.read_text().splitlines()]
+        return out
+
+
+def start(config: Path, events: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
+    env["ABACUS_CONFIG"] = str(config)
+    abacus = Path(sys.executable).parent / "abacus"
+    return subprocess.Popen(
+        [str(abacus), "shadow", "run", "--events", str(events), "--rate", "20",
+         "--probes-per-s", "1", "--keep", "2", "--no-services", "--no-live",
+         "--format", "json", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str]) -> Outcome:
+    out, err = process.communicate(timeout=TIMEOUT_S)
+    assert out.strip(), f"no result (exit {process.returncode}):\n{err[-3000:]}"
+    return Outcome(process.returncode, json.loads(out), err)
+
+
+@pytest.fixture(scope="module")
+def runs(services_up: object, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[dict[str, Outcome]]:
+    tmp = tmp_path_factory.mktemp("shadow")
+    config = tmp / "abacus.toml"
+    # own base names (runs of other bases are never pruned by these); checkpoints every 2 s
+    # so the jobs commit their offsets (the drain signal) sooner
+    config.write_text('[cassandra]\nkeyspace_prefix = "e2e_"\n'
+                      '[flink]\ncheckpoint_interval_ms = 2000\n')
+    events = tmp / "corpus.jsonl"
+    events.write_text("\n".join(first_deliveries(tricky_lines())) + "\n", encoding="utf-8")
+    processes = {"clean": start(config, events),
+                 "chaos": start(config, events, "--chaos-redeliver", str(REDELIVER))}
+    try:
+        yield {name: finish(p) for name, p in processes.items()}
+    finally:
+        for p in processes.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(120)
+
+
+def test_clean_run_legacy_equals_abacus_equals_truth(runs: dict[str, Outcome]) -> None:
+    run = runs["clean"]
+    assert run.code == 0, run.stderr[-3000:]
+    doc = run.doc
+    assert doc["error"] is None and doc["clean"]
+    assert len(doc["audits"]) >= 10  # the corpus spans many local dates
+    for audit in doc["audits"]:
+        assert audit["outcome"] == "clean", audit
+        assert audit["keys"] > 0
+        assert audit["legacy_minus_truth"] == audit["abacus_minus_truth"] == 0
+    assert run.mismatches() == []
+    figures = doc["figures"]
+    for pipeline in ("legacy", "abacus"):
+        assert figures["throughput"][pipeline]["events_per_s"] > 0
+        assert figures["latency"][pipeline]["seen"] > 0
+
+
+def _key(record: dict[str, Any]) -> tuple[Any, ...]:
+    fields = (["company_id", "customer_id", "statistic_id", "resolution", "bucket"]
+              if record["level"] == "customer"
+              else ["company_id", "statistic_id", "resolution", "bucket", "facet", "value"])
+    return (record["level"], *(record[f] for f in fields))
+
+
+def test_chaos_legacy_drifts_by_the_redeliveries_abacus_stays_exact(
+        runs: dict[str, Outcome]) -> None:
+    run = runs["chaos"]
+    assert run.code == 1, run.stderr[-3000:]
+    assert run.doc["error"] is None and not run.doc["clean"]
+    # what legacy was made to count twice: every valid event of the run's log hit by chaos
+    chaos = Chaos(redeliver=REDELIVER)
+    log = (run.run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    redelivered = [line for line in log if isinstance(e := parse_event(line), Event)
+                   and chaos.redelivers(e.event_id)]
+    assert len(redelivered) >= 5
+    extra = Recount(dedup=False)
+    for line in redelivered:
+        extra.add_raw(line)
+    expected = {_key({"level": "account", **to_record(c)}): c.count for c in extra.account()}
+    expected |= {_key({"level": "customer", **to_record(c)}): c.count for c in extra.customer()}
+
+    found = {}
+    for record in run.mismatches():
+        # Abacus equals the truth; legacy is over by exactly the redeliveries of the key
+        assert record["truth_supports"] == "right", record
+        assert record["right_count"] == record["truth_count"], record
+        if record["level"] == "account":
+            assert record["left_uniques"] == record["truth_uniques"], record  # Check Uniques
+        found[_key(record)] = record["left_count"] - record["truth_count"]
+    assert found == expected
+
+    affected = {json.loads(line)["company_id"] for line in redelivered}
+    named: set[str] = set()
+    for audit in run.doc["audits"]:
+        assert audit["abacus_minus_truth"] == 0
+        assert audit["abacus_wrong_keys"] == 0
+        assert audit["legacy_minus_truth"] >= 0
+        named |= {row["label"] for row in audit["attribution"].get("companies", [])}
+    assert named == affected
+    assert sum(a["legacy_minus_truth"] for a in run.doc["audits"]) > 0
