@@ -285,11 +285,16 @@ def drift(a: DateAudit) -> dict[str, Any]:
     s = a.result.summary
     totals, supports = s.get("totals", {}), s.get("truth_supports") or {}
     truth = totals.get("truth_count") or 0
+    over = under = 0  # legacy's counts above the truth (redeliveries, crashes) and below (lost)
+    for record in a.result.mismatches():
+        delta = (record["left_count"] or 0) - (record["truth_count"] or 0)
+        over, under = over + max(delta, 0), under + max(-delta, 0)
     return {
         "date": a.date, "outcome": a.result.outcome, "audit_id": a.result.audit_id,
         "keys": s.get("keys_compared"), "defects": s.get("defects"),
         "legacy_minus_truth": (totals.get("left_count") or 0) - truth,
         "abacus_minus_truth": (totals.get("right_count") or 0) - truth,
+        "legacy_over": over, "legacy_under": under,
         "legacy_wrong_keys": supports.get("right", 0) + supports.get("neither", 0),
         "abacus_wrong_keys": supports.get("left", 0) + supports.get("neither", 0),
         "attribution": s.get("attribution", {}), "html": str(a.html),

@@ -141,7 +141,8 @@ def print_result(result: RunResult, out: IO[str]) -> None:
         else:
             render(a.result, "table", out, limit=10)
     if result.audits:
-        table = Table("date (hour, day, month)", "keys", "legacy - truth", "Abacus - truth",
+        table = Table("date (hour, day, month)", "keys", "legacy - truth (over / under)",
+                      "Abacus - truth",
                       "legacy wrong keys", "Abacus wrong keys", "outcome", "drift concentrated in",
                       title=f"shadow run {result.run_id}: legacy vs Abacus vs truth "
                             f"({result.published:,} events)")
@@ -150,7 +151,8 @@ def print_result(result: RunResult, out: IO[str]) -> None:
             top = d["attribution"].get("companies") or []
             where = ", ".join(f"{r['label']} ({r['mismatches']})" for r in top[:3])
             table.add_row(d["date"], _n(d["keys"]),
-                          f"{d['legacy_minus_truth']:+,}", f"{d['abacus_minus_truth']:+,}",
+                          f"{d['legacy_minus_truth']:+,} (+{d['legacy_over']:,} / "
+                          f"-{d['legacy_under']:,})", f"{d['abacus_minus_truth']:+,}",
                           _n(d["legacy_wrong_keys"]), _n(d["abacus_wrong_keys"]),
                           d["outcome"].upper(), where or "-")
         console.print(table)
