@@ -46,6 +46,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def child_env(settings: Settings) -> dict[str, str]:
+    """This process's environment for a child that must see exactly `settings`: every other
+    ABACUS_* variable (a nested override, ABACUS_CONFIG) is removed, so none can override
+    the sections that travel whole."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
+    env.update(settings_env(settings))
+    return env
+
+
 @dataclass
 class WorkerProcess:
     """A legacy worker (or Big Bertha flusher) running as a child process."""
@@ -101,8 +110,7 @@ def start_worker(settings: Settings, options: WorkerOptions, log_path: Path) -> 
 
 
 def _spawn(settings: Settings, args: list[str], log_path: Path) -> WorkerProcess:
-    env = {**os.environ, **settings_env(settings)}
-    env.pop("ABACUS_CONFIG", None)  # the settings travel whole in the environment
+    env = child_env(settings)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, stdout=log,

@@ -6,7 +6,6 @@ the run's isolated settings, and all stopped by `stop` (never the servers).
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from bridge.status import read_status as read_bridge_status
 from legacy.app import WorkerOptions
 from legacy.chaos import Chaos
 from legacy.status import queue_depth
-from legacy.worker import WorkerProcess, settings_env, start_flusher, start_worker
+from legacy.worker import WorkerProcess, child_env, start_flusher, start_worker
 from shadow.installation import TARGET, Installation
 
 
@@ -125,9 +124,7 @@ class Components:
 
 def _start_bridge(inst: Installation) -> WorkerProcess:
     """`python -m bridge run --mode shadow` with the run's settings in its environment."""
-    # the settings travel whole in the environment: no other ABACUS_* may override them
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
-    env.update(settings_env(inst.settings))
+    env = child_env(inst.settings)
     log_path = inst.log_path("bridge")
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(Path(log_path).open("ab"))
