@@ -68,7 +68,8 @@ class Recount:
         # facet tuples of the event are the inner keys as they are, nothing is built per key
         self._account_hours: dict[tuple[str, str, str], dict[tuple[str, str], list[Any]]] = {}
         # (company, customer, statistic, hour) -> count
-        self._customer_hours: Counter[tuple[str, ...]] = Counter()
+        # a plain dict: Counter's __missing__ is Python code, and most keys are new
+        self._customer_hours: dict[tuple[str, ...], int] = {}
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self.events = 0
@@ -100,7 +101,9 @@ class Recount:
             else:
                 entry[0] += 1
                 entry[1].add(customer)
-        self._customer_hours[(company, customer, statistic, hour)] += 1
+        ckey = (company, customer, statistic, hour)
+        hours = self._customer_hours
+        hours[ckey] = hours.get(ckey, 0) + 1
         return True
 
     def account(self) -> Iterator[AccountCount]:
