@@ -138,6 +138,9 @@ concurrent_compactors: 1
 concurrent_reads: 8
 concurrent_writes: 8
 auto_snapshot: false
+# count writers pack small partitions into one batch (storage.counters): not a defect here
+batch_size_warn_threshold: 16KiB
+unlogged_batch_across_partitions_warn_threshold: 64
 """
         (self.dir / "cassandra.yaml").write_text(yaml)
         (self.dir / "logback.xml").write_text(LOGBACK)

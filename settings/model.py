@@ -69,7 +69,10 @@ class CassandraSettings(_Model):
         default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1}
     )
     request_timeout_s: float = 30.0
-    write_concurrency: int = Field(default=64, ge=1)
+    write_concurrency: int = Field(default=16, ge=1)
+    # most partitions one write batch may span: several small partitions per request cut
+    # the per-request cost (client and server) ~4x here; 1 = single-partition batches only
+    batch_partitions: int = Field(default=20, ge=1)
 
     def keyspace(self, name: str) -> str:
         """The physical keyspace of a logical one (legacy, shadow, serving, m2, ops)."""

@@ -21,7 +21,7 @@ from storage.cassandra import Prepared
 from storage.schema import SHARDS, STORES, keyspace_of
 
 _INDEX_CACHE_MAX = 200_000
-_BATCH_MAX = 50  # statements per single-partition batch (well under the batch size warning)
+_BATCH_ROWS = 30  # statements per batch (well under the batch size warning)
 
 
 def period_of(resolution: str, bucket: str) -> str:
@@ -46,6 +46,7 @@ class CounterStore:
             raise ValueError(f"unknown store {name!r}; known: {', '.join(STORES)}")
         self.name, self.kind = name, STORES[name].kind
         self._session, self._concurrency = prepared.session, settings.write_concurrency
+        self._batch_partitions = settings.batch_partitions
         ks = keyspace_of(settings, name)
         akey = ("company_id = ? AND statistic_id = ? AND period = ? AND bucket = ? "
                 "AND resolution = ? AND facet = ? AND value = ?")
@@ -93,23 +94,37 @@ class CounterStore:
 
     def _run(self, statement: Any, params: Iterable[tuple[Any, ...]], partition: slice,
              batch_type: BatchType | None = None) -> None:
-        """Execute statement for every row of params, rows of one partition grouped into
-        single-partition batches (counter batches for counters): one request per batch
-        instead of one per row, with `write_concurrency` requests in flight."""
+        """Execute statement for every row of params in batches of up to `_BATCH_ROWS` rows
+        spanning up to `batch_partitions` partitions (a partition's rows stay together when
+        they fit), `write_concurrency` requests in flight: one request per batch instead of
+        one per row."""
         groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
         for row in params:
             groups[row[partition]].append(row)
         requests: list[tuple[Any, Any]] = []
-        for rows in groups.values():
-            for i in range(0, len(rows), _BATCH_MAX):
-                chunk = rows[i:i + _BATCH_MAX]
-                if len(chunk) == 1:
-                    requests.append((statement, chunk[0]))
-                    continue
+        pending: list[tuple[Any, ...]] = []
+        partitions = 0
+
+        def flush() -> None:
+            if len(pending) == 1:
+                requests.append((statement, pending[0]))
+            elif pending:
                 batch = BatchStatement(batch_type=batch_type or self._batch_type)
-                for row in chunk:
+                for row in pending:
                     batch.add(statement, row)
                 requests.append((batch, None))
+            pending.clear()
+
+        for rows in groups.values():
+            for i in range(0, len(rows), _BATCH_ROWS):
+                chunk = rows[i:i + _BATCH_ROWS]
+                if (len(pending) + len(chunk) > _BATCH_ROWS
+                        or partitions >= self._batch_partitions):
+                    flush()
+                    partitions = 0
+                pending.extend(chunk)
+                partitions += 1
+        flush()
         if requests:
             execute_concurrent(self._session, requests, concurrency=self._concurrency,
                                raise_on_first_error=True)

@@ -103,3 +103,24 @@ def test_serving_query_reads_a_range_across_months(store_env: tuple[Settings, Pr
     got = [c.count for c in store.read_account_range("C3", "opened", "day", "2025-12-31",
                                                      "2026-01-01")]
     assert sorted(got) == [2, 3]
+
+
+@pytest.mark.parametrize("store_name", ["shadow", "m2"])
+def test_batches_spanning_partitions_write_every_row_once(
+        store_env: tuple[Settings, Prepared], store_name: str) -> None:
+    """Hundreds of small partitions (customers) and a few large ones (account keys): the
+    writer packs them into multi-partition batches; every row must land exactly once."""
+    settings, prepared = store_env
+    store = CounterStore(prepared, settings.cassandra, store_name)
+    date = "2025-10-07" if store_name == "shadow" else "2025-10-08"
+    customer = [(CustomerKey(f"B{i % 7}", f"cust{i}", "opened", res, bucket), i + 1)
+                for i in range(400)
+                for res, bucket in (("hour", f"{date}T{i % 24:02d}"), ("day", date))]
+    account = [(key(f"B{i % 3}", "hour", f"{date}T{i % 24:02d}", "campaign", f"v{i}"), i + 1,
+                i % 5) for i in range(500)]
+    store.write_customer(customer)
+    store.write_account(account)
+    got_customer = {c.key: c.count for c in store.read_date(date, "customer")}
+    assert got_customer == dict(customer)
+    got_account = {c.key: (c.count, c.uniques) for c in store.read_date(date, "account")}
+    assert got_account == {k: (n, u) for k, n, u in account}
