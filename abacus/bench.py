@@ -116,6 +116,55 @@ class _Producer:
         self._producer.flush(120)
 
 
+def _group_stats(pgid: int) -> tuple[int, float]:
+    """(RSS bytes, CPU seconds) of a process group (a job: its runner and JVM)."""
+    rss, ticks = 0, 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            if int(fields[2]) == pgid:
+                rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return rss, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of one process (user + system)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Cpu:
+    """CPU seconds spent by each job (process group) and each local server while events
+    flow: where the machine's two cores go, per event."""
+
+    def __init__(self, settings: Settings, jobs: dict[str, int]) -> None:
+        from services.manager import services
+
+        self._jobs = jobs
+        self._servers = {s.name: pid for s in services(settings, ["cassandra", "kafka"])
+                         if (pid := s.pid()) is not None}
+        self._start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        out = {kind: _group_stats(pgid)[1] for kind, pgid in self._jobs.items()}
+        out.update({name: _cpu_s(pid) for name, pid in self._servers.items()})
+        return out
+
+    def per_event_us(self, events: int) -> dict[str, float]:
+        end = self._sample()
+        return {k: round((end[k] - self._start[k]) / events * 1e6) for k in end}
+
+
 class _Rss:
     """Peak RSS of each job's process group (runner + JVM), sampled every 0.5 s."""
 
@@ -125,24 +174,10 @@ class _Rss:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _group_rss_mb(self, pgid: int) -> float:
-        total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-                if int(fields[2]) == pgid:
-                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                continue
-        return total / 2**20
-
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             for name, pid in self.pids.items():
-                self.peak_mb[name] = max(self.peak_mb[name], self._group_rss_mb(pid))
+                self.peak_mb[name] = max(self.peak_mb[name], _group_stats(pid)[0] / 2**20)
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
@@ -174,8 +209,9 @@ def _written(settings: Settings, names: dict[str, str]) -> dict[str, int]:
 
 
 def _throughput(settings: Settings, names: dict[str, str], lines: list[str],
-                timeout_s: float) -> dict[str, Any]:
+                timeout_s: float, pids: dict[str, int] | None = None) -> dict[str, Any]:
     targets = _targets(lines)
+    cpu = _Cpu(settings, pids) if pids else None
     before = _written(settings, names)
     want = {"statistic": before["statistic"] + targets.account,
             "customer": before["customer"] + targets.customer}
@@ -196,7 +232,7 @@ def _throughput(settings: Settings, names: dict[str, str], lines: list[str],
             raise TimeoutError(f"not all written after {timeout_s:.0f}s: {written} of {want}")
         time.sleep(0.05)
     elapsed = max(done.values())
-    return {
+    out = {
         "events": len(lines),
         "produce_s": round(produced_s, 2),
         "elapsed_s": round(elapsed, 2),
@@ -204,6 +240,16 @@ def _throughput(settings: Settings, names: dict[str, str], lines: list[str],
         "per_job_events_per_s": {k: round(len(lines) / v, 1) for k, v in done.items()},
         "increments": {"account": targets.account, "customer": targets.customer},
     }
+    if cpu is not None:
+        # CPU per event of each part: with 2 cores, 2e6 / (sum of us/event) is the rate this
+        # machine could sustain if nothing else ran and nothing waited
+        us = out["cpu_us_per_event"] = cpu.per_event_us(len(lines))
+        out["cpu_ceiling_events_per_s"] = round(
+            (os.cpu_count() or 1) * 1e6 / max(1, sum(us.values())))
+        if "cassandra" in us:
+            out["cassandra_ceiling_events_per_s"] = round(
+                (os.cpu_count() or 1) * 1e6 / max(1, us["cassandra"]))
+    return out
 
 
 def _probe_line(i: int) -> str:
@@ -314,7 +360,8 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, fl
         try:
             if warmup:
                 _throughput(isolated, names, _lines(seed + 1000, warmup), timeout_s)
-            figures["throughput"] = _throughput(isolated, names, lines, timeout_s)
+            figures["throughput"] = _throughput(
+                isolated, names, lines, timeout_s, {s.kind: s.pid for s in states if s.pid})
             if latency_events:
                 figures["freshness"] = _freshness(isolated, _lines(seed + 2000, latency_events),
                                                   latency_rate, probes_per_s, timeout_s=30)
@@ -398,6 +445,12 @@ def _render(figures: dict[str, Any], seed: int) -> None:
                f"both jobs (statistic {t['per_job_events_per_s'].get('statistic')}, customer "
                f"{t['per_job_events_per_s'].get('customer')}); produced in {t['produce_s']} s, "
                f"all written after {t['elapsed_s']} s")
+    if "cpu_us_per_event" in t:
+        parts = ", ".join(f"{k} {v}" for k, v in t["cpu_us_per_event"].items())
+        click.echo(f"  CPU/event   {parts} us; all of it on {p['cpus']} cores: at most "
+                   f"{t['cpu_ceiling_events_per_s']} events/s on this machine "
+                   f"(Cassandra's counter writes alone: "
+                   f"{t.get('cassandra_ceiling_events_per_s')} events/s)")
     f = figures.get("freshness")
     if f:
         click.echo(f"  freshness   {f['events']} events at {f['rate_achieved']}/s "

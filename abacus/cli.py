@@ -34,20 +34,22 @@ def job() -> None:
 @click.option("--prefix", default="", help="Prefix of the job name and consumer group.")
 @click.option("--window-ms", type=click.IntRange(10), default=None,
               help="Processing-time window (default: flink.window_ms).")
-@click.option("--flush-ms", type=click.IntRange(10), default=200, show_default=True,
-              help="Batching window after the counting window.")
+@click.option("--flush-ms", type=click.IntRange(10), default=None,
+              help="Batching window after the counting window (default: flink.flush_ms).")
 @click.option("--parallelism", type=click.IntRange(1), default=None,
               help="Default: flink.parallelism.")
-@click.option("--uniques-ttl-s", type=click.IntRange(1), default=40 * 86400, show_default=True,
-              help="How long a (counter, customer) pair is remembered for uniques.")
-@click.option("--heap-mb", type=click.IntRange(256), default=640, show_default=True)
-@click.option("--managed-mb", type=click.IntRange(64), default=192, show_default=True,
-              help="Managed memory (bounds RocksDB).")
+@click.option("--uniques-ttl-s", type=click.IntRange(1), default=None,
+              help="How long a (counter, customer) pair is remembered for uniques "
+                   "(default: flink.uniques_ttl_s).")
+@click.option("--heap-mb", type=click.IntRange(256), default=None,
+              help="Default: flink.heap_mb.")
+@click.option("--managed-mb", type=click.IntRange(64), default=None,
+              help="Managed memory, bounds RocksDB (default: flink.managed_mb).")
 @click.pass_obj
 def run(settings: Settings, kind: str, milestone: int, target: str, foreground: bool,
         from_savepoint: Path | None, fresh: bool, prefix: str, window_ms: int | None,
-        flush_ms: int, parallelism: int | None, uniques_ttl_s: int, heap_mb: int,
-        managed_mb: int) -> None:
+        flush_ms: int | None, parallelism: int | None, uniques_ttl_s: int | None,
+        heap_mb: int | None, managed_mb: int | None) -> None:
     """Start the KIND job (statistic or customer) in the background, or in --foreground."""
     from abacus import manager
     from abacus.environment import Memory
@@ -56,7 +58,8 @@ def run(settings: Settings, kind: str, milestone: int, target: str, foreground: 
         raise click.UsageError("--from-savepoint and --fresh exclude each other: pick one")
     options = manager.RunOptions(prefix=prefix, window_ms=window_ms, flush_ms=flush_ms,
                                  parallelism=parallelism, uniques_ttl_s=uniques_ttl_s,
-                                 memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb),
+                                 memory=Memory(heap_mb=heap_mb or settings.flink.heap_mb,
+                                               managed_mb=managed_mb or settings.flink.managed_mb),
                                  from_savepoint=from_savepoint, resume=not fresh)
     try:
         if foreground:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,14 @@ class JobError(Exception):
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     prefix: str = ""  # job names and consumer groups get it (tests isolate themselves)
-    window_ms: int | None = None  # default settings.flink.window_ms
-    flush_ms: int = 200  # the batching window after the counting window
-    parallelism: int | None = None  # default settings.flink.parallelism
-    uniques_ttl_s: int = 40 * 86400
+    # None: the settings' value (flink.window_ms, .flush_ms, .parallelism, .uniques_ttl_s,
+    # .heap_mb, .managed_mb)
+    window_ms: int | None = None
+    flush_ms: int | None = None
+    parallelism: int | None = None
+    uniques_ttl_s: int | None = None
     shards: int = 4
-    memory: Memory = field(default_factory=Memory)
+    memory: Memory | None = None
     from_savepoint: Path | None = None
     resume: bool = True  # from the newest retained checkpoint/savepoint of the job name
 
@@ -120,8 +122,10 @@ def _spec(settings: Settings, kind: str, target: str, options: RunOptions, name:
     return JobSpec(kind=kind,  # type: ignore[arg-type]
                    target=target, name=name,
                    window_ms=options.window_ms or settings.flink.window_ms,
-                   flush_ms=options.flush_ms, dedup_ttl_s=settings.flink.dedup_ttl_s,
-                   uniques_ttl_s=options.uniques_ttl_s, shards=options.shards,
+                   flush_ms=options.flush_ms or settings.flink.flush_ms,
+                   dedup_ttl_s=settings.flink.dedup_ttl_s,
+                   uniques_ttl_s=options.uniques_ttl_s or settings.flink.uniques_ttl_s,
+                   shards=options.shards,
                    progress_dir=run_dir, run_started_ms=started_ms)
 
 
@@ -144,7 +148,8 @@ def _request(settings: Settings, kind: str, target: str, options: RunOptions
     return {
         "settings": _payload(settings),
         "spec": asdict(spec),
-        "memory": asdict(options.memory),
+        "memory": asdict(options.memory or Memory(heap_mb=settings.flink.heap_mb,
+                                                  managed_mb=settings.flink.managed_mb)),
         "parallelism": options.parallelism or settings.flink.parallelism,
         "restore_from": str(restore) if restore else None,
         "state_path": str(state_file(settings, name).path),

@@ -29,7 +29,7 @@ class StartFailure(Exception):
 @dataclass(frozen=True, slots=True)
 class JobOptions:
     window_ms: int | None = None  # default flink.window_ms
-    flush_ms: int = 200
+    flush_ms: int | None = None  # default flink.flush_ms
     start_timeout_s: float = 300.0
 
 
