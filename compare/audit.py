@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date as Date
 from pathlib import Path
@@ -28,9 +29,9 @@ from typing import Any
 
 from compare.audits import AuditRecord, AuditStore, now_ms
 from compare.cassandra import LEVELS, Fetcher, StoreReader, add_profile, read_stores
-from compare.diff import Mismatch, Tally, Tolerance, diff
+from compare.diff import Mismatch, Tally, Tolerance, Unit, diff_rows
 from compare.summary import Summary
-from compare.truth import Truth, Unit, file_lines, truth_of
+from compare.truth import Truth, file_lines, truth_of
 from settings import Settings
 from storage import STORES, Prepared, connect
 
@@ -351,8 +352,8 @@ class _Runner:
             detail.seek(state["detail_bytes"])
             settling: deque[_Chunk] = deque()
             self._report(state["units_done"], len(plan))
-            for start in starts:
-                settling.append(self._first_read(start, plan[start:start + size]))
+            for start, units, sides in self._chunks(plan, starts, size):
+                settling.append(self._first_read(start, units, sides))
                 while settling and (settling[0].deadline <= time.monotonic()
                                     or len(settling) > self.options.max_settling_chunks):
                     self._confirm(settling.popleft(), tally, detail, state, state_path)
@@ -361,6 +362,20 @@ class _Runner:
                 self._confirm(settling.popleft(), tally, detail, state, state_path)
                 self._report(state["units_done"], len(plan))
         return tally
+
+    def _chunks(self, plan: list[Unit], starts: range, size: int
+                ) -> Iterator[tuple[int, list[Unit], list[dict[Unit, list[Any]]]]]:
+        """Each chunk of the plan with both stores' rows. The next chunk is read (Cassandra
+        working, the driver decoding) while the caller diffs this one: one chunk ahead at
+        most, so memory stays bounded."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="compare-read") as ahead:
+            reading = None
+            for start in starts:
+                units = plan[start:start + size]
+                sides = (reading or ahead.submit(self._read, units)).result()
+                following = plan[start + size:start + 2 * size]
+                reading = ahead.submit(self._read, following) if following else None
+                yield start, units, sides
 
     def _report(self, done: int, total: int) -> None:
         if self.progress is not None:
@@ -376,17 +391,18 @@ class _Runner:
         out = {}
         for unit in units:
             tally = Tally()
-            records = list(diff(
-                left[unit], right[unit],
+            records = diff_rows(
+                unit, left[unit], right[unit],
                 truth.by_unit.get(unit, []) if truth is not None else None,
                 truth.redelivered_by_unit.get(unit, []) if truth is not None else None,
                 tolerance=self.tolerance, allow_redeliveries=self.params.allow_redeliveries,
-                tally=tally))
+                tally=tally)
             out[unit] = (tally, records)
         return out
 
-    def _first_read(self, start: int, units: list[Unit]) -> _Chunk:
-        results = self._diff(units, self._read(units))
+    def _first_read(self, start: int, units: list[Unit],
+                    sides: list[dict[Unit, list[Any]]]) -> _Chunk:
+        results = self._diff(units, sides)
         candidates = [m for _, records in results.values() for m in records]
         if candidates and self.on_candidates is not None:
             self.on_candidates(candidates)

@@ -2,8 +2,9 @@
 unit's counters by many concurrent async queries (a bounded in-flight window, a rate limit
 in queries per second, every page of a large partition followed).
 
-The CQL is the store's own (storage.CounterStore prepares it); this module only runs it
-concurrently and decodes rows into counting's types.
+The CQL is the store's own (storage.CounterStore's read requests); this module only runs it
+concurrently and hands each unit its rows (plain tuples: compare.diff.diff_rows compares
+them without building a key object per counter).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -19,11 +20,9 @@ from cassandra.cluster import ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
-from compare.diff import Counted, order
-from compare.truth import Unit
-from counting import AccountCount, AccountKey, CustomerCount, CustomerKey
+from compare.diff import Row, Unit
 from settings import CassandraSettings
-from storage import SHARDS, CounterStore, Prepared, date_slice, keyspace_of
+from storage import CounterStore, Prepared, Request
 
 PROFILE = "compare"
 LEVELS = ("account", "customer")
@@ -70,6 +69,7 @@ class Fetcher:
         self.retries = retries
         self.limiter = RateLimiter(max_rps)
         self.queries = 0
+        self._launch = threading.Lock()  # fetch may run in two threads (audit read-ahead)
 
     def fetch(self, requests: Sequence[tuple[Any, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
         """Rows of each (prepared statement, params), in request order; raises the first
@@ -126,8 +126,9 @@ class Fetcher:
                     if state["pending"] == 0:
                         done.set()
                 break
-            self.limiter.acquire()
-            self.queries += 1
+            with self._launch:
+                self.limiter.acquire()
+                self.queries += 1
             start(i, 0)
         done.wait()
         if state["error"] is not None:
@@ -136,99 +137,88 @@ class Fetcher:
 
 
 class StoreReader:
-    """One count store as an audit reads it."""
+    """One count store as an audit reads it: the store's own read requests
+    (storage.CounterStore), run concurrently, rows kept as the driver's tuples."""
 
     def __init__(self, prepared: Prepared, settings: CassandraSettings, name: str,
                  fetcher: Fetcher, in_size: int = 64) -> None:
         self.name, self.fetcher, self.in_size = name, fetcher, in_size
         self.store = CounterStore(prepared, settings, name)
-        # The store's own prepared reads (storage could expose these publicly).
-        self._read_account = self.store._read_account
-        self._keys = {"account": self.store._account_keys,
-                      "customer": self.store._customer_keys}
-        # Customer partitions hold a few rows each: one query per partition would cost more
-        # in round trips than in rows, so the customers of a (company, statistic) are read
-        # `in_size` at a time. Only the keyspace (an identifier) is formatted in.
-        ks = keyspace_of(settings, name)
-        self._read_customers = prepared(
-            f"SELECT customer_id, bucket, resolution, count FROM {ks}.customer_counts "  # noqa: S608
-            "WHERE company_id = ? AND customer_id IN ? AND period = ? AND statistic_id = ? "
-            "AND bucket >= ? AND bucket < ?")
 
     def units(self, date: str, levels: Iterable[str]) -> set[Unit]:
         """Every unit the store's writers indexed for the date (all shards, in parallel)."""
-        requests = [(self._keys[level], (date, shard)) for level in levels
-                    for shard in range(SHARDS)]
-        tags = [level for level in levels for _ in range(SHARDS)]
+        requests: list[Request] = []
+        tags: list[str] = []
+        for level in levels:
+            reqs = self.store.index_requests(date, level)
+            requests += reqs
+            tags += [level] * len(reqs)
         out: set[Unit] = set()
         for level, rows in zip(tags, self.fetcher.fetch(requests), strict=True):
             out.update((level, tuple(row)) for row in rows)
         return out
 
     def requests(self, units: Sequence[Unit], date: str, include_month: bool
-                 ) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[Decoder]]:
-        """The queries that read the units, and how to decode the rows of each."""
-        low, high = date_slice(date)
-        slices = [(date[:7], low, high)]
-        if include_month:
-            slices.append((date[:4], date[:7], date[:7] + "\x00"))
-        requests: list[tuple[Any, tuple[Any, ...]]] = []
+                 ) -> tuple[list[Request], list[Decoder]]:
+        """The queries that read the units, and where the rows of each go.
+
+        Customer partitions hold a few rows per statistic: one query per unit would cost
+        more in round trips than in rows, so the customers of a company are read `in_size`
+        at a time, with every statistic of those customers' units in the same query.
+        """
+        requests: list[Request] = []
         decoders: list[Decoder] = []
-        customers: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for level, ids in units:
+        customers: dict[str, dict[str, set[str]]] = defaultdict(dict)
+        for unit in units:
+            level, ids = unit
             if level == "account":
-                company, statistic = ids
-                for period, lo, hi in slices:
-                    requests.append((self._read_account, (company, statistic, period, lo, hi)))
-                    decoders.append(partial(_decode_account, company, statistic))
+                reqs = self.store.account_requests(ids[0], ids[1], date, include_month)
+                requests += reqs
+                decoders += [partial(_to_unit, unit)] * len(reqs)
             else:
                 company, customer, statistic = ids
-                customers[(company, statistic)].append(customer)
-        for (company, statistic), names in customers.items():
+                customers[company].setdefault(customer, set()).add(statistic)
+        for company, stats_of in customers.items():
+            names = list(stats_of)
             for i in range(0, len(names), self.in_size):
                 batch = names[i:i + self.in_size]
-                for period, lo, hi in slices:
-                    requests.append((self._read_customers,
-                                     (company, batch, period, statistic, lo, hi)))
-                    decoders.append(partial(_decode_customers, company, statistic))
+                statistics = sorted(set().union(*(stats_of[c] for c in batch)))
+                reqs = self.store.customer_requests(company, batch, statistics, date,
+                                                    include_month)
+                requests += reqs
+                decoders += [partial(_to_customer_units, company)] * len(reqs)
         return requests, decoders
 
 
-Decoder = Callable[[list[tuple[Any, ...]]], Iterator[tuple[Unit, Counted]]]
+Rows = list[Row]
+Decoder = Callable[[Rows, dict[Unit, Rows]], None]
 
 
-def _decode_account(company: str, statistic: str, rows: list[tuple[Any, ...]]
-                    ) -> Iterator[tuple[Unit, Counted]]:
-    unit: Unit = ("account", (company, statistic))
-    for bucket, resolution, facet, value, count, uniques in rows:
-        yield unit, AccountCount(AccountKey(company, statistic, resolution, bucket, facet, value),
-                                 count or 0, uniques or 0)
+def _to_unit(unit: Unit, rows: Rows, side: dict[Unit, Rows]) -> None:
+    side[unit].extend(rows)
 
 
-def _decode_customers(company: str, statistic: str, rows: list[tuple[Any, ...]]
-                      ) -> Iterator[tuple[Unit, Counted]]:
-    for customer, bucket, resolution, count in rows:
-        yield (("customer", (company, customer, statistic)),
-               CustomerCount(CustomerKey(company, customer, statistic, resolution, bucket),
-                             count or 0))
+def _to_customer_units(company: str, rows: Rows, side: dict[Unit, Rows]) -> None:
+    """Rows of several customer units; a pair of the query that is no unit of the chunk
+    (its customer's other statistics, or a unit of the next chunk) is dropped."""
+    for row in rows:
+        found = side.get(("customer", (company, row[0], row[1])))
+        if found is not None:
+            found.append(row)
 
 
 def read_stores(readers: Sequence[StoreReader], units: Sequence[Unit], date: str,
-                include_month: bool) -> list[dict[Unit, list[Counted]]]:
-    """Every counter of each unit on the date in each store, sorted by `order`: the queries
-    of all the stores share one fetch, so they overlap."""
-    requests: list[tuple[Any, tuple[Any, ...]]] = []
+                include_month: bool) -> list[dict[Unit, Rows]]:
+    """Every counter row of each unit on the date in each store, in each partition's
+    clustering order (a customer unit's rows are its partition's): the queries of all the
+    stores share one fetch, so they overlap."""
+    requests: list[Request] = []
     owners: list[tuple[int, Decoder]] = []
     for i, reader in enumerate(readers):
         reqs, decoders = reader.requests(units, date, include_month)
         requests += reqs
         owners += [(i, d) for d in decoders]
-    out: list[dict[Unit, list[Counted]]] = [{u: [] for u in units} for _ in readers]
+    out: list[dict[Unit, Rows]] = [{u: [] for u in units} for _ in readers]
     for (i, decoder), rows in zip(owners, readers[0].fetcher.fetch(requests), strict=True):
-        side = out[i]
-        for unit, counted in decoder(rows):
-            side[unit].append(counted)
-    for side in out:
-        for items in side.values():
-            items.sort(key=order)
+        decoder(rows, out[i])
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from compare.cassandra import Fetcher, StoreReader, add_profile, read_stores
-from compare.diff import Counted
+from compare.diff import Counted, counted_of_row, order
 from settings import Settings
 from storage import CounterStore, Prepared, connect
 
@@ -32,6 +32,6 @@ def dump_store(settings: Settings, store: str, levels: Sequence[str], date: str 
                 chunk = units[i:i + chunk_units]
                 (rows,) = read_stores([reader], chunk, date, include_month)
                 for unit in chunk:
-                    yield from rows[unit]
+                    yield from sorted((counted_of_row(unit, r) for r in rows[unit]), key=order)
     finally:
         session.cluster.shutdown()

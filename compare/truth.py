@@ -16,7 +16,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from compare.diff import Counted, order
+from compare.diff import Counted, Row, Unit, row_of
 from counting import (
     AccountCount,
     Dedup,
@@ -28,8 +28,6 @@ from counting import (
 )
 from counting.cli import read_lines
 from counting.recount import paused_gc
-
-Unit = tuple[str, tuple[str, ...]]  # (level, ids): ids of one partition of the date index
 
 
 def unit_of(counted: Counted) -> Unit:
@@ -51,11 +49,13 @@ def on_date(counted: Counted, date: str, include_month: bool) -> bool:
 
 @dataclass
 class Truth:
-    """The reference counts of one date, by unit, each unit's counters sorted by `order`."""
+    """The reference counts of one date, by unit, each unit's counters as sorted rows
+    (`compare.diff.row_of`: the form and order a store read returns them in)."""
 
     source: str
-    by_unit: dict[Unit, list[Counted]] = field(default_factory=dict)
-    redelivered_by_unit: dict[Unit, list[Counted]] = field(default_factory=dict)
+    by_unit: dict[Unit, list[Row]] = field(default_factory=dict)
+    redelivered_by_unit: dict[Unit, list[Row]] = field(default_factory=dict)
+    units_on_date: set[Unit] = field(default_factory=set)
     events_read: int = 0
     events_counted: int = 0
     duplicates: int = 0
@@ -63,8 +63,7 @@ class Truth:
 
     def date_units(self) -> set[Unit]:
         """Units with a counter on the date itself (month buckets alone do not make one)."""
-        return {u for u, items in self.by_unit.items()
-                if any(c.key.resolution != "month" for c in items)}
+        return set(self.units_on_date)
 
     def stats(self) -> dict[str, Any]:
         return {"source": self.source, "events_read": self.events_read,
@@ -79,8 +78,8 @@ def truth_of(raws: Iterable[bytes | str], date: str, include_month: bool,
     truth = Truth(source)
     with paused_gc():
         _count(raws, date, include_month, truth, firsts, duplicates)
-        truth.by_unit = _by_unit(firsts, date, include_month)
-        truth.redelivered_by_unit = _by_unit(duplicates, date, include_month)
+        truth.by_unit = _by_unit(firsts, date, include_month, truth.units_on_date)
+        truth.redelivered_by_unit = _by_unit(duplicates, date, include_month, set())
     return truth
 
 
@@ -106,13 +105,19 @@ def _count(raws: Iterable[bytes | str], date: str, include_month: bool, truth: T
             duplicates.add(event)
 
 
-def _by_unit(recount: Recount, date: str, include_month: bool) -> dict[Unit, list[Counted]]:
-    grouped: dict[Unit, list[Counted]] = defaultdict(list)
+def _by_unit(recount: Recount, date: str, include_month: bool,
+             units_on_date: set[Unit]) -> dict[Unit, list[Row]]:
+    """The rows of each unit, sorted; `units_on_date` receives the units with a counter on
+    the date itself (month buckets alone do not make one)."""
+    grouped: dict[Unit, list[Row]] = defaultdict(list)
     for counted in chain(recount.account(), recount.customer()):
         if on_date(counted, date, include_month):
-            grouped[unit_of(counted)].append(counted)
-    for items in grouped.values():
-        items.sort(key=order)
+            unit = unit_of(counted)
+            grouped[unit].append(row_of(counted))
+            if counted.key.resolution != "month":
+                units_on_date.add(unit)
+    for rows in grouped.values():
+        rows.sort()
     return dict(grouped)
 
 

@@ -3,7 +3,16 @@ writes. Shared by legacy, the Abacus jobs and compare, so that none of them writ
 its own for the counter tables."""
 
 from storage.cassandra import Prepared, connect
-from storage.counters import CounterStore, date_slice, period_of, shard_of
+from storage.counters import (
+    ACCOUNT_COLUMNS,
+    CUSTOMER_COLUMNS,
+    CounterStore,
+    Request,
+    date_slice,
+    date_slices,
+    period_of,
+    shard_of,
+)
 from storage.schema import (
     OPS,
     SHARDS,
@@ -15,15 +24,19 @@ from storage.schema import (
 )
 
 __all__ = [
+    "ACCOUNT_COLUMNS",
+    "CUSTOMER_COLUMNS",
     "OPS",
     "SHARDS",
     "STORES",
     "CounterStore",
     "Prepared",
+    "Request",
     "Store",
     "apply_schema",
     "connect",
     "date_slice",
+    "date_slices",
     "keyspace_of",
     "period_of",
     "shard_of",

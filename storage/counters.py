@@ -21,6 +21,11 @@ from storage.cassandra import Prepared
 from storage.schema import SHARDS, STORES, keyspace_of
 
 _INDEX_CACHE_MAX = 200_000
+
+# Columns of the rows the read requests return (CounterStore.*_requests).
+ACCOUNT_COLUMNS = ("bucket", "resolution", "facet", "value", "count", "uniques")
+CUSTOMER_COLUMNS = ("customer_id", "statistic_id", "bucket", "resolution", "count")
+Request = tuple[Any, tuple[Any, ...]]  # (prepared statement, parameters)
 _BATCH_ROWS = 30  # statements per batch (well under the batch size warning)
 
 
@@ -36,6 +41,15 @@ def shard_of(*parts: str) -> int:
 def date_slice(date: str) -> tuple[str, str]:
     """Bucket bounds [low, high) that select a date's day bucket and its hour buckets."""
     return date, date + "U"  # "T" < "U": every "DTHH" sorts below "DU"
+
+
+def date_slices(date: str, include_month: bool = False) -> list[tuple[str, str, str]]:
+    """(period, low, high) of each partition slice holding a date's counters: its day and
+    hour buckets, and with include_month its month's bucket, in bucket order (a month's
+    bucket "YYYY-MM" sorts before its dates')."""
+    low, high = date_slice(date)
+    month = [(date[:4], date[:7], date[:7] + "\x00")] if include_month else []
+    return [*month, (date[:7], low, high)]
 
 
 class CounterStore:
@@ -68,7 +82,7 @@ class CounterStore:
         self._customer_index = prepared(
             f"INSERT INTO {ks}.customer_keys_by_date "
             "(date, shard, company_id, customer_id, statistic_id) VALUES (?, ?, ?, ?, ?)")
-        cols = "bucket, resolution, facet, value, count, uniques"
+        cols = ", ".join(ACCOUNT_COLUMNS)
         self._read_account = prepared(
             f"SELECT {cols} FROM {ks}.account_counts WHERE company_id = ? AND statistic_id = ? "
             "AND period = ? AND bucket >= ? AND bucket < ?")
@@ -76,6 +90,10 @@ class CounterStore:
             f"SELECT bucket, resolution, count FROM {ks}.customer_counts WHERE company_id = ? "
             "AND customer_id = ? AND period = ? AND statistic_id = ? AND bucket >= ? "
             "AND bucket < ?")
+        self._read_customers = prepared(
+            f"SELECT {', '.join(CUSTOMER_COLUMNS)} FROM {ks}.customer_counts "
+            "WHERE company_id = ? AND customer_id IN ? AND period = ? AND statistic_id IN ? "
+            "AND bucket >= ? AND bucket < ?")
         self._account_keys = prepared(
             f"SELECT company_id, statistic_id FROM {ks}.account_keys_by_date "
             "WHERE date = ? AND shard = ?")
@@ -161,22 +179,40 @@ class CounterStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def keys_of_date(self, date: str, level: str) -> Iterator[tuple[str, ...]]:
+    # Statements for concurrent readers (compare runs them many at a time): each method
+    # returns (prepared statement, parameters) requests; rows are plain column tuples.
+
+    def index_requests(self, date: str, level: str) -> list[Request]:
+        """The date's index, one request per shard: rows (company, statistic) at account
+        level, (company, customer, statistic) at customer level."""
         statement = self._account_keys if level == "account" else self._customer_keys
-        for shard in range(SHARDS):
-            for row in self._session.execute(statement, (date, shard)):
+        return [(statement, (date, shard)) for shard in range(SHARDS)]
+
+    def account_requests(self, company: str, statistic: str, date: str,
+                         include_month: bool = False) -> list[Request]:
+        """The counters of one (company, statistic) on the date: rows `ACCOUNT_COLUMNS`, in
+        clustering order (bucket, resolution, facet, value)."""
+        return [(self._read_account, (company, statistic, period, low, high))
+                for period, low, high in date_slices(date, include_month)]
+
+    def customer_requests(self, company: str, customers: list[str], statistics: list[str],
+                          date: str, include_month: bool = False) -> list[Request]:
+        """The counters of every (customer, statistic) pair of one company on the date, in
+        one query per slice (the pairs' partitions read together): rows `CUSTOMER_COLUMNS`,
+        each partition's in clustering order (statistic, bucket, resolution)."""
+        return [(self._read_customers, (company, customers, period, statistics, low, high))
+                for period, low, high in date_slices(date, include_month)]
+
+    def keys_of_date(self, date: str, level: str) -> Iterator[tuple[str, ...]]:
+        for statement, params in self.index_requests(date, level):
+            for row in self._session.execute(statement, params):
                 yield tuple(row)
 
     def read_date(self, date: str, level: str, include_month: bool = False
                   ) -> Iterator[AccountCount | CustomerCount]:
         """Every counter of one local date: its day and hour buckets (and its month's)."""
-        low, high = date_slice(date)
-        month = date[:7]
         for ids in self.keys_of_date(date, level):
-            slices = [(date[:7], low, high)]
-            if include_month:
-                slices.append((date[:4], month, month + "\x00"))
-            for period, lo, hi in slices:
+            for period, lo, hi in date_slices(date, include_month):
                 if level == "account":
                     company, statistic = ids
                     for r in self._session.execute(self._read_account,

@@ -10,7 +10,15 @@ import pytest
 
 from counting import AccountCount, AccountKey, CustomerCount, CustomerKey
 from settings.model import Settings
-from storage import CounterStore, Prepared, connect, statements
+from storage import (
+    ACCOUNT_COLUMNS,
+    CUSTOMER_COLUMNS,
+    CounterStore,
+    Prepared,
+    Request,
+    connect,
+    statements,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +132,41 @@ def test_batches_spanning_partitions_write_every_row_once(
     assert got_customer == dict(customer)
     got_account = {c.key: (c.count, c.uniques) for c in store.read_date(date, "account")}
     assert got_account == {k: (n, u) for k, n, u in account}
+
+
+def test_read_requests_return_the_documented_rows(store_env: tuple[Settings, Prepared]) -> None:
+    """The public read API compare runs concurrently: rows are `*_COLUMNS` tuples in
+    clustering order, the month bucket (with include_month) first, and a customer request
+    reads every (customer, statistic) pair of its customers and statistics at once."""
+    settings, prepared = store_env
+    store = CounterStore(prepared, settings.cassandra, "serving")
+    date = "2026-02-03"
+    store.write_account([(key("R1", "hour", f"{date}T05"), 2, 1),
+                         (key("R1", "day", date), 2, 1), (key("R1", "month", "2026-02"), 9, 4),
+                         (key("R1", "hour", "2026-02-04T00"), 1, 1)])
+    cust = [CustomerKey("R1", f"U{i}", stat, "hour", f"{date}T0{i}")
+            for i in range(3) for stat in ("opened", "clicked")]
+    store.write_customer([(k, 1) for k in cust]
+                         + [(CustomerKey("R1", "U0", "opened", "month", "2026-02"), 5)])
+
+    def rows(requests: list[Request]) -> list[tuple[object, ...]]:
+        return [tuple(r) for statement, params in requests
+                for r in prepared.session.execute(statement, params)]
+
+    assert ACCOUNT_COLUMNS == ("bucket", "resolution", "facet", "value", "count", "uniques")
+    assert rows(store.account_requests("R1", "opened", date, include_month=True)) == [
+        ("2026-02", "month", "", "", 9, 4), (date, "day", "", "", 2, 1),
+        (f"{date}T05", "hour", "", "", 2, 1)]
+    assert rows(store.account_requests("R1", "opened", date)) == [
+        (date, "day", "", "", 2, 1), (f"{date}T05", "hour", "", "", 2, 1)]
+    assert CUSTOMER_COLUMNS == ("customer_id", "statistic_id", "bucket", "resolution", "count")
+    got = rows(store.customer_requests("R1", ["U0", "U2"], ["clicked", "opened"], date, True))
+    assert sorted(got) == sorted(
+        [("U0", "opened", "2026-02", "month", 5)]
+        + [(k.customer_id, k.statistic_id, k.bucket, "hour", 1) for k in cust
+           if k.customer_id != "U1"])
+    assert {r[0] for r in rows(store.customer_requests("R1", ["U1"], ["opened"], date))} == {
+        "U1"}
+    indexed = {tuple(r) for statement, params in store.index_requests(date, "customer")
+               for r in prepared.session.execute(statement, params)}
+    assert indexed == {("R1", f"U{i}", s) for i in range(3) for s in ("opened", "clicked")}
