@@ -9,14 +9,13 @@ apart, which is what lets an audit say "legacy counted a redelivery" (SEMANTICS.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from compare.diff import Counted, Row, Unit, row_of
+from compare.diff import Counted, Row, Unit
 from counting import (
     AccountCount,
     Dedup,
@@ -107,18 +106,52 @@ def _count(raws: Iterable[bytes | str], date: str, include_month: bool, truth: T
 
 def _by_unit(recount: Recount, date: str, include_month: bool,
              units_on_date: set[Unit]) -> dict[Unit, list[Row]]:
-    """The rows of each unit, sorted; `units_on_date` receives the units with a counter on
-    the date itself (month buckets alone do not make one)."""
-    grouped: dict[Unit, list[Row]] = defaultdict(list)
-    for counted in chain(recount.account(), recount.customer()):
-        if on_date(counted, date, include_month):
-            unit = unit_of(counted)
-            grouped[unit].append(row_of(counted))
-            if counted.key.resolution != "month":
-                units_on_date.add(unit)
-    for rows in grouped.values():
-        rows.sort()
-    return dict(grouped)
+    """The rows of each unit (as `row_of` makes them), sorted; `units_on_date` receives the
+    units with a counter on the date itself (month buckets alone do not make one).
+
+    A date can have millions of counters, so this is `on_date`, `unit_of` and `row_of`
+    unrolled, and the unit of consecutive counters (Recount yields a unit's together) looked
+    up once."""
+    grouped: dict[Unit, list[Row]] = {}
+    month = date[:7] if include_month else None
+    last: tuple[str, ...] = ()
+    rows: list[Row] = []
+
+    def rows_of(level: str, ids: tuple[str, ...]) -> list[Row]:
+        found = grouped.get((level, ids))
+        if found is None:
+            found = grouped[(level, ids)] = []
+        return found
+
+    for (company, statistic, resolution, bucket, facet, value), count, uniques in (
+            recount.account()):
+        if resolution == "month":
+            if bucket != month:
+                continue
+        elif bucket_date(bucket) != date:
+            continue
+        if last != (company, statistic):
+            last = (company, statistic)
+            rows = rows_of("account", last)
+        if resolution != "month":
+            units_on_date.add(("account", last))
+        rows.append((bucket, resolution, facet, value, count, uniques))
+    last = ()
+    for (company, customer, statistic, resolution, bucket), count in recount.customer():
+        if resolution == "month":
+            if bucket != month:
+                continue
+        elif bucket_date(bucket) != date:
+            continue
+        if last != (company, customer, statistic):
+            last = (company, customer, statistic)
+            rows = rows_of("customer", last)
+        if resolution != "month":
+            units_on_date.add(("customer", last))
+        rows.append((customer, statistic, bucket, resolution, count))
+    for found in grouped.values():
+        found.sort()
+    return grouped
 
 
 def file_lines(path: Path) -> Iterator[bytes]:

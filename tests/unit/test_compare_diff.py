@@ -229,3 +229,28 @@ def test_diff_rows_treats_a_null_counter_as_zero() -> None:
     assert (tally.compared, tally.matched) == (1, 1)
     (m,) = diff_rows(unit, left, [(H, "hour", "", "", 1, 2)])
     assert m.key == AccountKey("A", "opened", "hour", H, "", "") and m.kind == "differs"
+
+
+@pytest.mark.parametrize("include_month", [False, True])
+def test_truth_rows_are_the_date_counters_of_the_recount(include_month: bool) -> None:
+    """The truth's rows of a date, per unit, are exactly counting's counters of that date
+    (hour and day buckets on it, its month's with include_month) as `row_of` rows, sorted;
+    a redelivered duplicate is counted apart."""
+    from compare.truth import on_date, truth_of, unit_of
+
+    events = list(generate(GeneratorConfig(n=300, seed=3, companies=3, customers=40,
+                                           span_s=3 * 86_400, duplicate_share=0.1)))
+    date = "2025-12-02"
+    truth = truth_of(events, date, include_month, "test")
+    expected: dict = {}
+    on_day: set = set()
+    firsts = _recount(events)
+    for c in [*firsts.account(), *firsts.customer()]:
+        if on_date(c, date, include_month):
+            expected.setdefault(unit_of(c), []).append(row_of(c))
+            if c.key.resolution != "month":
+                on_day.add(unit_of(c))
+    assert truth.by_unit == {u: sorted(rows) for u, rows in expected.items()}
+    assert truth.date_units() == on_day and on_day
+    assert truth.duplicates > 0 and truth.redelivered_by_unit
+    assert any(r[1] == "month" for rows in truth.by_unit.values() for r in rows) is include_month
