@@ -31,7 +31,9 @@ def _labels_at(second: int, zone: ZoneInfo) -> Labels:
 
 
 @lru_cache(maxsize=65536)
-def _block_labels(block: int, tz: str) -> Labels | None:
+def block_labels(block: int, tz: str) -> Labels | None:
+    """The labels of every second of the 15-minute block `block` (ts_s // BLOCK_S) in zone
+    tz, or None when they are not all the same (ask bucket_labels per second then)."""
     zone = _zone(tz)
     first = _labels_at(block * BLOCK_S, zone)
     last = _labels_at(block * BLOCK_S + BLOCK_S - 1, zone)
@@ -41,7 +43,7 @@ def _block_labels(block: int, tz: str) -> Labels | None:
 def bucket_labels(ts_s: float | int, tz: str) -> Labels:
     """(hour, day, month) labels of the local period containing ts_s in zone tz."""
     second = math.floor(ts_s)  # periods start on whole seconds: floor, never round
-    labels = _block_labels(second // BLOCK_S, tz)
+    labels = block_labels(second // BLOCK_S, tz)
     if labels is None:
         labels = _labels_at(second, _zone(tz))
     return labels

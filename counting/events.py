@@ -52,6 +52,24 @@ def canonical_size(event: Any) -> int:
     return len(text.encode("utf-8"))
 
 
+# The decoder json.loads uses (no hooks), called directly: `json.loads(text)` on a str is
+# `scan_once(text, first non-whitespace)` plus a check that only whitespace follows; for the
+# usual line (an object, "{" first) that is done here without the wrapper's regexes.
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def loads(text: str) -> Any:
+    """`json.loads(text)`, with the same result or exception for every text."""
+    if text[:1] == "{":
+        try:
+            obj, end = _scan_once(text, 0)
+        except Exception:  # json.loads itself raises the very same error
+            return json.loads(text)
+        if end == len(text) or not text[end:].strip(" \t\n\r"):
+            return obj
+    return json.loads(text)
+
+
 def _event_id_of(obj: Any) -> str | None:
     if isinstance(obj, dict):
         event_id = obj.get("event_id")
@@ -79,7 +97,7 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event | Rejection:
     if len(data) > MAX_INPUT_BYTES:
         return Rejection(Reason.TOO_LARGE, None, f"input is {len(data)} bytes, over 1 MiB")
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return Rejection(Reason.NOT_JSON, None, f"not UTF-8 JSON: {exc}")
     if not isinstance(obj, dict):
@@ -115,16 +133,22 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
     if type(properties) is not dict:
         return _reject(Reason.BAD_TYPE, obj, "properties must be an object")
     facets: list[tuple[str, str]] = []
-    for key, value in properties.items():
-        if type(value) is str and len(value) <= MAX_FACET_VALUE_CHARS:
-            facets.append((key, value))  # the common case, as facet_value would say
-            continue
-        try:
-            text = facet_value(value)
-        except NonFiniteFloat:
-            return _reject(Reason.BAD_TYPE, obj, f"property {key[:64]!r} is a non-finite float")
-        if text is not None:
-            facets.append((key, text))
+    for item in properties.items():
+        value = item[1]
+        kind = type(value)
+        # the common cases inline, as facet_value would say (a test holds them equal)
+        if kind is str and len(value) <= MAX_FACET_VALUE_CHARS:
+            facets.append(item)
+        elif kind is bool:
+            facets.append((item[0], "true" if value else "false"))
+        else:
+            try:
+                text = facet_value(value)
+            except NonFiniteFloat:
+                return _reject(Reason.BAD_TYPE, obj,
+                               f"property {item[0][:64]!r} is a non-finite float")
+            if text is not None:
+                facets.append((item[0], text))
 
     if not (0 < len(event_id) <= 128 and 0 < len(company_id) <= 64
             and 0 < len(customer_id) <= 64 and 0 < len(statistic_id) <= 64):
@@ -143,13 +167,16 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
     if len(properties) > MAX_PROPERTIES:
         return _reject(Reason.TOO_MANY_PROPERTIES, obj, f"{len(properties)} properties, max 50")
 
-    for key in properties:
-        if not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS:
-            return _reject(Reason.BAD_PROPERTY_KEY, obj, "property keys must be 1..64 characters")
+    if properties and ("" in properties
+                       or max(map(len, properties)) > MAX_PROPERTY_KEY_CHARS):
+        return _reject(Reason.BAD_PROPERTY_KEY, obj, "property keys must be 1..64 characters")
 
-    return Event(event_id, company_id, customer_id, statistic_id, ts, tz, tuple(facets))
+    # tuple.__new__ builds the NamedTuple in C (its own __new__ is Python code)
+    return _new(Event, (event_id, company_id, customer_id, statistic_id, ts, tz,  # type: ignore[no-any-return]
+                        tuple(facets)))
 
 
 _REQUIRED = frozenset(REQUIRED_FIELDS)
+_new: Any = tuple.__new__
 _EMPTY: dict[str, Any] = {}
 _TIMEZONES = known_timezones()
