@@ -20,7 +20,7 @@ from cassandra.cluster import ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
-from compare.diff import Row, Unit
+from compare.diff import Key, Row, Unit
 from settings import CassandraSettings
 from storage import CounterStore, Prepared, Request
 
@@ -212,10 +212,31 @@ def read_stores(readers: Sequence[StoreReader], units: Sequence[Unit], date: str
     """Every counter row of each unit on the date in each store, in each partition's
     clustering order (a customer unit's rows are its partition's): the queries of all the
     stores share one fetch, so they overlap."""
+    return _read(readers, units, lambda reader: reader.requests(units, date, include_month))
+
+
+def read_keys(readers: Sequence[StoreReader], keys: dict[Unit, list[Key]]
+              ) -> list[dict[Unit, Rows]]:
+    """The rows of these keys only (grouped by unit) in each store: a settle re-read."""
+    def requests(reader: StoreReader) -> tuple[list[Request], list[Decoder]]:
+        reqs: list[Request] = []
+        decoders: list[Decoder] = []
+        for unit, unit_keys in keys.items():
+            found = reader.store.key_requests(unit_keys)
+            reqs += found
+            decoders += [partial(_to_unit, unit)] * len(found)
+        return reqs, decoders
+
+    return _read(readers, list(keys), requests)
+
+
+def _read(readers: Sequence[StoreReader], units: Sequence[Unit],
+          requests_of: Callable[[StoreReader], tuple[list[Request], list[Decoder]]]
+          ) -> list[dict[Unit, Rows]]:
     requests: list[Request] = []
     owners: list[tuple[int, Decoder]] = []
     for i, reader in enumerate(readers):
-        reqs, decoders = reader.requests(units, date, include_month)
+        reqs, decoders = requests_of(reader)
         requests += reqs
         owners += [(i, d) for d in decoders]
     out: list[dict[Unit, Rows]] = [{u: [] for u in units} for _ in readers]

@@ -47,6 +47,13 @@ def value_of(counted: Counted) -> Value:
     return (counted.count, counted.uniques if isinstance(counted, AccountCount) else 0)
 
 
+def row_key(key: Key) -> tuple[str, str, str, str]:
+    """The key columns of the key's row (`row_of`'s first four)."""
+    if isinstance(key, AccountKey):
+        return (key.bucket, key.resolution, key.facet, key.value)
+    return (key.customer_id, key.statistic_id, key.bucket, key.resolution)
+
+
 def row_of(counted: Counted) -> Row:
     """A counter as a store read returns it (the truth is compared in this form)."""
     if isinstance(counted, AccountCount):
@@ -204,6 +211,14 @@ class Tally:
         self.left_total += other.left_total
         self.right_total += other.right_total
         self.truth_total += other.truth_total
+
+    def remove(self, records: Iterable[Mismatch]) -> None:
+        """Take back what these records of compared keys added (before a re-read of them)."""
+        for m in records:
+            self.compared -= 1
+            self.left_total -= m.left[0] if m.left else 0
+            self.right_total -= m.right[0] if m.right else 0
+            self.truth_total -= m.truth[0] if m.truth else 0
 
     def to_dict(self) -> dict[str, int]:
         return {"compared": self.compared, "matched": self.matched,

@@ -94,6 +94,13 @@ class CounterStore:
             f"SELECT {', '.join(CUSTOMER_COLUMNS)} FROM {ks}.customer_counts "
             "WHERE company_id = ? AND customer_id IN ? AND period = ? AND statistic_id IN ? "
             "AND bucket >= ? AND bucket < ?")
+        self._read_account_keys = prepared(
+            f"SELECT {cols} FROM {ks}.account_counts WHERE company_id = ? AND statistic_id = ? "
+            "AND period = ? AND (bucket, resolution, facet, value) IN ?")
+        self._read_customer_keys = prepared(
+            f"SELECT {', '.join(CUSTOMER_COLUMNS)} FROM {ks}.customer_counts "
+            "WHERE company_id = ? AND customer_id = ? AND period = ? "
+            "AND (statistic_id, bucket, resolution) IN ?")
         self._account_keys = prepared(
             f"SELECT company_id, statistic_id FROM {ks}.account_keys_by_date "
             "WHERE date = ? AND shard = ?")
@@ -202,6 +209,20 @@ class CounterStore:
         each partition's in clustering order (statistic, bucket, resolution)."""
         return [(self._read_customers, (company, customers, period, statistics, low, high))
                 for period, low, high in date_slices(date, include_month)]
+
+    def key_requests(self, keys: Iterable[AccountKey | CustomerKey]) -> list[Request]:
+        """These counters only (a re-read of a few keys): one request per partition, rows
+        `ACCOUNT_COLUMNS` or `CUSTOMER_COLUMNS` (absent keys return no row)."""
+        parts: dict[tuple[str, ...], list[tuple[str, ...]]] = defaultdict(list)
+        for k in keys:
+            if isinstance(k, AccountKey):
+                parts[("a", k.company_id, k.statistic_id, period_of(k.resolution, k.bucket))
+                      ].append((k.bucket, k.resolution, k.facet, k.value))
+            else:
+                parts[("c", k.company_id, k.customer_id, period_of(k.resolution, k.bucket))
+                      ].append((k.statistic_id, k.bucket, k.resolution))
+        return [(self._read_account_keys if part[0] == "a" else self._read_customer_keys,
+                 (*part[1:], clustering)) for part, clustering in parts.items()]
 
     def keys_of_date(self, date: str, level: str) -> Iterator[tuple[str, ...]]:
         for statement, params in self.index_requests(date, level):

@@ -314,6 +314,11 @@ def test_writes_in_flight_are_reread_before_reporting(cfg: Settings, prepared: P
                        on_candidates=complete_the_write)
     assert [m.key for m in seen] == [late.key]  # the first read saw it missing
     assert result.exit_code == 0 and result.summary["mismatched"] == 0
+    # the re-read key replaces its first reading in the tally, not adds to it
+    summary = result.summary
+    assert summary["matched"] == summary["keys_compared"] == len(
+        [c for c in counted if c.key.resolution != "month" and c.key.bucket[:10] == day])
+    assert summary["totals"]["left_count"] == summary["totals"]["right_count"]
 
 
 def _result_view(result: Any) -> tuple[Any, list[Any]]:

@@ -170,3 +170,21 @@ def test_read_requests_return_the_documented_rows(store_env: tuple[Settings, Pre
     indexed = {tuple(r) for statement, params in store.index_requests(date, "customer")
                for r in prepared.session.execute(statement, params)}
     assert indexed == {("R1", f"U{i}", s) for i in range(3) for s in ("opened", "clicked")}
+
+
+def test_key_requests_read_only_those_counters(store_env: tuple[Settings, Prepared]) -> None:
+    settings, prepared = store_env
+    store = CounterStore(prepared, settings.cassandra, "legacy")
+    date = "2026-03-04"
+    hours = [key("K1", "hour", f"{date}T0{h}") for h in range(4)]
+    month = key("K1", "month", "2026-03")
+    store.write_account([(k, 1, 1) for k in [*hours, month]])
+    ck = [CustomerKey("K1", "U1", s, "hour", f"{date}T01") for s in ("opened", "clicked")]
+    store.write_customer([(k, 2) for k in ck])
+    wanted = [hours[1], hours[3], month, key("K1", "hour", f"{date}T09"), ck[1]]
+    got = sorted(tuple(r) for statement, params in store.key_requests(wanted)
+                 for r in prepared.session.execute(statement, params))
+    assert got == sorted([(f"{date}T01", "hour", "", "", 1, 1),
+                          (f"{date}T03", "hour", "", "", 1, 1),
+                          ("2026-03", "month", "", "", 1, 1),
+                          ("U1", "clicked", f"{date}T01", "hour", 2)])
