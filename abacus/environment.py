@@ -52,6 +52,7 @@ def configuration(settings: Settings, name: str, parallelism: int, memory: Memor
     python = sys.executable
     values = {
         "python.execution-mode": "thread",
+        "pipeline.object-reuse": "true",  # no copies between chained operators
         "python.executable": python,
         "python.client.executable": python,
         "parallelism.default": str(parallelism),

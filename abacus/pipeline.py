@@ -5,11 +5,14 @@ every piece of per-record state (in the JVM, RocksDB-backed).
       -> Validate (Python, counting.parse_event) --rejected--> DeadLetter (Kafka DLQ)
       -> SQL: keep-first by event_id (ROW_NUMBER ... = 1, state TTL)
       -> fan-out (Python table function: counting.account_keys / customer_keys)
-      -> [statistic] keep-first by uniqueness_id(key, customer): the unique increments
+      -> count increments of hour keys only (the sink rolls them up to day and month)
+      -> [statistic] keep-first by uniqueness_id(key, customer): the unique increments, at
+         every resolution (uniques do not roll up)
       -> TUMBLE processing-time window (window_ms): SUM increments per counter key
       -> TUMBLE (flush_ms) over the first window's time: ARRAY_AGG of a window's counters per
          shard, so that one record is one batch for the sink
-      -> WriteCounts (Python, storage.CounterStore: count = count + d, uniques = uniques + u)
+      -> WriteCounts (Python): hour counts added to their day and month, then
+         storage.CounterStore: count = count + d, uniques = uniques + u
 
 Processing-time windows only batch writes: the buckets come from counting's fan-out.
 The SQL is assembled from this module's own column names and integers; no input reaches it.
@@ -156,7 +159,7 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     if spec.kind == "statistic":
         tenv.execute_sql(
             f"CREATE TEMPORARY VIEW increments AS "
-            f"SELECT {keys}, 1 AS c, 0 AS u, pt FROM fanned UNION ALL "
+            f"SELECT {keys}, 1 AS c, 0 AS u, pt FROM fanned WHERE resolution = 'hour' UNION ALL "
             f"SELECT {keys}, 0 AS c, 1 AS u, pt FROM (SELECT *, ROW_NUMBER() OVER "
             f"(PARTITION BY uid ORDER BY pt) AS rn FROM fanned) WHERE rn = 1")
         sums, values = "SUM(c) AS c, SUM(u) AS u", f"{keys}, c, u"
