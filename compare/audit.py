@@ -438,7 +438,7 @@ class _Runner:
 
     def _confirm(self, chunk: _Chunk, tally: Tally, detail: Any, state: dict[str, Any],
                  state_path: Path) -> None:
-        """Re-read the units with mismatches once the chunk has settled; write the chunk."""
+        """Re-read the mismatched keys once the chunk has settled; write the chunk."""
         suspects = {u: chunk.results[u][1] for u in chunk.units if chunk.results[u][1]}
         if suspects:
             delay = chunk.deadline - time.monotonic()
