@@ -133,6 +133,7 @@ def bench_compare(settings: Settings, rows: int, seed: int, concurrency: int,
     events_path = home / f"compare-{rows}-{seed}.events.jsonl"
     info = json.loads(marker.read_text()) if marker.is_file() and not reload else None
     if info is None or not events_path.is_file():
+        marker.unlink(missing_ok=True)  # until this load completes, the dataset is not one
         t0 = time.perf_counter()
         counted, n = _dataset(rows, seed)
         from counting.generate import generate
