@@ -42,16 +42,13 @@ def redis_client(settings: Settings) -> redis.Redis:
                        health_check_interval=30)
 
 
-class Aggregator:
-    """Per process: a Redis client, a Cassandra session and the legacy counter store."""
+class LegacyClients:
+    """What each legacy process opens: Redis (its keys, Big Bertha), a Cassandra session and
+    the legacy counter store."""
 
-    def __init__(self, settings: Settings, chaos: Chaos, dead_letter: DeadLetterSink,
-                 trace: Trace) -> None:
-        self._settings, self._chaos, self._dead_letter = settings, chaos, dead_letter
-        self._trace = trace
+    def __init__(self, settings: Settings) -> None:
         self._keys = RedisKeys.of(settings.redis)
         self._redis = redis_client(settings)
-        self._uniques = CheckUniques(self._redis, self._keys, settings.redis.uniques_ttl_s)
         self._bertha = BigBertha(self._redis, self._keys)
         self._session = storage.connect(settings.cassandra)
         self._store = storage.CounterStore(storage.Prepared(self._session), settings.cassandra,
@@ -60,6 +57,17 @@ class Aggregator:
     def close(self) -> None:
         self._session.cluster.shutdown()
         self._redis.close()
+
+
+class Aggregator(LegacyClients):
+    """Per worker process: validates, checks uniques, adds to Big Bertha."""
+
+    def __init__(self, settings: Settings, chaos: Chaos, dead_letter: DeadLetterSink,
+                 trace: Trace) -> None:
+        super().__init__(settings)
+        self._settings, self._chaos, self._dead_letter = settings, chaos, dead_letter
+        self._trace = trace
+        self._uniques = CheckUniques(self._redis, self._keys, settings.redis.uniques_ttl_s)
 
     def aggregate(self, raw_event: str, task_id: str | None = None,
                   redelivered: bool = False) -> Outcome:

@@ -12,11 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import storage
-from legacy.aggregation import redis_client
-from legacy.bertha import BigBertha
+from legacy.aggregation import LegacyClients
 from legacy.chaos import Chaos
-from legacy.keys import RedisKeys
 from legacy.trace import Trace
 from settings import Settings
 
@@ -37,21 +34,14 @@ class FlushResult:
                            self.dropped + other.dropped)
 
 
-class Flusher:
+class Flusher(LegacyClients):
+    """Takes Big Bertha's pending increments and writes them to the legacy counters."""
+
     def __init__(self, settings: Settings, chaos: Chaos | None = None,
                  trace: Trace | None = None, stale_s: float = DEFAULT_STALE_S) -> None:
+        super().__init__(settings)
         self._chaos, self._stale_s = chaos or Chaos(), stale_s
         self._trace = trace or Trace(None, "flusher")
-        self._keys = RedisKeys.of(settings.redis)
-        self._redis = redis_client(settings)
-        self._bertha = BigBertha(self._redis, self._keys)
-        self._session = storage.connect(settings.cassandra)
-        self._store = storage.CounterStore(storage.Prepared(self._session), settings.cassandra,
-                                           "legacy")
-
-    def close(self) -> None:
-        self._session.cluster.shutdown()
-        self._redis.close()
 
     def flush_once(self) -> FlushResult:
         """Take the pending increments (and any stale batch) and write them."""
