@@ -96,6 +96,10 @@ def status(settings: Settings, name: str) -> JobState | None:
         return None
     if state.remote is None and state.status in RUNNING and not _alive(state.pid):
         state = state.replace(status="LOST")
+    if state.remote is not None and state.status in RUNNING:
+        from abacus import remote
+
+        state = remote.live(state)  # as its cluster reports it
     return state
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from abacus.environment import Memory, configuration, local_environment, prepare_process
 from abacus.pipeline import JobSpec, build, checkpoint_root
+from abacus.remote import cluster_configuration
 from abacus.state import JobState, StateFile
 from settings import Settings
 
@@ -130,7 +131,7 @@ def submit_remote(request: dict[str, Any]) -> int:
     conf = configuration(settings, spec.name, request["parallelism"],
                          Memory(**request["memory"]), restore_from,
                          checkpoint_root(settings, spec.name))
-    env = local_environment(conf)  # the CLI's context: submits to its cluster
+    env = local_environment(cluster_configuration(conf))  # the CLI's context: its cluster
     build(env, settings, spec)
     client = env.execute_async(f"abacus-{spec.name}")
     StateFile(Path(request["state_path"])).write(JobState(
