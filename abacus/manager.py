@@ -202,6 +202,9 @@ def run_foreground(settings: Settings, kind: str, target: str,
 
     options = options or RunOptions()
     _check(kind, target)
+    if settings.flink.jobmanager:
+        raise JobError(f"--foreground runs a local MiniCluster, but flink.jobmanager is "
+                       f"{settings.flink.jobmanager}: drop --foreground to submit to it")
     return run(_request(settings, kind, target, options), foreground=True)
 
 
