@@ -2,14 +2,21 @@
 the truth, re-read every mismatch once after a settle delay, keep the detail on disk and the
 record in the ops keyspace. Resumable by audit id.
 
-Memory: one chunk of units per store in flight plus the chunks waiting to settle (their
-mismatches only), the unit plan (ids only), and the truth (the date's reference counts).
-The detail goes to `<work_dir>/<audit_id>/detail.jsonl` as it is confirmed.
+The truth is recounted in a child process (compare.truth_spool) while the stores are read:
+the plan starts with the stores' units (their per-date indexes), the reads go ahead of the
+diff (compare.read_ahead, bounded by `RunOptions.read_ahead_rows`) until the truth arrives,
+and the units only the truth has are appended to the plan then.
 
-Resume: the plan (the sorted list of units) is written before the first read and the
-progress (units done, detail bytes, tally) after each confirmed chunk, atomically; a
-resumed audit truncates the detail to the recorded length and carries on with the next
-chunk, reading the truth from the same bounds. The result is the same as an uninterrupted
+Memory: the rows read ahead (at most `read_ahead_rows` plus a chunk), the chunks waiting to
+settle (their mismatches and their truth rows), the unit plan (ids only). The truth is held
+by the child and streamed from its spool file chunk by chunk. The detail goes to
+`<work_dir>/<audit_id>/detail.jsonl` as it is confirmed.
+
+Resume: the plan (the sorted list of units) is written before the first read, and again
+once the truth's units are appended; the progress (units done, detail bytes, tally) after
+each confirmed chunk, atomically. A resumed audit recounts the truth from the same bounds,
+appends the truth's units if the plan lacked them, truncates the detail to the recorded
+length and carries on with the next chunk. The result is the same as an uninterrupted
 audit's over the same data.
 """
 
@@ -21,24 +28,19 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date as Date
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from compare.audits import AuditRecord, AuditStore, now_ms
-from compare.cassandra import (
-    LEVELS,
-    Fetcher,
-    StoreReader,
-    add_profile,
-    read_keys,
-    read_stores,
-)
-from compare.diff import Mismatch, Tally, Tolerance, Unit, diff_rows, row_key
+from compare.cassandra import Fetcher, StoreReader, add_profile, read_keys, read_stores
+from compare.diff import Mismatch, Row, Tally, Tolerance, Unit, diff_rows, row_key
+from compare.plan import LEVELS, Plan, select, write_json
+from compare.read_ahead import ReadAhead, Sides
 from compare.summary import Summary
-from compare.truth import Truth, file_lines, truth_of
+from compare.truth_spool import Selection, Source, TruthSpool
 from settings import Settings
 from storage import STORES, Prepared, connect
 
@@ -109,6 +111,9 @@ class RunOptions:
     chunk_units: int = 256
     settle_s: float = 5.0
     max_settling_chunks: int = 64
+    # rows read but not yet diffed, at most (plus a chunk): ~330 bytes a row, so ~330 MB;
+    # the reads go on that far while the truth is recounted
+    read_ahead_rows: int = 1_000_000
     work_dir: Path = Path(".abacus/audits")
 
 
@@ -249,53 +254,48 @@ def _with_kafka_bounds(settings: Settings, params: AuditParams, audit_id: str) -
     return AuditParams.from_dict({**params.to_dict(), "kafka_bounds": bounds})
 
 
-def _truth(settings: Settings, params: AuditParams, audit_id: str) -> Truth | None:
+def _truth_spool(settings: Settings, params: AuditParams, audit_id: str,
+                 spool: Path) -> TruthSpool | None:
+    """The truth, starting to recount in its own process (compare.truth_spool)."""
     if params.truth == "none":
         return None
     if params.truth == "kafka":
-        from compare import kafka
-
         assert params.kafka_bounds is not None
         bounds = {int(p): (first, end) for p, (first, end) in params.kafka_bounds.items()}
-        raws = kafka.raw_events(settings.kafka, bounds, group=f"abacus-compare-{audit_id}")
-        return truth_of(raws, params.date, params.include_month,
-                        f"kafka:{settings.kafka.topic}")
-    return truth_of(file_lines(Path(params.truth)), params.date, params.include_month,
-                    f"file:{params.truth}")
+        source = Source(f"kafka:{settings.kafka.topic}", kafka=settings.kafka, bounds=bounds,
+                        group=f"abacus-compare-{audit_id}")
+    else:
+        source = Source(f"file:{params.truth}", path=Path(params.truth))
+    selection = Selection(params.date, params.include_month, params.levels, params.companies,
+                          params.statistics)
+    return TruthSpool(source, selection, spool / "truth.spool")
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Atomically: a kill leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _plan(params: AuditParams, readers: Sequence[StoreReader], truth: Truth | None,
-          spool: Path) -> list[Unit]:
-    path = spool / "plan.json"
-    if path.is_file():
-        return [(level, tuple(ids)) for level, ids in json.loads(path.read_text("utf-8"))]
-    units: set[Unit] = set()
-    for reader in readers:
-        units |= reader.units(params.date, params.levels)
+def _plan(params: AuditParams, readers: Sequence[StoreReader], truth: TruthSpool | None,
+          path: Path) -> Plan:
+    """The stores' units, fixed (in `path`) before the first read; the truth's own units
+    are appended once it is known (`Plan.extend`)."""
+    plan = Plan.load(path)
+    if plan is None:
+        units: set[Unit] = set()
+        for reader in readers:
+            units |= reader.units(params.date, params.levels)
+        plan = Plan(select(units, params.levels, params.companies, params.statistics),
+                    complete=truth is None)
+        plan.save(path)
     if truth is not None:
-        units |= truth.date_units()
-    companies, statistics = set(params.companies), set(params.statistics)
-    plan = sorted(
-        (u for u in units
-         if u[0] in params.levels
-         and (not companies or u[1][0] in companies)
-         and (not statistics or u[1][-1] in statistics)),
-        key=lambda u: (LEVELS.index(u[0]), u[1]))
-    _write_json(path, [[level, list(ids)] for level, ids in plan])
+        truth.send_plan(plan.units)
     return plan
+
+
+TruthRows = dict[Unit, tuple[list[Row], list[Row]]]  # a chunk's truth: rows, redelivered
 
 
 @dataclass
 class _Chunk:
     start: int  # index in the plan of its first unit
     units: list[Unit]
+    truth: TruthRows | None
     results: dict[Unit, tuple[Tally, list[Mismatch]]]
     deadline: float
 
@@ -305,12 +305,13 @@ def _execute(settings: Settings, session: Any, prepared: Prepared, audits: Audit
              progress: Progress | None,
              on_candidates: Callable[[list[Mismatch]], None] | None) -> AuditResult:
     params = AuditParams.from_dict(record.params)
+    truth: TruthSpool | None = None
     try:
-        truth = _truth(settings, params, record.audit_id)
+        truth = _truth_spool(settings, params, record.audit_id, spool)
         fetcher = Fetcher(session, options.concurrency, options.max_rps)
         readers = [StoreReader(prepared, settings.cassandra, name, fetcher)
                    for name in (params.left, params.right)]
-        plan = _plan(params, readers, truth, spool)
+        plan = _plan(params, readers, truth, spool / "plan.json")
         runner = _Runner(params, readers, truth, spool, options, progress, on_candidates)
         tally = runner.run(plan)
         summary = Summary(truth is not None, params.top)
@@ -318,8 +319,8 @@ def _execute(settings: Settings, session: Any, prepared: Prepared, audits: Audit
         for mismatch in result.mismatches():
             summary.add(mismatch)
         record.summary = summary.to_dict(tally)
-        record.summary["units"] = len(plan)
-        record.summary["truth"] = truth.stats() if truth is not None else None
+        record.summary["units"] = len(plan.units)
+        record.summary["truth"] = truth.stats if truth is not None else None
         record.summary["queries"] = fetcher.queries
         record.state = "done"
         record.outcome = "dirty" if summary.defects else "clean"
@@ -328,6 +329,9 @@ def _execute(settings: Settings, session: Any, prepared: Prepared, audits: Audit
         record.ended_at = now_ms()
         audits.save(record)
         raise
+    finally:
+        if truth is not None:
+            truth.close()
     record.ended_at = now_ms()
     audits.save(record)
     return AuditResult(record, spool / "detail.jsonl")
@@ -337,83 +341,91 @@ class _Runner:
     """Reads, diffs and confirms the plan chunk by chunk (see the module docstring)."""
 
     def __init__(self, params: AuditParams, readers: Sequence[StoreReader],
-                 truth: Truth | None, spool: Path, options: RunOptions,
+                 truth: TruthSpool | None, spool: Path, options: RunOptions,
                  progress: Progress | None,
                  on_candidates: Callable[[list[Mismatch]], None] | None) -> None:
         self.params, self.readers, self.truth = params, readers, truth
         self.spool, self.options = spool, options
         self.progress, self.on_candidates = progress, on_candidates
         self.tolerance = Tolerance.from_dict(params.tolerance)
+        self.truth_units: Iterator[tuple[Unit, list[Row], list[Row]]] = iter(())
 
-    def run(self, plan: list[Unit]) -> Tally:
+    def run(self, plan: Plan) -> Tally:
         state_path = self.spool / "progress.json"
         detail_path = self.spool / "detail.jsonl"
         state = (json.loads(state_path.read_text("utf-8")) if state_path.is_file()
                  else {"units_done": 0, "detail_bytes": 0, "tally": Tally().to_dict()})
         tally = Tally.from_dict(state["tally"])
-        size = self.options.chunk_units
-        starts = range(state["units_done"], len(plan), size)  # any chunk size resumes
         detail_path.touch()
-        with detail_path.open("r+b") as detail:
-            detail.truncate(state["detail_bytes"])
-            detail.seek(state["detail_bytes"])
-            settling: deque[_Chunk] = deque()
-            self._report(state["units_done"], len(plan))
-            for start, units, sides in self._chunks(plan, starts, size):
-                settling.append(self._first_read(start, units, sides))
-                while settling and (settling[0].deadline <= time.monotonic()
-                                    or len(settling) > self.options.max_settling_chunks):
+        # The stores are read (ahead, bounded) while the truth is recounted; the diff waits
+        # for the truth, whose own units then join the end of the plan.
+        chunks = ReadAhead(self._read, plan, state["units_done"], self.options.chunk_units,
+                           self.options.read_ahead_rows)
+        try:
+            if self.truth is not None:
+                extra = self.truth.wait()
+                if not plan.complete:
+                    chunks.extend(extra, self.spool / "plan.json")
+                self.truth_units = islice(self.truth.units(), state["units_done"], None)
+            with detail_path.open("r+b") as detail:
+                detail.truncate(state["detail_bytes"])
+                detail.seek(state["detail_bytes"])
+                settling: deque[_Chunk] = deque()
+                self._report(state["units_done"], len(plan.units))
+                for start, units, sides in chunks:
+                    settling.append(self._first_read(start, units, sides))
+                    while settling and (settling[0].deadline <= time.monotonic()
+                                        or len(settling) > self.options.max_settling_chunks):
+                        self._confirm(settling.popleft(), tally, detail, state, state_path)
+                        self._report(state["units_done"], len(plan.units))
+                while settling:
                     self._confirm(settling.popleft(), tally, detail, state, state_path)
-                    self._report(state["units_done"], len(plan))
-            while settling:
-                self._confirm(settling.popleft(), tally, detail, state, state_path)
-                self._report(state["units_done"], len(plan))
+                    self._report(state["units_done"], len(plan.units))
+        finally:
+            chunks.close()
         return tally
-
-    def _chunks(self, plan: list[Unit], starts: range, size: int
-                ) -> Iterator[tuple[int, list[Unit], list[dict[Unit, list[Any]]]]]:
-        """Each chunk of the plan with both stores' rows. The next chunk is read (Cassandra
-        working, the driver decoding) while the caller diffs this one: one chunk ahead at
-        most, so memory stays bounded."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="compare-read") as ahead:
-            reading = None
-            for start in starts:
-                units = plan[start:start + size]
-                sides = (reading or ahead.submit(self._read, units)).result()
-                following = plan[start + size:start + 2 * size]
-                reading = ahead.submit(self._read, following) if following else None
-                yield start, units, sides
 
     def _report(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(done, total)
 
-    def _read(self, units: list[Unit]) -> list[dict[Unit, list[Any]]]:
+    def _read(self, units: list[Unit]) -> Sides:
         return read_stores(self.readers, units, self.params.date, self.params.include_month)
 
-    def _diff(self, units: list[Unit], sides: list[dict[Unit, list[Any]]]
+    def _truth_of(self, units: list[Unit]) -> TruthRows | None:
+        """The truth's rows of the chunk's units: the next ones of the spool."""
+        if self.truth is None:
+            return None
+        out: TruthRows = {}
+        for unit in units:
+            spooled, rows, redelivered = next(self.truth_units)
+            if spooled != unit:
+                raise AuditError(f"the truth's spool is out of step with the plan at {unit}: "
+                                 "start the audit again")
+            out[unit] = (rows, redelivered)
+        return out
+
+    def _diff(self, units: list[Unit], sides: Sides, truth: TruthRows | None
               ) -> dict[Unit, tuple[Tally, list[Mismatch]]]:
         left, right = sides
-        truth = self.truth
         out = {}
         for unit in units:
             tally = Tally()
+            rows, redelivered = truth[unit] if truth is not None else (None, None)
             records = diff_rows(
-                unit, left[unit], right[unit],
-                truth.by_unit.get(unit, []) if truth is not None else None,
-                truth.redelivered_by_unit.get(unit, []) if truth is not None else None,
+                unit, left[unit], right[unit], rows, redelivered,
                 tolerance=self.tolerance, allow_redeliveries=self.params.allow_redeliveries,
                 tally=tally)
             out[unit] = (tally, records)
         return out
 
-    def _first_read(self, start: int, units: list[Unit],
-                    sides: list[dict[Unit, list[Any]]]) -> _Chunk:
-        results = self._diff(units, sides)
+    def _first_read(self, start: int, units: list[Unit], sides: Sides) -> _Chunk:
+        truth = self._truth_of(units)
+        results = self._diff(units, sides, truth)
         candidates = [m for _, records in results.values() for m in records]
         if candidates and self.on_candidates is not None:
             self.on_candidates(candidates)
-        return _Chunk(start, units, results, time.monotonic() + self.options.settle_s)
+        return _Chunk(start, units, truth, results, time.monotonic() + self.options.settle_s)
 
     def _reread(self, chunk: _Chunk, suspects: dict[Unit, list[Mismatch]]) -> None:
         """Read the keys of the records again and let that read decide them (the rest of
@@ -421,16 +433,15 @@ class _Runner:
         where differences cluster, in the largest units)."""
         left, right = read_keys(self.readers, {u: [m.key for m in records]
                                                for u, records in suspects.items()})
-        truth = self.truth
         for unit, records in suspects.items():
             tally = chunk.results[unit][0]
             tally.remove(records)
             keys = {row_key(m.key) for m in records}
             truth_rows = redelivered = None
-            if truth is not None:
-                truth_rows = [r for r in truth.by_unit.get(unit, ()) if r[:4] in keys]
-                redelivered = [r for r in truth.redelivered_by_unit.get(unit, ())
-                               if r[:4] in keys]
+            if chunk.truth is not None:
+                rows, again_redelivered = chunk.truth[unit]
+                truth_rows = [r for r in rows if r[:4] in keys]
+                redelivered = [r for r in again_redelivered if r[:4] in keys]
             again = diff_rows(unit, left[unit], right[unit], truth_rows, redelivered,
                               tolerance=self.tolerance,
                               allow_redeliveries=self.params.allow_redeliveries, tally=tally)
@@ -456,4 +467,4 @@ class _Runner:
         os.fsync(detail.fileno())
         state.update(units_done=chunk.start + len(chunk.units), detail_bytes=detail.tell(),
                      tally=tally.to_dict())
-        _write_json(state_path, state)
+        write_json(state_path, state)

@@ -124,7 +124,7 @@ def bench_compare(settings: Settings, rows: int, seed: int, concurrency: int,
                   chunk_units: int, reload: bool, repeat: int) -> None:
     """Counter rows compared per second by `abacus compare`, truth off and on."""
     from compare.audit import RunOptions, run_audit
-    from compare.cassandra import LEVELS
+    from compare.plan import LEVELS
 
     bench = _bench_settings(settings, rows, seed)
     home = Path(".abacus/bench")

@@ -25,7 +25,6 @@ from settings import CassandraSettings
 from storage import CounterStore, Prepared, Request
 
 PROFILE = "compare"
-LEVELS = ("account", "customer")
 
 
 def add_profile(session: Session, settings: CassandraSettings) -> None:
