@@ -118,6 +118,9 @@ def invalid_lines() -> list[tuple[str, str]]:
         (variant(17, properties={f"p{i}": i for i in range(51)}), "too_many_properties"),
         (variant(18, properties={"": 1}), "bad_property_key"),
         (variant(19, properties={"k" * 65: 1}), "bad_property_key"),
+        # valid JSON, but nested past the parser's limit (3 KB): rejected, never a crash
+        (variant(20)[:-1] + ', "properties": {"deep": ' + "[" * 1500 + "]" * 1500 + "}}",
+         "not_json"),
     ]
 
 

@@ -6,6 +6,7 @@ The checks run in the order of the reasons table; the first that fails decides t
 from __future__ import annotations
 
 import json
+import re
 import sys
 import zoneinfo
 from functools import lru_cache
@@ -18,6 +19,11 @@ MAX_INPUT_BYTES = 1024 * 1024
 MAX_CANONICAL_BYTES = 64 * 1024
 MAX_PROPERTIES = 50
 MAX_PROPERTY_KEY_CHARS = 64
+# Arrays and objects nested deeper than this are not parsed (RFC 8259 §9 lets a parser limit
+# nesting): Python's parser recurses, and 1,500 levels (3 KB) would crash it with a
+# RecursionError that stops whichever pipeline reads the event. A fixed limit, checked
+# before parsing, makes every pipeline reject the same inputs as `not_json`.
+MAX_NESTING = 512
 TS_MIN_S = 946684800
 TS_MAX_S = 4102444800  # exclusive
 
@@ -70,6 +76,29 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
+_NESTING_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def nesting_depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings
+    do not count); iterative, so any depth is measured without recursion."""
+    depth = deepest = 0
+    for token in _NESTING_TOKENS.finditer(data):
+        char = token.group()[:1]
+        if char in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in b"]}":
+            depth -= 1
+    return deepest
+
+
+def _too_deep(data: bytes) -> bool:
+    # counting brackets is C-fast; the exact depth is measured only when it could be over
+    return (data.count(b"[") + data.count(b"{") > MAX_NESTING
+            and nesting_depth(data) > MAX_NESTING)
+
+
 def _event_id_of(obj: Any) -> str | None:
     if isinstance(obj, dict):
         event_id = obj.get("event_id")
@@ -92,14 +121,21 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event | Rejection:
                 return _reject(Reason.TOO_LARGE, obj, "canonical encoding is over 64 KiB")
         except (TypeError, ValueError) as exc:
             return _reject(Reason.NOT_JSON, obj, f"not encodable as JSON: {exc}")
+        except RecursionError:
+            return _reject(Reason.NOT_JSON, obj, "nested too deeply to encode as JSON")
         return validate_object(obj)
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if len(data) > MAX_INPUT_BYTES:
         return Rejection(Reason.TOO_LARGE, None, f"input is {len(data)} bytes, over 1 MiB")
+    if len(data) > MAX_NESTING and _too_deep(data):  # a shorter text cannot nest deeper
+        return Rejection(Reason.NOT_JSON, None,
+                         f"arrays/objects nested deeper than {MAX_NESTING} levels")
     try:
         obj = loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return Rejection(Reason.NOT_JSON, None, f"not UTF-8 JSON: {exc}")
+    except RecursionError:  # only if the caller's own stack is unusually deep
+        return Rejection(Reason.NOT_JSON, None, "nested too deeply to parse")
     if not isinstance(obj, dict):
         return Rejection(Reason.NOT_AN_OBJECT, None, f"JSON {type(obj).__name__}, not an object")
     if len(data) > _CANONICAL_SAFE_INPUT_BYTES or b"\\ud" in data or b"\\uD" in data:

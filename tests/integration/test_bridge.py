@@ -211,7 +211,7 @@ def test_shadow_every_event_once_with_key_and_headers(env: Env) -> None:
         obj: Any
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # the corpus nests one line past any parser
             obj = None
         company = obj.get("company_id") if isinstance(obj, dict) else None
         assert r.key() == (company.encode() if isinstance(company, str) else b"")

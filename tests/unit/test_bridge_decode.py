@@ -73,7 +73,7 @@ def test_every_line_of_the_tricky_corpus_is_forwarded_byte_for_byte() -> None:
         parsed = parse_event(out.value)
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # the corpus nests one line past any parser
             obj = None
         if isinstance(obj, dict) and isinstance(obj.get("company_id"), str):
             assert out.key == obj["company_id"].encode()

@@ -35,7 +35,7 @@ def test_recount_prints_the_exchange_format_and_rejects_apart(tmp_path: Path) ->
     rejected = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert sorted(r["reason"] for r in rejected) == sorted(r for _, r in invalid_lines())
     assert {"bad-02", "bad-16"} <= {r["event_id"] for r in rejected}
-    assert "not_json=1" in done.stderr and "duplicates" in done.stderr
+    assert "not_json=2" in done.stderr and "duplicates" in done.stderr
 
 
 def test_recount_reads_stdin_and_json_format() -> None:

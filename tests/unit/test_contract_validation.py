@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from counting import Event, Reason, Rejection, parse_event
 from counting.corpus import invalid_lines
+from counting.events import MAX_NESTING, nesting_depth
 
 OK = {
     "event_id": "e-1",
@@ -165,3 +168,62 @@ def test_huge_integer_property_is_a_facet_of_its_digits() -> None:
 def test_lone_surrogate_is_not_utf8() -> None:
     raw = json.dumps(with_(company_id="\ud800"))  # json.dumps escapes it as \\ud800
     assert reason_of(raw) == "not_json"
+
+
+# -- nesting: a fixed parser limit, never a RecursionError ----------------------------------
+
+def _nested(depth: int) -> str:
+    """A valid event whose one property holds arrays nested so that the whole text is
+    `depth` levels deep (the event object itself is level 1, properties level 2)."""
+    inner = depth - 2
+    return ('{"event_id":"deep","company_id":"c","customer_id":"u","statistic_id":"s",'
+            '"timestamp":1764547200,"properties":{"a":' + "[" * inner + "]" * inner + "}}")
+
+
+@pytest.mark.parametrize(("depth", "reason"), [
+    (MAX_NESTING, None), (MAX_NESTING + 1, "not_json"), (1500, "not_json"),
+    (200_000, "not_json")])
+def test_nesting_limit(depth: int, reason: str | None) -> None:
+    line = _nested(depth)
+    assert nesting_depth(line.encode()) == depth
+    result = parse_event(line)
+    if reason is None:
+        assert isinstance(result, Event) and result.facets == ()  # a list is not a facet
+    else:
+        assert isinstance(result, Rejection) and result.reason.value == reason
+        assert "nested" in result.detail
+
+
+def test_deep_top_level_array_is_not_json_before_not_an_object() -> None:
+    result = parse_event("[" * 5000 + "]" * 5000)
+    assert isinstance(result, Rejection) and result.reason.value == "not_json"
+
+
+def test_deep_dict_input_is_rejected_not_raised() -> None:
+    value: list[object] = []
+    for _ in range(5000):
+        value = [value]
+    event = {"event_id": "d", "company_id": "c", "customer_id": "u", "statistic_id": "s",
+             "timestamp": 1764547200, "properties": {"a": value}}
+    result = parse_event(event)
+    assert isinstance(result, Rejection) and result.reason.value == "not_json"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab'),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=3), children, max_size=3),
+    max_leaves=20)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@given(_json_values)
+def test_nesting_depth_ignores_brackets_in_strings(value: object) -> None:
+    assert nesting_depth(json.dumps(value).encode()) == _depth(value)
