@@ -33,6 +33,7 @@ from abacus import manager, progress
 from abacus.environment import Memory
 from abacus.manager import RunOptions
 from abacus.pipeline import checkpoint_root
+from bridge.decode import key_of
 from counting import Recount
 from counting.generate import GeneratorConfig, generate
 from settings import Settings
@@ -98,14 +99,10 @@ class _Producer:
                                    "queue.buffering.max.messages": 1_000_000})
 
     def send(self, line: str, on_delivery: Any = None) -> None:
-        try:
-            company = json.loads(line).get("company_id")
-        except ValueError:
-            company = None
+        key = key_of(line) or None  # keyed as the bridge keys them
         while True:
             try:
-                self._producer.produce(self.topic, value=line.encode(),
-                                       key=company.encode() if company else None,
+                self._producer.produce(self.topic, value=line.encode(), key=key,
                                        on_delivery=on_delivery)
                 break
             except BufferError:

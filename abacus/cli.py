@@ -68,7 +68,8 @@ def run(settings: Settings, kind: str, milestone: int, target: str, foreground: 
     except (manager.JobError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     restored = f", restored from {state.restored_from}" if state.restored_from else ""
-    click.echo(f"{state.name}: {state.status} (pid {state.pid}, job {state.job_id}{restored})")
+    where = f"on {state.remote}" if state.remote else f"pid {state.pid}"
+    click.echo(f"{state.name}: {state.status} ({where}, job {state.job_id}{restored})")
 
 
 @job.command("status")

@@ -14,6 +14,7 @@ costs tens of seconds on this machine), each step asserting one property of the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ import pytest
 from abacus import manager
 from abacus.manager import RunOptions
 from abacus.pipeline import checkpoint_root
+from bridge.decode import key_of
 from counting import Recount
 from counting.corpus import invalid_lines, tricky_lines
 from counting.generate import GeneratorConfig, generate
@@ -60,13 +62,9 @@ class Run:
 
         producer = Producer({**self.settings.kafka.client_config(),
                              "message.max.bytes": MAX_MESSAGE})
-        for line in lines:
-            try:
-                key = json.loads(line).get("company_id")
-            except (ValueError, AttributeError):
-                key = None
+        for line in lines:  # keyed as the bridge keys them
             producer.produce(self.settings.kafka.topic, value=line.encode("utf-8"),
-                             key=key.encode("utf-8") if isinstance(key, str) else None)
+                             key=key_of(line) or None)
             producer.poll(0)
         assert producer.flush(60) == 0
         self.lines += lines
@@ -98,18 +96,19 @@ def _diff(got: dict[Any, Any], want: dict[Any, Any]) -> list[Any]:
                    if got.get(k) != want.get(k)), key=str)[:5]
 
 
-@pytest.fixture(scope="module")
-def run(settings: Settings, services_up: object) -> Iterator[Run]:
+@contextlib.contextmanager
+def isolated_run(settings: Settings, tag: str, **flink: Any) -> Iterator[Run]:
+    """A Run with its own topics, keyspaces, job names and groups (flink settings changed by
+    `flink`); on exit its jobs are stopped and everything it made is removed."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     import storage
 
-    tag = f"t{uuid.uuid4().hex[:8]}"
     private = settings.model_copy(update={
         "kafka": settings.kafka.model_copy(update={"topic": f"test.{tag}.events",
                                                    "dlq_topic": f"test.{tag}.dlq"}),
         "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
-        "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000}),
+        "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, **flink}),
     })
     admin = AdminClient(private.kafka.client_config())
     topic_config = {"max.message.bytes": str(MAX_MESSAGE)}
@@ -136,7 +135,15 @@ def run(settings: Settings, services_up: object) -> Iterator[Run]:
             session.execute(f"DROP KEYSPACE IF EXISTS "
                             f"{storage.keyspace_of(private.cassandra, keyspace)}", timeout=120)
         session.cluster.shutdown()
-        admin.delete_topics([private.kafka.topic, private.kafka.dlq_topic])
+        for future in admin.delete_topics([private.kafka.topic,
+                                           private.kafka.dlq_topic]).values():
+            future.result()
+
+
+@pytest.fixture(scope="module")
+def run(settings: Settings, services_up: object) -> Iterator[Run]:
+    with isolated_run(settings, f"t{uuid.uuid4().hex[:8]}") as state:
+        yield state
 
 
 def _exact(run: Run, kinds: tuple[str, ...] = ("statistic", "customer")) -> None:

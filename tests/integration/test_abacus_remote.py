@@ -10,7 +10,6 @@ TaskManager (`flink_cluster.FlinkCluster`), `flink.jobmanager` pointing at its R
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from flink_cluster import FlinkCluster
-from test_abacus_jobs import MAX_MESSAGE, Run, _accounts, _customers, _diff, _events, _truth
+from test_abacus_jobs import Run, _accounts, _customers, _diff, _events, _truth, isolated_run
 
 from abacus import manager
 from abacus.manager import RunOptions
@@ -40,46 +39,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
 @pytest.fixture(scope="module")
 def run(settings: Settings, services_up: object, cluster: FlinkCluster,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    import storage
-
-    tag = f"r{uuid.uuid4().hex[:8]}"
-    private = settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic": f"test.{tag}.events",
-                                                   "dlq_topic": f"test.{tag}.dlq"}),
-        "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
-        "flink": settings.flink.model_copy(update={
-            "jobmanager": cluster.address, "checkpoint_interval_ms": 3000,
-            "checkpoint_dir": tmp_path_factory.mktemp("checkpoints")}),
-    })
-    admin = AdminClient(private.kafka.client_config())
-    topic_config = {"max.message.bytes": str(MAX_MESSAGE)}
-    futures = admin.create_topics([NewTopic(private.kafka.topic, 4, 1, config=topic_config),
-                                   NewTopic(private.kafka.dlq_topic, 1, 1, config=topic_config)])
-    for future in futures.values():
-        future.result()
-    session = storage.connect(private.cassandra)
-    for cql in storage.statements(private.cassandra):
-        session.execute(cql, timeout=120)
-    state = Run(private, f"{tag}-", session=session)
-    try:
+    with isolated_run(settings, f"r{uuid.uuid4().hex[:8]}", jobmanager=cluster.address,
+                      checkpoint_dir=tmp_path_factory.mktemp("checkpoints")) as state:
         yield state
-    finally:
-        for kind in KINDS:
-            name = state.name(kind)
-            current = manager.status(private, name)
-            if current is not None and current.status in manager.RUNNING:
-                manager.stop(private, name)
-            for path in manager.jobs_dir(private).glob(f"{name}.*"):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for keyspace in [*storage.STORES, storage.OPS]:
-            session.execute(f"DROP KEYSPACE IF EXISTS "
-                            f"{storage.keyspace_of(private.cassandra, keyspace)}", timeout=120)
-        session.cluster.shutdown()
-        for future in admin.delete_topics([private.kafka.topic,
-                                           private.kafka.dlq_topic]).values():
-            future.result()
 
 
 def _options(run: Run, **changes: Any) -> RunOptions:
