@@ -19,16 +19,24 @@ from typing import Any
 from compare.diff import Unit
 from compare.plan import Plan
 
+FIRST_UNITS = 16  # units of the first chunk, before the rows per unit are known
+CHUNK_ROWS = 50_000  # rows (all sides) a chunk aims at
 Sides = list[dict[Unit, list[Any]]]  # each store's rows of each unit
 Chunk = tuple[int, list[Unit], Sides]  # (index in the plan of its first unit, units, sides)
 
 
 class ReadAhead:
-    """The chunks of `plan` from `start`, `size` units each, read by `read` in a thread."""
+    """The chunks of `plan` from `start`, at most `size` units each, read by `read` in a
+    thread. Units differ by orders of magnitude in rows (a large company's statistic holds
+    hundreds of thousands, a customer's a few): a chunk aims at `chunk_rows` rows, from the
+    rows per unit of the chunk before, so that no chunk is most of the date, which would
+    leave nothing to read while it is diffed."""
 
     def __init__(self, read: Callable[[list[Unit]], Sides], plan: Plan, start: int, size: int,
-                 max_rows: int) -> None:
+                 max_rows: int, chunk_rows: int = CHUNK_ROWS) -> None:
         self._read, self._plan, self._size, self._max_rows = read, plan, size, max_rows
+        self._chunk_rows = chunk_rows
+        self._units = min(size, FIRST_UNITS)  # units of the next chunk
         self._cond = threading.Condition()
         self._ready: deque[tuple[Chunk, int]] = deque()
         self._rows = 0  # rows in self._ready
@@ -44,6 +52,11 @@ class ReadAhead:
         with self._cond:
             self._plan.extend(extra, path)
             self._cond.notify_all()
+
+    def ready(self) -> bool:
+        """Is a chunk read and waiting?"""
+        with self._cond:
+            return bool(self._ready)
 
     def __iter__(self) -> Iterator[Chunk]:
         while True:
@@ -74,7 +87,7 @@ class ReadAhead:
                 if start >= len(units) and self._plan.complete:
                     return None
                 if start < len(units) and (not self._ready or self._rows < self._max_rows):
-                    return units[start:start + self._size]
+                    return units[start:start + self._units]
                 self._cond.wait()
             return None
 
@@ -82,6 +95,9 @@ class ReadAhead:
         try:
             while (units := self._next_units(start)) is not None:
                 sides = self._read(units)
+                read = sum(len(r) for side in sides for r in side.values())
+                self._units = max(1, min(self._size, self._chunk_rows * len(units)
+                                         // max(1, read)))
                 rows = _share_equal(sides)
                 with self._cond:
                     self._ready.append(((start, units, sides), rows))

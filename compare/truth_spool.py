@@ -17,11 +17,13 @@ when the audit started (the same records on a resume).
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,13 +146,9 @@ def child() -> None:
     sys.stdout = sys.stderr  # stdout carries the reply only
     try:
         source, selection, path = pickle.load(received)  # noqa: S301 (from our parent)
-        # The plan is taken in as it comes (a pipe holds 64 KiB: the parent must not wait
-        # for the recount to end to finish sending it).
-        with ThreadPoolExecutor(max_workers=1) as inbox:
-            planned = inbox.submit(pickle.load, received)
-            truth = truth_of(source.raws(), selection.date, selection.include_month,
-                             source.name)
-            plan = planned.result()
+        planned = _inbox(received)
+        truth = truth_of(source.raws(), selection.date, selection.include_month, source.name)
+        plan = planned.result()
         extra = extra_units(plan, truth.date_units(), selection.levels, selection.companies,
                             selection.statistics)
         _write(path, truth.by_unit, truth.redelivered_by_unit, [*plan, *extra])
@@ -164,6 +162,27 @@ def child() -> None:
         reply.flush()
     except BrokenPipeError:
         pass
+
+
+def _inbox(received: Any) -> Future[list[Unit]]:
+    """The plan, taken in by a thread as it comes (a pipe holds 64 KiB: the parent must not
+    wait for the recount to end to finish sending it). The parent keeps the pipe open as
+    long as it waits for the truth: when it closes, the audit was killed, and so is this
+    process, at once, not after a recount nobody reads."""
+    planned: Future[list[Unit]] = Future()
+
+    def listen() -> None:
+        try:
+            planned.set_result(pickle.load(received))  # noqa: S301 (from our parent)
+        except Exception as exc:
+            planned.set_exception(exc)
+        # the raw descriptor: a thread blocked in the buffered reader would hold its lock
+        # when the interpreter shuts down, a fatal error
+        if not os.read(received.fileno(), 1):
+            os._exit(0)
+
+    threading.Thread(target=listen, name="plan-inbox", daemon=True).start()
+    return planned
 
 
 def _write(path: Path, by_unit: dict[Unit, list[Row]],

@@ -86,3 +86,23 @@ def test_a_read_error_reaches_the_consumer(tmp_path: Path) -> None:
             list(chunks)
     finally:
         chunks.close()
+
+
+def test_chunks_aim_at_a_number_of_rows_whatever_the_units_hold() -> None:
+    """Large units make small chunks, small units large ones (up to `size`)."""
+    units = _units(300)
+
+    def read(chunk: list[Unit]) -> Sides:
+        rows = {u: [(u[1][0], i) for i in range(1000 if u in units[:40] else 1)]
+                for u in chunk}
+        return [rows, {u: list(r) for u, r in rows.items()}]
+
+    chunks = ReadAhead(read, Plan(units, complete=True), 0, 64, max_rows=10**9,
+                       chunk_rows=4000)
+    try:
+        sizes = [len(c[1]) for c in chunks]
+    finally:
+        chunks.close()
+    assert sum(sizes) == len(units)
+    assert sizes[:3] == [16, 2, 2]  # 16 units of 2 x 1000 rows: 2 units make 4000 rows
+    assert max(sizes) == 64  # units of 2 x 1 row: as many as a chunk may hold
