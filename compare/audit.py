@@ -285,7 +285,7 @@ def _plan(params: AuditParams, readers: Sequence[StoreReader], truth: TruthSpool
                     complete=truth is None)
         plan.save(path)
     if truth is not None:
-        truth.send_plan(plan.units)
+        truth.send_plan(path)
     return plan
 
 

@@ -2,13 +2,13 @@
 
 The recount (`compare.truth.truth_of`) is CPU-bound Python: in the audit's own process it
 came before the first read and held the GIL against the driver. Here it runs in a child
-process; the parent sends it the plan (the stores' units, known from their indexes long
-before the recount ends), and the child writes the truth's rows in that order, followed by
-the units only the truth has (selected as the audit selects units), to a spool file in the
-audit's work directory: pickled frames of `FRAME_UNITS` units, each unit as
-`(unit, rows, redelivered rows)`. It then reports its statistics and those extra units over
-the pipe and exits, freeing the truth's memory; the parent streams the file chunk by chunk,
-so it never holds the truth whole either.
+process; the parent tells it where the plan is (`plan.json`: the stores' units, known
+from their indexes long before the recount ends), and the child writes the truth's rows in
+that order, followed by the units only the truth has (selected as the audit selects
+units), to a spool file in the audit's work directory: pickled frames of `FRAME_UNITS`
+units, each unit as `(unit, rows, redelivered rows)`. It then reports its statistics and
+those extra units over the pipe and exits, freeing the truth's memory; the parent streams
+the file chunk by chunk, so it never holds the truth whole either.
 
 Both truth sources run in the child: a JSON Lines file, or Kafka within the bounds fixed
 when the audit started (the same records on a resume).
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from compare.diff import Row, Unit
-from compare.plan import extra_units
+from compare.plan import Plan, extra_units
 from settings import KafkaSettings
 
 FRAME_UNITS = 512
@@ -78,7 +78,7 @@ class TruthSpool:
 
     The child is a plain `python -c` process (not multiprocessing's spawn, which re-runs
     the parent's main script): its stdin and stdout carry pickles, parent to child the
-    source and then the plan, child to parent the outcome."""
+    source and then the plan's path, child to parent the outcome."""
 
     def __init__(self, source: Source, selection: Selection, path: Path) -> None:
         self.path = path
@@ -96,9 +96,12 @@ class TruthSpool:
         except BrokenPipeError:
             pass  # the child is gone: wait() says why
 
-    def send_plan(self, units: list[Unit]) -> None:
-        """The plan's units: the child writes the truth in their order."""
-        self._send(units)
+    def send_plan(self, path: Path) -> None:
+        """Where the plan is (`compare.plan.Plan` file, saved): the child writes the truth
+        in its order. (The path, not the units: a pipe holds 64 KiB, and the child's
+        thread that takes them in gets the GIL between its recount's slices only, so
+        sending 57k units took the audit 4 s before its first read.)"""
+        self._send(str(path))
 
     def wait(self) -> list[Unit]:
         """Block until the truth is spooled; the units only the truth has, in plan order.
@@ -148,10 +151,11 @@ def child() -> None:
         source, selection, path = pickle.load(received)  # noqa: S301 (from our parent)
         planned = _inbox(received)
         truth = truth_of(source.raws(), selection.date, selection.include_month, source.name)
-        plan = planned.result()
-        extra = extra_units(plan, truth.date_units(), selection.levels, selection.companies,
+        plan = Plan.load(Path(planned.result()))
+        assert plan is not None, "the audit's plan file is gone"
+        extra = extra_units(plan.units, truth.date_units(), selection.levels, selection.companies,
                             selection.statistics)
-        _write(path, truth.by_unit, truth.redelivered_by_unit, [*plan, *extra])
+        _write(path, truth.by_unit, truth.redelivered_by_unit, [*plan.units, *extra])
         message: tuple[Any, ...] = ("done", truth.stats(), extra)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the audit is gone or stopped
         return
@@ -164,12 +168,11 @@ def child() -> None:
         pass
 
 
-def _inbox(received: Any) -> Future[list[Unit]]:
-    """The plan, taken in by a thread as it comes (a pipe holds 64 KiB: the parent must not
-    wait for the recount to end to finish sending it). The parent keeps the pipe open as
+def _inbox(received: Any) -> Future[str]:
+    """The plan's path, taken in by a thread as it comes. The parent keeps the pipe open as
     long as it waits for the truth: when it closes, the audit was killed, and so is this
     process, at once, not after a recount nobody reads."""
-    planned: Future[list[Unit]] = Future()
+    planned: Future[str] = Future()
 
     def listen() -> None:
         try:

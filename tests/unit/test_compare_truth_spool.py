@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compare.plan import select
+from compare.plan import Plan, select
 from compare.truth import truth_of
 from compare.truth_spool import Selection, Source, TruthSpool
 from counting.corpus import tricky_lines
@@ -42,7 +42,8 @@ def test_spool_is_truth_of_in_plan_order_with_the_truths_units_last(
                        Selection(DAY, include_month, levels, companies, ()),
                        tmp_path / "truth.spool")
     try:
-        spool.send_plan(planned)
+        Plan(planned, complete=False).save(tmp_path / "plan.json")
+        spool.send_plan(tmp_path / "plan.json")
         extra = spool.wait()
         assert extra == [u for u in everything if u not in set(planned)] and extra
         got = list(spool.units())
@@ -61,7 +62,7 @@ def test_an_error_of_the_child_is_raised_in_the_parent(tmp_path: Path) -> None:
     spool = TruthSpool(Source("file:x", path=tmp_path),  # a directory: no lines to read
                        Selection(DAY, False, ("account",), (), ()), tmp_path / "truth.spool")
     try:
-        spool.send_plan([])
+        spool.send_plan(tmp_path / "plan.json")
         with pytest.raises(IsADirectoryError):
             spool.wait()
     finally:
