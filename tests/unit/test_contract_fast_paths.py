@@ -5,16 +5,16 @@ called directly with `json.loads`, the inline facet texts with `facet_value`, th
 from __future__ import annotations
 
 import json
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from counting import Event, Recount, account_keys, customer_keys, facets_of, parse_event
+from counting import Event, Recount, facets_of
 from counting.corpus import tricky_lines
 from counting.events import loads, validate_object
+from tests.unit.test_contract_counting import naive_counts
 
 
 def outcome(decode: Any, text: str) -> tuple[str, ...]:
@@ -88,25 +88,6 @@ def test_event_facets_are_facets_of_its_properties(properties: dict[str, Any]) -
     assert got == expected
 
 
-def naive(lines: list[str]) -> tuple[dict[tuple[str, ...], tuple[int, int]],
-                                     dict[tuple[str, ...], int]]:
-    seen: set[str] = set()
-    counts: Counter[tuple[str, ...]] = Counter()
-    customers: dict[tuple[str, ...], set[str]] = {}
-    ccounts: Counter[tuple[str, ...]] = Counter()
-    for line in lines:
-        event = parse_event(line)
-        if not isinstance(event, Event) or event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        for key in account_keys(event):
-            counts[key] += 1
-            customers.setdefault(key, set()).add(event.customer_id)
-        for ckey in customer_keys(event):
-            ccounts[ckey] += 1
-    return {k: (n, len(customers[k])) for k, n in counts.items()}, dict(ccounts)
-
-
 def counted(lines: list[str]) -> tuple[dict[tuple[str, ...], tuple[int, int]],
                                        dict[tuple[str, ...], int]]:
     result = Recount()
@@ -143,9 +124,9 @@ def test_recount_across_transitions_equals_the_naive_fan_out(
             "statistic_id": "S", "timestamp": _day_start(day) + offset_s + frac,
             "timezone": zone, "properties": {"f": facet, "g": facet % 2 == 0},
         }))
-    assert counted(lines) == naive(lines)
+    assert counted(lines) == naive_counts(lines)
 
 
 def test_recount_of_the_tricky_corpus_twice_in_a_row_equals_the_naive_fan_out() -> None:
     lines = tricky_lines() * 2
-    assert counted(lines) == naive(lines)
+    assert counted(lines) == naive_counts(lines)
