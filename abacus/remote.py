@@ -148,6 +148,19 @@ def live(state: JobState) -> JobState:
     return state.replace(status=str(found)) if found else state
 
 
+def _await_end(state: JobState, expected: str, timeout_s: float = 60) -> None:
+    """Wait until the cluster reports the job in its terminal state: `flink stop` returns
+    once the savepoint is written, a moment before the job itself has FINISHED."""
+    from abacus.manager import JobError
+
+    deadline = time.monotonic() + timeout_s
+    while (now := live(state).status) != expected:
+        if now in ("FAILED", "LOST") or time.monotonic() > deadline:
+            raise JobError(f"job {state.name} is {now} on {state.remote}, "
+                           f"not {expected} as asked")
+        time.sleep(0.2)
+
+
 def stop(settings: Settings, state: JobState, savepoint: bool) -> JobState:
     from abacus.manager import RUNNING, JobError, log_path, state_file
     from abacus.runner import savepoint_dir
@@ -164,10 +177,12 @@ def stop(settings: Settings, state: JobState, savepoint: bool) -> JobState:
         if found is None:
             raise JobError(f"job {state.name} stopped without a savepoint in Flink's output: "
                            f"{_reason(output)} (see {log})")
+        _await_end(state, "FINISHED")
         state = state.replace(status="STOPPED", stopped_at=time.time(),
                               savepoint=found.group(1).removeprefix("file:"))
     else:
         _run(["cancel", "-m", remote, job_id], log=log)
+        _await_end(state, "CANCELED")
         state = state.replace(status="CANCELED", stopped_at=time.time())
     state_file(settings, state.name).write(state)
     return state
