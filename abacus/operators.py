@@ -1,13 +1,13 @@
 """The Python operators of both jobs: thin adapters around the counting contract.
 
 They run inside Flink (thread mode: the JVM's embedded interpreter) and hold no keyed state:
-de-duplication, uniqueness and windows are Flink SQL in the JVM (`abacus/pipeline.py`).
+de-duplication, fan-out, uniqueness and windows are Flink SQL in the JVM
+(`abacus/pipeline.py`).
 Every counting rule is a call into `counting`; these classes only convert rows and do I/O.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,19 +15,17 @@ from typing import Any
 
 from pyflink.common import Row
 from pyflink.datastream import MapFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.table.udf import FunctionContext, TableFunction
+from pyflink.table.udf import FunctionContext, ScalarFunction
 
 from abacus.progress import Counter
 from counting import (
     RESOLUTIONS,
     AccountKey,
     CustomerKey,
-    Event,
     Rejection,
-    account_keys,
-    customer_keys,
+    account_facets,
+    bucket_labels,
     parse_event,
-    uniqueness_id,
 )
 from counting.buckets import LABEL_WIDTH
 from settings import CassandraSettings, KafkaSettings
@@ -39,7 +37,14 @@ log = logging.getLogger(__name__)
 
 class Validate(ProcessFunction):  # type: ignore[misc]
     """Raw Kafka value -> one event row, or (raw bytes, reason, detail, event_id) to a side
-    output: every check is `counting.parse_event` on the bytes exactly as received."""
+    output: every check is `counting.parse_event` on the bytes exactly as received.
+
+    The event row carries what the jobs count by, as the contract computes it: the event's
+    local (hour, day, month) labels (`counting.bucket_labels`) and the (facet, value) pairs
+    it counts under (`counting.account_facets`, the total first) as two parallel arrays. Its
+    account keys are every label with every pair, which the SQL forms with `CROSS JOIN
+    UNNEST(facets, facet_values)`.
+    """
 
     def __init__(self, rejected: OutputTag) -> None:
         self._rejected = rejected
@@ -50,16 +55,10 @@ class Validate(ProcessFunction):  # type: ignore[misc]
             yield self._rejected, Row(value, parsed.reason.value, parsed.detail,
                                       parsed.event_id or "")
             return
+        hour, day, month = bucket_labels(parsed.timestamp, parsed.timezone)
+        facets, values = zip(*account_facets(parsed), strict=True)
         yield Row(parsed.event_id, parsed.company_id, parsed.customer_id, parsed.statistic_id,
-                  float(parsed.timestamp), parsed.timezone,
-                  json.dumps(parsed.facets, ensure_ascii=False) if parsed.facets else "")
-
-
-def event_of(event_id: str, company_id: str, customer_id: str, statistic_id: str, ts: float,
-             tz: str, facets: str) -> Event:
-    """The Event a validated row stands for (the inverse of `Validate`'s row)."""
-    pairs = tuple((k, v) for k, v in json.loads(facets)) if facets else ()
-    return Event(event_id, company_id, customer_id, statistic_id, ts, tz, pairs)
+                  hour, day, month, list(facets), list(values))
 
 
 class DeadLetter(MapFunction):  # type: ignore[misc]
@@ -96,47 +95,28 @@ class DeadLetter(MapFunction):  # type: ignore[misc]
             self._producer.flush(30)
 
 
-# -- fan-out (SQL table functions) ---------------------------------------------------------
+# -- drain progress (a SQL scalar function) -------------------------------------------------
 
 
-class _FanOut(TableFunction):  # type: ignore[misc]
-    """Counts the count increments it emits, for drain detection (`abacus.progress`)."""
+class Counted(ScalarFunction):  # type: ignore[misc]
+    """`counted(n)`: adds the n count increments of a first delivery to the `fanned` drain
+    counter (`abacus.progress`) and returns TRUE; the SQL filters on it right after the
+    keep-first by event_id, so each event counts once."""
 
     def __init__(self, progress_dir: str) -> None:
         self._progress_dir = progress_dir
         self._fanned: Counter | None = None
 
     def open(self, function_context: FunctionContext) -> None:
-        if self._progress_dir:
-            self._fanned = Counter(self._progress_dir, "fanned")
+        self._fanned = Counter(self._progress_dir, "fanned")
 
-    def _count(self, n: int) -> None:
-        if self._fanned is not None:
-            self._fanned.add(n)
+    def is_deterministic(self) -> bool:
+        return False  # never folded away or moved: it must run once per first delivery
 
-
-class AccountFanOut(_FanOut):
-    """One row per account key of an event, with its uniqueness id for that key."""
-
-    def eval(self, *fields: Any) -> Iterator[tuple[str, ...]]:
-        event = event_of(*fields)
-        keys = account_keys(event)
-        self._count(len(keys))
-        customer = event.customer_id
-        for key in keys:
-            yield (*key, uniqueness_id(key, customer))
-
-
-class CustomerFanOut(_FanOut):
-    """One row per hour customer key of an event: the sink rolls hour increments up to their
-    day and month (`rolled_up`), so the JVM carries a third of the rows."""
-
-    def eval(self, *fields: Any) -> Iterator[tuple[str, ...]]:
-        keys = customer_keys(event_of(*fields))
-        self._count(len(keys))
-        for key in keys:
-            if key.resolution == "hour":
-                yield key
+    def eval(self, n: int) -> bool:
+        assert self._fanned is not None
+        self._fanned.add(n)
+        return True
 
 
 _ROLLUPS = [(resolution, LABEL_WIDTH[resolution]) for resolution in RESOLUTIONS[1:]]

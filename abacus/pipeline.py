@@ -3,18 +3,20 @@ every piece of per-record state (in the JVM, RocksDB-backed).
 
     KafkaSource (raw bytes)
       -> Validate (Python, counting.parse_event) --rejected--> DeadLetter (Kafka DLQ)
-      -> SQL: keep-first by event_id (ROW_NUMBER ... = 1, state TTL)
-      -> fan-out (Python table function: counting.account_keys / customer_keys)
+         the event row carries the contract's bucket labels (counting.bucket_labels) and
+         facet pairs (counting.account_facets)
+      -> SQL: keep-first by event_id (ROW_NUMBER ... = 1, state TTL), counted(n) for drain
       -> count increments of hour keys only (the sink rolls them up to day and month)
-      -> [statistic] keep-first by uniqueness_id(key, customer): the unique increments, at
-         every resolution (uniques do not roll up)
+      -> [statistic] fan-out: CROSS JOIN UNNEST of the facet pairs; keep-first by (key,
+         customer) at hour, then day among the hour's firsts, then month among the day's:
+         the unique increments at every resolution (uniques do not roll up)
       -> TUMBLE processing-time window (window_ms): SUM increments per counter key
       -> TUMBLE (flush_ms) over the first window's time: ARRAY_AGG of a window's counters per
          shard, so that one record is one batch for the sink
       -> WriteCounts (Python): hour counts added to their day and month, then
          storage.CounterStore: count = count + d, uniques = uniques + u
 
-Processing-time windows only batch writes: the buckets come from counting's fan-out.
+Processing-time windows only batch writes: the buckets come from counting's labels.
 The SQL is assembled from this module's own column names and integers; no input reaches it.
 """
 # ruff: noqa: S608
@@ -33,10 +35,11 @@ from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
     KafkaSource,
 )
-from pyflink.table import DataTypes, Schema, StreamTableEnvironment
-from pyflink.table.udf import udtf
+from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
+from pyflink.table.udf import udf
 
-from abacus.operators import AccountFanOut, CustomerFanOut, DeadLetter, Validate, WriteCounts
+from abacus.operators import Counted, DeadLetter, Validate, WriteCounts
+from counting import RESOLUTIONS
 from settings import Settings
 
 Kind = Literal["statistic", "customer"]
@@ -45,9 +48,10 @@ TARGETS: tuple[str, ...] = ("shadow", "serving")
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 _REJECTED = Types.ROW([_BYTES, Types.STRING(), Types.STRING(), Types.STRING()])
-_EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id", "ts", "tz", "facets"]
-_EVENT = Types.ROW_NAMED(_EVENT_FIELDS,
-                         [Types.STRING()] * 4 + [Types.DOUBLE()] + [Types.STRING()] * 2)
+_EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
+                 *(f"b_{r}" for r in RESOLUTIONS), "facets", "facet_values"]
+_EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7
+                         + [Types.OBJECT_ARRAY(Types.STRING())] * 2)
 
 _ACCOUNT_KEY = ["company_id", "statistic_id", "resolution", "bucket", "facet", "`value`"]
 _CUSTOMER_KEY = ["company_id", "customer_id", "statistic_id", "resolution", "bucket"]
@@ -83,6 +87,23 @@ class JobSpec:
         # uniqueness state (longer is only more exact); the customer job has dedup only.
         return max(self.dedup_ttl_s, self.uniques_ttl_s) if self.kind == "statistic" \
             else self.dedup_ttl_s
+
+
+def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
+    """`table` through a DataStream and back, with a new processing-time column `pt`.
+
+    A view read twice is planned twice: each reader prunes the columns it does not need, so
+    the two plans differ and the planner does not reuse one for both, and every stateful
+    operator in it (a uniqueness check) would run, and keep its state, twice. The planner
+    cannot see through a DataStream, so this one is computed once."""
+    stream = tenv.to_data_stream(table)
+    return tenv.from_data_stream(
+        stream, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build())
+
+
+def _text(literal: str) -> str:
+    """A STRING literal: a bare 'day' is CHAR(3), and a UNION of CHARs pads them to one width."""
+    return f"CAST('{literal}' AS STRING)"
 
 
 def job_name(kind: str, target: str, prefix: str = "") -> str:
@@ -137,36 +158,60 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
 
     schema = Schema.new_builder()
     for field in _EVENT_FIELDS:
-        schema.column(field, DataTypes.DOUBLE() if field == "ts" else DataTypes.STRING())
+        schema.column(field, DataTypes.ARRAY(DataTypes.STRING()) if field.startswith("facet")
+                      else DataTypes.STRING())
     tenv.create_temporary_view("events", tenv.from_data_stream(
         valid, schema.column_by_expression("pt", "PROCTIME()").build()))
+    # keep-first by event_id; `counted(n)` adds each first delivery's count increments to
+    # the drain counter (3 resolutions x its facet pairs, or 3 for the customer job)
+    increments = "3 * CARDINALITY(facets)" if spec.kind == "statistic" else "3"
+    counted = ""
+    if spec.progress_dir:
+        tenv.create_temporary_function("counted", udf(
+            Counted(spec.progress_dir), result_type=DataTypes.BOOLEAN()))
+        counted = f" AND counted({increments})"
     tenv.execute_sql(
         "CREATE TEMPORARY VIEW firsts AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
-        "(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1")
-    args = "event_id, company_id, customer_id, statistic_id, ts, tz, facets"
+        f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}")
     if spec.kind == "statistic":
-        fanout = udtf(AccountFanOut(spec.progress_dir), result_types=[DataTypes.STRING()] * 7)
         key = _ACCOUNT_KEY
-        columns = ", ".join(f"f{i} AS {c}" for i, c in enumerate([*key, "uid"]))
+        columns = "company_id, statistic_id, customer_id, b_hour, b_day, b_month, facet, `value`"
+        tenv.create_temporary_view("fanned", _computed_once(tenv, tenv.sql_query(
+            "SELECT company_id, statistic_id, customer_id, b_hour, b_day, b_month, f.facet, "
+            "facet_values[f.i] AS `value` "
+            "FROM firsts CROSS JOIN UNNEST(facets) WITH ORDINALITY AS f(facet, i)")))
+        # Uniqueness, hour before day before month: a customer first at a day is first at
+        # its hour too (a local hour lies in one local day, and a day in one month), so the
+        # day check needs only the hour's first occurrences, the month only the day's.
+        source = "fanned"
+        for resolution in RESOLUTIONS:
+            once = resolution != RESOLUTIONS[-1]  # read twice: by its uniques and the next
+            firsts = (f"SELECT {columns}{'' if once else ', pt'} FROM (SELECT *, ROW_NUMBER() "
+                      f"OVER (PARTITION BY company_id, statistic_id, facet, `value`, "
+                      f"b_{resolution}, customer_id ORDER BY pt) AS rn FROM {source}) "
+                      f"WHERE rn = 1")
+            source = f"first_{resolution}"
+            tenv.create_temporary_view(source, _computed_once(tenv, tenv.sql_query(firsts))
+                                       if once else tenv.sql_query(firsts))
+        def rows(resolution: str, c: int, u: int, source: str) -> str:
+            return (f"SELECT company_id, statistic_id, {_text(resolution)} AS resolution, "
+                    f"b_{resolution} AS bucket, facet, `value`, {c} AS c, {u} AS u, pt "
+                    f"FROM {source}")
+
+        # counts at hour resolution only (the sink rolls them up), uniques at every one
+        tenv.execute_sql("CREATE TEMPORARY VIEW increments AS " + " UNION ALL ".join(
+            [rows("hour", 1, 0, "fanned"), *(rows(r, 0, 1, f"first_{r}") for r in RESOLUTIONS)]))
+        sums = "SUM(c) AS c, SUM(u) AS u"
+        values = f"{', '.join(key)}, c, u"
     else:
-        fanout = udtf(CustomerFanOut(spec.progress_dir), result_types=[DataTypes.STRING()] * 5)
         key = _CUSTOMER_KEY
-        columns = ", ".join(f"f{i} AS {c}" for i, c in enumerate(key))
-    tenv.create_temporary_function("fan_out", fanout)
-    tenv.execute_sql(f"CREATE TEMPORARY VIEW fanned AS SELECT {columns}, pt "
-                     f"FROM firsts, LATERAL TABLE(fan_out({args}))")
-    keys = ", ".join(key)
-    if spec.kind == "statistic":
         tenv.execute_sql(
-            f"CREATE TEMPORARY VIEW increments AS "
-            f"SELECT {keys}, 1 AS c, 0 AS u, pt FROM fanned WHERE resolution = 'hour' UNION ALL "
-            f"SELECT {keys}, 0 AS c, 1 AS u, pt FROM (SELECT *, ROW_NUMBER() OVER "
-            f"(PARTITION BY uid ORDER BY pt) AS rn FROM fanned) WHERE rn = 1")
-        sums, values = "SUM(c) AS c, SUM(u) AS u", f"{keys}, c, u"
-    else:
-        tenv.execute_sql(f"CREATE TEMPORARY VIEW increments AS SELECT {keys}, 1 AS c, pt "
-                         f"FROM fanned")
-        sums, values = "SUM(c) AS c", f"{keys}, c"
+            "CREATE TEMPORARY VIEW increments AS SELECT company_id, customer_id, "
+            f"statistic_id, {_text('hour')} AS resolution, b_hour AS bucket, 1 AS c, pt "
+            "FROM firsts")
+        sums = "SUM(c) AS c"
+        values = f"{', '.join(key)}, c"
+    keys = ", ".join(key)
     tenv.execute_sql(
         f"CREATE TEMPORARY VIEW windowed AS SELECT window_end AS w_end, window_time AS wt, "
         f"{keys}, {sums} FROM TABLE(TUMBLE(TABLE increments, DESCRIPTOR(pt), "

@@ -8,7 +8,14 @@ from counting.buckets import bucket_date, bucket_label, bucket_labels
 from counting.events import canonical_size, parse_event, validate_object
 from counting.exchange import from_line, from_record, to_line, to_record
 from counting.facets import facet_value, facets_of
-from counting.fanout import TOTAL, account_keys, customer_keys, key_id, uniqueness_id
+from counting.fanout import (
+    TOTAL,
+    account_facets,
+    account_keys,
+    customer_keys,
+    key_id,
+    uniqueness_id,
+)
 from counting.model import (
     RESOLUTIONS,
     AccountCount,
@@ -33,6 +40,7 @@ __all__ = [
     "Reason",
     "Recount",
     "Rejection",
+    "account_facets",
     "account_keys",
     "bucket_date",
     "bucket_label",

@@ -10,11 +10,17 @@ from counting.model import RESOLUTIONS, AccountKey, CustomerKey, Event
 TOTAL: tuple[str, str] = ("", "")  # the facet of the statistic's total
 
 
+def account_facets(event: Event) -> tuple[tuple[str, str], ...]:
+    """The (facet, value) pairs an event counts under: the statistic's total, then each of
+    its facets. Its account keys are these at every resolution (`account_keys`)."""
+    return (TOTAL, *event.facets)
+
+
 def account_keys(event: Event) -> list[AccountKey]:
     """3 x (1 + F) keys: every resolution, for the total and each facet."""
     labels = bucket_labels(event.timestamp, event.timezone)
     company, statistic = event.company_id, event.statistic_id
-    facets = (TOTAL, *event.facets)
+    facets = account_facets(event)
     return [
         AccountKey(company, statistic, resolution, bucket, facet, value)
         for resolution, bucket in zip(RESOLUTIONS, labels, strict=True)
