@@ -61,6 +61,7 @@ def configuration(settings: Settings, name: str, parallelism: int, memory: Memor
         "state.backend.type": "rocksdb",
         "execution.checkpointing.incremental": "true",
         "state.backend.rocksdb.memory.managed": "true",
+        "state.backend.rocksdb.use-bloom-filter": "true",
         "execution.checkpointing.dir": checkpoint_dir.as_uri(),
         "execution.checkpointing.interval": f"{flink.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
