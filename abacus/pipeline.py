@@ -89,6 +89,35 @@ class JobSpec:
             else self.dedup_ttl_s
 
 
+def _account_increments(tenv: StreamTableEnvironment) -> None:
+    """The view `increments` of the statistic job: (account key, count, uniques, pt) rows,
+    counts at hour resolution only (the sink rolls them up), uniques at every resolution."""
+    columns = "company_id, statistic_id, customer_id, b_hour, b_day, b_month, facet, `value`"
+    tenv.create_temporary_view("fanned", _computed_once(tenv, tenv.sql_query(
+        f"SELECT {columns} FROM (SELECT firsts.*, f.name AS facet, facet_values[f.i] AS "
+        "`value` FROM firsts CROSS JOIN UNNEST(facets) WITH ORDINALITY AS f(name, i))")))
+    # Uniqueness, hour before day before month: a customer first at a day is first at its
+    # hour too (a local hour lies in one local day, and a day in one month), so the day
+    # check needs only the hour's first occurrences, the month only the day's.
+    source = "fanned"
+    for resolution in RESOLUTIONS:
+        once = resolution != RESOLUTIONS[-1]  # read twice: by its uniques and the next
+        firsts = (f"SELECT {columns}{'' if once else ', pt'} FROM (SELECT *, ROW_NUMBER() "
+                  f"OVER (PARTITION BY company_id, statistic_id, facet, `value`, "
+                  f"b_{resolution}, customer_id ORDER BY pt) AS rn FROM {source}) WHERE rn = 1")
+        source = f"first_{resolution}"
+        tenv.create_temporary_view(source, _computed_once(tenv, tenv.sql_query(firsts))
+                                   if once else tenv.sql_query(firsts))
+
+    def rows(resolution: str, c: int, u: int, source: str) -> str:
+        return (f"SELECT company_id, statistic_id, {_text(resolution)} AS resolution, "
+                f"b_{resolution} AS bucket, facet, `value`, {c} AS c, {u} AS u, pt "
+                f"FROM {source}")
+
+    tenv.execute_sql("CREATE TEMPORARY VIEW increments AS " + " UNION ALL ".join(
+        [rows("hour", 1, 0, "fanned"), *(rows(r, 0, 1, f"first_{r}") for r in RESOLUTIONS)]))
+
+
 def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
     """`table` through a DataStream and back, with a new processing-time column `pt`.
 
@@ -174,43 +203,15 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
         "CREATE TEMPORARY VIEW firsts AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
         f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}")
     if spec.kind == "statistic":
-        key = _ACCOUNT_KEY
-        columns = "company_id, statistic_id, customer_id, b_hour, b_day, b_month, facet, `value`"
-        tenv.create_temporary_view("fanned", _computed_once(tenv, tenv.sql_query(
-            "SELECT company_id, statistic_id, customer_id, b_hour, b_day, b_month, f.facet, "
-            "facet_values[f.i] AS `value` "
-            "FROM firsts CROSS JOIN UNNEST(facets) WITH ORDINALITY AS f(facet, i)")))
-        # Uniqueness, hour before day before month: a customer first at a day is first at
-        # its hour too (a local hour lies in one local day, and a day in one month), so the
-        # day check needs only the hour's first occurrences, the month only the day's.
-        source = "fanned"
-        for resolution in RESOLUTIONS:
-            once = resolution != RESOLUTIONS[-1]  # read twice: by its uniques and the next
-            firsts = (f"SELECT {columns}{'' if once else ', pt'} FROM (SELECT *, ROW_NUMBER() "
-                      f"OVER (PARTITION BY company_id, statistic_id, facet, `value`, "
-                      f"b_{resolution}, customer_id ORDER BY pt) AS rn FROM {source}) "
-                      f"WHERE rn = 1")
-            source = f"first_{resolution}"
-            tenv.create_temporary_view(source, _computed_once(tenv, tenv.sql_query(firsts))
-                                       if once else tenv.sql_query(firsts))
-        def rows(resolution: str, c: int, u: int, source: str) -> str:
-            return (f"SELECT company_id, statistic_id, {_text(resolution)} AS resolution, "
-                    f"b_{resolution} AS bucket, facet, `value`, {c} AS c, {u} AS u, pt "
-                    f"FROM {source}")
-
-        # counts at hour resolution only (the sink rolls them up), uniques at every one
-        tenv.execute_sql("CREATE TEMPORARY VIEW increments AS " + " UNION ALL ".join(
-            [rows("hour", 1, 0, "fanned"), *(rows(r, 0, 1, f"first_{r}") for r in RESOLUTIONS)]))
-        sums = "SUM(c) AS c, SUM(u) AS u"
-        values = f"{', '.join(key)}, c, u"
+        key, values = _ACCOUNT_KEY, [*_ACCOUNT_KEY, "c", "u"]
+        _account_increments(tenv)
     else:
-        key = _CUSTOMER_KEY
+        key, values = _CUSTOMER_KEY, [*_CUSTOMER_KEY, "c"]
         tenv.execute_sql(
             "CREATE TEMPORARY VIEW increments AS SELECT company_id, customer_id, "
             f"statistic_id, {_text('hour')} AS resolution, b_hour AS bucket, 1 AS c, pt "
             "FROM firsts")
-        sums = "SUM(c) AS c"
-        values = f"{', '.join(key)}, c"
+    sums = ", ".join(f"SUM({m}) AS {m}" for m in values[len(key):])
     keys = ", ".join(key)
     tenv.execute_sql(
         f"CREATE TEMPORARY VIEW windowed AS SELECT window_end AS w_end, window_time AS wt, "
@@ -218,7 +219,7 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
         f"INTERVAL '{spec.window_ms / 1000}' SECOND)) "
         f"GROUP BY window_start, window_end, window_time, {keys}")
     # one array per column: ARRAY_AGG(ROW(...)) repeats one reused row object (Flink 2.2)
-    arrays = ", ".join(f"ARRAY_AGG({c}) AS a{i}" for i, c in enumerate(values.split(", ")))
+    arrays = ", ".join(f"ARRAY_AGG({c}) AS a{i}" for i, c in enumerate(values))
     shard = f"MOD(HASH_CODE({key[0]} || {key[-1]}), {spec.shards})"
     batches = tenv.sql_query(
         f"SELECT CAST(TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', w_end) AS BIGINT) "
