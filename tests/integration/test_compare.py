@@ -336,28 +336,15 @@ def test_killed_audit_resumes_to_the_same_result(cfg: Settings, prepared: Prepar
     whole = run_audit(cfg, day, "legacy", "shadow", str(truth), options=options(tmp_path))
 
     work = tmp_path / "killed"
-    env = {**os.environ, "ABACUS_CASSANDRA__KEYSPACE_PREFIX": PREFIX}
-    proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/abacus"), "compare", "--date", day, "--truth", str(truth),
-         "--settle-s", "0", "--chunk-units", "2", "--max-rps", "8", "--work-dir", str(work),
-         "--no-progress", "--format", "json"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        progress = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            found = list(work.glob("*/progress.json"))
-            if found:
-                progress = json.loads(found[0].read_text())
-                if progress["units_done"] >= 4:
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the audit ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def four_units_done() -> Any:
+        found = list(work.glob("*/progress.json"))
+        progress = json.loads(found[0].read_text()) if found else None
+        return progress if progress and progress["units_done"] >= 4 else None
+
+    progress = _audit_killed_when(four_units_done, args=[
+        "--date", day, "--truth", str(truth), "--settle-s", "0", "--chunk-units", "2",
+        "--max-rps", "8", "--work-dir", str(work)])
     assert progress is not None
     (spool,) = list(work.iterdir())
     audit_id = spool.name
@@ -375,6 +362,29 @@ def test_killed_audit_resumes_to_the_same_result(cfg: Settings, prepared: Prepar
     for k in want[0]:
         assert got[0][k] == want[0][k], k
     assert got == want
+
+
+def _audit_killed_when(ready: Any, args: list[str], timeout_s: float = 120) -> Any:
+    """Run `abacus compare *args` and SIGKILL it as soon as `ready()` returns something,
+    which is returned (None if the audit ended or the time ran out first)."""
+    env = {**os.environ, "ABACUS_CASSANDRA__KEYSPACE_PREFIX": PREFIX}
+    proc = subprocess.Popen(
+        [str(REPO / ".venv/bin/abacus"), "compare", *args, "--no-progress",
+         "--format", "json"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while seen is None and time.monotonic() < deadline and proc.poll() is None:
+            seen = ready()
+            time.sleep(0.01)
+        assert proc.poll() is None, "the audit ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return seen
 
 
 def _without(company: str) -> Any:
@@ -408,25 +418,13 @@ def test_units_only_the_truth_has_come_last_also_when_killed_before_the_truth(
     assert whole.summary["units"] == len(units)
 
     work = tmp_path / "killed"
-    env = {**os.environ, "ABACUS_CASSANDRA__KEYSPACE_PREFIX": PREFIX}
-    proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/abacus"), "compare", "--date", day, "--truth", str(truth),
-         "--settle-s", "0", "--work-dir", str(work), "--no-progress", "--format", "json"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        seen = None
-        deadline = time.monotonic() + 120
-        while seen is None and time.monotonic() < deadline and proc.poll() is None:
-            found = list(work.glob("*/plan.json"))
-            if found:
-                seen = json.loads(found[0].read_text())
-            time.sleep(0.01)
-        assert proc.poll() is None, "the audit ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def plan_written() -> Any:
+        found = list(work.glob("*/plan.json"))
+        return json.loads(found[0].read_text()) if found else None
+
+    seen = _audit_killed_when(plan_written, args=[
+        "--date", day, "--truth", str(truth), "--settle-s", "0", "--work-dir", str(work)])
     assert seen is not None and not seen["complete"]
     (spool,) = list(work.iterdir())
     assert not (spool / "progress.json").exists()  # nothing diffed without the truth
