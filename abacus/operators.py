@@ -41,9 +41,9 @@ class Validate(ProcessFunction):  # type: ignore[misc]
 
     The event row carries what the jobs count by, as the contract computes it: the event's
     local (hour, day, month) labels (`counting.bucket_labels`) and the (facet, value) pairs
-    it counts under (`counting.account_facets`, the total first) as two parallel arrays. Its
-    account keys are every label with every pair, which the SQL forms with `CROSS JOIN
-    UNNEST(facets, facet_values)`.
+    it counts under (`counting.account_facets`, the total first) as two parallel arrays (an
+    array of rows arrives in the JVM as copies of one reused row). Its account keys are every
+    label with every pair, which the SQL forms with `CROSS JOIN UNNEST ... WITH ORDINALITY`.
     """
 
     def __init__(self, rejected: OutputTag) -> None:

@@ -14,7 +14,6 @@ from counting.fanout import (
     account_keys,
     customer_keys,
     key_id,
-    uniqueness_id,
 )
 from counting.model import (
     RESOLUTIONS,
@@ -56,6 +55,5 @@ __all__ = [
     "recount",
     "to_line",
     "to_record",
-    "uniqueness_id",
     "validate_object",
 ]

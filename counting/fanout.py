@@ -38,12 +38,7 @@ def customer_keys(event: Event) -> list[CustomerKey]:
 
 
 def key_id(key: AccountKey | CustomerKey) -> str:
-    """A stable, injective text identity of a key (for Redis keys, Flink state keys,
-    sorting): the key's fields as a compact JSON array, so no id or value, whatever
-    characters it holds, can make two keys collide."""
+    """A stable, injective text identity of a key (for Redis keys and sorting): the key's
+    fields as a compact JSON array, so no id or value, whatever characters it holds, can
+    make two keys collide."""
     return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
-
-
-def uniqueness_id(key: AccountKey, customer_id: str) -> str:
-    """Identity of "this customer counted for this account key" (Check Uniqueness)."""
-    return json.dumps((*key, customer_id), ensure_ascii=False, separators=(",", ":"))
