@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bridge import rabbit
@@ -127,27 +127,34 @@ def event(i: int) -> str:
 
 
 def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
-    """All records of `topic` once at least `expected` arrived (plus a short grace)."""
+    """All records of `topic` once at least `expected` arrived (plus a short grace).
+
+    Every partition is assigned from its beginning (no consumer group, so no rebalance to
+    wait for), and a consumer error fails the test with its text rather than passing
+    unseen."""
     consumer = Consumer(
         {
             **settings.kafka.client_config(),
             "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "fetch.max.bytes": 16 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
         }
     )
-    consumer.subscribe([topic])
     out: list[Any] = []
+    errors: list[str] = []
     deadline = time.monotonic() + timeout_s
     quiet_until = None
     try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         while time.monotonic() < deadline:
-            batch = consumer.consume(1000, timeout=0.5)
-            for m in batch:
+            for m in consumer.consume(1000, timeout=0.5):
                 if m.error() is None:
                     out.append(m)
+                elif m.error().code() != KafkaError._PARTITION_EOF:
+                    errors.append(str(m.error()))
+            assert not errors, f"reading {topic}: {errors}"
             if len(out) >= expected:
                 quiet_until = quiet_until or time.monotonic() + 1.0
                 if time.monotonic() >= quiet_until:
@@ -165,6 +172,15 @@ def run_in_thread(b: Bridge) -> threading.Thread:
     t = threading.Thread(target=b.run, daemon=True)
     t.start()
     return t
+
+
+def finish(thread: threading.Thread, b: Bridge, timeout_s: float = 180) -> None:
+    """The bridge's thread ended by itself (its should_stop), within `timeout_s`."""
+    thread.join(timeout_s)
+    assert not thread.is_alive(), (
+        f"bridge still running after {timeout_s:.0f}s: {b.counts.snapshot()}, "
+        f"in flight {b.in_flight()}, last error {b._last_error!r}"
+    )
 
 
 def wait_for(cond: Any, timeout_s: float = 60, what: str = "condition") -> None:
@@ -199,8 +215,7 @@ def test_shadow_every_event_once_with_key_and_headers(env: Env) -> None:
     wait_for(lambda: b.counts.acked >= total // 2, what="half the messages acked")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     assert b'abacus_bridge_acked_total{mode="shadow"}' in metrics
-    thread.join(120)
-    assert not thread.is_alive()
+    finish(thread, b)
 
     records = read_topic(env.settings, env.settings.kafka.topic, total)
     assert len(records) == total
@@ -265,7 +280,7 @@ def test_live_mode_drains_the_legacy_queue(env: Env) -> None:
     env.publish([celery_message(event(i)) for i in range(n)])
     assert env.depth(env.rmq.legacy_queue) == n
     b = Bridge(env.settings, "live", should_stop=lambda c: c.acked >= n)
-    run_in_thread(b).join(120)
+    finish(run_in_thread(b), b)
     assert env.depth(env.rmq.legacy_queue) == 0
     assert env.depth(env.rmq.shadow_queue) == n  # the mirror queue is not live mode's
     assert len(read_topic(env.settings, env.settings.kafka.topic, n)) == n
@@ -304,7 +319,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_still_arrive(env: Env) -> 
     total = len(messages)
 
     b = Bridge(env.settings, "live", should_stop=lambda c: c.acked >= total)
-    run_in_thread(b).join(120)
+    finish(run_in_thread(b), b)
     assert env.depth(env.rmq.legacy_queue) == 0
 
     dlq = read_topic(env.settings, env.settings.kafka.dlq_topic, len(bad))
@@ -341,8 +356,7 @@ def test_reconnect_drops_stale_delivery_tags_and_loses_nothing(env: Env) -> None
     assert conn is not None and conn.sock is not None
     conn.sock.shutdown(socket.SHUT_RDWR)  # the broker connection drops mid-stream
     wait_for(lambda: b.counts.reconnects >= 1, what="a reconnect")
-    thread.join(120)
-    assert not thread.is_alive()
+    finish(thread, b)
     assert b.counts.reconnects == 1  # no crash loop on stale delivery tags
     assert env.depth(env.rmq.legacy_queue) == 0
     records = read_topic(env.settings, env.settings.kafka.topic, n)
