@@ -129,7 +129,7 @@ def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
 
     The stream carries Flink's internal RowData, so neither side converts a field (PyFlink's
     `to_data_stream` would make external Rows of Java Strings and back: a quarter of the
-    statistic job's CPU); PyFlink has no call for that, hence the Java API."""
+    statistic job's CPU, sink aside); PyFlink has no call for that, hence the Java API."""
     row_data = get_gateway().jvm.org.apache.flink.table.data.RowData._java_lang_class
     j_table = table._j_table
     j_stream = tenv._j_tenv.toDataStream(

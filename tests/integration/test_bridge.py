@@ -130,8 +130,8 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float =
     """All records of `topic` once at least `expected` arrived (plus a short grace).
 
     Every partition is assigned from its beginning (no consumer group, so no rebalance to
-    wait for), and a consumer error fails the test with its text rather than passing
-    unseen."""
+    wait for). When fewer than `expected` arrived, the consumer's errors, if any, fail the
+    test with their text (a transient one does not matter when everything arrived)."""
     consumer = Consumer(
         {
             **settings.kafka.client_config(),
@@ -154,13 +154,13 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float =
                     out.append(m)
                 elif m.error().code() != KafkaError._PARTITION_EOF:
                     errors.append(str(m.error()))
-            assert not errors, f"reading {topic}: {errors}"
             if len(out) >= expected:
                 quiet_until = quiet_until or time.monotonic() + 1.0
                 if time.monotonic() >= quiet_until:
                     break
     finally:
         consumer.close()
+    assert len(out) >= expected or not errors, f"{len(out)} of {expected} read: {errors}"
     return out
 
 
