@@ -331,7 +331,7 @@ def _lines(seed: int, n: int) -> list[str]:
     return [json.dumps(e, ensure_ascii=False) for e in generate(GeneratorConfig(n=n, seed=seed))]
 
 
-def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, flush_ms: int,
+def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
                      latency_rate: float, latency_events: int, probes_per_s: float,
                      memory: Memory, parallelism: int, warmup: int = 500,
                      timeout_s: float = 600, seed: int = 7) -> dict[str, Any]:
@@ -341,13 +341,13 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, fl
     isolated = _isolated(settings, tag)
     prefix = f"bench-{tag}-"
     figures: dict[str, Any] = {"parameters": {
-        "events": len(lines), "window_ms": window_ms, "flush_ms": flush_ms,
+        "events": len(lines), "window_ms": window_ms,
         "parallelism": parallelism, "heap_mb": memory.heap_mb, "managed_mb": memory.managed_mb,
         "checkpoint_interval_ms": settings.flink.checkpoint_interval_ms,
         "load_1m_at_start": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}}
     _prepare(isolated)
-    options = RunOptions(prefix=prefix, window_ms=window_ms, flush_ms=flush_ms,
-                         parallelism=parallelism, memory=memory, resume=False)
+    options = RunOptions(prefix=prefix, window_ms=window_ms, parallelism=parallelism,
+                         memory=memory, resume=False)
     try:
         t0 = time.monotonic()
         states = manager.start_jobs(isolated, "shadow", options)
@@ -378,8 +378,8 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, fl
 @click.option("--events", "n", type=click.IntRange(min=100), default=40_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--window-ms", type=click.IntRange(10), default=500, show_default=True,
-              help="Counting window (the job default is flink.window_ms).")
-@click.option("--flush-ms", type=click.IntRange(10), default=100, show_default=True)
+              help="How often the sinks write their sums (the job default is "
+                   "flink.window_ms).")
 @click.option("--latency-rate", type=click.FloatRange(min=1), default=1000.0, show_default=True)
 @click.option("--latency-events", type=click.IntRange(min=0), default=15_000,
               show_default=True, help="Events of the steady-rate freshness phase (0: skip).")
@@ -392,7 +392,7 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int, fl
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.pass_obj
-def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int, flush_ms: int,
+def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int,
                  latency_rate: float, latency_events: int, probes_per_s: float,
                  parallelism: int, heap_mb: int, managed_mb: int, legacy_events: int,
                  fmt: str) -> None:
@@ -401,7 +401,7 @@ def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int, flush_ms
     lines = _lines(seed, n)  # the generator's default mix
     try:
         figures = run_abacus_bench(
-            settings, lines, window_ms=window_ms, flush_ms=flush_ms, latency_rate=latency_rate,
+            settings, lines, window_ms=window_ms, latency_rate=latency_rate,
             latency_events=min(latency_events, n), probes_per_s=probes_per_s,
             memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb), parallelism=parallelism,
             seed=seed)
@@ -432,7 +432,7 @@ def _legacy(settings: Settings, lines: list[str]) -> dict[str, Any] | None:
 def _render(figures: dict[str, Any], seed: int) -> None:
     p = figures["parameters"]
     click.echo(f"abacus M1: {p['events']} generated events (default mix, seed {seed}), both "
-               f"jobs, window {p['window_ms']} ms + flush {p['flush_ms']} ms, parallelism "
+               f"jobs, writes every {p['window_ms']} ms, parallelism "
                f"{p['parallelism']}, heap {p['heap_mb']} MiB + managed {p['managed_mb']} MiB "
                f"per job, checkpoints every {p['checkpoint_interval_ms']} ms; machine load "
                f"{p['load_1m_at_start']} on {p['cpus']} CPUs at start; jobs started in "

@@ -33,9 +33,7 @@ def job() -> None:
               help="Ignore retained checkpoints (default: resume from the newest one).")
 @click.option("--prefix", default="", help="Prefix of the job name and consumer group.")
 @click.option("--window-ms", type=click.IntRange(10), default=None,
-              help="Processing-time window (default: flink.window_ms).")
-@click.option("--flush-ms", type=click.IntRange(10), default=None,
-              help="Batching window after the counting window (default: flink.flush_ms).")
+              help="How often the sink writes what it has summed (default: flink.window_ms).")
 @click.option("--parallelism", type=click.IntRange(1), default=None,
               help="Default: flink.parallelism.")
 @click.option("--uniques-ttl-s", type=click.IntRange(1), default=None,
@@ -48,7 +46,7 @@ def job() -> None:
 @click.pass_obj
 def run(settings: Settings, kind: str, milestone: int, target: str, foreground: bool,
         from_savepoint: Path | None, fresh: bool, prefix: str, window_ms: int | None,
-        flush_ms: int | None, parallelism: int | None, uniques_ttl_s: int | None,
+        parallelism: int | None, uniques_ttl_s: int | None,
         heap_mb: int | None, managed_mb: int | None) -> None:
     """Start the KIND job (statistic or customer) in the background, or in --foreground."""
     from abacus import manager
@@ -56,7 +54,7 @@ def run(settings: Settings, kind: str, milestone: int, target: str, foreground: 
 
     if from_savepoint is not None and fresh:
         raise click.UsageError("--from-savepoint and --fresh exclude each other: pick one")
-    options = manager.RunOptions(prefix=prefix, window_ms=window_ms, flush_ms=flush_ms,
+    options = manager.RunOptions(prefix=prefix, window_ms=window_ms,
                                  parallelism=parallelism, uniques_ttl_s=uniques_ttl_s,
                                  memory=Memory(heap_mb=heap_mb or settings.flink.heap_mb,
                                                managed_mb=managed_mb or settings.flink.managed_mb),

@@ -15,7 +15,7 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from services.paths import flink_kafka_connector_jar
+from services.paths import flink_kafka_connector_jar, jvm_jar
 from settings import Settings
 
 
@@ -45,8 +45,15 @@ def prepare_process(memory: Memory, log_dir: Path | None = None) -> None:
         os.environ["FLINK_LOG_DIR"] = str(log_dir)
 
 
+def job_jars(settings: Settings) -> list[str]:
+    """The jars every job needs: the Kafka connector and the jobs' Java code. Resolved on the
+    machine that submits (the Java code's jar is named by a digest of its sources)."""
+    return [flink_kafka_connector_jar(settings).as_uri(), jvm_jar(settings).as_uri()]
+
+
 def configuration(settings: Settings, name: str, parallelism: int, memory: Memory,
-                  restore_from: Path | None, checkpoint_dir: Path) -> Configuration:
+                  restore_from: Path | None, checkpoint_dir: Path,
+                  jars: list[str]) -> Configuration:
     flink = settings.flink
     conf = Configuration()
     python = sys.executable
@@ -57,7 +64,7 @@ def configuration(settings: Settings, name: str, parallelism: int, memory: Memor
         "python.client.executable": python,
         "parallelism.default": str(parallelism),
         "pipeline.name": f"abacus-{name}",
-        "pipeline.jars": flink_kafka_connector_jar(settings).as_uri(),
+        "pipeline.jars": ";".join(jars),
         "state.backend.type": "rocksdb",
         "execution.checkpointing.incremental": "true",
         "state.backend.rocksdb.memory.managed": "true",

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from abacus import progress
-from abacus.environment import Memory
+from abacus.environment import Memory, job_jars
 from abacus.lag import consumer_lag
 from abacus.pipeline import KINDS, TARGETS, JobSpec, job_name, latest_checkpoint
 from abacus.state import JobState, StateFile
@@ -45,13 +45,11 @@ class JobError(Exception):
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     prefix: str = ""  # job names and consumer groups get it (tests isolate themselves)
-    # None: the settings' value (flink.window_ms, .flush_ms, .parallelism, .uniques_ttl_s,
+    # None: the settings' value (flink.window_ms, .parallelism, .uniques_ttl_s,
     # .heap_mb, .managed_mb)
     window_ms: int | None = None
-    flush_ms: int | None = None
     parallelism: int | None = None
     uniques_ttl_s: int | None = None
-    shards: int = 4
     memory: Memory | None = None
     from_savepoint: Path | None = None
     resume: bool = True  # from the newest retained checkpoint/savepoint of the job name
@@ -126,10 +124,8 @@ def _spec(settings: Settings, kind: str, target: str, options: RunOptions, name:
     return JobSpec(kind=kind,  # type: ignore[arg-type]
                    target=target, name=name,
                    window_ms=options.window_ms or settings.flink.window_ms,
-                   flush_ms=options.flush_ms or settings.flink.flush_ms,
                    dedup_ttl_s=settings.flink.dedup_ttl_s,
                    uniques_ttl_s=options.uniques_ttl_s or settings.flink.uniques_ttl_s,
-                   shards=options.shards,
                    progress_dir=run_dir, run_started_ms=started_ms)
 
 
@@ -158,6 +154,7 @@ def _request(settings: Settings, kind: str, target: str, options: RunOptions
         "restore_from": str(restore) if restore else None,
         "state_path": str(state_file(settings, name).path),
         "log_dir": str(jobs_dir(settings) / f"{name}.flink"),
+        "jars": job_jars(settings),
     }
 
 

@@ -6,17 +6,15 @@ every piece of per-record state (in the JVM, RocksDB-backed).
          the event row carries the contract's bucket labels (counting.bucket_labels) and
          facet pairs (counting.account_facets)
       -> SQL: keep-first by event_id (ROW_NUMBER ... = 1, state TTL), counted(n) for drain
-      -> count increments of hour keys only (the sink rolls them up to day and month)
+      -> count increments: one per key at each resolution (the contract's labels)
       -> [statistic] fan-out: CROSS JOIN UNNEST of the facet pairs; keep-first by (key,
          customer) at hour, then day among the hour's firsts, then month among the day's:
          the unique increments at every resolution (uniques do not roll up)
-      -> TUMBLE processing-time window (window_ms): SUM increments per counter key
-      -> TUMBLE (flush_ms) over the first window's time: ARRAY_AGG of a window's counters per
-         shard, so that one record is one batch for the sink
-      -> WriteCounts (Python): hour counts added to their day and month, then
-         storage.CounterStore: count = count + d, uniques = uniques + u
+      -> CounterSink (Java, abacus/jvm): sums increments per counter key in memory and
+         writes the sums every window_ms (count = count + d, uniques = uniques + u), all of
+         them before a checkpoint barrier passes it
 
-Processing-time windows only batch writes: the buckets come from counting's labels.
+The sink's interval only batches writes: the buckets come from counting's labels.
 The SQL is assembled from this module's own column names and integers; no input reaches it.
 """
 # ruff: noqa: S608
@@ -37,11 +35,11 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
-from pyflink.table.udf import udf
 
-from abacus.operators import Counted, DeadLetter, Validate, WriteCounts
+from abacus.operators import DeadLetter, Validate
 from counting import RESOLUTIONS
 from settings import Settings
+from storage.counters import BATCH_ROWS, PERIOD_WIDTH, SinkLayout, sink_layout
 
 Kind = Literal["statistic", "customer"]
 KINDS: tuple[Kind, ...] = ("statistic", "customer")
@@ -54,8 +52,7 @@ _EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
 _EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7
                          + [Types.OBJECT_ARRAY(Types.STRING())] * 2)
 
-_ACCOUNT_KEY = ["company_id", "statistic_id", "resolution", "bucket", "facet", "`value`"]
-_CUSTOMER_KEY = ["company_id", "customer_id", "statistic_id", "resolution", "bucket"]
+_SINK_ATTEMPTS, _SINK_BACKOFF_MS = 6, 500  # a write's attempts, the first retry's delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +62,9 @@ class JobSpec:
     kind: Kind
     target: str
     name: str  # the job's name: state file, checkpoints, consumer group ("abacus-" + name)
-    window_ms: int
-    flush_ms: int
+    window_ms: int  # the sink writes what it has summed this often
     dedup_ttl_s: int
     uniques_ttl_s: int
-    shards: int
     progress_dir: str  # "" = no drain counters (remote cluster)
     run_started_ms: int
 
@@ -90,9 +85,9 @@ class JobSpec:
             else self.dedup_ttl_s
 
 
-def _account_increments(tenv: StreamTableEnvironment) -> None:
-    """The view `increments` of the statistic job: (account key, count, uniques, pt) rows,
-    counts at hour resolution only (the sink rolls them up), uniques at every resolution."""
+def _account_increments(tenv: StreamTableEnvironment) -> str:
+    """The statistic job's increments: (account key, count, uniques, index date) rows, a
+    count at every resolution for each event's pairs, a unique for each first customer."""
     columns = "company_id, statistic_id, customer_id, b_hour, b_day, b_month, facet, `value`"
     tenv.create_temporary_view("fanned", _computed_once(tenv, tenv.sql_query(
         f"SELECT {columns} FROM (SELECT firsts.*, f.name AS facet, facet_values[f.i] AS "
@@ -102,21 +97,48 @@ def _account_increments(tenv: StreamTableEnvironment) -> None:
     # check needs only the hour's first occurrences, the month only the day's.
     source = "fanned"
     for resolution in RESOLUTIONS:
-        once = resolution != RESOLUTIONS[-1]  # read twice: by its uniques and the next
-        firsts = (f"SELECT {columns}{'' if once else ', pt'} FROM (SELECT *, ROW_NUMBER() "
+        firsts = (f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() "
                   f"OVER (PARTITION BY company_id, statistic_id, facet, `value`, "
                   f"b_{resolution}, customer_id ORDER BY pt) AS rn FROM {source}) WHERE rn = 1")
         source = f"first_{resolution}"
+        once = resolution != RESOLUTIONS[-1]  # read twice: by its uniques and the next
         tenv.create_temporary_view(source, _computed_once(tenv, tenv.sql_query(firsts))
                                    if once else tenv.sql_query(firsts))
 
     def rows(resolution: str, c: int, u: int, source: str) -> str:
-        return (f"SELECT company_id, statistic_id, {_text(resolution)} AS resolution, "
-                f"b_{resolution} AS bucket, facet, `value`, {c} AS c, {u} AS u, pt "
-                f"FROM {source}")
+        return (f"SELECT company_id, statistic_id, {_key_columns(resolution)}, facet, "
+                f"`value`, CAST({c} AS BIGINT) AS c, CAST({u} AS BIGINT) AS u, "
+                f"{_index_date(resolution, c)} AS index_date FROM {source}")
 
-    tenv.execute_sql("CREATE TEMPORARY VIEW increments AS " + " UNION ALL ".join(
-        [rows("hour", 1, 0, "fanned"), *(rows(r, 0, 1, f"first_{r}") for r in RESOLUTIONS)]))
+    return " UNION ALL ".join([*(rows(r, 1, 0, "fanned") for r in RESOLUTIONS),
+                               *(rows(r, 0, 1, f"first_{r}") for r in RESOLUTIONS)])
+
+
+def _customer_increments(tenv: StreamTableEnvironment) -> str:
+    """The customer job's increments: (customer key, count, index date) rows, a count at
+    every resolution for each event."""
+    tenv.create_temporary_view("customer_firsts", _computed_once(tenv, tenv.sql_query(
+        "SELECT company_id, customer_id, statistic_id, b_hour, b_day, b_month FROM firsts")))
+    return " UNION ALL ".join(
+        f"SELECT company_id, customer_id, {_period(r)} AS `period`, statistic_id, b_{r} AS "
+        f"bucket, {_text(r)} AS resolution, CAST(1 AS BIGINT) AS c, {_index_date(r, 1)} AS "
+        "index_date FROM customer_firsts" for r in RESOLUTIONS)
+
+
+def _key_columns(resolution: str) -> str:
+    return (f"{_period(resolution)} AS `period`, b_{resolution} AS bucket, "
+            f"{_text(resolution)} AS resolution")
+
+
+def _period(resolution: str) -> str:
+    """The key's partition period (storage.period_of, from the same widths)."""
+    return f"SUBSTRING(b_{resolution} FROM 1 FOR {PERIOD_WIDTH[resolution]})"
+
+
+def _index_date(resolution: str, c: int) -> str:
+    """Each hour count row carries its local date (its day label: counting.bucket_date of
+    the hour) for the store's per-date key index; other rows none."""
+    return "b_day" if resolution == RESOLUTIONS[0] and c else "CAST(NULL AS STRING)"
 
 
 def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
@@ -130,10 +152,8 @@ def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
     The stream carries Flink's internal RowData, so neither side converts a field (PyFlink's
     `to_data_stream` would make external Rows of Java Strings and back: a quarter of the
     statistic job's CPU, sink aside); PyFlink has no call for that, hence the Java API."""
-    row_data = get_gateway().jvm.org.apache.flink.table.data.RowData._java_lang_class
     j_table = table._j_table
-    j_stream = tenv._j_tenv.toDataStream(
-        j_table, j_table.getResolvedSchema().toPhysicalRowDataType().bridgedTo(row_data))
+    j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
     schema = Schema.new_builder().column_by_expression("pt", "PROCTIME()").build()
     return Table(tenv._j_tenv.fromDataStream(j_stream, schema._j_schema), tenv)
 
@@ -183,7 +203,6 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     """Add one job's operators to `env` (execute it afterwards)."""
     tenv = StreamTableEnvironment.create(env)
     tenv.get_config().set("table.exec.state.ttl", f"{spec.state_ttl_s * 1000} ms")
-    tenv.get_config().set("table.local-time-zone", "UTC")  # window ends as UTC wall clock
 
     raw = env.from_source(kafka_source(settings, spec), WatermarkStrategy.no_watermarks(),
                           "kafka").uid("kafka-source")
@@ -201,46 +220,56 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
         valid, schema.column_by_expression("pt", "PROCTIME()").build()))
     # keep-first by event_id; `counted(n)` adds each first delivery's count increments to
     # the drain counter (3 resolutions x its facet pairs, or 3 for the customer job)
-    increments = "3 * CARDINALITY(facets)" if spec.kind == "statistic" else "3"
+    n = len(RESOLUTIONS)
+    per_event = f"{n} * CARDINALITY(facets)" if spec.kind == "statistic" else str(n)
     counted = ""
     if spec.progress_dir:
-        tenv.create_temporary_function("counted", udf(
-            Counted(spec.progress_dir), result_type=DataTypes.BOOLEAN()))
-        counted = f" AND counted({increments})"
+        tenv._j_tenv.createTemporarySystemFunction(  # Java: abacus/jvm, abacus.sink.Counted
+            "counted", get_gateway().jvm.abacus.sink.Counted(spec.progress_dir))
+        counted = f" AND counted({per_event})"
     tenv.execute_sql(
         "CREATE TEMPORARY VIEW firsts AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
         f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}")
-    if spec.kind == "statistic":
-        key, values = _ACCOUNT_KEY, [*_ACCOUNT_KEY, "c", "u"]
-        _account_increments(tenv)
-    else:
-        key, values = _CUSTOMER_KEY, [*_CUSTOMER_KEY, "c"]
-        tenv.execute_sql(
-            "CREATE TEMPORARY VIEW increments AS SELECT company_id, customer_id, "
-            f"statistic_id, {_text('hour')} AS resolution, b_hour AS bucket, 1 AS c, pt "
-            "FROM firsts")
-    sums = ", ".join(f"SUM({m}) AS {m}" for m in values[len(key):])
-    keys = ", ".join(key)
-    tenv.execute_sql(
-        f"CREATE TEMPORARY VIEW windowed AS SELECT window_end AS w_end, window_time AS wt, "
-        f"{keys}, {sums} FROM TABLE(TUMBLE(TABLE increments, DESCRIPTOR(pt), "
-        f"INTERVAL '{spec.window_ms / 1000}' SECOND)) "
-        f"GROUP BY window_start, window_end, window_time, {keys}")
-    # one array per column: ARRAY_AGG(ROW(...)) repeats one reused row object (Flink 2.2)
-    arrays = ", ".join(f"ARRAY_AGG({c}) AS a{i}" for i, c in enumerate(values))
-    shard = f"MOD(HASH_CODE({key[0]} || {key[-1]}), {spec.shards})"
-    batches = tenv.sql_query(
-        f"SELECT CAST(TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', w_end) AS BIGINT) "
-        f"* 1000 AS w_end_ms, "
-        f"{arrays} "
-        f"FROM TABLE(TUMBLE(TABLE windowed, DESCRIPTOR(wt), "
-        f"INTERVAL '{spec.flush_ms / 1000}' SECOND)) "
-        f"GROUP BY window_start, window_end, w_end, {shard}")
     level = "account" if spec.kind == "statistic" else "customer"
-    (tenv.to_data_stream(batches)
-     .map(WriteCounts(settings.cassandra, spec.target, level, spec.progress_dir,
-                      spec.run_started_ms), output_type=Types.INT())
-     .uid("write-counts").name(f"write-counts-{spec.target}"))
+    increments = tenv.sql_query(_account_increments(tenv) if spec.kind == "statistic"
+                                else _customer_increments(tenv))
+    layout = sink_layout(settings.cassandra, spec.target, level)
+    j_table = increments._j_table
+    j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
+    (j_stream.sinkTo(_counter_sink(settings, spec, layout))
+     .uid("counter-sink").name(f"counter-sink-{spec.target}"))
+
+
+def _row_data_type(j_table: object) -> object:
+    """The table's rows as Flink's internal RowData (no conversion per field)."""
+    row_data = get_gateway().jvm.org.apache.flink.table.data.RowData._java_lang_class
+    return j_table.getResolvedSchema().toPhysicalRowDataType().bridgedTo(row_data)  # type: ignore[attr-defined]
+
+
+def _counter_sink(settings: Settings, spec: JobSpec, layout: SinkLayout) -> object:
+    """The Java sink (abacus/jvm: abacus.sink.CounterSink) configured for one counter store:
+    rows are the layout's key fields, its measures, then the index date."""
+    cassandra = settings.cassandra
+    values = {
+        "hosts": ",".join(cassandra.hosts), "port": cassandra.port,
+        "local_dc": cassandra.local_dc or "", "username": cassandra.username or "",
+        "password": cassandra.password.get_secret_value() if cassandra.password else "",
+        "ssl": str(cassandra.ssl).lower(), "ssl_cafile": str(cassandra.ssl_cafile or ""),
+        "request_timeout_ms": int(cassandra.request_timeout_s * 1000),
+        "update": layout.update, "index": layout.index, "keys": len(layout.keys),
+        "measures": len(layout.measures), "partition_keys": layout.partition_keys,
+        "index_fields": ",".join(map(str, layout.index_fields)),
+        "shard_fields": ",".join(map(str, layout.shard_fields)), "shards": layout.shards,
+        "interval_ms": spec.window_ms, "concurrency": cassandra.write_concurrency,
+        "batch_partitions": cassandra.batch_partitions, "batch_rows": BATCH_ROWS,
+        "attempts": _SINK_ATTEMPTS, "backoff_ms": _SINK_BACKOFF_MS,
+        "progress_dir": spec.progress_dir,
+    }
+    jvm = get_gateway().jvm
+    conf = jvm.java.util.HashMap()
+    for key, value in values.items():
+        conf.put(key, str(value))
+    return jvm.abacus.sink.CounterSink(conf)
 
 
 def checkpoint_root(settings: Settings, name: str) -> Path:

@@ -65,7 +65,7 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
     try:
         prepare_process(memory, Path(request["log_dir"]))
         conf = configuration(settings, spec.name, request["parallelism"], memory, restore_from,
-                             checkpoint_root(settings, spec.name))
+                             checkpoint_root(settings, spec.name), request["jars"])
         env = local_environment(conf)
         build(env, settings, spec)
         client = env.execute_async(f"abacus-{spec.name}")
@@ -130,7 +130,7 @@ def submit_remote(request: dict[str, Any]) -> int:
     restore_from = Path(request["restore_from"]) if request.get("restore_from") else None
     conf = configuration(settings, spec.name, request["parallelism"],
                          Memory(**request["memory"]), restore_from,
-                         checkpoint_root(settings, spec.name))
+                         checkpoint_root(settings, spec.name), request["jars"])
     env = local_environment(cluster_configuration(conf))  # the CLI's context: its cluster
     build(env, settings, spec)
     client = env.execute_async(f"abacus-{spec.name}")

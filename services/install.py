@@ -12,7 +12,7 @@ from services import maven
 from services.base import ServiceError
 from services.cassandra import CassandraService
 from services.kafka import KafkaService
-from services.paths import lib_dir
+from services.paths import JVM_SOURCE, data_dir, jvm_jar, lib_dir
 from settings.model import Settings
 
 APT_PACKAGES = {
@@ -83,3 +83,12 @@ def install_jars(settings: Settings, say: Say = print) -> None:
     else:
         say(f"mvn: {versions.flink_kafka_connector} -> {jar.parent}")
         maven.copy_artifact(versions.flink_kafka_connector, jar.parent)
+    built = jvm_jar(settings, must_exist=False)  # the jobs' Java code, from source
+    if built.is_file():
+        say(f"skip the jobs' java code: {built}")
+    else:
+        say(f"mvn: build the jobs' java code ({JVM_SOURCE}) -> {built}")
+        for old in built.parent.glob("abacus-jvm-*.jar"):
+            old.unlink()
+        maven.package(JVM_SOURCE, data_dir(settings) / "build" / "abacus-jvm",
+                      "abacus-jvm-1.jar", built)

@@ -49,3 +49,11 @@ def copy_artifact(coordinates: str, dest: Path) -> None:
             f"-DoutputDirectory={dest}",
         ]
     )
+
+
+def package(project: Path, build_dir: Path, jar: str, dest: Path) -> None:
+    """`mvn package` of the project at `project`, building in `build_dir` (outside the source
+    tree), and the built `jar` copied to `dest`."""
+    _mvn(["-f", str(project / "pom.xml"), f"-Dbuild.dir={build_dir}", "package"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(build_dir / jar, dest)

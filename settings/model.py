@@ -125,8 +125,7 @@ class FlinkSettings(_Model):
     parallelism: int = Field(default=1, ge=1)
     checkpoint_dir: Path = Path(".abacus/flink/checkpoints")
     checkpoint_interval_ms: int = Field(default=10_000, ge=100)
-    window_ms: int = Field(default=1_000, ge=10)  # the counting window (processing time)
-    flush_ms: int = Field(default=200, ge=10)  # the batching window after it
+    window_ms: int = Field(default=1_000, ge=10)  # the sinks write their sums this often
     dedup_ttl_s: int = Field(default=7 * 86400, ge=1)
     uniques_ttl_s: int = Field(default=40 * 86400, ge=1)  # as legacy's Redis sets
     heap_mb: int = Field(default=640, ge=256)  # per local job JVM

@@ -29,7 +29,6 @@ class StartFailure(Exception):
 @dataclass(frozen=True, slots=True)
 class JobOptions:
     window_ms: int | None = None  # default flink.window_ms
-    flush_ms: int | None = None  # default flink.flush_ms
     start_timeout_s: float = 300.0
 
 
@@ -47,7 +46,7 @@ class Components:
         both jobs RUNNING."""
         s, inst = self.inst.settings, self.inst
         options = manager.RunOptions(prefix=inst.job_prefix, window_ms=jobs.window_ms,
-                                     flush_ms=jobs.flush_ms, resume=False)
+                                     resume=False)
         launched = []
         for kind in KINDS:
             name, pid = manager.launch(s, kind, TARGET, options)

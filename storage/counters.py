@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from cassandra.concurrent import execute_concurrent
@@ -26,12 +27,72 @@ _INDEX_CACHE_MAX = 200_000
 ACCOUNT_COLUMNS = ("bucket", "resolution", "facet", "value", "count", "uniques")
 CUSTOMER_COLUMNS = ("customer_id", "statistic_id", "bucket", "resolution", "count")
 Request = tuple[Any, tuple[Any, ...]]  # (prepared statement, parameters)
-_BATCH_ROWS = 30  # statements per batch (well under the batch size warning)
+BATCH_ROWS = 30  # statements per batch (well under the batch size warning)
+
+
+# The partition period of a bucket is its first PERIOD_WIDTH[resolution] characters: its year
+# for month buckets, else its month.
+PERIOD_WIDTH = {"hour": 7, "day": 7, "month": 4}
 
 
 def period_of(resolution: str, bucket: str) -> str:
-    """The partition period of a bucket: its year for month buckets, else its month."""
-    return bucket[:4] if resolution == "month" else bucket[:7]
+    return bucket[:PERIOD_WIDTH[resolution]]
+
+
+# Key columns in the order the write statements bind them (after the measures).
+_KEY = {
+    "account": ("company_id", "statistic_id", "period", "bucket", "resolution", "facet", "value"),
+    "customer": ("company_id", "customer_id", "period", "statistic_id", "bucket", "resolution"),
+}
+_MEASURES = {"account": ("count", "uniques"), "customer": ("count",)}
+# Index rows: (date, shard, *fields); the shard hashes the first SHARD_FIELDS of them.
+_INDEX_FIELDS = {"account": ("company_id", "statistic_id"),
+                 "customer": ("company_id", "customer_id", "statistic_id")}
+_SHARD_FIELDS = {"account": 1, "customer": 2}
+
+
+def _update_cql(ks: str, kind: str, level: str) -> str:
+    table = f"{ks}.{level}_counts"
+    where = " AND ".join(f"{c} = ?" for c in _KEY[level])
+    sets = ", ".join(f"{m} = {m} + ?" if kind == "counter" else f"{m} = ?"
+                     for m in _MEASURES[level])
+    return f"UPDATE {table} SET {sets} WHERE {where}"
+
+
+def _index_cql(ks: str, level: str) -> str:
+    columns = ", ".join(("date", "shard", *_INDEX_FIELDS[level]))
+    marks = ", ".join("?" * (2 + len(_INDEX_FIELDS[level])))
+    return f"INSERT INTO {ks}.{level}_keys_by_date ({columns}) VALUES ({marks})"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkLayout:
+    """How a writer outside this module (the Abacus jobs' JVM sink) adds increments to a
+    counter store the way CounterStore does: `update` binds the measures, then the key
+    fields; the first `partition_keys` key fields form the partition; an hour row's index
+    entry is (its local date, shard, the key fields at `index_fields`), its shard
+    `shard_of` the first `shard_fields` of those, mod `shards`."""
+
+    update: str
+    index: str
+    keys: tuple[str, ...]
+    measures: tuple[str, ...]
+    partition_keys: int
+    index_fields: tuple[int, ...]
+    shard_fields: tuple[int, ...]
+    shards: int
+
+
+def sink_layout(settings: CassandraSettings, store: str, level: str) -> SinkLayout:
+    if STORES[store].kind != "counter":
+        raise ValueError(f"store {store!r} does not hold counters")
+    ks = keyspace_of(settings, store)
+    keys = _KEY[level]
+    return SinkLayout(
+        update=_update_cql(ks, "counter", level), index=_index_cql(ks, level), keys=keys,
+        measures=_MEASURES[level], partition_keys=3,
+        index_fields=tuple(keys.index(f) for f in _INDEX_FIELDS[level]),
+        shard_fields=tuple(range(_SHARD_FIELDS[level])), shards=SHARDS)
 
 
 def shard_of(*parts: str) -> int:
@@ -62,26 +123,10 @@ class CounterStore:
         self._session, self._concurrency = prepared.session, settings.write_concurrency
         self._batch_partitions = settings.batch_partitions
         ks = keyspace_of(settings, name)
-        akey = ("company_id = ? AND statistic_id = ? AND period = ? AND bucket = ? "
-                "AND resolution = ? AND facet = ? AND value = ?")
-        ckey = ("company_id = ? AND customer_id = ? AND period = ? AND statistic_id = ? "
-                "AND bucket = ? AND resolution = ?")
-        if self.kind == "counter":
-            self._account = prepared(
-                f"UPDATE {ks}.account_counts SET count = count + ?, uniques = uniques + ? "
-                f"WHERE {akey}")
-            self._customer = prepared(
-                f"UPDATE {ks}.customer_counts SET count = count + ? WHERE {ckey}")
-        else:
-            self._account = prepared(
-                f"UPDATE {ks}.account_counts SET count = ?, uniques = ? WHERE {akey}")
-            self._customer = prepared(f"UPDATE {ks}.customer_counts SET count = ? WHERE {ckey}")
-        self._account_index = prepared(
-            f"INSERT INTO {ks}.account_keys_by_date (date, shard, company_id, statistic_id) "
-            "VALUES (?, ?, ?, ?)")
-        self._customer_index = prepared(
-            f"INSERT INTO {ks}.customer_keys_by_date "
-            "(date, shard, company_id, customer_id, statistic_id) VALUES (?, ?, ?, ?, ?)")
+        self._account = prepared(_update_cql(ks, self.kind, "account"))
+        self._customer = prepared(_update_cql(ks, self.kind, "customer"))
+        self._account_index = prepared(_index_cql(ks, "account"))
+        self._customer_index = prepared(_index_cql(ks, "customer"))
         cols = ", ".join(ACCOUNT_COLUMNS)
         self._read_account = prepared(
             f"SELECT {cols} FROM {ks}.account_counts WHERE company_id = ? AND statistic_id = ? "
@@ -119,7 +164,7 @@ class CounterStore:
 
     def _run(self, statement: Any, params: Iterable[tuple[Any, ...]], partition: slice,
              batch_type: BatchType | None = None) -> None:
-        """Execute statement for every row of params in batches of up to `_BATCH_ROWS` rows
+        """Execute statement for every row of params in batches of up to `BATCH_ROWS` rows
         spanning up to `batch_partitions` partitions (a partition's rows stay together when
         they fit), `write_concurrency` requests in flight: one request per batch instead of
         one per row."""
@@ -141,9 +186,9 @@ class CounterStore:
             pending.clear()
 
         for rows in groups.values():
-            for i in range(0, len(rows), _BATCH_ROWS):
-                chunk = rows[i:i + _BATCH_ROWS]
-                if (len(pending) + len(chunk) > _BATCH_ROWS
+            for i in range(0, len(rows), BATCH_ROWS):
+                chunk = rows[i:i + BATCH_ROWS]
+                if (len(pending) + len(chunk) > BATCH_ROWS
                         or partitions >= self._batch_partitions):
                     flush()
                     partitions = 0

@@ -45,7 +45,7 @@ def run(settings: Settings, services_up: object, cluster: FlinkCluster,
 
 
 def _options(run: Run, **changes: Any) -> RunOptions:
-    return RunOptions(prefix=run.prefix, window_ms=500, flush_ms=100, **changes)
+    return RunOptions(prefix=run.prefix, window_ms=500, **changes)
 
 
 def _wait_exact(run: Run, cluster: FlinkCluster, kinds: tuple[str, ...],

@@ -1,21 +1,19 @@
 """The jobs' Python side without servers: operators are adapters of the counting contract,
-drain counters, the sink's roll-up, job naming, restore points, state files, CLI argument errors."""
+drain counters, job naming, restore points, state files, CLI argument errors."""
 
 from __future__ import annotations
 
 import json
+import struct
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
-from hypothesis import strategies as st
 
 from abacus import progress
 from abacus.manager import RunOptions, restore_point
-from abacus.operators import Counted, Validate, rolled_up
+from abacus.operators import Validate
 from abacus.pipeline import JobSpec, job_name, latest_checkpoint
 from abacus.state import JobState, StateFile
 from counting import (
@@ -27,7 +25,6 @@ from counting import (
     customer_keys,
     parse_event,
 )
-from counting.buckets import LABEL_WIDTH
 from counting.corpus import invalid_lines, tricky_lines
 from settings import load_settings
 
@@ -70,28 +67,23 @@ def test_every_reason_goes_to_the_side_output() -> None:
         assert row[1] == reason
 
 
-def test_counted_adds_to_the_drain_counter(tmp_path: Path) -> None:
-    counted = Counted(str(tmp_path))
-    counted.open(None)
-    assert not counted.is_deterministic()
-    assert counted.eval(15) is True and counted.eval(3) is True
-    assert progress.read(tmp_path) == progress.Progress(18, 0)
-
-
 def test_progress_counters_sum_instances(tmp_path: Path) -> None:
-    a, b, w = (progress.Counter(str(tmp_path), k) for k in ("fanned", "fanned", "written"))
-    a.add(3)
-    b.add(4)
-    w.add(7)
+    # the files abacus.sink.Progress (Java) writes: one 8-byte little-endian count each
+    def counter(name: str, value: int) -> None:
+        (tmp_path / name).write_bytes(struct.pack("<q", value))
+
+    counter("fanned-1-a", 3)
+    counter("fanned-1-b", 4)
+    counter("written-1-c", 7)
     assert progress.read(tmp_path) == progress.Progress(7, 7)
-    a.add(1)
+    counter("fanned-1-a", 4)
     assert progress.read(tmp_path).pending == 1
 
 
 def test_job_names_and_groups() -> None:
     assert job_name("statistic", "shadow") == "statistic"
     assert job_name("customer", "serving", "t1-") == "t1-customer-serving"
-    spec = JobSpec("statistic", "shadow", "statistic", 1000, 200, 7, 40, 4, "", 0)
+    spec = JobSpec("statistic", "shadow", "statistic", 1000, 7, 40, "", 0)
     assert (spec.group_id, spec.source, spec.state_ttl_s) == (
         "abacus-statistic", "abacus-statistic", 40)
 
@@ -147,41 +139,3 @@ def test_stop_of_an_unknown_job_says_what_to_do(tmp_path: Path) -> None:
     assert "abacus job status" in result.output
 
 
-# -- the sink's roll-up of hour counts to day and month -------------------------------------
-
-_hours = st.sampled_from(["2025-12-31T23", "2026-01-01T00", "2026-01-01T05", "2026-03-29T02"])
-_account_rows = st.lists(st.tuples(
-    st.sampled_from(["C1", "C2"]), st.just("opened"), st.just("hour"), _hours,
-    st.sampled_from(["", "campaign"]), st.sampled_from(["", "a", "b"]),
-    st.integers(0, 5), st.integers(0, 3)), max_size=30)
-
-
-@given(_account_rows)
-def test_hour_counts_roll_up_and_uniques_do_not(rows: list[tuple]) -> None:
-    # unique increments of day and month keys arrive from the uniqueness step, not from hours
-    day_uniques = [(*r[:2], "day", r[3][:10], *r[4:6], 0, 1) for r in rows[::2]]
-    got = rolled_up([*rows, *day_uniques], 6, 2)
-    want_count: Counter[tuple] = Counter()
-    want_uniques: Counter[tuple] = Counter()
-    for r in rows:
-        for res in ("hour", "day", "month"):
-            want_count[(*r[:2], res, r[3][:LABEL_WIDTH[res]], *r[4:6])] += r[6]
-        want_uniques[r[:6]] += r[7]
-    for r in day_uniques:
-        want_uniques[r[:6]] += 1
-    keys = {k for k in {*want_count, *want_uniques} if want_count[k] or want_uniques[k]}
-    assert {k for k, (c, u) in got.items() if c or u} == keys
-    for key in keys:
-        assert got[key] == [want_count[key], want_uniques[key]]
-
-
-def test_customer_rows_roll_up_to_day_and_month() -> None:
-    rows = [("C1", "u1", "opened", "hour", "2026-01-01T00", 2),
-            ("C1", "u1", "opened", "hour", "2026-01-01T05", 1),
-            ("C1", "u1", "opened", "hour", "2025-12-31T23", 4)]
-    got = rolled_up(rows, 5, 3)
-    assert got[("C1", "u1", "opened", "day", "2026-01-01")] == [3]
-    assert got[("C1", "u1", "opened", "month", "2026-01")] == [3]
-    assert got[("C1", "u1", "opened", "month", "2025-12")] == [4]
-    assert got[("C1", "u1", "opened", "hour", "2026-01-01T05")] == [1]
-    assert len(got) == 3 + 2 + 2

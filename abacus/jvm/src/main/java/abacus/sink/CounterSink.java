@@ -1,0 +1,476 @@
+package abacus.sink;
+
+import com.datastax.oss.driver.api.core.CqlSession;
+import com.datastax.oss.driver.api.core.CqlSessionBuilder;
+import com.datastax.oss.driver.api.core.config.DefaultDriverOption;
+import com.datastax.oss.driver.api.core.config.DriverConfigLoader;
+import com.datastax.oss.driver.api.core.cql.BatchStatement;
+import com.datastax.oss.driver.api.core.cql.BoundStatement;
+import com.datastax.oss.driver.api.core.cql.DefaultBatchType;
+import com.datastax.oss.driver.api.core.cql.PreparedStatement;
+import com.datastax.oss.driver.api.core.cql.Statement;
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.security.KeyStore;
+import java.security.cert.Certificate;
+import java.security.cert.CertificateFactory;
+import java.time.Duration;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.zip.CRC32;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManagerFactory;
+import org.apache.flink.api.common.operators.ProcessingTimeService;
+import org.apache.flink.api.connector.sink2.Sink;
+import org.apache.flink.api.connector.sink2.SinkWriter;
+import org.apache.flink.api.connector.sink2.WriterInitContext;
+import org.apache.flink.table.data.RowData;
+
+/**
+ * Adds increments to Cassandra counter tables: the jobs' sink, in the JVM.
+ *
+ * <p>Each input row is a counter key (STRING fields, in the order the UPDATE binds them after
+ * its measures), its measures (BIGINT increments, in the order of the UPDATE's SET) and an
+ * index date (STRING, null when the row needs no index entry). The writer sums rows per key
+ * in memory and, every {@code interval_ms}, writes the sums: first the key index rows it has
+ * not written yet (synchronously: an index entry is in Cassandra before its counts), then the
+ * counter updates, grouped by partition into COUNTER batches, {@code concurrency} requests in
+ * flight, each retried with exponential backoff. While the previous interval's writes are in
+ * flight, increments keep summing in memory: under load fewer, larger writes, at no cost to
+ * freshness when idle.
+ *
+ * <p>{@link #flush} (Flink calls it before a checkpoint barrier passes the sink) writes what
+ * is summed and waits for every write in flight, so a completed checkpoint never covers an
+ * increment that is not in Cassandra: at-least-once. A write that still fails after its last
+ * attempt fails the job, which restarts from its latest checkpoint.
+ *
+ * <p>Everything about the schema (statements, which key fields form the partition, the index
+ * row and its shard) is given by the Python side ({@code storage}); this class only sums,
+ * batches and writes. The drain counter ({@code progress_dir}) is the same 8-byte
+ * little-endian file as {@code abacus.progress.Counter}: the count increments written.
+ */
+public final class CounterSink implements Sink<RowData> {
+    private static final long serialVersionUID = 1L;
+    private static final int INDEX_CACHE_MAX = 200_000;
+
+    private final Map<String, String> conf;
+
+    public CounterSink(Map<String, String> conf) {
+        this.conf = new HashMap<>(conf);
+    }
+
+    @Override
+    public SinkWriter<RowData> createWriter(WriterInitContext context) throws IOException {
+        return new Writer(new HashMap<>(conf), context.getProcessingTimeService());
+    }
+
+    private static int[] ints(String csv) {
+        return csv.isEmpty() ? new int[0] : Arrays.stream(csv.split(",")).mapToInt(Integer::parseInt).toArray();
+    }
+
+    /** A key: its fields, compared by value. */
+    private static final class Key {
+        final String[] fields;
+        final int hash;
+
+        Key(String[] fields) {
+            this.fields = fields;
+            this.hash = Arrays.hashCode(fields);
+        }
+
+        @Override
+        public int hashCode() {
+            return hash;
+        }
+
+        @Override
+        public boolean equals(Object other) {
+            return other instanceof Key && Arrays.equals(fields, ((Key) other).fields);
+        }
+    }
+
+    static final class Writer implements SinkWriter<RowData> {
+        private final int keys, measures, partitionKeys, shards, concurrency, batchPartitions,
+                batchRows, attempts;
+        private final int[] indexFields, shardFields;
+        private final long intervalMs, backoffMs, maxKeys;
+        private final CqlSession session;
+        private final PreparedStatement update, index;
+        private final ProcessingTimeService time;
+        private final ScheduledExecutorService retries;
+        private final Requests requests = new Requests();
+        private final AtomicReference<Throwable> failure = new AtomicReference<>();
+        private final Progress written;
+        private HashMap<Key, long[]> sums = new HashMap<>();
+        private final LinkedHashMap<Key, Boolean> newIndex = new LinkedHashMap<>();
+        private final Set<Key> indexed = new HashSet<>();
+
+        Writer(Map<String, String> conf, ProcessingTimeService time) throws IOException {
+            keys = Integer.parseInt(conf.get("keys"));
+            measures = Integer.parseInt(conf.get("measures"));
+            partitionKeys = Integer.parseInt(conf.get("partition_keys"));
+            indexFields = ints(conf.get("index_fields"));
+            shardFields = ints(conf.get("shard_fields"));
+            shards = Integer.parseInt(conf.get("shards"));
+            intervalMs = Long.parseLong(conf.get("interval_ms"));
+            concurrency = Integer.parseInt(conf.get("concurrency"));
+            batchPartitions = Integer.parseInt(conf.get("batch_partitions"));
+            batchRows = Integer.parseInt(conf.get("batch_rows"));
+            attempts = Integer.parseInt(conf.get("attempts"));
+            backoffMs = Long.parseLong(conf.get("backoff_ms"));
+            maxKeys = Long.parseLong(conf.getOrDefault("max_keys", "200000"));
+            session = connect(conf);
+            update = session.prepare(conf.get("update"));
+            index = session.prepare(conf.get("index"));
+            String progressDir = conf.getOrDefault("progress_dir", "");
+            written = progressDir.isEmpty() ? null : new Progress(Path.of(progressDir), "written");
+            retries = Executors.newSingleThreadScheduledExecutor(r -> {
+                Thread t = new Thread(r, "counter-sink-retries");
+                t.setDaemon(true);
+                return t;
+            });
+            this.time = time;
+            schedule();
+        }
+
+        private static CqlSession connect(Map<String, String> conf) throws IOException {
+            ClassLoader loader = CounterSink.class.getClassLoader();
+            Thread thread = Thread.currentThread();
+            ClassLoader previous = thread.getContextClassLoader();
+            thread.setContextClassLoader(loader);  // the driver's reference.conf is in this jar
+            try {
+                DriverConfigLoader config = DriverConfigLoader.programmaticBuilder()
+                        .withDuration(DefaultDriverOption.REQUEST_TIMEOUT,
+                                Duration.ofMillis(Long.parseLong(conf.get("request_timeout_ms"))))
+                        .withString(DefaultDriverOption.LOAD_BALANCING_POLICY_CLASS,
+                                "DcInferringLoadBalancingPolicy")
+                        .build();
+                CqlSessionBuilder builder = CqlSession.builder().withClassLoader(loader)
+                        .withConfigLoader(config);
+                int port = Integer.parseInt(conf.get("port"));
+                for (String host : conf.get("hosts").split(",")) {
+                    builder.addContactPoint(new InetSocketAddress(host, port));
+                }
+                String dc = conf.getOrDefault("local_dc", "");
+                if (!dc.isEmpty()) {
+                    builder.withLocalDatacenter(dc);
+                }
+                String user = conf.getOrDefault("username", "");
+                if (!user.isEmpty()) {
+                    builder.withAuthCredentials(user, conf.getOrDefault("password", ""));
+                }
+                if (Boolean.parseBoolean(conf.getOrDefault("ssl", "false"))) {
+                    builder.withSslContext(sslContext(conf.getOrDefault("ssl_cafile", "")));
+                }
+                return builder.build();
+            } finally {
+                thread.setContextClassLoader(previous);
+            }
+        }
+
+        private static SSLContext sslContext(String caFile) throws IOException {
+            try {
+                if (caFile.isEmpty()) {
+                    return SSLContext.getDefault();
+                }
+                KeyStore trust = KeyStore.getInstance(KeyStore.getDefaultType());
+                trust.load(null, null);
+                try (InputStream in = new FileInputStream(caFile)) {
+                    int i = 0;
+                    for (Certificate cert : CertificateFactory.getInstance("X.509").generateCertificates(in)) {
+                        trust.setCertificateEntry("ca" + i++, cert);
+                    }
+                }
+                TrustManagerFactory factory = TrustManagerFactory.getInstance(
+                        TrustManagerFactory.getDefaultAlgorithm());
+                factory.init(trust);
+                SSLContext context = SSLContext.getInstance("TLS");
+                context.init(null, factory.getTrustManagers(), null);
+                return context;
+            } catch (IOException e) {
+                throw e;
+            } catch (Exception e) {
+                throw new IOException("TLS setup failed for " + caFile + ": " + e, e);
+            }
+        }
+
+        private void schedule() {
+            time.registerTimer(time.getCurrentProcessingTime() + intervalMs, now -> onTimer());
+        }
+
+        private void onTimer() throws IOException {
+            rethrow();
+            if (requests.idle()) {  // the last writes are done
+                send();
+            }  // else keep summing: the next tick writes more per request
+            schedule();
+        }
+
+        @Override
+        public void write(RowData row, Context context) throws IOException, InterruptedException {
+            String[] fields = new String[keys];
+            for (int i = 0; i < keys; i++) {
+                fields[i] = row.getString(i).toString();
+            }
+            Key key = new Key(fields);
+            long[] sum = sums.get(key);
+            if (sum == null) {
+                sums.put(key, sum = new long[measures]);
+            }
+            for (int i = 0; i < measures; i++) {
+                sum[i] += row.getLong(keys + i);
+            }
+            if (!row.isNullAt(keys + measures)) {
+                String[] entry = new String[indexFields.length + 1];
+                entry[0] = row.getString(keys + measures).toString();
+                for (int i = 0; i < indexFields.length; i++) {
+                    entry[i + 1] = fields[indexFields[i]];
+                }
+                Key indexKey = new Key(entry);
+                if (!indexed.contains(indexKey)) {
+                    newIndex.put(indexKey, Boolean.TRUE);
+                }
+            }
+            if (sums.size() >= maxKeys) {  // bounds memory: wait for the writes, then write
+                requests.awaitIdle();
+                rethrow();
+                send();
+            }
+        }
+
+        /**
+         * Queues what is summed: the new index entries, then (once those are written) the
+         * counts. Returns at once: the writes proceed while the next rows are summed.
+         */
+        private void send() {
+            if (sums.isEmpty()) {
+                return;
+            }
+            List<Object[]> counts = new ArrayList<>(sums.size());
+            for (Map.Entry<Key, long[]> e : sums.entrySet()) {
+                Object[] values = new Object[measures + keys];
+                for (int i = 0; i < measures; i++) {
+                    values[i] = e.getValue()[i];
+                }
+                System.arraycopy(e.getKey().fields, 0, values, measures, keys);
+                counts.add(values);
+            }
+            sums = new HashMap<>();
+            List<Request> countRequests = batches(update, counts, measures + partitionKeys,
+                    DefaultBatchType.COUNTER, true);
+            if (newIndex.isEmpty()) {
+                requests.add(countRequests);
+                return;
+            }
+            List<Object[]> entries = new ArrayList<>(newIndex.size());
+            for (Key entry : newIndex.keySet()) {
+                Object[] values = new Object[entry.fields.length + 1];
+                values[0] = entry.fields[0];
+                values[1] = shard(entry);
+                System.arraycopy(entry.fields, 1, values, 2, entry.fields.length - 1);
+                entries.add(values);
+            }
+            if (indexed.size() > INDEX_CACHE_MAX) {
+                indexed.clear();
+            }
+            indexed.addAll(newIndex.keySet());  // a failed index write fails the job
+            newIndex.clear();
+            List<Request> indexRequests = batches(index, entries, 2, DefaultBatchType.UNLOGGED, false);
+            AtomicInteger remaining = new AtomicInteger(indexRequests.size());
+            Runnable thenCounts = () -> {
+                if (remaining.decrementAndGet() == 0) {
+                    requests.add(countRequests);  // an index entry is in before its counts
+                }
+            };
+            List<Request> gated = new ArrayList<>(indexRequests.size());
+            for (Request r : indexRequests) {
+                gated.add(new Request(r.statement, r.count, thenCounts));
+            }
+            requests.add(gated);
+        }
+
+        /**
+         * The shard of an index entry (date, fields...): storage.shard_of of the fields at
+         * {@code shardFields} (positions among the index fields).
+         */
+        private int shard(Key entry) {
+            StringBuilder text = new StringBuilder();
+            for (int i = 0; i < shardFields.length; i++) {
+                if (i > 0) {
+                    text.append('\u001f');
+                }
+                text.append(entry.fields[1 + shardFields[i]]);
+            }
+            CRC32 crc = new CRC32();
+            crc.update(text.toString().getBytes(StandardCharsets.UTF_8));
+            return (int) (crc.getValue() % shards);
+        }
+
+        /**
+         * Binds every row into requests: batches of up to {@code batchRows} rows spanning up
+         * to {@code batchPartitions} partitions (a partition is the values before {@code
+         * partitionEnd}). With {@code drained}, a row's first value (its count increment)
+         * goes to the drain counter once written.
+         */
+        private List<Request> batches(PreparedStatement statement, List<Object[]> rows,
+                                      int partitionEnd, DefaultBatchType type, boolean drained) {
+            LinkedHashMap<List<Object>, List<Object[]>> partitions = new LinkedHashMap<>();
+            for (Object[] row : rows) {
+                partitions.computeIfAbsent(Arrays.asList(row).subList(0, partitionEnd),
+                        k -> new ArrayList<>()).add(row);
+            }
+            List<Request> out = new ArrayList<>();
+            List<BoundStatement> pending = new ArrayList<>();
+            long pendingCount = 0;
+            int spanned = 0;
+            for (List<Object[]> partition : partitions.values()) {
+                for (int i = 0; i < partition.size(); i += batchRows) {
+                    List<Object[]> chunk = partition.subList(i, Math.min(partition.size(), i + batchRows));
+                    if (pending.size() + chunk.size() > batchRows || spanned >= batchPartitions) {
+                        out.add(request(pending, type, pendingCount));
+                        pending = new ArrayList<>();
+                        pendingCount = 0;
+                        spanned = 0;
+                    }
+                    for (Object[] row : chunk) {
+                        pending.add(statement.bind(row));
+                        if (drained) {
+                            pendingCount += (Long) row[0];
+                        }
+                    }
+                    spanned++;
+                }
+            }
+            if (!pending.isEmpty()) {
+                out.add(request(pending, type, pendingCount));
+            }
+            return out;
+        }
+
+        private static Request request(List<BoundStatement> statements, DefaultBatchType type, long count) {
+            Statement<?> statement = statements.size() == 1 ? statements.get(0)
+                    : BatchStatement.newInstance(type, statements.toArray(new BoundStatement[0]));
+            return new Request(statement, count, null);
+        }
+
+        private void rethrow() throws IOException {
+            Throwable error = failure.get();
+            if (error != null) {
+                throw new IOException("counter write failed after " + attempts + " attempts: " + error, error);
+            }
+        }
+
+        @Override
+        public void flush(boolean endOfInput) throws IOException, InterruptedException {
+            rethrow();
+            send();
+            requests.awaitIdle();
+            rethrow();
+        }
+
+        /** One request: a statement or batch, its count increments, what follows its success. */
+        private record Request(Statement<?> statement, long count, Runnable then) {
+        }
+
+        /**
+         * The requests queued and in flight (at most {@code concurrency}); each is retried with
+         * exponential backoff, and after its last attempt fails the writer ({@link #rethrow}).
+         */
+        private final class Requests {
+            private final ArrayDeque<Request> queued = new ArrayDeque<>();
+            private int inFlight, outstanding;  // guarded by this
+
+            synchronized void add(List<Request> batch) {
+                queued.addAll(batch);
+                outstanding += batch.size();
+                pump();
+            }
+
+            synchronized boolean idle() {
+                return outstanding == 0;
+            }
+
+            synchronized void awaitIdle() throws InterruptedException {
+                while (outstanding > 0 && failure.get() == null) {
+                    wait();
+                }
+            }
+
+            private void pump() {  // holding the lock
+                while (inFlight < concurrency && !queued.isEmpty()) {
+                    inFlight++;
+                    attempt(queued.poll(), 1);
+                }
+            }
+
+            private synchronized void done(Request request, Throwable error) {
+                if (error == null) {
+                    if (written != null && request.count > 0) {
+                        written.add(request.count);
+                    }
+                    if (request.then != null) {
+                        request.then.run();  // may queue more before this one is off the books
+                    }
+                } else {
+                    failure.compareAndSet(null, error);
+                }
+                inFlight--;
+                outstanding--;
+                pump();
+                notifyAll();
+            }
+
+            private void attempt(Request request, int attemptNo) {
+                CompletionStage<?> done;
+                try {
+                    done = session.executeAsync(request.statement);
+                } catch (RuntimeException e) {
+                    retryOrFail(request, attemptNo, e);
+                    return;
+                }
+                done.whenComplete((result, error) -> {
+                    if (error == null) {
+                        done(request, null);
+                    } else {
+                        retryOrFail(request, attemptNo, error);
+                    }
+                });
+            }
+
+            private void retryOrFail(Request request, int attemptNo, Throwable error) {
+                if (attemptNo >= attempts) {
+                    done(request, error);
+                    return;
+                }
+                long delay = backoffMs << (attemptNo - 1);
+                retries.schedule(() -> attempt(request, attemptNo + 1), delay, TimeUnit.MILLISECONDS);
+            }
+        }
+
+        @Override
+        public void close() throws Exception {
+            retries.shutdownNow();
+            session.close();
+            if (written != null) {
+                written.close();
+            }
+        }
+    }
+}
