@@ -234,6 +234,10 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     increments = tenv.sql_query(_account_increments(tenv) if spec.kind == "statistic"
                                 else _customer_increments(tenv))
     layout = sink_layout(settings.cassandra, spec.target, level)
+    columns = list(increments.get_resolved_schema().get_column_names())  # keys, measures, date
+    if (columns[:len(layout.keys)] != list(layout.keys)
+            or len(columns) != len(layout.keys) + len(layout.measures) + 1):
+        raise AssertionError(f"increments {columns} do not match the store's layout {layout}")
     j_table = increments._j_table
     j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
     (j_stream.sinkTo(_counter_sink(settings, spec, layout))

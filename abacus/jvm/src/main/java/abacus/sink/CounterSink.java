@@ -85,14 +85,30 @@ public final class CounterSink implements Sink<RowData> {
         return csv.isEmpty() ? new int[0] : Arrays.stream(csv.split(",")).mapToInt(Integer::parseInt).toArray();
     }
 
-    /** A key: its fields, compared by value. */
+    /**
+     * A key: its fields, compared by value. The hash mixes each field's (a polynomial hash of
+     * fields that are themselves polynomial hashes of similar strings, like Arrays.hashCode,
+     * collides often enough here to turn HashMap bins into trees).
+     */
     private static final class Key {
         final String[] fields;
         final int hash;
 
         Key(String[] fields) {
             this.fields = fields;
-            this.hash = Arrays.hashCode(fields);
+            int h = fields.length;
+            for (String field : fields) {
+                h = mix(h + field.hashCode());
+            }
+            this.hash = h;
+        }
+
+        private static int mix(int h) {  // MurmurHash3's finalizer
+            h ^= h >>> 16;
+            h *= 0x85ebca6b;
+            h ^= h >>> 13;
+            h *= 0xc2b2ae35;
+            return h ^ (h >>> 16);
         }
 
         @Override
@@ -273,8 +289,8 @@ public final class CounterSink implements Sink<RowData> {
                 counts.add(values);
             }
             sums = new HashMap<>();
-            List<Request> countRequests = batches(update, counts, measures + partitionKeys,
-                    DefaultBatchType.COUNTER, true);
+            List<Request> countRequests = batches(update, counts, measures,
+                    measures + partitionKeys, DefaultBatchType.COUNTER, true);
             if (newIndex.isEmpty()) {
                 requests.add(countRequests);
                 return;
@@ -292,7 +308,8 @@ public final class CounterSink implements Sink<RowData> {
             }
             indexed.addAll(newIndex.keySet());  // a failed index write fails the job
             newIndex.clear();
-            List<Request> indexRequests = batches(index, entries, 2, DefaultBatchType.UNLOGGED, false);
+            List<Request> indexRequests = batches(index, entries, 0, 2,
+                    DefaultBatchType.UNLOGGED, false);
             AtomicInteger remaining = new AtomicInteger(indexRequests.size());
             Runnable thenCounts = () -> {
                 if (remaining.decrementAndGet() == 0) {
@@ -325,15 +342,16 @@ public final class CounterSink implements Sink<RowData> {
 
         /**
          * Binds every row into requests: batches of up to {@code batchRows} rows spanning up
-         * to {@code batchPartitions} partitions (a partition is the values before {@code
-         * partitionEnd}). With {@code drained}, a row's first value (its count increment)
+         * to {@code batchPartitions} partitions (a partition is the values from {@code
+         * partitionStart} to {@code partitionEnd}). With {@code drained}, a row's first value (its count increment)
          * goes to the drain counter once written.
          */
         private List<Request> batches(PreparedStatement statement, List<Object[]> rows,
-                                      int partitionEnd, DefaultBatchType type, boolean drained) {
+                                      int partitionStart, int partitionEnd,
+                                      DefaultBatchType type, boolean drained) {
             LinkedHashMap<List<Object>, List<Object[]>> partitions = new LinkedHashMap<>();
             for (Object[] row : rows) {
-                partitions.computeIfAbsent(Arrays.asList(row).subList(0, partitionEnd),
+                partitions.computeIfAbsent(Arrays.asList(row).subList(partitionStart, partitionEnd),
                         k -> new ArrayList<>()).add(row);
             }
             List<Request> out = new ArrayList<>();
