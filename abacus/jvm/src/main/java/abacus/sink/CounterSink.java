@@ -49,12 +49,12 @@ import org.apache.flink.table.data.RowData;
  * <p>Each input row is a counter key (STRING fields, in the order the UPDATE binds them after
  * its measures), its measures (BIGINT increments, in the order of the UPDATE's SET) and an
  * index date (STRING, null when the row needs no index entry). The writer sums rows per key
- * in memory and, every {@code interval_ms}, writes the sums: first the key index rows it has
- * not written yet (synchronously: an index entry is in Cassandra before its counts), then the
- * counter updates, grouped by partition into COUNTER batches, {@code concurrency} requests in
- * flight, each retried with exponential backoff. While the previous interval's writes are in
- * flight, increments keep summing in memory: under load fewer, larger writes, at no cost to
- * freshness when idle.
+ * in memory and, every {@code interval_ms}, queues the sums as writes: first the key index rows
+ * it has not written yet, then, once those are in (an index entry is in Cassandra before its
+ * counts), the counter updates, grouped by partition into COUNTER batches, {@code
+ * concurrency} requests in flight, each retried with exponential backoff. The writes proceed
+ * while the next rows are summed; a tick that finds the last writes still in flight skips,
+ * so under load fewer, larger writes, at no cost to freshness when idle.
  *
  * <p>{@link #flush} (Flink calls it before a checkpoint barrier passes the sink) writes what
  * is summed and waits for every write in flight, so a completed checkpoint never covers an
