@@ -225,6 +225,8 @@ class Service(ABC):
         while True:
             exited = child.poll() if child is not None else None
             if exited is not None or not procs.alive(pid):
+                if exited is None and child is not None:  # a zombie between poll and alive
+                    exited = child.wait(timeout=10)
                 code = f" with code {exited}" if exited is not None else ""
                 raise StartError(
                     f"{self.name} exited{code} before serving on {self.address}\n"
