@@ -375,15 +375,17 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
 
 
 @click.command("abacus")
-@click.option("--events", "n", type=click.IntRange(min=100), default=40_000, show_default=True)
+@click.option("--events", "n", type=click.IntRange(min=100), default=120_000, show_default=True,
+              help="Events of the throughput phase (enough for ~30 s: the JVMs' JIT warms up "
+                   "in the first ~10 s).")
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--window-ms", type=click.IntRange(10), default=500, show_default=True,
-              help="How often the sinks write their sums (the job default is "
-                   "flink.window_ms).")
+@click.option("--window-ms", type=click.IntRange(10), default=250, show_default=True,
+              help="How often the sinks write their sums (flink.window_ms, 1 s by default; "
+                   "a freshness under 1 s needs writes more often than that).")
 @click.option("--latency-rate", type=click.FloatRange(min=1), default=1000.0, show_default=True)
-@click.option("--latency-events", type=click.IntRange(min=0), default=15_000,
+@click.option("--latency-events", type=click.IntRange(min=0), default=30_000,
               show_default=True, help="Events of the steady-rate freshness phase (0: skip).")
-@click.option("--probes-per-s", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--probes-per-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--parallelism", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--heap-mb", type=click.IntRange(256), default=640, show_default=True)
 @click.option("--managed-mb", type=click.IntRange(64), default=192, show_default=True)

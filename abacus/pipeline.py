@@ -35,6 +35,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
+from pyflink.table.types import _to_java_data_type
 
 from abacus.operators import DeadLetter, Validate
 from counting import RESOLUTIONS
@@ -52,6 +53,9 @@ _EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
 _EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7
                          + [Types.OBJECT_ARRAY(Types.STRING())] * 2)
 
+# the rows abacus.sink.Uniques emits: the account key, the measures, the index date
+_ACCOUNT_ROW = ("company_id", "statistic_id", "period", "bucket", "resolution", "facet",
+                "value", "count", "uniques", "index_date")
 _SINK_ATTEMPTS, _SINK_BACKOFF_MS = 6, 500  # a write's attempts, the first retry's delay
 
 
@@ -77,41 +81,27 @@ class JobSpec:
         """The DLQ `source` header: which job dead-lettered the record."""
         return f"abacus-{self.kind}"
 
-    @property
-    def state_ttl_s(self) -> int:
-        # SQL state TTL is one per job: the statistic job keeps its dedup state as long as its
-        # uniqueness state (longer is only more exact); the customer job has dedup only.
-        return max(self.dedup_ttl_s, self.uniques_ttl_s) if self.kind == "statistic" \
-            else self.dedup_ttl_s
 
 
-def _account_increments(tenv: StreamTableEnvironment) -> str:
-    """The statistic job's increments: (account key, count, uniques, index date) rows, a
-    count at every resolution for each event's pairs, a unique for each first customer."""
-    columns = "company_id, statistic_id, customer_id, b_hour, b_day, b_month, facet, `value`"
-    tenv.create_temporary_view("fanned", _computed_once(tenv, tenv.sql_query(
-        f"SELECT {columns} FROM (SELECT firsts.*, f.name AS facet, facet_values[f.i] AS "
-        "`value` FROM firsts CROSS JOIN UNNEST(facets) WITH ORDINALITY AS f(name, i))")))
-    # Uniqueness, hour before day before month: a customer first at a day is first at its
-    # hour too (a local hour lies in one local day, and a day in one month), so the day
-    # check needs only the hour's first occurrences, the month only the day's.
-    source = "fanned"
-    for resolution in RESOLUTIONS:
-        firsts = (f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() "
-                  f"OVER (PARTITION BY company_id, statistic_id, facet, `value`, "
-                  f"b_{resolution}, customer_id ORDER BY pt) AS rn FROM {source}) WHERE rn = 1")
-        source = f"first_{resolution}"
-        once = resolution != RESOLUTIONS[-1]  # read twice: by its uniques and the next
-        tenv.create_temporary_view(source, _computed_once(tenv, tenv.sql_query(firsts))
-                                   if once else tenv.sql_query(firsts))
-
-    def rows(resolution: str, c: int, u: int, source: str) -> str:
-        return (f"SELECT company_id, statistic_id, {_key_columns(resolution)}, facet, "
-                f"`value`, CAST({c} AS BIGINT) AS c, CAST({u} AS BIGINT) AS u, "
-                f"{_index_date(resolution, c)} AS index_date FROM {source}")
-
-    return " UNION ALL ".join([*(rows(r, 1, 0, "fanned") for r in RESOLUTIONS),
-                               *(rows(r, 0, 1, f"first_{r}") for r in RESOLUTIONS)])
+def _account_increments(tenv: StreamTableEnvironment, spec: JobSpec,
+                        layout: SinkLayout) -> object:
+    """The statistic job's increments, a Java DataStream of rows (account key, count,
+    uniques, index date): the fan-out and the uniqueness check are one keyed Java operator
+    (abacus/jvm: abacus.sink.Uniques) over the first deliveries, chained to the sink."""
+    if (layout.keys, layout.measures) != (_ACCOUNT_ROW[:7], _ACCOUNT_ROW[7:9]):
+        raise AssertionError(f"the uniques operator's rows {_ACCOUNT_ROW} do not match the "
+                             f"store's layout {layout}")
+    firsts = tenv.sql_query("SELECT company_id, statistic_id, customer_id, b_hour, b_day, "
+                            "b_month, facets, facet_values FROM firsts")
+    j_firsts = firsts._j_table
+    j_stream = tenv._j_tenv.toDataStream(j_firsts, _row_data_type(j_firsts))
+    row = DataTypes.ROW([DataTypes.FIELD(name, DataTypes.BIGINT() if name in layout.measures
+                                         else DataTypes.STRING()) for name in _ACCOUNT_ROW])
+    jvm = get_gateway().jvm
+    out_type = jvm.org.apache.flink.table.runtime.typeutils.InternalTypeInfo.of(
+        _to_java_data_type(row).getLogicalType())
+    return jvm.abacus.sink.Uniques.apply(j_stream, spec.uniques_ttl_s * 1000,
+                                         *(PERIOD_WIDTH[r] for r in RESOLUTIONS), out_type)
 
 
 def _customer_increments(tenv: StreamTableEnvironment) -> str:
@@ -121,13 +111,8 @@ def _customer_increments(tenv: StreamTableEnvironment) -> str:
         "SELECT company_id, customer_id, statistic_id, b_hour, b_day, b_month FROM firsts")))
     return " UNION ALL ".join(
         f"SELECT company_id, customer_id, {_period(r)} AS `period`, statistic_id, b_{r} AS "
-        f"bucket, {_text(r)} AS resolution, CAST(1 AS BIGINT) AS c, {_index_date(r, 1)} AS "
+        f"bucket, {_text(r)} AS resolution, CAST(1 AS BIGINT) AS c, {_index_date(r)} AS "
         "index_date FROM customer_firsts" for r in RESOLUTIONS)
-
-
-def _key_columns(resolution: str) -> str:
-    return (f"{_period(resolution)} AS `period`, b_{resolution} AS bucket, "
-            f"{_text(resolution)} AS resolution")
 
 
 def _period(resolution: str) -> str:
@@ -135,10 +120,10 @@ def _period(resolution: str) -> str:
     return f"SUBSTRING(b_{resolution} FROM 1 FOR {PERIOD_WIDTH[resolution]})"
 
 
-def _index_date(resolution: str, c: int) -> str:
-    """Each hour count row carries its local date (its day label: counting.bucket_date of
-    the hour) for the store's per-date key index; other rows none."""
-    return "b_day" if resolution == RESOLUTIONS[0] and c else "CAST(NULL AS STRING)"
+def _index_date(resolution: str) -> str:
+    """Each hour row carries its local date (its day label: counting.bucket_date of the
+    hour) for the store's per-date key index; other rows none."""
+    return "b_day" if resolution == RESOLUTIONS[0] else "CAST(NULL AS STRING)"
 
 
 def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
@@ -206,7 +191,8 @@ def kafka_source(settings: Settings, spec: JobSpec) -> KafkaSource:
 def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) -> None:
     """Add one job's operators to `env` (execute it afterwards)."""
     tenv = StreamTableEnvironment.create(env)
-    tenv.get_config().set("table.exec.state.ttl", f"{spec.state_ttl_s * 1000} ms")
+    # the SQL state is the keep-first by event_id (uniqueness is abacus.sink.Uniques)
+    tenv.get_config().set("table.exec.state.ttl", f"{spec.dedup_ttl_s * 1000} ms")
 
     raw = env.from_source(kafka_source(settings, spec), WatermarkStrategy.no_watermarks(),
                           "kafka").uid("kafka-source")
@@ -234,17 +220,19 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     tenv.execute_sql(
         "CREATE TEMPORARY VIEW firsts AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
         f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}")
-    level = "account" if spec.kind == "statistic" else "customer"
-    increments = tenv.sql_query(_account_increments(tenv) if spec.kind == "statistic"
-                                else _customer_increments(tenv))
-    layout = sink_layout(settings.cassandra, spec.target, level)
-    columns = list(increments.get_resolved_schema().get_column_names())  # keys, measures, date
-    if (columns[:len(layout.keys)] != list(layout.keys)
-            or len(columns) != len(layout.keys) + len(layout.measures) + 1):
-        raise AssertionError(f"increments {columns} do not match the store's layout {layout}")
-    j_table = increments._j_table
-    j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
-    (j_stream.sinkTo(_counter_sink(settings, spec, layout))
+    if spec.kind == "statistic":
+        layout = sink_layout(settings.cassandra, spec.target, "account")
+        j_stream = _account_increments(tenv, spec, layout)
+    else:
+        layout = sink_layout(settings.cassandra, spec.target, "customer")
+        increments = tenv.sql_query(_customer_increments(tenv))
+        columns = list(increments.get_resolved_schema().get_column_names())  # keys, measures, date
+        if (columns[:len(layout.keys)] != list(layout.keys)
+                or len(columns) != len(layout.keys) + len(layout.measures) + 1):
+            raise AssertionError(f"increments {columns} do not match the store's layout {layout}")
+        j_table = increments._j_table
+        j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
+    (j_stream.sinkTo(_counter_sink(settings, spec, layout))  # type: ignore[attr-defined]
      .uid("counter-sink").name(f"counter-sink-{spec.target}"))
 
 

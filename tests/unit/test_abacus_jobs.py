@@ -84,8 +84,7 @@ def test_job_names_and_groups() -> None:
     assert job_name("statistic", "shadow") == "statistic"
     assert job_name("customer", "serving", "t1-") == "t1-customer-serving"
     spec = JobSpec("statistic", "shadow", "statistic", 1000, 7, 40, "", 0)
-    assert (spec.group_id, spec.source, spec.state_ttl_s) == (
-        "abacus-statistic", "abacus-statistic", 40)
+    assert (spec.group_id, spec.source) == ("abacus-statistic", "abacus-statistic")
 
 
 def test_latest_restore_point_is_the_newest(tmp_path: Path) -> None:
