@@ -1,21 +1,23 @@
 """The two milestone-1 jobs as one Flink graph each: DataStream for Kafka and Python, SQL for
-every piece of per-record state (in the JVM, RocksDB-backed).
+the keep-first by event_id, Java operators (abacus/jvm) for the rest; all per-record state
+in the JVM, RocksDB-backed.
 
     KafkaSource (raw bytes)
       -> Validate (Python, counting.parse_event) --rejected--> DeadLetter (Kafka DLQ)
          the event row carries the contract's bucket labels (counting.bucket_labels) and
          facet pairs (counting.account_facets)
       -> SQL: keep-first by event_id (ROW_NUMBER ... = 1, state TTL), counted(n) for drain
-      -> count increments: one per key at each resolution (the contract's labels)
-      -> [statistic] fan-out: CROSS JOIN UNNEST of the facet pairs; keep-first by (key,
-         customer) at hour, then day among the hour's firsts, then month among the day's:
-         the unique increments at every resolution (uniques do not roll up)
-      -> CounterSink (Java, abacus/jvm): sums increments per counter key in memory and
+      -> [statistic] abacus.sink.Uniques, keyed by (company, statistic, customer): a row per
+         account key (every label with every pair), count 1, uniques 1 when the customer is
+         first for that key: checked hour, then day among the hour's firsts, then month
+         among the day's (uniques do not roll up)
+         [customer] abacus.sink.CustomerRows: a row per resolution, count 1
+      -> CounterSink (Java, chained): sums increments per counter key in memory and
          writes the sums every window_ms (count = count + d, uniques = uniques + u), all of
          them before a checkpoint barrier passes it
 
 The sink's interval only batches writes: the buckets come from counting's labels.
-The SQL is assembled from this module's own column names and integers; no input reaches it.
+The SQL is assembled from this module's own column names; no input reaches it.
 """
 # ruff: noqa: S608
 
@@ -34,7 +36,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 from pyflink.java_gateway import get_gateway
-from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
+from pyflink.table import DataTypes, Schema, StreamTableEnvironment
 from pyflink.table.types import _to_java_data_type
 
 from abacus.operators import DeadLetter, Validate
@@ -53,9 +55,17 @@ _EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
 _EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7
                          + [Types.OBJECT_ARRAY(Types.STRING())] * 2)
 
-# the rows abacus.sink.Uniques emits: the account key, the measures, the index date
-_ACCOUNT_ROW = ("company_id", "statistic_id", "period", "bucket", "resolution", "facet",
-                "value", "count", "uniques", "index_date")
+# The Java operators' input (first deliveries) and output rows (key fields, measures, index
+# date: abacus.sink.Uniques for the statistic job, abacus.sink.CustomerRows for the customer
+# job); the output is checked against the store's layout.
+_LABELS = tuple(f"b_{r}" for r in RESOLUTIONS)
+_FIRSTS = {"statistic": ("company_id", "statistic_id", "customer_id", *_LABELS, "facets",
+                         "facet_values"),
+           "customer": ("company_id", "customer_id", "statistic_id", *_LABELS)}
+_ROWS = {"statistic": ("company_id", "statistic_id", "period", "bucket", "resolution", "facet",
+                       "value", "count", "uniques", "index_date"),
+         "customer": ("company_id", "customer_id", "period", "statistic_id", "bucket",
+                      "resolution", "count", "index_date")}
 _SINK_ATTEMPTS, _SINK_BACKOFF_MS = 6, 500  # a write's attempts, the first retry's delay
 
 
@@ -83,69 +93,27 @@ class JobSpec:
 
 
 
-def _account_increments(tenv: StreamTableEnvironment, spec: JobSpec,
-                        layout: SinkLayout) -> object:
-    """The statistic job's increments, a Java DataStream of rows (account key, count,
-    uniques, index date): the fan-out and the uniqueness check are one keyed Java operator
-    (abacus/jvm: abacus.sink.Uniques) over the first deliveries, chained to the sink."""
-    if (layout.keys, layout.measures) != (_ACCOUNT_ROW[:7], _ACCOUNT_ROW[7:9]):
-        raise AssertionError(f"the uniques operator's rows {_ACCOUNT_ROW} do not match the "
-                             f"store's layout {layout}")
-    firsts = tenv.sql_query("SELECT company_id, statistic_id, customer_id, b_hour, b_day, "
-                            "b_month, facets, facet_values FROM firsts")
-    j_firsts = firsts._j_table
-    j_stream = tenv._j_tenv.toDataStream(j_firsts, _row_data_type(j_firsts))
+def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout) -> object:
+    """A job's increments, a Java DataStream of rows (key fields, measures, index date), from
+    its first deliveries, by a Java operator chained to the sink (abacus/jvm):
+    `abacus.sink.Uniques` for the statistic job (fan-out and uniqueness, keyed by customer),
+    `abacus.sink.CustomerRows` for the customer job (a row per resolution)."""
+    names = _ROWS[spec.kind]
+    if (layout.keys, layout.measures) != (names[:len(layout.keys)], names[len(layout.keys):-1]):
+        raise AssertionError(f"the {spec.kind} job's rows {names} do not match the store's "
+                             f"layout {layout}")
+    firsts = tenv.sql_query(f"SELECT {', '.join(_FIRSTS[spec.kind])} FROM firsts")._j_table
+    j_firsts = tenv._j_tenv.toDataStream(firsts, _row_data_type(firsts))
     row = DataTypes.ROW([DataTypes.FIELD(name, DataTypes.BIGINT() if name in layout.measures
-                                         else DataTypes.STRING()) for name in _ACCOUNT_ROW])
+                                         else DataTypes.STRING()) for name in names])
     jvm = get_gateway().jvm
     out_type = jvm.org.apache.flink.table.runtime.typeutils.InternalTypeInfo.of(
         _to_java_data_type(row).getLogicalType())
-    return jvm.abacus.sink.Uniques.apply(j_stream, spec.uniques_ttl_s * 1000,
-                                         *(PERIOD_WIDTH[r] for r in RESOLUTIONS), out_type)
-
-
-def _customer_increments(tenv: StreamTableEnvironment) -> str:
-    """The customer job's increments: (customer key, count, index date) rows, a count at
-    every resolution for each event."""
-    tenv.create_temporary_view("customer_firsts", _computed_once(tenv, tenv.sql_query(
-        "SELECT company_id, customer_id, statistic_id, b_hour, b_day, b_month FROM firsts")))
-    return " UNION ALL ".join(
-        f"SELECT company_id, customer_id, {_period(r)} AS `period`, statistic_id, b_{r} AS "
-        f"bucket, {_text(r)} AS resolution, CAST(1 AS BIGINT) AS c, {_index_date(r)} AS "
-        "index_date FROM customer_firsts" for r in RESOLUTIONS)
-
-
-def _period(resolution: str) -> str:
-    """The key's partition period (storage.period_of, from the same widths)."""
-    return f"SUBSTRING(b_{resolution} FROM 1 FOR {PERIOD_WIDTH[resolution]})"
-
-
-def _index_date(resolution: str) -> str:
-    """Each hour row carries its local date (its day label: counting.bucket_date of the
-    hour) for the store's per-date key index; other rows none."""
-    return "b_day" if resolution == RESOLUTIONS[0] else "CAST(NULL AS STRING)"
-
-
-def _computed_once(tenv: StreamTableEnvironment, table: Table) -> Table:
-    """`table` through a DataStream and back, with a new processing-time column `pt`.
-
-    A view read twice is planned twice: each reader prunes the columns it does not need, so
-    the two plans differ and the planner does not reuse one for both, and every stateful
-    operator in it (a uniqueness check) would run, and keep its state, twice. The planner
-    cannot see through a DataStream, so this one is computed once.
-
-    The stream carries Flink's internal RowData, so neither side converts a field (PyFlink's
-    `to_data_stream` would make external Rows of Java Strings and back: a quarter of the
-    statistic job's CPU, sink aside); PyFlink has no call for that, hence the Java API."""
-    j_table = table._j_table
-    j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
-    schema = Schema.new_builder().column_by_expression("pt", "PROCTIME()").build()
-    return Table(tenv._j_tenv.fromDataStream(j_stream, schema._j_schema), tenv)
-
-
-def _text(literal: str) -> str:
-    """A STRING literal: a bare 'day' is CHAR(3), and a UNION of CHARs pads them to one width."""
-    return f"CAST('{literal}' AS STRING)"
+    widths = [PERIOD_WIDTH[r] for r in RESOLUTIONS]
+    if spec.kind == "statistic":
+        return jvm.abacus.sink.Uniques.apply(j_firsts, spec.uniques_ttl_s * 1000, *widths,
+                                             out_type)
+    return jvm.abacus.sink.CustomerRows.apply(j_firsts, *widths, out_type)
 
 
 def job_name(kind: str, target: str, prefix: str = "") -> str:
@@ -220,18 +188,9 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     tenv.execute_sql(
         "CREATE TEMPORARY VIEW firsts AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
         f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}")
-    if spec.kind == "statistic":
-        layout = sink_layout(settings.cassandra, spec.target, "account")
-        j_stream = _account_increments(tenv, spec, layout)
-    else:
-        layout = sink_layout(settings.cassandra, spec.target, "customer")
-        increments = tenv.sql_query(_customer_increments(tenv))
-        columns = list(increments.get_resolved_schema().get_column_names())  # keys, measures, date
-        if (columns[:len(layout.keys)] != list(layout.keys)
-                or len(columns) != len(layout.keys) + len(layout.measures) + 1):
-            raise AssertionError(f"increments {columns} do not match the store's layout {layout}")
-        j_table = increments._j_table
-        j_stream = tenv._j_tenv.toDataStream(j_table, _row_data_type(j_table))
+    layout = sink_layout(settings.cassandra, spec.target,
+                         "account" if spec.kind == "statistic" else "customer")
+    j_stream = _increments(tenv, spec, layout)
     (j_stream.sinkTo(_counter_sink(settings, spec, layout))  # type: ignore[attr-defined]
      .uid("counter-sink").name(f"counter-sink-{spec.target}"))
 
