@@ -341,7 +341,7 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
     isolated = _isolated(settings, tag)
     prefix = f"bench-{tag}-"
     figures: dict[str, Any] = {"parameters": {
-        "events": len(lines), "window_ms": window_ms,
+        "events": len(lines), "warmup_events": warmup, "window_ms": window_ms,
         "parallelism": parallelism, "heap_mb": memory.heap_mb, "managed_mb": memory.managed_mb,
         "checkpoint_interval_ms": settings.flink.checkpoint_interval_ms,
         "load_1m_at_start": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}}
@@ -376,8 +376,10 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
 
 @click.command("abacus")
 @click.option("--events", "n", type=click.IntRange(min=100), default=120_000, show_default=True,
-              help="Events of the throughput phase (enough for ~30 s: the JVMs' JIT warms up "
-                   "in the first ~10 s).")
+              help="Events of the measured throughput phase.")
+@click.option("--warmup", type=click.IntRange(min=0), default=30_000, show_default=True,
+              help="Events through both jobs before the clock starts (other event ids): the "
+                   "JVMs' JIT compiles the hot paths in the first ~10 s.")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--window-ms", type=click.IntRange(10), default=250, show_default=True,
               help="How often the sinks write their sums (flink.window_ms, 1 s by default; "
@@ -397,7 +399,7 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
 def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int,
                  latency_rate: float, latency_events: int, probes_per_s: float,
                  parallelism: int, heap_mb: int, managed_mb: int, legacy_events: int,
-                 fmt: str) -> None:
+                 warmup: int, fmt: str) -> None:
     """Both Abacus jobs: sustained events/s, freshness p50/p99 at a steady rate, RSS; legacy
     on the same events, and the ratio."""
     lines = _lines(seed, n)  # the generator's default mix
@@ -406,7 +408,7 @@ def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int,
             settings, lines, window_ms=window_ms, latency_rate=latency_rate,
             latency_events=min(latency_events, n), probes_per_s=probes_per_s,
             memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb), parallelism=parallelism,
-            seed=seed)
+            warmup=warmup, seed=seed)
     except (TimeoutError, manager.JobError, FileNotFoundError) as exc:
         raise click.ClickException(f"bench abacus: {exc}") from None
     legacy = _legacy(settings, lines[:legacy_events]) if legacy_events else None
@@ -433,7 +435,8 @@ def _legacy(settings: Settings, lines: list[str]) -> dict[str, Any] | None:
 
 def _render(figures: dict[str, Any], seed: int) -> None:
     p = figures["parameters"]
-    click.echo(f"abacus M1: {p['events']} generated events (default mix, seed {seed}), both "
+    click.echo(f"abacus M1: {p['events']} generated events (default mix, seed {seed}; after "
+               f"{p['warmup_events']} warm-up events), both "
                f"jobs, writes every {p['window_ms']} ms, parallelism "
                f"{p['parallelism']}, heap {p['heap_mb']} MiB + managed {p['managed_mb']} MiB "
                f"per job, checkpoints every {p['checkpoint_interval_ms']} ms; machine load "
