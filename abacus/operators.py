@@ -36,8 +36,9 @@ class Validate(ProcessFunction):  # type: ignore[misc]
     label with every pair, which the SQL forms with `CROSS JOIN UNNEST ... WITH ORDINALITY`.
     """
 
-    def __init__(self, rejected: OutputTag) -> None:
+    def __init__(self, rejected: OutputTag, facets: bool = True) -> None:
         self._rejected = rejected
+        self._facets = facets  # the customer job counts no facet: its rows end at the labels
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         parsed = parse_event(value)
@@ -46,6 +47,10 @@ class Validate(ProcessFunction):  # type: ignore[misc]
                                       parsed.event_id or "")
             return
         hour, day, month = bucket_labels(parsed.timestamp, parsed.timezone)
+        if not self._facets:
+            yield Row(parsed.event_id, parsed.company_id, parsed.customer_id,
+                      parsed.statistic_id, hour, day, month)
+            return
         facets, values = zip(*account_facets(parsed), strict=True)
         yield Row(parsed.event_id, parsed.company_id, parsed.customer_id, parsed.statistic_id,
                   hour, day, month, list(facets), list(values))

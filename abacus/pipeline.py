@@ -54,6 +54,8 @@ _EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
                  *(f"b_{r}" for r in RESOLUTIONS), "facets", "facet_values"]
 _EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7
                          + [Types.OBJECT_ARRAY(Types.STRING())] * 2)
+# the customer job's events end at the labels (it counts no facet)
+_CUSTOMER_EVENT = Types.ROW_NAMED(_EVENT_FIELDS[:7], [Types.STRING()] * 7)
 
 # The Java operators' input (first deliveries) and output rows (key fields, measures, index
 # date: abacus.sink.Uniques for the statistic job, abacus.sink.CustomerRows for the customer
@@ -165,13 +167,16 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     raw = env.from_source(kafka_source(settings, spec), WatermarkStrategy.no_watermarks(),
                           "kafka").uid("kafka-source")
     rejected = OutputTag("rejected", _REJECTED)
-    valid = raw.process(Validate(rejected), output_type=_EVENT).uid("validate").name("validate")
+    statistic = spec.kind == "statistic"
+    valid = (raw.process(Validate(rejected, facets=statistic),
+                         output_type=_EVENT if statistic else _CUSTOMER_EVENT)
+             .uid("validate").name("validate"))
     (valid.get_side_output(rejected)
      .map(DeadLetter(settings.kafka, spec.source), output_type=Types.INT())
      .uid("dead-letter").name("dead-letter"))
 
     schema = Schema.new_builder()
-    for field in _EVENT_FIELDS:
+    for field in _EVENT_FIELDS if statistic else _EVENT_FIELDS[:7]:
         schema.column(field, DataTypes.ARRAY(DataTypes.STRING()) if field.startswith("facet")
                       else DataTypes.STRING())
     tenv.create_temporary_view("events", tenv.from_data_stream(
@@ -179,7 +184,7 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     # keep-first by event_id; `counted(n)` adds each first delivery's count increments to
     # the drain counter (3 resolutions x its facet pairs, or 3 for the customer job)
     n = len(RESOLUTIONS)
-    per_event = f"{n} * CARDINALITY(facets)" if spec.kind == "statistic" else str(n)
+    per_event = f"{n} * CARDINALITY(facets)" if statistic else str(n)
     counted = ""
     if spec.progress_dir:
         tenv._j_tenv.createTemporarySystemFunction(  # Java: abacus/jvm, abacus.sink.Counted

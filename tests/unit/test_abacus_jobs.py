@@ -33,9 +33,9 @@ class _Tag:
     pass
 
 
-def _validated(line: str) -> list[object]:
+def _validated(line: str, facets: bool = True) -> list[object]:
     tag = _Tag()
-    return list(Validate(tag).process_element(line.encode(), None))  # type: ignore[arg-type]
+    return list(Validate(tag, facets).process_element(line.encode(), None))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("line", tricky_lines())
@@ -59,6 +59,13 @@ def test_validate_is_parse_event(line: str) -> None:
                 for f, v in zip(facets, values, strict=True)] == account_keys(parsed)
         assert [CustomerKey(company, customer, statistic, r, b)
                 for r, b in zip(RESOLUTIONS, labels, strict=True)] == customer_keys(parsed)
+    # the customer job's Validate: the same rejection, or the same row up to the labels
+    customer = _validated(line, facets=False)
+    assert len(customer) == 1
+    if isinstance(parsed, Rejection):
+        assert [list(x) for x in customer[0][1:]] == [list(x) for x in out[0][1:]]  # type: ignore[index]
+    else:
+        assert list(customer[0]) == list(out[0])[:7]  # type: ignore[call-overload]
 
 
 def test_every_reason_goes_to_the_side_output() -> None:
