@@ -33,7 +33,8 @@ class Validate(ProcessFunction):  # type: ignore[misc]
     local (hour, day, month) labels (`counting.bucket_labels`) and the (facet, value) pairs
     it counts under (`counting.account_facets`, the total first) as two parallel arrays (an
     array of rows arrives in the JVM as copies of one reused row). Its account keys are every
-    label with every pair, which the SQL forms with `CROSS JOIN UNNEST ... WITH ORDINALITY`.
+    label with every pair, which the Java operator `abacus.sink.Uniques` forms. The customer
+    job counts no facet: its rows (`facets=False`) end at the labels.
     """
 
     def __init__(self, rejected: OutputTag, facets: bool = True) -> None:
