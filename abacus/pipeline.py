@@ -111,11 +111,11 @@ def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout)
     jvm = get_gateway().jvm
     out_type = jvm.org.apache.flink.table.runtime.typeutils.InternalTypeInfo.of(
         _to_java_data_type(row).getLogicalType())
-    widths = [PERIOD_WIDTH[r] for r in RESOLUTIONS]
+    resolutions = ",".join(f"{r}:{PERIOD_WIDTH[r]}" for r in RESOLUTIONS)  # finest first
     if spec.kind == "statistic":
-        return jvm.abacus.sink.Uniques.apply(j_firsts, spec.uniques_ttl_s * 1000, *widths,
+        return jvm.abacus.sink.Uniques.apply(j_firsts, spec.uniques_ttl_s * 1000, resolutions,
                                              out_type)
-    return jvm.abacus.sink.CustomerRows.apply(j_firsts, *widths, out_type)
+    return jvm.abacus.sink.CustomerRows.apply(j_firsts, resolutions, out_type)
 
 
 def job_name(kind: str, target: str, prefix: str = "") -> str:

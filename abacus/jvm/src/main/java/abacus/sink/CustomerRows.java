@@ -20,39 +20,31 @@ import org.apache.flink.util.Collector;
  */
 public final class CustomerRows implements FlatMapFunction<RowData, RowData> {
     private static final long serialVersionUID = 1L;
-    private static final String[] RESOLUTIONS = {"hour", "day", "month"};
 
-    private final int[] periodWidth;  // per resolution: the label's prefix that is the period
-    private transient StringData[] resolutionText;
+    private final Resolutions resolutions;
 
-    public CustomerRows(int[] periodWidth) {
-        this.periodWidth = periodWidth.clone();
+    public CustomerRows(Resolutions resolutions) {
+        this.resolutions = resolutions;
     }
 
-    /** The increments of {@code firsts} (rows as described above). */
-    public static DataStream<RowData> apply(DataStream<RowData> firsts, int hourWidth,
-            int dayWidth, int monthWidth, TypeInformation<RowData> outType) {
+    /** The increments of {@code firsts} (rows as described above); {@code resolutions} as
+     * {@link Resolutions#parse} reads them. */
+    public static DataStream<RowData> apply(DataStream<RowData> firsts, String resolutions,
+            TypeInformation<RowData> outType) {
         return firsts
-                .flatMap(new CustomerRows(new int[] {hourWidth, dayWidth, monthWidth}), outType)
+                .flatMap(new CustomerRows(Resolutions.parse(resolutions)), outType)
                 .name("customer-rows")
                 .uid("customer-rows");
     }
 
     @Override
     public void flatMap(RowData in, Collector<RowData> out) {
-        if (resolutionText == null) {
-            resolutionText = new StringData[RESOLUTIONS.length];
-            for (int r = 0; r < RESOLUTIONS.length; r++) {
-                resolutionText[r] = StringData.fromString(RESOLUTIONS[r]);
-            }
-        }
-        StringData day = in.getString(4);
-        for (int r = 0; r < RESOLUTIONS.length; r++) {
+        StringData day = in.getString(4);  // the index date: the day label
+        for (int r = 0; r < resolutions.size(); r++) {
             StringData label = in.getString(3 + r);
-            StringData period =
-                    StringData.fromString(label.toString().substring(0, periodWidth[r]));
-            out.collect(GenericRowData.of(in.getString(0), in.getString(1), period,
-                    in.getString(2), label, resolutionText[r], 1L, r == 0 ? day : null));
+            out.collect(GenericRowData.of(in.getString(0), in.getString(1),
+                    resolutions.period(r, label.toString()), in.getString(2), label,
+                    resolutions.text(r), 1L, r == 0 ? day : null));
         }
     }
 }

@@ -41,24 +41,22 @@ import org.apache.flink.util.Collector;
 public final class Uniques
         extends KeyedProcessFunction<Tuple3<String, String, String>, RowData, RowData> {
     private static final long serialVersionUID = 1L;
-    private static final String[] RESOLUTIONS = {"hour", "day", "month"};
-
     private final long ttlMs;
-    private final int[] periodWidth;  // per resolution: the label's prefix that is the period
+    private final Resolutions resolutions;
     private transient List<MapState<String, List<String>>> seen;
-    private transient StringData[] resolutionText;
 
-    public Uniques(long ttlMs, int[] periodWidth) {
+    public Uniques(long ttlMs, Resolutions resolutions) {
         this.ttlMs = ttlMs;
-        this.periodWidth = periodWidth.clone();
+        this.resolutions = resolutions;
     }
 
-    /** The increments of {@code firsts} (rows as described above), keyed and checked. */
+    /** The increments of {@code firsts} (rows as described above), keyed and checked;
+     * {@code resolutions} as {@link Resolutions#parse} reads them. */
     public static DataStream<RowData> apply(DataStream<RowData> firsts, long ttlMs,
-            int hourWidth, int dayWidth, int monthWidth, TypeInformation<RowData> outType) {
+            String resolutions, TypeInformation<RowData> outType) {
         return firsts
                 .keyBy(new ByCustomer(), Types.TUPLE(Types.STRING, Types.STRING, Types.STRING))
-                .process(new Uniques(ttlMs, new int[] {hourWidth, dayWidth, monthWidth}), outType)
+                .process(new Uniques(ttlMs, Resolutions.parse(resolutions)), outType)
                 .name("uniques")
                 .uid("uniques");
     }
@@ -82,13 +80,11 @@ public final class Uniques
                 .setStateVisibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                 .build();
         seen = new ArrayList<>();
-        resolutionText = new StringData[RESOLUTIONS.length];
-        for (int r = 0; r < RESOLUTIONS.length; r++) {
+        for (int r = 0; r < resolutions.size(); r++) {
             MapStateDescriptor<String, List<String>> descriptor = new MapStateDescriptor<>(
-                    "seen-" + RESOLUTIONS[r], Types.STRING, Types.LIST(Types.STRING));
+                    "seen-" + resolutions.name(r), Types.STRING, Types.LIST(Types.STRING));
             descriptor.enableTimeToLive(ttl);
             seen.add(getRuntimeContext().getMapState(descriptor));
-            resolutionText[r] = StringData.fromString(RESOLUTIONS[r]);
         }
     }
 
@@ -108,16 +104,16 @@ public final class Uniques
         java.util.Arrays.fill(first, true);  // hour: every pair is a candidate
         StringData company = in.getString(0);
         StringData statistic = in.getString(1);
-        StringData day = in.getString(4);
-        for (int r = 0; r < RESOLUTIONS.length; r++) {
+        StringData day = in.getString(4);  // the index date: the day label
+        for (int r = 0; r < resolutions.size(); r++) {
             StringData label = in.getString(3 + r);
             String bucket = label.toString();
             markFirsts(seen.get(r), bucket, pairs, first);
-            StringData period = StringData.fromString(bucket.substring(0, periodWidth[r]));
+            StringData period = resolutions.period(r, bucket);
             StringData indexDate = r == 0 ? day : null;
             for (int i = 0; i < n; i++) {
                 out.collect(GenericRowData.of(company, statistic, period, label,
-                        resolutionText[r], facets.getString(i), values.getString(i), 1L,
+                        resolutions.text(r), facets.getString(i), values.getString(i), 1L,
                         first[i] ? 1L : 0L, indexDate));
             }
         }
