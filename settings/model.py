@@ -32,6 +32,8 @@ class KafkaSettings(_Model):
     topic: str = "abacus.events"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # topics are created with this min.insync.replicas (<= replication_factor)
+    min_insync_replicas: int = Field(default=1, ge=1)
     dlq_topic: str = "abacus.dlq"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -92,6 +94,11 @@ class RabbitSettings(_Model):
     shadow_queue: str = "bridge.shadow"
     dead_letter_queue: str = "legacy.dead_letter"
     prefetch: int = Field(default=256, ge=1)
+    # the bridge's mirror queue is bounded (x-max-length) so a stopped bridge never fills
+    # RabbitMQ up to its memory alarm (which would block legacy's publishers); what
+    # overflows is dead-lettered to mirror_overflow_queue and counted there
+    mirror_max_length: int = Field(default=1_000_000, ge=1)
+    mirror_overflow_queue: str = "bridge.shadow.overflow"
 
     def url(self) -> str:
         """AMQP URL with the password in it: pass to clients only, never print it."""
@@ -134,6 +141,7 @@ class FlinkSettings(_Model):
 
 class BridgeSettings(_Model):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus; None = off
+    metrics_host: str = "127.0.0.1"  # the metrics server binds here (0.0.0.0 only if set)
 
 
 class Settings(BaseSettings):
