@@ -98,6 +98,8 @@ class RabbitSettings(_Model):
     # RabbitMQ up to its memory alarm (which would block legacy's publishers); what
     # overflows is dead-lettered to mirror_overflow_queue and counted there
     mirror_max_length: int = Field(default=1_000_000, ge=1)
+    # and at most this many bytes of message bodies (x-max-length-bytes), whichever first
+    mirror_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     mirror_overflow_queue: str = "bridge.shadow.overflow"
 
     def url(self) -> str:
