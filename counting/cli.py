@@ -70,12 +70,15 @@ def _print_table(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from settings.output import term
+
     table = Table("level", "company", "customer", "statistic", "res", "bucket", "facet",
                   "value", "count", "uniques")
     for r in sorted(records, key=lambda r: tuple(str(v) for v in r.values())):
-        table.add_row(r["level"], r["company_id"], r.get("customer_id", ""), r["statistic_id"],
-                      r["resolution"], r["bucket"], r.get("facet", ""), r.get("value", ""),
-                      str(r["count"]), str(r.get("uniques", "")))
+        table.add_row(*(term(v) for v in (
+            r["level"], r["company_id"], r.get("customer_id", ""), r["statistic_id"],
+            r["resolution"], r["bucket"], r.get("facet", ""), r.get("value", ""),
+            r["count"], r.get("uniques", ""))))
     Console().print(table)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from counting.model import BigInt
+
 MAX_FACET_VALUE_CHARS = 256
 
 
@@ -25,6 +27,8 @@ def facet_value(value: Any) -> str | None:
         if not math.isfinite(value):
             raise NonFiniteFloat(repr(value))
         return repr(value)
+    if kind is BigInt:  # an integer too long to convert: its digits are its text
+        return value.digits  # type: ignore[no-any-return]
     return None  # null, list, object (and anything else): not a facet
 
 

@@ -25,6 +25,42 @@ class Reason(StrEnum):
 RESOLUTIONS: tuple[str, str, str] = ("hour", "day", "month")
 
 
+class BigInt:
+    """A JSON integer longer than Python's integer-conversion limit (4,300 digits by
+    default), kept as its digits: converting it would cost time quadratic in its length
+    (CVE-2020-10735), and lifting the limit would do so for the whole process. No valid
+    timestamp is that long (it is out of range), and a property's facet text is its
+    digits, so the contract never needs its value."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer of {len(self.digits.lstrip('-'))} digits>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BigInt) and other.digits == self.digits
+
+    def __hash__(self) -> int:
+        return hash(self.digits)
+
+    # longer than any int or float can be compared with here: only its sign matters
+    def __lt__(self, other: object) -> bool:
+        return self.digits.startswith("-")
+
+    def __le__(self, other: object) -> bool:
+        return self.digits.startswith("-")
+
+    def __gt__(self, other: object) -> bool:
+        return not self.digits.startswith("-")
+
+    def __ge__(self, other: object) -> bool:
+        return not self.digits.startswith("-")
+
+
+
 class Event(NamedTuple):
     """A valid hydrated event, reduced to what is counted (a NamedTuple, like the keys: it
     is built once per event on the hot path, and a frozen dataclass costs 3x more)."""
