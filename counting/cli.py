@@ -17,6 +17,7 @@ from counting.generate import DEFAULT_TIMEZONES, GeneratorConfig
 from counting.generate import generate as generate_events
 from counting.model import AccountCount, CustomerCount, Rejection
 from counting.recount import Recount, paused_gc
+from counting.text import escape
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -27,11 +28,15 @@ def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 def rejection_line(rejection: Rejection) -> str:
-    return json.dumps(
-        {"event_id": rejection.event_id, "reason": rejection.reason.value,
-         "detail": rejection.detail},
-        ensure_ascii=False,
-    )
+    """One rejects line; an id or detail that cannot be written as UTF-8 (a lone surrogate)
+    is escaped, and the line says so (`"escaped": true`)."""
+    event_id, id_escaped = escape(rejection.event_id) if rejection.event_id else (None, False)
+    detail, detail_escaped = escape(rejection.detail)
+    record: dict[str, Any] = {"event_id": event_id, "reason": rejection.reason.value,
+                              "detail": detail}
+    if id_escaped or detail_escaped:
+        record["escaped"] = True
+    return json.dumps(record, ensure_ascii=False)
 
 
 @click.command()
