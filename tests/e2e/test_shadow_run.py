@@ -4,7 +4,10 @@ both Abacus jobs on Flink MiniClusters, and the three-way audit, run through the
 Two scenarios over the fixed tricky corpus (DST folds and gaps, odd zones, every kind of
 facet, every rejection reason), each event_id published once (its first delivery; legacy
 does not de-duplicate) with the invalid lines:
-- clean: legacy = Abacus = truth on every date touched, exit 0;
+- clean, with the poison corpus too (lone surrogates, invalid UTF-8, NULs, bidi controls,
+  markup, formulas, huge ids and numbers, deep nesting): legacy = Abacus = truth on every
+  date touched, exit 0, and every invalid line in each pipeline's dead letters with its
+  reason;
 - chaos (legacy requeues a deterministic share of tasks after counting them): legacy
   over-counts exactly the keys of the redelivered events, by exactly their redeliveries,
   Abacus equals the truth, exit 1, and the audits attribute the drift to those keys.
@@ -19,6 +22,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +31,19 @@ from typing import Any
 
 import pytest
 
-from counting import Event, Recount, parse_event, to_record
-from counting.corpus import tricky_lines
+from counting import Event, Recount, Rejection, parse_event, to_record
+from counting.corpus import poison_lines, tricky_lines
+from counting.events import MAX_INPUT_BYTES
+from legacy import deadletter
 from legacy.chaos import Chaos
+from settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 REDELIVER = 0.3
 TIMEOUT_S = 900
+# the poison corpus, as lines of an event file can carry it (one line each, not blank)
+POISON = [raw for _, raw in poison_lines() if raw.strip() and b"\n" not in raw]
 
 
 def first_deliveries(lines: list[str]) -> list[str]:
@@ -95,7 +105,9 @@ def runs(services_up: object, tmp_path_factory: pytest.TempPathFactory
                       '[flink]\ncheckpoint_interval_ms = 2000\n')
     events = tmp / "corpus.jsonl"
     events.write_text("\n".join(first_deliveries(tricky_lines())) + "\n", encoding="utf-8")
-    processes = {"clean": start(config, events),
+    poisoned = tmp / "poisoned.jsonl"
+    poisoned.write_bytes(events.read_bytes() + b"\n".join(POISON) + b"\n")
+    processes = {"clean": start(config, poisoned),
                  "chaos": start(config, events, "--chaos-redeliver", str(REDELIVER))}
     try:
         yield {name: finish(p) for name, p in processes.items()}
@@ -166,3 +178,76 @@ def test_chaos_legacy_drifts_by_the_redeliveries_abacus_stays_exact(
         named |= {row["label"] for row in audit["attribution"].get("companies", [])}
     assert named == affected
     assert sum(a["legacy_minus_truth"] for a in run.doc["audits"]) > 0
+
+
+def _reasons(lines: list[bytes]) -> Counter[str]:
+    return Counter(p.reason.value for line in lines
+                   if isinstance(p := parse_event(line), Rejection))
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _dlq_records(settings: Settings, topic: str) -> list[Any]:
+    """Every record of a finished run's DLQ topic (all partitions, to their end offsets)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"e2e-{topic}",
+                         "enable.auto.commit": False, "fetch.max.bytes": 16 * 1024 * 1024,
+                         "max.partition.fetch.bytes": 16 * 1024 * 1024})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        read = dict.fromkeys(partitions, 0)
+        out: list[Any] = []
+        deadline = time.monotonic() + 120
+        while any(read[p] < ends[p] for p in partitions):
+            assert time.monotonic() < deadline, f"{topic}: read {read} of {ends}"
+            for m in consumer.consume(500, timeout=1.0):
+                if m.error() is None:
+                    out.append(m)
+                    read[m.partition()] = m.offset() + 1
+        return out
+    finally:
+        consumer.close()
+
+
+def test_poison_is_dead_lettered_by_every_pipeline_with_its_reason(
+        runs: dict[str, Outcome], settings: Settings) -> None:
+    run = runs["clean"]
+    assert run.code == 0, run.stderr[-3000:]
+    names = json.loads((run.run_dir / "run.json").read_text())["overrides"]
+    log = (run.run_dir / "events.jsonl").read_bytes().split(b"\n")
+    invalid = [line for line in log if line.strip()
+               and isinstance(parse_event(line), Rejection)]
+    assert _reasons(POISON) <= _reasons(invalid)  # the poison was published
+
+    # legacy: every invalid line is a dead letter with the contract's reason (lines that
+    # are not UTF-8 cannot be a Celery task's text: the producer dead-letters them)
+    rabbit = settings.rabbitmq.model_copy(update=names["rabbitmq"])
+    letters = deadletter.read(rabbit, limit=10_000)
+    assert Counter(letter["reason"] for letter in letters) == _reasons(invalid)
+
+    # Abacus: each job dead-letters what the bridge forwarded (<= 1 MiB, UTF-8), with the
+    # contract's reason and the original bytes; the bridge dead-letters the larger ones
+    records = _dlq_records(settings, names["kafka"]["dlq_topic"])
+    by_source: dict[str, list[Any]] = {}
+    for m in records:
+        headers = dict(m.headers() or [])
+        by_source.setdefault(headers.get("source", b"bridge").decode(), []).append(m)
+    forwarded = [line for line in invalid if _utf8(line) and len(line) <= MAX_INPUT_BYTES]
+    for job in ("abacus-statistic", "abacus-customer"):
+        got = by_source.get(job, [])
+        assert Counter(dict(m.headers())["reason"].decode() for m in got) == _reasons(forwarded)
+        assert sorted(m.value() for m in got) == sorted(forwarded)
+    too_big = [line for line in invalid if _utf8(line) and len(line) > MAX_INPUT_BYTES]
+    bridged = [m for source, ms in by_source.items() if not source.startswith("abacus-")
+               for m in ms]
+    assert len(bridged) == len(too_big)
