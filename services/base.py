@@ -50,6 +50,16 @@ class StartResult:
     version: str
     seconds: float
     already_running: bool
+    # what was found dead and cleaned before this start: a stale pid file's pid, leftover
+    # processes of ours (e.g. a RabbitMQ beam.smp whose launcher was killed)
+    stale_pid: int | None = None
+    leftovers: tuple[int, ...] = ()
+
+    @property
+    def restarted(self) -> bool:
+        """True when the server had died (its pid file or processes were left) and was
+        started again."""
+        return not self.already_running and (self.stale_pid is not None or bool(self.leftovers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +158,60 @@ class Service(ABC):
             return pid
         return None
 
+    def stale_pid(self) -> int | None:
+        """The pid in the pid file when that process is not our running server (it died,
+        possibly moments ago, or the pid was reused): the file is stale."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return None if self.pid() == pid else pid
+
     def processes(self) -> list[int]:
         return procs.marked_pids(self.marker)
+
+    def leftovers(self) -> list[int]:
+        """Processes of ours still alive although the server is not (its launcher died):
+        they hold its ports or files. A shareable one (RabbitMQ's epmd) is not a leftover."""
+        found = []
+        for pid in self.processes():
+            shared = any(
+                pid in procs.port_owners(port) and self.shareable(role, {pid})
+                for role, port in self.ports().items()
+            )
+            if not shared:
+                found.append(pid)
+        return found
+
+    def clean_dead(self, grace_s: float = 30.0) -> tuple[int | None, tuple[int, ...]]:
+        """Before a start when our server is not running: remove a stale pid file and end
+        the leftovers of a dead server (SIGTERM, SIGKILL after `grace_s`), waiting until
+        they are gone so their ports are free. Returns (stale pid, leftover pids)."""
+        stale = self.stale_pid()
+        deadline = time.monotonic() + grace_s
+        if stale is not None:
+            procs.reap(stale)
+            # a process still exiting (its memory already gone: no cmdline, no marker) may
+            # hold its ports a moment longer; a reused pid has a command line
+            while procs.alive(stale) and not procs.command_line(stale):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.1)
+        left = self.leftovers()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while remaining := [p for p in left if procs.alive(p)]:
+            if time.monotonic() >= deadline:
+                for pid in remaining:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = float("inf")  # SIGKILL cannot be ignored: wait for the exit
+            time.sleep(0.2)
+        if stale is not None:
+            self.pid_file.unlink(missing_ok=True)
+        return stale, tuple(left)
 
     def check_ports(self) -> None:
         """Raise PortInUseError when a port we need is held by a process we did not start."""
@@ -184,9 +246,22 @@ class Service(ABC):
         pid = self.pid()
         if pid is not None:
             report(self.name, f"already running (pid {pid}), probing")
-            version = self._wait_ready(pid, None, began + min(timeout_s, 30.0), report)
-            return StartResult(self.name, pid, version, time.monotonic() - began, True)
-
+            try:
+                version = self._wait_ready(pid, None, began + min(timeout_s, 30.0), report)
+                return StartResult(self.name, pid, version, time.monotonic() - began, True)
+            except StartError:
+                if procs.alive(pid):  # alive and not serving (e.g. SIGSTOPped): say so
+                    raise
+                # it died while we probed (e.g. killed moments before): start it again
+        stale, left = self.clean_dead()
+        if stale is not None or left:
+            what = ", ".join(
+                [
+                    *([f"stale pid {stale}"] if stale is not None else []),
+                    *([f"ended leftover pid(s) {', '.join(map(str, left))}"] if left else []),
+                ]
+            )
+            report(self.name, f"was dead ({what}); starting again")
         self.dir.mkdir(parents=True, exist_ok=True)
         report(self.name, "configuring")
         self.configure()
@@ -212,7 +287,9 @@ class Service(ABC):
         except StartError:
             self.stop()
             raise
-        return StartResult(self.name, child.pid, version, time.monotonic() - began, False)
+        return StartResult(
+            self.name, child.pid, version, time.monotonic() - began, False, stale, left
+        )
 
     def _wait_ready(
         self,
@@ -240,6 +317,12 @@ class Service(ABC):
             else:
                 last_error = f"{self.address} does not accept connections yet"
             if time.monotonic() >= deadline:
+                if child is None:  # already running before this call: not ours to stop
+                    raise StartError(
+                        f"{self.name} (pid {pid}, state {procs.state(pid)}) is alive but "
+                        f"does not serve on {self.address} (last probe: {last_error}); "
+                        "left as it is\n" + self.log_excerpt()
+                    )
                 raise StartError(
                     f"{self.name} did not serve on {self.address} in time "
                     f"(services.start_timeout_s; last probe: {last_error}); stopped it\n"

@@ -8,7 +8,14 @@ from services import jvm
 from services.base import Service
 from services.paths import lib_dir
 
-STORAGE_PORT = 17000  # not in CassandraSettings: only the local node uses it
+# Not in CassandraSettings: only the local node uses it. 17000 for the default CQL port 19042,
+# and 2042 below any other CQL port, so a second local node (e.g. the fault suite's) fits.
+STORAGE_OFFSET = 2042
+
+
+def storage_port(cql_port: int) -> int:
+    return cql_port - STORAGE_OFFSET if cql_port - STORAGE_OFFSET >= 1024 else cql_port + 1
+
 
 # conf/jvm-server.options + conf/jvm17-server.options + cassandra-env.sh (5.0), minus
 # -XX:+AlwaysPreTouch (slow start, full heap resident at once).
@@ -93,7 +100,8 @@ class CassandraService(Service):
         return self.settings.cassandra.hosts[0]
 
     def ports(self) -> dict[str, int]:
-        return {"cql": self.settings.cassandra.port, "storage": STORAGE_PORT}
+        port = self.settings.cassandra.port
+        return {"cql": port, "storage": storage_port(port)}
 
     @property
     def lib(self) -> Path:
@@ -114,10 +122,10 @@ endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "{self.host}:{STORAGE_PORT}"
+      - seeds: "{self.host}:{storage_port(self.settings.cassandra.port)}"
 listen_address: {self.host}
 rpc_address: {self.host}
-storage_port: {STORAGE_PORT}
+storage_port: {storage_port(self.settings.cassandra.port)}
 native_transport_port: {self.settings.cassandra.port}
 start_native_transport: true
 commitlog_sync: periodic

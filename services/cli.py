@@ -71,6 +71,11 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
             raise click.ClickException(str(exc)) from exc
         for result in results:
             what = "already running" if result.already_running else "up"
+            if result.restarted:
+                dead = [f"stale pid {result.stale_pid}"] if result.stale_pid else []
+                if result.leftovers:
+                    dead.append(f"ended leftovers {', '.join(map(str, result.leftovers))}")
+                what = f"was dead ({'; '.join(dead)}), restarted"
             bar.update(
                 tasks[result.name],
                 completed=1,

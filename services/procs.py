@@ -30,6 +30,27 @@ def alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+_STATES = {
+    b"R": "running",
+    b"S": "sleeping",
+    b"D": "disk sleep",
+    b"T": "stopped",
+    b"t": "tracing stop",
+    b"Z": "zombie",
+    b"X": "dead",
+    b"I": "idle",
+}
+
+
+def state(pid: int) -> str:
+    """The kernel's state of a process, in words ("stopped" after SIGSTOP; "gone")."""
+    stat = _proc(pid, "stat")
+    if stat is None:
+        return "gone"
+    code = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return _STATES.get(code, code.decode(errors="replace"))
+
+
 def marked_pids(marker: str) -> list[int]:
     """Live processes whose environment has MARKER_VAR=marker."""
     needle = f"{MARKER_VAR}={marker}".encode()

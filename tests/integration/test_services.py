@@ -199,3 +199,84 @@ def test_cli_status_json(services_up: object) -> None:
     assert all(s["pid"] and s["version"] and s["rss_bytes"] > 0 for s in report["services"])
     assert report["within_budget"] is True
     assert report["total_rss_bytes"] < report["budget_bytes"] == 4 * 1024**3
+
+
+def _cli_env(private: Settings) -> dict[str, str]:
+    return {
+        "ABACUS_SERVICES__DATA_DIR": str(private.services.data_dir),
+        "ABACUS_SERVICES__START_TIMEOUT_S": str(private.services.start_timeout_s),
+        "ABACUS_REDIS__PORT": str(private.redis.port),
+    }
+
+
+def test_up_restarts_a_killed_server_and_says_so(settings: Settings, tmp_path: Path) -> None:
+    """issue 12: `services up` right after a SIGKILL took the stale pid for a live server."""
+    import os
+    import signal
+
+    from cli import root
+
+    private = _private(settings, tmp_path, _free_port())
+    (first,) = manager.ensure_up(private, ["redis"])
+    try:
+        os.kill(first.pid, signal.SIGKILL)  # no wait: `up` must cope with a dying process
+        result = CliRunner().invoke(root, ["services", "up", "redis"], env=_cli_env(private))
+        assert result.exit_code == 0, result.output
+        assert f"was dead (stale pid {first.pid})" in result.output, result.output
+        (running,) = manager.status(private, ["redis"]).services
+        assert running.state == "running" and running.pid != first.pid, running
+    finally:
+        manager.stop(private, ["redis"], purge=True)
+
+
+def test_up_ends_leftovers_of_a_dead_launcher(settings: Settings, tmp_path: Path) -> None:
+    """The pid file's process died but a process of ours still holds the port (as RabbitMQ's
+    beam.smp when its /bin/sh launcher is killed): `up` ends it and starts a fresh server."""
+    import os
+    import signal
+
+    from services import procs
+
+    class Wrapped(RedisService):  # the launcher is a shell whose child is the server
+        def command(self) -> list[str]:
+            return ["sh", "-c", f"redis-server {self.dir / 'redis.conf'}; :"]
+
+    private = _private(settings, tmp_path, _free_port())
+    svc = Wrapped(private)
+    first = svc.start(timeout_s=60)
+    try:
+        server = [p for p in svc.processes() if p != first.pid]
+        assert server, svc.processes()
+        os.kill(first.pid, signal.SIGKILL)
+        procs.reap(first.pid)
+        restarted = svc.start(timeout_s=60)
+        assert restarted.restarted and restarted.stale_pid == first.pid, restarted
+        assert set(server) <= set(restarted.leftovers), (server, restarted)
+        assert not any(procs.alive(p) for p in server)
+        assert svc.status().state == "running"
+    finally:
+        svc.stop(purge=True)
+
+
+def test_up_names_a_paused_server_and_leaves_it(settings: Settings, tmp_path: Path) -> None:
+    """A SIGSTOPped server is alive but does not serve: `up` says so (state stopped), does
+    not kill it and does not start a second one."""
+    import os
+    import signal
+
+    private = _private(settings, tmp_path, _free_port())
+    private = private.model_copy(
+        update={"services": private.services.model_copy(update={"start_timeout_s": 3.0})}
+    )
+    (first,) = manager.ensure_up(private, ["redis"])
+    try:
+        os.kill(first.pid, signal.SIGSTOP)
+        with pytest.raises(StartError) as caught:
+            manager.ensure_up(private, ["redis"])
+        assert f"pid {first.pid}, state stopped" in str(caught.value), caught.value
+        os.kill(first.pid, signal.SIGCONT)
+        (again,) = manager.ensure_up(private, ["redis"])
+        assert again.already_running and again.pid == first.pid
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        manager.stop(private, ["redis"], purge=True)
