@@ -139,29 +139,51 @@ class Delivery:
     consumer_tag: str
     properties: dict[str, Any] = field(default_factory=dict)
     body: bytes = b""
+    # why the content header's properties could not be decoded ("" when they could); the
+    # message is delivered all the same, with the properties it has, to be dead-lettered
+    error: str = ""
 
 
 # ---------------------------------------------------------------- field-table codec
+
+# Tables and arrays nested deeper than this are refused (TableError), never decoded by
+# recursion: a publisher can nest a header table thousands of levels deep in one frame.
+MAX_TABLE_DEPTH = 64
+
+
+class TableError(ValueError):
+    """A field table or property list that cannot be decoded: truncated, overrunning its
+    declared length, of an unknown field type, or nested deeper than MAX_TABLE_DEPTH.
+
+    Raised to the code that reads the message, never inside frame handling: the message
+    is still delivered (and dead-lettered by the bridge), the connection lives on."""
 
 
 def _shortstr(buf: bytes | bytearray, pos: int) -> tuple[str, int]:
     n = buf[pos]
     pos += 1
-    return bytes(buf[pos : pos + n]).decode("utf-8", "surrogateescape"), pos + n
+    end = pos + n
+    if end > len(buf):
+        raise TableError(f"short string of {n} bytes runs past the end of its frame")
+    return bytes(buf[pos:end]).decode("utf-8", "surrogateescape"), end
 
 
 def _longstr_bytes(buf: bytes | bytearray, pos: int) -> tuple[bytes, int]:
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
+    if pos + n > len(buf):
+        raise TableError(f"long string of {n} bytes runs past the end of its table")
     return bytes(buf[pos : pos + n]), pos + n
 
 
-def _value(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
+def _value(buf: bytes | bytearray, pos: int, depth: int = 0) -> tuple[Any, int]:
     kind = buf[pos]
     pos += 1
     if kind == 0x53:  # 'S' long string
         (n,) = _U32.unpack_from(buf, pos)
         pos += 4
+        if pos + n > len(buf):
+            raise TableError(f"long string of {n} bytes runs past the end of its table")
         raw = bytes(buf[pos : pos + n])
         try:
             return raw.decode("utf-8"), pos + n
@@ -176,16 +198,24 @@ def _value(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     if kind == 0x6C:  # 'l' signed 64
         return _I64.unpack_from(buf, pos)[0], pos + 8
     if kind == 0x41:  # 'A' array
+        if depth >= MAX_TABLE_DEPTH:
+            raise TableError(f"arrays/tables nested deeper than {MAX_TABLE_DEPTH} levels")
         (n,) = _U32.unpack_from(buf, pos)
         pos += 4
         end = pos + n
+        if end > len(buf):
+            raise TableError(f"array of {n} bytes runs past the end of its table")
         items = []
         while pos < end:
-            item, pos = _value(buf, pos)
+            item, pos = _value(buf, pos, depth + 1)
             items.append(item)
+        if pos != end:
+            raise TableError("an array item overruns the array's declared length")
         return items, pos
     if kind == 0x46:  # 'F' table
-        return _table(buf, pos)
+        if depth >= MAX_TABLE_DEPTH:
+            raise TableError(f"arrays/tables nested deeper than {MAX_TABLE_DEPTH} levels")
+        return _table(buf, pos, depth + 1)
     if kind == 0x62:  # 'b'
         return _I8.unpack_from(buf, pos)[0], pos + 1
     if kind == 0x42:  # 'B'
@@ -208,17 +238,26 @@ def _value(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
         return Decimal(unscaled).scaleb(-scale), pos + 5
     if kind == 0x54:  # 'T' timestamp
         (ts,) = _U64.unpack_from(buf, pos)
-        return datetime.fromtimestamp(ts, UTC), pos + 8
+        try:
+            return datetime.fromtimestamp(ts, UTC), pos + 8
+        except (OverflowError, OSError, ValueError):  # beyond year 9999: keep the number
+            return ts, pos + 8
     if kind == 0x78:  # 'x' byte array
         return _longstr_bytes(buf, pos)
-    raise AmqpError(f"unknown field type {chr(kind)!r} in a field table")
+    raise TableError(f"unknown field type {kind:#04x} in a field table")
 
 
-def _table(buf: bytes | bytearray, pos: int) -> tuple[dict[str, Any], int]:
-    """Decode a field table; the common types (long string, void, bool, ints) inline."""
+def _table(buf: bytes | bytearray, pos: int, depth: int = 0) -> tuple[dict[str, Any], int]:
+    """Decode a field table; the common types (long string, void, bool, ints) inline.
+
+    A truncated table raises IndexError or struct.error from here; the public entry points
+    (`decode_table`, `table_get`, `LazyTable`, `decode_properties`) turn them into
+    TableError, so that the hot path carries no try block per value."""
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
     end = pos + n
+    if end > len(buf):
+        raise TableError(f"field table of {n} bytes runs past the end of its frame")
     out: dict[str, Any] = {}
     u32 = _U32.unpack_from
     while pos < end:
@@ -229,6 +268,8 @@ def _table(buf: bytes | bytearray, pos: int) -> tuple[dict[str, Any], int]:
         if kind == 0x53:  # 'S'
             (ln,) = u32(buf, kend + 1)
             pos = kend + 5 + ln
+            if pos > end:
+                raise TableError(f"long string of {ln} bytes runs past the end of its table")
             raw = buf[kend + 5 : pos]
             try:
                 out[key] = raw.decode("utf-8")
@@ -241,11 +282,14 @@ def _table(buf: bytes | bytearray, pos: int) -> tuple[dict[str, Any], int]:
             out[key] = bool(buf[kend + 1])
             pos = kend + 2
         else:
-            out[key], pos = _value(buf, kend)
+            out[key], pos = _value(buf, kend, depth)
+    if pos != end:
+        raise TableError("a table entry overruns the table's declared length")
     return out, pos
 
 
 _MISSING = object()
+_MALFORMED = (struct.error, IndexError, TableError)
 
 
 def _skip_entry(buf: bytes, pos: int) -> int:
@@ -261,26 +305,39 @@ def table_get(raw: bytes, key: str, default: Any = None) -> Any:
 
     Finds the key's bytes, then walks entry boundaries up to that position to make sure
     the match is an entry and not bytes inside an earlier value; an absent key costs one
-    `bytes.find`.
+    `bytes.find`. A malformed table raises TableError (whatever the key).
     """
-    kb = key.encode("utf-8", "surrogateescape")
-    needle = bytes((len(kb),)) + kb
-    end = 4 + _U32.unpack_from(raw, 0)[0]
-    walked = 4
-    search = 4
-    while True:
-        found = raw.find(needle, search, end)
-        if found < 0:
-            return default
-        while walked < found:
-            walked = _skip_entry(raw, walked)
-        if walked == found:
-            return _value(raw, found + len(needle))[0]
-        search = found + 1
+    try:
+        kb = key.encode("utf-8", "surrogateescape")
+        needle = bytes((len(kb),)) + kb
+        end = 4 + _U32.unpack_from(raw, 0)[0]
+        if end > len(raw):
+            raise TableError("field table runs past the end of its frame")
+        walked = 4
+        search = 4
+        while True:
+            found = raw.find(needle, search, end)
+            if found < 0:
+                return default
+            while walked < found:
+                walked = _skip_entry(raw, walked)
+            if walked == found:
+                return _value(raw if len(raw) == end else raw[:end], found + len(needle))[0]
+            search = found + 1
+    except _MALFORMED as exc:
+        raise _table_error(exc) from None
+
+
+def _table_error(exc: BaseException) -> TableError:
+    if isinstance(exc, TableError):
+        return exc
+    return TableError(f"truncated field table ({type(exc).__name__}: {exc})")
 
 
 class LazyTable(Mapping[str, Any]):
-    """A field table kept encoded: `get` decodes one value, iteration decodes all once."""
+    """A field table kept encoded: `get` decodes one value, iteration decodes all once.
+
+    Every access to a malformed table raises TableError."""
 
     __slots__ = ("_decoded", "raw")
 
@@ -290,7 +347,7 @@ class LazyTable(Mapping[str, Any]):
 
     def _all(self) -> dict[str, Any]:
         if self._decoded is None:
-            self._decoded = _table(self.raw, 0)[0]
+            self._decoded = decode_table(self.raw)
         return self._decoded
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -314,12 +371,18 @@ class LazyTable(Mapping[str, Any]):
         return len(self._all())
 
     def __repr__(self) -> str:
-        return f"LazyTable({self._all()!r})"
+        try:
+            return f"LazyTable({self._all()!r})"
+        except TableError as exc:
+            return f"LazyTable(<malformed: {exc}>)"
 
 
-def decode_table(data: bytes) -> dict[str, Any]:
-    """Decode an AMQP field table (with its 4-byte length prefix)."""
-    return _table(data, 0)[0]
+def decode_table(data: bytes | bytearray) -> dict[str, Any]:
+    """Decode an AMQP field table (with its 4-byte length prefix); TableError if malformed."""
+    try:
+        return _table(data, 0)[0]
+    except _MALFORMED as exc:
+        raise _table_error(exc) from None
 
 
 def _enc_value(v: Any) -> bytes:
@@ -353,8 +416,8 @@ def _enc_value(v: Any) -> bytes:
     raise TypeError(f"cannot encode {type(v).__name__} in an AMQP field table")
 
 
-def _enc_shortstr(s: str) -> bytes:
-    raw = s.encode("utf-8")
+def _enc_shortstr(s: str | bytes) -> bytes:
+    raw = s if isinstance(s, bytes) else s.encode("utf-8")
     if len(raw) > 255:
         raise ValueError("AMQP short string longer than 255 bytes")
     return _U8.pack(len(raw)) + raw
@@ -371,10 +434,21 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
 def decode_properties(
     buf: bytes | bytearray, pos: int, flags: int, lazy_headers: bool = False
 ) -> dict[str, Any]:
-    """Basic content-header properties, from the property list at `pos`.
+    """Basic content-header properties, from the property list at `pos` to the end of `buf`
+    (pass the frame's payload). TableError if the list is truncated or its table malformed.
 
-    With `lazy_headers`, the headers table is a `LazyTable` (decoded on demand).
+    With `lazy_headers`, the headers table is a `LazyTable` (decoded on demand, so a
+    malformed table raises only when the message is read, not here).
+    Short strings are decoded with `surrogateescape`: invalid UTF-8 from a publisher comes
+    out as lone surrogates, which the reader must escape before encoding them again.
     """
+    try:
+        return _properties(buf, pos, flags, lazy_headers)
+    except _MALFORMED as exc:
+        raise _table_error(exc) from None
+
+
+def _properties(buf: bytes | bytearray, pos: int, flags: int, lazy_headers: bool) -> dict[str, Any]:
     props: dict[str, Any] = {}
     if flags & 0x8000:
         props["content_type"], pos = _shortstr(buf, pos)
@@ -383,6 +457,8 @@ def decode_properties(
     if flags & 0x2000:
         if lazy_headers:
             end = pos + 4 + _U32.unpack_from(buf, pos)[0]
+            if end > len(buf):
+                raise TableError("the headers table runs past the end of its frame")
             props["headers"] = LazyTable(bytes(buf[pos:end]))
             pos = end
         else:
@@ -614,6 +690,8 @@ class Connection:
         if len(buf) - pos < 7:
             return None
         ftype, channel, size = _FRAME_HEAD.unpack_from(buf, pos)
+        if size > self.frame_max:
+            raise ConnectionError_(f"frame of {size} bytes exceeds frame_max {self.frame_max}")
         end = pos + 7 + size
         if len(buf) < end + 1:
             return None
@@ -621,6 +699,12 @@ class Connection:
             raise ConnectionError_("bad frame end octet: lost framing")
         self._pos = end + 1
         return ftype, channel, pos + 7, end
+
+    def _protocol_error(self, exc: BaseException) -> ConnectionError_:
+        """A frame the server built wrongly (a truncated method or content header): the
+        connection cannot be trusted any more; the caller reconnects."""
+        self.abort()
+        return ConnectionError_(f"malformed frame from the server: {type(exc).__name__}: {exc}")
 
     def _handle_frame(
         self, ftype: int, channel: int, start: int, end: int
@@ -672,8 +756,14 @@ class Connection:
             d = self._partial
             if d is None:
                 return None  # a returned message's header: ignored
+            if end - start < 14:
+                raise TableError(f"content header of {end - start} bytes, under 14")
             _, _, size, flags = _HEADER_HEAD.unpack_from(buf, start)
-            d.properties = decode_properties(buf, start + 14, flags, True) if flags else {}
+            if flags:
+                try:
+                    d.properties = decode_properties(bytes(buf[start:end]), 14, flags, True)
+                except TableError as exc:  # the publisher's bytes: the message carries it
+                    d.error = f"malformed content header: {exc}"
             self._partial_size = size
             if size == 0:
                 self._deliveries.append(d)
@@ -710,7 +800,10 @@ class Connection:
                 if not self._fill(left):
                     return None, b"", 0
                 continue
-            got = self._handle_frame(*frame)
+            try:
+                got = self._handle_frame(*frame)
+            except _MALFORMED as exc:
+                raise self._protocol_error(exc) from None
             if got is not None:
                 sig, start, end = got
                 return sig, bytes(self._buf[start:end]), frame[1]
@@ -836,9 +929,22 @@ class Connection:
 
     def read_deliveries(self, timeout: float, max_count: int = 4096) -> list[Delivery]:
         """Deliveries already received, else wait up to `timeout` for some."""
-        out: list[Delivery] = []
         deadline = time.monotonic() + timeout
         while True:
+            out = self.read_deliveries_buffered(max_count)
+            if out:
+                return out
+            # nothing parsed yet: read the socket (without waiting when the time is up)
+            if not self._fill(max(0.0, deadline - time.monotonic())):
+                return out
+
+    def read_deliveries_buffered(self, max_count: int = 4096) -> list[Delivery]:
+        """The deliveries whose frames are already received (no socket read).
+
+        A delivery whose content header cannot be decoded comes out with `error` set; a
+        frame the server built wrongly raises ConnectionError_ (the connection is over)."""
+        out: list[Delivery] = []
+        try:
             while len(out) < max_count:
                 frame = self._next_frame()
                 if frame is None:
@@ -848,11 +954,9 @@ class Connection:
                     raise AmqpError(f"unexpected AMQP method {got[0]} while consuming")
                 while self._deliveries and len(out) < max_count:
                     out.append(self._deliveries.popleft())
-            if out:
-                return out
-            # nothing parsed yet: read the socket (without waiting when the time is up)
-            if not self._fill(max(0.0, deadline - time.monotonic())):
-                return out
+        except _MALFORMED as exc:
+            raise self._protocol_error(exc) from None
+        return out
 
     # ------------------------------------------------------------ publishing
 
@@ -881,8 +985,13 @@ class Connection:
         exchange: str = "",
         routing_key: str = "",
         properties: dict[str, Any] | None = None,
+        *,
+        encoded_properties: tuple[int, bytes] | None = None,
     ) -> bytes:
-        """The frames of one Basic.Publish (to batch many in one `send_raw`)."""
+        """The frames of one Basic.Publish (to batch many in one `send_raw`).
+
+        `encoded_properties` (flags, property list) are sent as given, unchecked: tests use
+        it to publish what a hostile client could (malformed tables, invalid UTF-8)."""
         method = (
             _U16.pack(60)
             + _U16.pack(40)
@@ -891,7 +1000,10 @@ class Connection:
             + _enc_shortstr(routing_key)
             + b"\x00"
         )
-        flags, plist = encode_properties(properties or {})
+        if encoded_properties is None:
+            flags, plist = encode_properties(properties or {})
+        else:
+            flags, plist = encoded_properties
         header = _HEADER_HEAD.pack(60, 0, len(body), flags) + plist
         parts = [
             _FRAME_HEAD.pack(FRAME_METHOD, 1, len(method)),
@@ -933,7 +1045,10 @@ class Connection:
             if frame is None:
                 self._fill(left)
                 continue
-            self._handle_frame(*frame)
+            try:
+                self._handle_frame(*frame)
+            except _MALFORMED as exc:
+                raise self._protocol_error(exc) from None
         if self._nacked:
             n = len(self._nacked)
             self._nacked.clear()

@@ -11,17 +11,25 @@ never deserialised.
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from counting.events import MAX_INPUT_BYTES
+from counting.events import MAX_INPUT_BYTES, MAX_NESTING, loads, too_deep
+from counting.text import escape
 from legacy.protocol import TASK_NAME
 
 MAX_EVENT_BYTES = MAX_INPUT_BYTES  # 1 MiB: the contract's `too_large`, checked on raw bytes
-MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies are dead-lettered truncated to this
+# The largest Celery body that can hold an event of <= 1 MiB: JSON may escape each byte of
+# the event text into at most 6 (`\u007f`), plus the envelope (headers of a protocol-2 task
+# travel as AMQP headers; the body's kwargs/embed are small). A larger body is refused
+# before it is parsed, so its parsing cost is bounded.
+MAX_TASK_BODY_BYTES = 6 * MAX_EVENT_BYTES + 64 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a dead letter keeps at most the first 4 MiB of a body
+MAX_DETAIL_CHARS = 1000
 PICKLE_CONTENT_TYPE = "application/x-python-serialize"
 _JSON_CONTENT_TYPES = frozenset({"application/json", "application/x-json", "text/json"})
 _UTF8_NAMES = frozenset({"utf-8", "utf8"})
@@ -30,15 +38,18 @@ _UTF8_NAMES = frozenset({"utf-8", "utf8"})
 class Reason(StrEnum):
     """Why the bridge dead-letters a message (the `reason` header of a DLQ record)."""
 
-    OVERSIZED_BODY = "oversized_body"  # body > 4 MiB (DLQ record holds the first 4 MiB)
+    OVERSIZED_BODY = "oversized_body"  # body > MAX_TASK_BODY_BYTES: no event fits; not parsed
     PICKLE = "pickle"  # application/x-python-serialize: never deserialised
     CONTENT_TYPE = "content_type"  # missing or not JSON
     BAD_ENCODING = "bad_encoding"  # content encoding not UTF-8, or a compressed body
+    BAD_HEADERS = "bad_headers"  # content header or headers table malformed (truncated,
+    #                              nested deeper than the client decodes, unknown type)
     UNKNOWN_TASK = "unknown_task"  # a Celery task that is not the aggregation task
-    BROKEN_JSON = "broken_json"  # the body is not UTF-8 JSON
+    BROKEN_JSON = "broken_json"  # the body is not UTF-8 JSON (or nests deeper than 512)
     BAD_ENVELOPE = "bad_envelope"  # not a protocol-2 [args, kwargs, embed] with one text arg
     TOO_LARGE = "too_large"  # the raw event is larger than 1 MiB (contract's name)
     KAFKA_REJECTED = "kafka_rejected"  # Kafka refused the record permanently (e.g. size)
+    BRIDGE_ERROR = "bridge_error"  # an unexpected error while decoding or producing it
 
 
 class Message(Protocol):
@@ -87,39 +98,108 @@ class Bad:
 
 
 def _text(value: Any) -> str | None:
+    """A header or property value as text (lone surrogates possible: escape to write it).
+
+    Strings and bytes as they are; numbers as digits; a table, array or any other type by
+    its type name only (its repr could be huge or nested past the recursion limit)."""
     if value is None:
         return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return f"<{type(value).__name__}>"
+
+
+class _Headers:
+    """Kafka headers built from untrusted text: every value escaped to valid UTF-8, and an
+    `escaped: 1` header added when anything had to be (`finish`)."""
+
+    __slots__ = ("escaped", "items")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        self.escaped = False
+
+    def add(self, name: str, value: str | bytes) -> None:
+        text, changed = escape(value)
+        if changed:
+            self.escaped = True
+            if isinstance(value, str):  # invalid UTF-8 the client decoded with
+                # surrogateescape: show its bytes (\xff), not the surrogates (\udcff)
+                with contextlib.suppress(UnicodeEncodeError):
+                    text, _ = escape(value.encode("utf-8", "surrogateescape"))
+        self.items.append((name, text.encode("utf-8")))
+
+    def finish(self) -> list[tuple[str, bytes]]:
+        if self.escaped:
+            self.items.append(("escaped", b"1"))
+        return self.items
+
+
+def _published_at(timestamp: Any) -> str | None:
+    if isinstance(timestamp, bool):
+        return None
+    if isinstance(timestamp, int):
+        return str(timestamp)
+    if isinstance(timestamp, datetime):  # py-amqp and kombu hand it over as a datetime
+        return str(int(timestamp.timestamp()))
+    return None
+
+
+def _headers(msg: Message, received_ms: int, task_id: str | None) -> _Headers:
+    props = msg.properties
+    out = _Headers()
+    message_id = _text(props.get("message_id"))
+    if message_id:
+        out.add("message_id", message_id)
+    if task_id:
+        out.add("task_id", task_id)
+    out.add("content_type", _text(props.get("content_type")) or "")
+    out.add("routing_key", msg.routing_key)
+    out.add("exchange", msg.exchange)
+    out.items.append(("redelivered", b"true" if msg.redelivered else b"false"))
+    published_at = _published_at(props.get("timestamp"))
+    if published_at is not None:
+        out.items.append(("published_at", published_at.encode()))
+    out.items.append(("bridge_received_ms", str(received_ms).encode()))
+    return out
 
 
 def record_headers(msg: Message, received_ms: int, task_id: str | None) -> list[tuple[str, bytes]]:
-    """The Kafka headers of every record (good or dead-lettered) of one message."""
-    props = msg.properties
-    out: list[tuple[str, bytes]] = []
-    message_id = props.get("message_id")
-    if message_id:
-        out.append(("message_id", str(message_id).encode()))
-    if task_id:
-        out.append(("task_id", task_id.encode("utf-8", "replace")))
-    out.append(("content_type", str(props.get("content_type") or "").encode()))
-    out.append(("routing_key", msg.routing_key.encode()))
-    out.append(("exchange", msg.exchange.encode()))
-    out.append(("redelivered", b"true" if msg.redelivered else b"false"))
-    timestamp = props.get("timestamp")
-    if timestamp is not None:
-        out.append(("published_at", str(int(timestamp)).encode()))
-    out.append(("bridge_received_ms", str(received_ms).encode()))
-    return out
+    """The Kafka headers of every record (good or dead-lettered) of one message.
+
+    Writable for any input: values a publisher chose (ids, content type, routing key) are
+    escaped where they are not valid UTF-8, and then the header `escaped: 1` is added."""
+    return _headers(msg, received_ms, task_id).finish()
+
+
+def _parse(text: str, data: bytes) -> Any:
+    """JSON of a size the caller has bounded: nesting checked before parsing, integers of
+    any length in linear time (`counting.events.loads`). ValueError if not JSON."""
+    if len(data) > MAX_NESTING and too_deep(data):
+        raise ValueError(f"arrays/objects nested deeper than {MAX_NESTING} levels")
+    try:
+        return loads(text)
+    except RecursionError:  # not reachable after too_deep, unless the stack is already deep
+        raise ValueError("nested too deeply to parse") from None
 
 
 def key_of(raw: str | bytes) -> bytes:
     """The Kafka key: the event's `company_id` if it is a JSON object with a string one."""
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        if isinstance(raw, str):
+            obj = _parse(raw, raw.encode("utf-8", "surrogatepass"))
+        else:
+            obj = _parse(raw.decode("utf-8"), raw)
+    except ValueError:  # UnicodeDecodeError included
         return b""
+    return _company_key(obj)
+
+
+def _company_key(obj: Any) -> bytes:
     if isinstance(obj, dict):
         company = obj.get("company_id")
         if isinstance(company, str):
@@ -133,36 +213,59 @@ def _bad(
     msg: Message,
     received_ms: int,
     task_id: str | None,
-    extra: list[tuple[str, bytes]] | None = None,
+    extra: list[tuple[str, str]] | None = None,
 ) -> Bad:
-    headers = record_headers(msg, received_ms, task_id)
-    headers.append(("reason", reason.value.encode()))
-    headers.append(("detail", detail.encode("utf-8", "replace")))
+    detail, escaped = escape(detail[:MAX_DETAIL_CHARS])  # it may quote the publisher's text
+    headers = _headers(msg, received_ms, task_id)
+    headers.escaped |= escaped
+    headers.items.append(("reason", reason.value.encode()))
+    headers.items.append(("detail", detail.encode("utf-8")))
     body = msg.body
     if len(body) > MAX_BODY_BYTES:
         body = body[:MAX_BODY_BYTES]
-    headers.append(("original_size", str(len(msg.body)).encode()))
-    if extra:
-        headers.extend(extra)
-    return Bad(reason, detail, body, headers)
+    headers.items.append(("original_size", str(len(msg.body)).encode()))
+    for name, value in extra or ():
+        headers.add(name, value)
+    return Bad(reason, detail, body, headers.finish())
+
+
+def _task_header(msg: Message) -> tuple[str | None, str | None, bool, str]:
+    """(task, task id, compressed, error) from the headers table; error names a malformed
+    content header or table (the client delivers such a message with `error` set)."""
+    error = getattr(msg, "error", "")
+    if error:
+        return None, None, False, str(error)
+    props = msg.properties
+    headers = props.get("headers")
+    if not isinstance(headers, Mapping):
+        return None, None, False, ""
+    try:
+        task = _text(headers.get("task"))
+        task_id = _text(headers.get("id")) if task is not None else None
+        compressed = bool(headers.get("compression"))
+    except ValueError as exc:  # bridge.amqp091.TableError: truncated, too deep, bad type
+        return None, None, False, f"headers table: {exc}"
+    if task is not None and task_id is None:
+        task_id = _text(props.get("correlation_id"))
+    return task, task_id, compressed, ""
 
 
 def decode(msg: Message, received_ms: int) -> Good | Bad:
-    """Decode one AMQP message into a Kafka record or a dead-letter record."""
+    """Decode one AMQP message into a Kafka record or a dead-letter record.
+
+    Total for any message: every input gives a Good or a Bad; the costs are bounded before
+    anything is parsed (body size, JSON nesting, header-table depth in the client)."""
+    task, task_id, compressed, header_error = _task_header(msg)
+    if header_error:
+        return _bad(Reason.BAD_HEADERS, header_error, msg, received_ms, None)
     props = msg.properties
-    headers = props.get("headers")
-    if headers is None:
-        headers = {}
-    task = _text(headers.get("task")) if isinstance(headers, Mapping) else None
-    task_id = _text(headers.get("id")) if task is not None else None
-    if task_id is None:
-        task_id = _text(props.get("correlation_id")) if task is not None else None
     body = msg.body
 
-    if len(body) > MAX_BODY_BYTES:
+    if len(body) > MAX_TASK_BODY_BYTES:
         return _bad(
             Reason.OVERSIZED_BODY,
-            f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}; first {MAX_BODY_BYTES} kept",
+            f"body of {len(body)} bytes cannot hold an event of <= {MAX_EVENT_BYTES} bytes "
+            f"(limit {MAX_TASK_BODY_BYTES}); not parsed, first {MAX_BODY_BYTES} kept",
             msg,
             received_ms,
             task_id,
@@ -171,7 +274,7 @@ def decode(msg: Message, received_ms: int) -> Good | Bad:
     if content_type == PICKLE_CONTENT_TYPE:
         return _bad(Reason.PICKLE, "pickle is never deserialised", msg, received_ms, task_id)
     if content_type not in _JSON_CONTENT_TYPES:
-        shown = content_type or "(none)"
+        shown = content_type[:200] or "(none)"
         return _bad(
             Reason.CONTENT_TYPE, f"content type {shown} is not JSON", msg, received_ms, task_id
         )
@@ -179,12 +282,12 @@ def decode(msg: Message, received_ms: int) -> Good | Bad:
     if encoding not in _UTF8_NAMES:
         return _bad(
             Reason.BAD_ENCODING,
-            f"content encoding {encoding} is not UTF-8",
+            f"content encoding {encoding[:200]} is not UTF-8",
             msg,
             received_ms,
             task_id,
         )
-    if isinstance(headers, Mapping) and headers.get("compression"):
+    if compressed:
         return _bad(
             Reason.BAD_ENCODING, "compressed bodies are not accepted", msg, received_ms, task_id
         )
@@ -196,43 +299,35 @@ def decode(msg: Message, received_ms: int) -> Good | Bad:
             received_ms,
             task_id,
         )
+    if task is None and len(body) > MAX_EVENT_BYTES:  # a plain JSON event: the body is it
+        return _bad(
+            Reason.TOO_LARGE,
+            f"event of {len(body)} bytes exceeds {MAX_EVENT_BYTES}",
+            msg,
+            received_ms,
+            task_id,
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _bad(Reason.BROKEN_JSON, f"body is not UTF-8: {exc}", msg, received_ms, task_id)
+    try:
+        parsed = _parse(text, body)
+    except ValueError as exc:
+        return _bad(Reason.BROKEN_JSON, f"body is not JSON: {exc}", msg, received_ms, task_id)
 
-    if task is None:  # a plain JSON event: the body is the raw event
-        if len(body) > MAX_EVENT_BYTES:
-            return _bad(
-                Reason.TOO_LARGE,
-                f"event of {len(body)} bytes exceeds {MAX_EVENT_BYTES}",
-                msg,
-                received_ms,
-                task_id,
-            )
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            return _bad(Reason.BROKEN_JSON, f"body is not JSON: {exc}", msg, received_ms, None)
-        if isinstance(obj, dict) and "task" in obj and "args" in obj and "id" in obj:
+    if task is None:  # a plain JSON event: forwarded as is
+        if isinstance(parsed, dict) and "task" in parsed and "args" in parsed and "id" in parsed:
             return _bad(
                 Reason.BAD_ENVELOPE,
                 "Celery protocol 1 messages are not accepted (use protocol 2)",
                 msg,
                 received_ms,
-                _text(obj.get("id")),
+                _text(parsed.get("id")),
             )
-        key = b""
-        if isinstance(obj, dict):
-            company = obj.get("company_id")
-            if isinstance(company, str):
-                key = company.encode("utf-8", "surrogatepass")
-        return Good(key, body, record_headers(msg, received_ms, None))
+        return Good(_company_key(parsed), body, record_headers(msg, received_ms, None))
 
-    try:
-        envelope = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return _bad(Reason.BROKEN_JSON, f"body is not JSON: {exc}", msg, received_ms, task_id)
+    envelope = parsed
     if not (
         isinstance(envelope, list)
         and len(envelope) == 3
@@ -274,17 +369,29 @@ def decode(msg: Message, received_ms: int) -> Good | Bad:
             received_ms,
             task_id,
         )
-    return Good(key_of(raw), value, record_headers(msg, received_ms, task_id))
+    return Good(key_of(value), value, record_headers(msg, received_ms, task_id))
 
 
 def task_id_of(msg: Message) -> str | None:
     """The Celery task id of a task message (header `id`), else None."""
-    headers = msg.properties.get("headers")
-    if not isinstance(headers, Mapping) or headers.get("task") is None:
-        return None
-    return _text(headers.get("id")) or _text(msg.properties.get("correlation_id"))
+    task, task_id, _, _ = _task_header(msg)
+    return task_id if task is not None else None
 
 
 def dead_letter(msg: Message, received_ms: int, reason: Reason, detail: str) -> Bad:
     """Dead-letter a message for a reason found after decoding (e.g. Kafka refused it)."""
     return _bad(reason, detail, msg, received_ms, task_id_of(msg))
+
+
+def last_resort(msg: Message, received_ms: int, detail: str) -> Bad:
+    """A dead letter built from nothing but the body and constants, for when building the
+    usual one failed (`bridge_error`): it cannot raise, whatever the message holds."""
+    text, _ = escape(detail[:MAX_DETAIL_CHARS])
+    body = msg.body if isinstance(msg.body, bytes) else b""
+    headers = [
+        ("reason", Reason.BRIDGE_ERROR.value.encode()),
+        ("detail", text.encode("utf-8")),
+        ("original_size", str(len(body)).encode()),
+        ("bridge_received_ms", str(received_ms).encode()),
+    ]
+    return Bad(Reason.BRIDGE_ERROR, text, body[:MAX_BODY_BYTES], headers)

@@ -32,7 +32,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from bridge import rabbit
 from bridge.amqp091 import AmqpError, Connection
-from bridge.decode import Bad, Good, Message, Reason, dead_letter, decode
+from bridge.decode import Bad, Good, Message, Reason, dead_letter, decode, last_resort
 from bridge.kafka import ensure_topics, make_producer
 from bridge.status import Counts, Minutes, serve_metrics, status_path, write_status
 from settings.model import Settings
@@ -178,6 +178,16 @@ class Bridge:
                     self._drop_connection()
                     self._sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
+                except Exception as exc:
+                    # a bug outside one message's handling (which dead-letters instead):
+                    # start over on a fresh channel rather than exit; unacked messages
+                    # come back redelivered
+                    log.exception("unexpected error in the bridge loop")
+                    self.counts.reconnects += 1
+                    self._error(f"unexpected error, reconnecting in {backoff:.0f}s", exc)
+                    self._drop_connection()
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
             self._shutdown()
         return self.counts
@@ -244,9 +254,24 @@ class Bridge:
         if d.redelivered:
             counts.redelivered += 1
         received_ms = int(time.time() * 1000)
-        p = Pending(self._gen, d.delivery_tag, d, received_ms, decode(d, received_ms))
+        try:
+            record = decode(d, received_ms)
+        except Exception as exc:  # a decoder bug must not stop the bridge: dead-letter it
+            record = self._bridge_error(d, received_ms, "decoding", exc)
+        p = Pending(self._gen, d.delivery_tag, d, received_ms, record)
         self._pending.append(p)
         self._produce(p)
+
+    def _bridge_error(self, msg: Message, received_ms: int, stage: str, exc: BaseException) -> Bad:
+        """The dead letter of a message whose handling raised unexpectedly (`bridge_error`);
+        logged with its traceback, since it is a bug to fix."""
+        detail = f"unexpected error while {stage}: {type(exc).__name__}: {exc}"
+        log.exception("dead-lettering a message: %s", detail)
+        self._last_error = detail
+        try:
+            return dead_letter(msg, received_ms, Reason.BRIDGE_ERROR, detail)
+        except Exception:  # the usual dead letter cannot be built: the plainest one
+            return last_resort(msg, received_ms, detail)
 
     def _produce(self, p: Pending) -> None:
         rec = p.record
@@ -269,6 +294,15 @@ class Bridge:
             except KafkaException as exc:
                 self._failed(p, exc.args[0])
                 return
+            except Exception as exc:  # e.g. a header the client cannot encode
+                if isinstance(rec, Bad) and rec.reason is Reason.BRIDGE_ERROR:
+                    if rec.headers and rec.headers[0][0] == "reason":  # already the plainest
+                        raise
+                    p.record = last_resort(p.msg, p.received_ms, rec.detail)
+                else:
+                    p.record = self._bridge_error(p.msg, p.received_ms, "producing", exc)
+                rec = p.record
+                topic, key = self.dlq_topic, None
 
     def _delivered(self, p: Pending, err: Any, _msg: Any) -> None:
         if err is not None:

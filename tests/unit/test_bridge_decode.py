@@ -13,6 +13,7 @@ import pytest
 from bridge.decode import (
     MAX_BODY_BYTES,
     MAX_EVENT_BYTES,
+    MAX_TASK_BODY_BYTES,
     Bad,
     Good,
     Incoming,
@@ -211,11 +212,25 @@ def test_event_of_exactly_one_mib_goes_through() -> None:
 
 
 def test_oversized_body_keeps_the_first_4_mib_and_the_original_size() -> None:
-    body = b"x" * (MAX_BODY_BYTES + 10)
+    body = b"x" * (MAX_TASK_BODY_BYTES + 10)
     out = _bad(Incoming(body, {"content_type": "application/x-python-serialize"}))
     assert out.reason is Reason.OVERSIZED_BODY
     assert out.value == body[:MAX_BODY_BYTES]
-    assert hdr(out)["original_size"] == str(MAX_BODY_BYTES + 10).encode()
+    assert hdr(out)["original_size"] == str(MAX_TASK_BODY_BYTES + 10).encode()
+
+
+def test_a_body_no_event_fits_in_is_refused_before_parsing() -> None:
+    """6 MiB + 64 KiB holds any event of <= 1 MiB, even one escaped byte by byte; a body
+    one byte over is dead-lettered without being parsed (a parse would fail: not JSON)."""
+    m = task_message(RAW)
+    props = {**m.properties, "headers": m.headers}
+    over = b"[" + b"1" * MAX_TASK_BODY_BYTES + b"]"
+    assert _bad(Incoming(over, props)).reason is Reason.OVERSIZED_BODY
+    event = "\x7f" * MAX_EVENT_BYTES  # each DEL is written \u007f by an ASCII encoder
+    body = json.dumps([[event], {}, {"callbacks": None}]).encode()
+    assert MAX_BODY_BYTES < len(body) <= MAX_TASK_BODY_BYTES
+    out = decode(Incoming(body, props), 0)
+    assert isinstance(out, Good) and out.value == event.encode()
 
 
 def test_redelivered_flag_header() -> None:

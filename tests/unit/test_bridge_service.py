@@ -19,10 +19,16 @@ from settings.model import Settings
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, Any]] = []  # topic, value, callback
+        self.headers: list[dict[str, bytes]] = []
         self.fail_next: list[KafkaError] = []
+        self.refuse: Exception | None = None  # raised by the next produce call
 
     def produce(self, topic: str, value: bytes, key: Any, headers: Any, on_delivery: Any) -> None:
+        if self.refuse is not None:
+            exc, self.refuse = self.refuse, None
+            raise exc
         self.sent.append((topic, value, on_delivery))
+        self.headers.append(dict(headers))
 
     def confirm(self, i: int, err: KafkaError | None = None) -> None:
         self.sent[i][2](err, None)
