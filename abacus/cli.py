@@ -5,10 +5,24 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from settings import Settings
+
+
+def _name(_: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A job name or prefix becomes a file name (state, log, progress directories):
+    checked before it reaches a path."""
+    from settings.names import check_file_name
+
+    try:
+        if isinstance(value, tuple):
+            return tuple(check_file_name(v) for v in value)
+        return check_file_name(value, empty_ok=param.name == "prefix")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -31,7 +45,8 @@ def job() -> None:
               default=None, help="Restore from this savepoint or checkpoint directory.")
 @click.option("--fresh", is_flag=True,
               help="Ignore retained checkpoints (default: resume from the newest one).")
-@click.option("--prefix", default="", help="Prefix of the job name and consumer group.")
+@click.option("--prefix", default="", callback=_name,
+              help="Prefix of the job name and consumer group (letters, digits, _ . -).")
 @click.option("--window-ms", type=click.IntRange(10), default=None,
               help="How often the sink writes what it has summed (default: flink.window_ms).")
 @click.option("--parallelism", type=click.IntRange(1), default=None,
@@ -88,16 +103,18 @@ def status(settings: Settings, fmt: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from settings.output import term
+
     table = Table("job", "status", "target", "pid", "flink job", "since", "savepoint")
     for s in states:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
-        table.add_row(s.name, s.status, s.target, str(s.pid or ""), s.job_id or "", since,
-                      s.savepoint or "")
+        table.add_row(*(term(v) for v in (s.name, s.status, s.target, str(s.pid or ""),
+                                          s.job_id or "", since, s.savepoint or "")))
     Console().print(table)
 
 
 @job.command("stop")
-@click.argument("name")
+@click.argument("name", callback=_name)
 @click.option("--savepoint", is_flag=True, help="Stop with a savepoint (else cancel; "
               "checkpoints are retained either way).")
 @click.pass_obj
@@ -114,7 +131,7 @@ def stop(settings: Settings, name: str, savepoint: bool) -> None:
 
 
 @job.command("logs")
-@click.argument("name")
+@click.argument("name", callback=_name)
 @click.option("-n", "--lines", type=click.IntRange(1), default=200, show_default=True)
 @click.pass_obj
 def logs(settings: Settings, name: str, lines: int) -> None:
@@ -128,7 +145,7 @@ def logs(settings: Settings, name: str, lines: int) -> None:
 
 
 @job.command("drained")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=_name)
 @click.option("--wait", "wait_s", type=click.FloatRange(0), default=0.0,
               help="Wait up to this many seconds for all to drain.")
 @click.pass_obj

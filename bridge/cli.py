@@ -181,6 +181,8 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from settings.output import term
+
     console = Console()
     if not docs:
         console.print("no bridge has run yet (no status file)")
@@ -188,25 +190,26 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
     for doc in docs:
         state = "running" if doc.get("running") else "not running"
         console.print(
-            f"[bold]bridge {doc['mode']}[/bold]: {state}; queue {doc.get('queue', '?')} -> "
-            f"topic {doc.get('topic', '?')} (DLQ {doc.get('dlq_topic', '?')}); "
-            f"in flight {doc.get('in_flight', 0)}"
+            term(f"bridge {doc['mode']}", style="bold")
+            + term(f": {state}; queue {doc.get('queue', '?')} -> "
+                   f"topic {doc.get('topic', '?')} (DLQ {doc.get('dlq_topic', '?')}); "
+                   f"in flight {doc.get('in_flight', 0)}")
         )
         if "totals" not in doc:
             continue
         table = Table("minute", *COUNTERS)
         for row in doc.get("per_minute", [])[-minutes:] if minutes else []:
-            table.add_row(row["minute"], *(f"{row[k]:,}" for k in COUNTERS))
-        table.add_row("[bold]total[/bold]", *(f"{doc['totals'][k]:,}" for k in COUNTERS))
+            table.add_row(term(row["minute"]), *(f"{row[k]:,}" for k in COUNTERS))
+        table.add_row(term("total", style="bold"), *(f"{doc['totals'][k]:,}" for k in COUNTERS))
         console.print(table)
         if doc.get("dead_lettered_by_reason"):
             reasons = ", ".join(
                 f"{k} {v:,}" for k, v in sorted(doc["dead_lettered_by_reason"].items())
             )
-            console.print(f"dead-lettered by reason: {reasons}")
+            console.print(term(f"dead-lettered by reason: {reasons}"))
         if "queue_depth" in doc:
             qd = doc["queue_depth"]
-            console.print(
+            console.print(term(
                 "queue: "
                 + (
                     "unreachable"
@@ -215,6 +218,6 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
                 )
                 + f"; topic end offsets {doc.get('topic_end_offsets')}, "
                 f"DLQ end offsets {doc.get('dlq_end_offsets')}"
-            )
+            ))
         if doc.get("last_error"):
-            console.print(f"last error: {doc['last_error']}")
+            console.print(term(f"last error: {doc['last_error']}"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,10 +19,11 @@ from celery import Celery, bootsteps
 from celery.exceptions import Reject
 
 from legacy import deadletter
-from legacy.aggregation import Aggregator, Outcome
+from legacy.aggregation import REDIS_TIMEOUT_S, Aggregator, Outcome, count_stats
 from legacy.chaos import Chaos
 from legacy.flusher import DEFAULT_INTERVAL_S, start_flush_thread
 from legacy.protocol import TASK_NAME
+from legacy.retry import RetryPolicy
 from legacy.topology import legacy_queue
 from legacy.trace import Trace
 from settings import Settings
@@ -43,8 +45,12 @@ class WorkerOptions:
     trace_dir: Path | None = None
     loglevel: str = "WARNING"
     hostname: str | None = None
+    retry_budget_s: float = RetryPolicy().budget_s  # per step, on transient errors
+    redis_timeout_s: float = REDIS_TIMEOUT_S
 
     def __post_init__(self) -> None:
+        if self.retry_budget_s < 0 or self.redis_timeout_s <= 0:
+            raise ValueError("retry budget must be >= 0 and the Redis timeout > 0")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.concurrency < 1 or self.prefetch_multiplier < 1:
@@ -66,9 +72,11 @@ class Runtime:
         if self._pid != os.getpid():  # first task of a (forked) process
             with self._lock:
                 if self._pid != os.getpid():
-                    self._aggregator = Aggregator(self.settings, self.options.chaos,
-                                                  self.dead_letter,
-                                                  Trace(self.options.trace_dir, "worker"))
+                    self._aggregator = Aggregator(
+                        self.settings, self.options.chaos, self.dead_letter,
+                        Trace(self.options.trace_dir, "worker"),
+                        RetryPolicy(budget_s=self.options.retry_budget_s),
+                        self.options.redis_timeout_s)
                     self._pid = os.getpid()
         assert self._aggregator is not None
         return self._aggregator
@@ -85,7 +93,17 @@ class Runtime:
                               args, None, request.id)
             return Outcome.DEAD_LETTERED.value
         redelivered = bool((request.delivery_info or {}).get("redelivered"))
-        outcome = aggregator.aggregate(args[0], request.id, redelivered)
+        try:
+            outcome = aggregator.aggregate(args[0], request.id, redelivered)
+        except Exception as exc:
+            # Not even its dead letter could be written (RabbitMQ refused it): requeued, so
+            # nothing is acked into oblivion; counted, and slowed down so it cannot spin.
+            log.exception("legacy task %s: could not count nor dead-letter it; requeued",
+                          request.id)
+            count_stats(aggregator.redis, aggregator.keys, {"requeued": 1},
+                        RetryPolicy(budget_s=0))
+            time.sleep(1.0)
+            raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
         if outcome is Outcome.REDELIVER:
             raise Reject("chaos: redeliver after counting", requeue=True)
         return outcome.value

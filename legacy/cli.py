@@ -154,11 +154,16 @@ def legacy() -> None:
                                               case_sensitive=False), default="WARNING",
               show_default=True)
 @click.option("--hostname", default=None, help="Celery node name (default: unique).")
+@click.option("--retry-budget-s", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, help="How long a task retries a step on transient "
+              "Redis/Cassandra errors before it dead-letters the event.")
+@click.option("--redis-timeout-s", type=click.FloatRange(min=0.01), default=5.0,
+              show_default=True, help="Socket timeout of every Redis call.")
 @click.pass_obj
 def worker(settings: Settings, concurrency: int, pool: str, prefetch_multiplier: int,
            flush_interval_s: float, chaos_redeliver: float, chaos_crash: float,
            chaos_drop_flush: float, trace_dir: Path | None, loglevel: str,
-           hostname: str | None) -> None:
+           hostname: str | None, retry_budget_s: float, redis_timeout_s: float) -> None:
     """Run a Celery worker of the aggregation task (Ctrl-C: warm shutdown)."""
     from legacy.worker import run_worker
 
@@ -166,7 +171,8 @@ def worker(settings: Settings, concurrency: int, pool: str, prefetch_multiplier:
         concurrency=concurrency, pool=pool, prefetch_multiplier=prefetch_multiplier,
         flush_interval_s=flush_interval_s,
         chaos=Chaos(chaos_redeliver, chaos_crash, chaos_drop_flush), trace_dir=trace_dir,
-        loglevel=loglevel.upper(), hostname=hostname)
+        loglevel=loglevel.upper(), hostname=hostname, retry_budget_s=retry_budget_s,
+        redis_timeout_s=redis_timeout_s)
     with _servers("legacy worker"):
         code = run_worker(settings, options)
     raise SystemExit(code)
@@ -226,6 +232,8 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from settings.output import term
+
     table = Table("what", "value", title="legacy")
     stats = current.stats
     rows = [
@@ -238,12 +246,18 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
         ("processed", str(stats.get("processed", 0))),
         ("dead-lettered", ", ".join([str(stats.get("dead_lettered", 0))] + [
             f"{k[5:]}={v}" for k, v in sorted(stats.items()) if k.startswith("dead:")])),
-        ("flushes", f"{stats.get('flushes', 0)} ({stats.get('flushed_keys', 0)} keys)"),
+        ("failed to count (dead-lettered)", f"{stats.get('failed', 0)} "
+         f"({stats.get('failed_partial', 0)} after their account increments)"),
+        ("retried (transient errors)", f"{stats.get('retried', 0)} retries, "
+         f"{stats.get('recovered', 0)} tasks recovered, "
+         f"{stats.get('retried_ambiguous', 0)} after a Cassandra timeout"),
+        ("flushes", f"{stats.get('flushes', 0)} ({stats.get('flushed_keys', 0)} keys, "
+         f"{stats.get('flush_failures', 0)} failed)"),
         ("rate", "-" if current.rate is None else f"{current.rate:,.1f} tasks/s"),
         ("drained", "yes" if current.drained else "no"),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(term(name), term(value))
     Console().print(table)
 
 
@@ -258,9 +272,11 @@ def dead_letters(settings: Settings, limit: int, fmt: str) -> None:
 
     with _servers("legacy dead-letters"):
         letters = read(settings.rabbitmq, limit)
+    from settings.output import visible
+
     for letter in letters:
-        if fmt == "jsonl":
-            click.echo(json.dumps(letter, ensure_ascii=False))
+        if fmt == "jsonl":  # ASCII: a dead letter's bidi controls or lone surrogates stay escaped
+            click.echo(json.dumps(letter))
         else:
-            click.echo(f"{letter['reason']:<20} {letter.get('event_id') or '-':<24} "
-                       f"{letter['detail'][:100]}")
+            click.echo(visible(f"{letter['reason']:<20} {letter.get('event_id') or '-':<24} "
+                               f"{letter['detail'][:100]}"))

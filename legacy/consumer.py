@@ -3,9 +3,12 @@
 Celery's stock consumer acks an undecodable message after logging it, drops an unknown
 task, and (protocol 2) defers decoding to the pool, where a pickle body or a truncated
 JSON body becomes an error that is acked into oblivion. This consumer screens each message
-in the main process first: content type (JSON only: a pickle body is never deserialized),
-body decoding, the task name and the argument shape; what fails goes to the dead-letter
-queue with its reason before it is acked.
+in the main process first: its size (before any parsing: a body that cannot hold a 1 MiB
+event is `too_large`, so the main process never parses more than `MAX_TASK_BODY_BYTES`),
+content type (JSON only: a pickle body is never deserialized), body decoding
+(`counting.events.loads`: no integer is converted at a cost that grows with its digits),
+the task name and the argument shape; what fails goes to the dead-letter queue with its
+reason before it is acked.
 """
 
 from __future__ import annotations
@@ -14,26 +17,56 @@ import logging
 from typing import Any
 
 from celery.worker.consumer import Consumer
-from kombu.exceptions import ContentDisallowed
 from vine import promise
 
+from counting.events import MAX_INPUT_BYTES, loads
 from legacy import deadletter
-from legacy.aggregation import redis_client
+from legacy.aggregation import count_stats, redis_client
 from legacy.keys import RedisKeys
 from legacy.protocol import CONTENT_TYPE, TASK_NAME
+from legacy.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
+# The largest task body that can hold a valid-sized (1 MiB) raw event: JSON-encoding the
+# event as a string grows it at most 6 times (a control character becomes `\u00XX`), plus
+# the envelope `[[...], {}, {...}]`. A larger body cannot carry an event the contract
+# accepts: it is dead-lettered as too_large without being parsed.
+MAX_TASK_BODY_BYTES = 6 * MAX_INPUT_BYTES + 64 * 1024
+# Celery's pool decodes the body again with kombu's json, which refuses integers over
+# Python's digit limit: `loads` returns those as a non-int (`counting.model.BigInt`), and
+# such an envelope is screened out here rather than fail in the pool.
+_JSON_TYPES = (str, int, float, bool, type(None), dict, list)
+
+
+def _huge_int(value: Any, depth: int = 0) -> bool:
+    if not isinstance(value, _JSON_TYPES):
+        return True
+    if depth > 50:
+        return False
+    if isinstance(value, dict):
+        return any(_huge_int(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_huge_int(v, depth + 1) for v in value)
+    return False
+
+
 def screen(message: Any) -> tuple[str, str] | None:
     """(reason, detail) when a message is not a decodable aggregation task, else None."""
+    raw = message.body
+    size = len(raw) if isinstance(raw, bytes | str) else 0
+    if size > MAX_TASK_BODY_BYTES:
+        return deadletter.TOO_LARGE, (f"task body is {size} bytes, over {MAX_TASK_BODY_BYTES}: "
+                                      "it cannot hold an event of at most 1 MiB")
     if message.content_type != CONTENT_TYPE:  # JSON only; kombu passes a typeless body raw
         return deadletter.CONTENT_DISALLOWED, f"content type {message.content_type!r}, " \
             f"only {CONTENT_TYPE!r} is accepted"
     try:
-        body = message.decode()
-    except ContentDisallowed as exc:
-        return deadletter.CONTENT_DISALLOWED, f"content type {message.content_type!r}: {exc}"
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        body = loads(text)
+    except RecursionError:
+        return deadletter.UNDECODABLE, "the body is nested too deeply to parse"
     except Exception as exc:
         return deadletter.UNDECODABLE, f"{type(exc).__name__}: {exc}"
     task = (message.headers or {}).get("task")
@@ -45,6 +78,9 @@ def screen(message: Any) -> tuple[str, str] | None:
     args, kwargs = body[0], body[1]
     if len(args) != 1 or kwargs or not isinstance(args[0], str):
         return deadletter.BAD_TASK_MESSAGE, "the task takes one argument, the raw event text"
+    if _huge_int(body[2]):
+        return deadletter.BAD_TASK_MESSAGE, "the body's embed holds an integer longer than " \
+            "Python converts"
     return None
 
 
@@ -75,16 +111,12 @@ class DeadLetteringConsumer(Consumer):
             return
         message.ack()
         log.warning("dead-lettered a message: %s (%s)", reason, detail)
-        try:
-            if self._stats_client is None:
-                self._stats_client = redis_client(runtime.settings)
-            keys = RedisKeys.of(runtime.settings.redis)
-            pipe = self._stats_client.pipeline(transaction=False)
-            pipe.hincrby(keys.stats, "dead_lettered", 1)
-            pipe.hincrby(keys.stats, "dead:" + reason, 1)
-            pipe.execute()
-        except Exception:
-            log.exception("could not count a dead letter in Redis stats")
+        if self._stats_client is None:
+            self._stats_client = redis_client(runtime.settings,
+                                              runtime.options.redis_timeout_s)
+        # the main process: never blocks the event loop for long on Redis
+        count_stats(self._stats_client, RedisKeys.of(runtime.settings.redis),
+                    {"dead_lettered": 1, "dead:" + reason: 1}, RetryPolicy(budget_s=0))
 
     # Celery's own paths for bad messages, in case one gets past the screen.
     def on_decode_error(self, message: Any, exc: Exception) -> None:

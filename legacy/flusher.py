@@ -2,25 +2,37 @@
 
 Runs in the worker (a thread of its main process) or alone (`abacus legacy flush`), every
 `interval_s` (default 1 s). Several flushers may run at once: a batch belongs to the one
-that took it, until it is stale.
+holding its lease (`legacy.bertha`), renewed by a thread while the flush runs; another
+flusher claims it only after the lease expired. A batch is written in chunks of one
+Cassandra partition (one atomic counter batch each, `write_concurrency` at once); each
+chunk's fields leave the batch as soon as its write is confirmed, so a failed flush leaves
+only what was not written, and the failing flusher releases the lease for the next flush.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from legacy.aggregation import LegacyClients
+import storage
+from legacy.aggregation import REDIS_TIMEOUT_S, LegacyClients, count_stats
+from legacy.bertha import DEFAULT_LEASE_S, BigBertha, LeaseLost, Row
 from legacy.chaos import Chaos
+from legacy.keys import encode_key
+from legacy.retry import RetryPolicy
 from legacy.trace import Trace
 from settings import Settings
+from storage.counters import BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1.0
-DEFAULT_STALE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,36 +50,87 @@ class Flusher(LegacyClients):
     """Takes Big Bertha's pending increments and writes them to the legacy counters."""
 
     def __init__(self, settings: Settings, chaos: Chaos | None = None,
-                 trace: Trace | None = None, stale_s: float = DEFAULT_STALE_S) -> None:
-        super().__init__(settings)
-        self._chaos, self._stale_s = chaos or Chaos(), stale_s
+                 trace: Trace | None = None, lease_s: float = DEFAULT_LEASE_S,
+                 redis_timeout_s: float = REDIS_TIMEOUT_S) -> None:
+        super().__init__(settings, redis_timeout_s)
+        self._chaos, self._lease_s = chaos or Chaos(), lease_s
         self._trace = trace or Trace(None, "flusher")
+        self._token = uuid.uuid4().hex  # this flusher's lease token
+        self._concurrency = max(1, settings.cassandra.write_concurrency)
+        self._writers = ThreadPoolExecutor(max_workers=self._concurrency,
+                                           thread_name_prefix="bertha-write")
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=True)
+        super().close()
+
+    @property
+    def token(self) -> str:
+        return self._token
 
     def flush_once(self) -> FlushResult:
-        """Take the pending increments (and any stale batch) and write them."""
+        """Take the pending increments (and any batch whose lease expired) and write them."""
         t_taken = time.time()
-        batch_id = self._bertha.take()
-        batches = self._bertha.claim_stale(self._stale_s)
+        batch_id = self._bertha.take(self._token, self._lease_s)
+        batches = self._bertha.claim(self._token, self._lease_s)
         if batch_id is not None:
             batches.insert(0, batch_id)
         result = FlushResult()
-        for batch in batches:
-            rows = self._bertha.read(batch)
-            if self._chaos.drops(batch):
-                self._bertha.done(batch)  # chaos: the batch is lost
-                log.warning("chaos: dropped flush batch %s (%d keys)", batch, len(rows))
-                self._redis.hincrby(self._keys.stats, "chaos_dropped_flushes", 1)
-                result += FlushResult(1, 0, 1)
-                continue
-            self._store.write_account(rows)
-            self._bertha.done(batch)
-            self._trace.flush(batch, t_taken, time.time())
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.hincrby(self._keys.stats, "flushes", 1)
-            pipe.hincrby(self._keys.stats, "flushed_keys", len(rows))
-            pipe.execute()
-            result += FlushResult(1, len(rows), 0)
+        for i, batch in enumerate(batches):
+            try:
+                result += self.work(batch, t_taken)
+            except BaseException:
+                for left in batches[i:]:  # failed or not reached: claimable by the next flush
+                    with contextlib.suppress(Exception):
+                        self._bertha.release(left, self._token)
+                raise
         return result
+
+    def work(self, batch: str, t_taken: float | None = None) -> FlushResult:
+        """Write a batch this flusher holds the lease of, renewing it meanwhile."""
+        rows = self._bertha.read(batch)
+        if self._chaos.drops(batch):
+            self._bertha.done(batch, self._token)  # chaos: the batch is lost
+            log.warning("chaos: dropped flush batch %s (%d keys)", batch, len(rows))
+            self._redis.hincrby(self._keys.stats, "chaos_dropped_flushes", 1)
+            return FlushResult(1, 0, 1)
+        with Renewal(self._bertha, batch, self._token, self._lease_s) as lease:
+            self._write(batch, rows, lease)
+            lease.check()
+            if not self._bertha.done(batch, self._token):
+                raise LeaseLost(f"batch {batch}: lease lost before it was done")
+        self._trace.flush(batch, t_taken or time.time(), time.time())
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(self._keys.stats, "flushes", 1)
+        pipe.hincrby(self._keys.stats, "flushed_keys", len(rows))
+        pipe.execute()
+        return FlushResult(1, len(rows), 0)
+
+    def _write(self, batch: str, rows: list[Row], lease: Renewal) -> None:
+        """Each partition's chunk to Cassandra, then out of the batch; the first error is
+        raised once the chunks in flight have settled."""
+        chunks: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+        for row in rows:
+            key = row[0]
+            chunks[(key.company_id, key.statistic_id,
+                    storage.period_of(key.resolution, key.bucket))].append(row)
+
+        def write(chunk: list[Row]) -> None:
+            lease.check()
+            self._store.write_account(chunk)
+            self._bertha.confirm(batch, self._token, [encode_key(k) for k, _, _ in chunk],
+                                 self._lease_s)
+
+        parts = [c[i:i + BATCH_ROWS] for c in chunks.values()
+                 for i in range(0, len(c), BATCH_ROWS)]
+        futures = [self._writers.submit(write, part) for part in parts]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            failed = sum(e is not None for e in errors)
+            log.warning("Big Bertha batch %s: %d of %d chunks failed; the written ones left "
+                        "the batch", batch, failed, len(parts))
+            raise first
 
     def pending_fields(self) -> int:
         return self._bertha.pending_fields()
@@ -82,10 +145,47 @@ class Flusher(LegacyClients):
     def _flush_logged(self) -> FlushResult:
         try:
             return self.flush_once()
-        except Exception:  # a Redis or Cassandra hiccup: the batch stays, retried when stale
-            log.exception("Big Bertha flush failed; its batch is retried after %.0f s",
-                          self._stale_s)
+        except Exception:  # a Redis or Cassandra hiccup: what was not written stays, released
+            log.exception("Big Bertha flush failed; what it did not write is flushed again")
+            with contextlib.suppress(Exception):
+                count_stats(self._redis, self._keys, {"flush_failures": 1},
+                            RetryPolicy(budget_s=0))
             return FlushResult()
+
+
+class Renewal:
+    """Renews a batch's lease every third of `lease_s` in a thread while a flush works it;
+    `check()` raises LeaseLost once a renewal found the lease gone."""
+
+    def __init__(self, bertha: BigBertha, batch: str, token: str, lease_s: float) -> None:
+        self._bertha, self._batch, self._token, self._lease_s = bertha, batch, token, lease_s
+        self._stop = threading.Event()
+        self._lost = False
+        self.renewals = 0
+        self._thread = threading.Thread(target=self._loop, name="bertha-lease", daemon=True)
+
+    def __enter__(self) -> Renewal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._lease_s / 3):
+            try:
+                if not self._bertha.renew(self._batch, self._token, self._lease_s):
+                    self._lost = True
+                    return
+                self.renewals += 1
+            except Exception:  # Redis unreachable: the lease may expire; confirm will tell
+                log.warning("could not renew the lease of batch %s", self._batch)
+
+    def check(self) -> None:
+        if self._lost:
+            raise LeaseLost(f"batch {self._batch}: lease lost")
+
 
 
 def start_flush_thread(settings: Settings, interval_s: float, chaos: Chaos | None = None,

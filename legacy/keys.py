@@ -53,6 +53,24 @@ class RedisKeys:
     def batch(self, batch_id: str) -> str:
         return self.prefix + "bb:batch:" + batch_id
 
+    def lease(self, batch_id: str) -> str:
+        """Big Bertha: the flusher working a batch holds this key (its token, with a TTL)."""
+        return self.prefix + "bb:lease:" + batch_id
+
+    @property
+    def lease_prefix(self) -> str:
+        return self.prefix + "bb:lease:"
+
+    def slot(self, slot_id: str) -> str:
+        """A worker slot's (process, thread) last applied delivery: makes a retry of the
+        Redis step idempotent."""
+        return self.prefix + "slot:" + slot_id
+
+    @property
+    def workers(self) -> str:
+        """Hash of worker node name -> JSON state (running, stopped, failed with reason)."""
+        return self.prefix + "workers"
+
     @property
     def stats(self) -> str:
         """Hash of operational counters (processed, dead-lettered by reason, flushes...)."""

@@ -8,6 +8,7 @@ reserved tasks), on the installation's own control exchange.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from kombu import Connection
 
 from legacy.aggregation import redis_client
 from legacy.bertha import BigBertha
+from legacy.deadletter import FAILURE_REASONS
 from legacy.keys import RedisKeys
 from settings import Settings
 
@@ -33,6 +35,30 @@ class Status:
     batches: int  # Big Bertha batches taken and not finished
     stats: dict[str, int] = field(default_factory=dict)
     rate: float | None = None  # tasks/s over the sample interval
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> state doc
+
+    @property
+    def failed_workers(self) -> dict[str, str]:
+        """Workers that died of an error, with the reason from their log."""
+        return {name: str(doc.get("reason") or "unknown") for name, doc in self.workers.items()
+                if doc.get("state") == "failed"}
+
+    @property
+    def problems(self) -> list[str]:
+        """What an operator must know now: dead workers, events legacy failed to count."""
+        out = [f"worker {name} died: {reason}" for name, reason in self.failed_workers.items()]
+        if self.failed_workers and self.consumers == 0 and self.ready > 0:
+            out.append(f"{self.ready} messages wait in {self.queue} with no consumer")
+        failed = self.stats.get("failed", 0)
+        if failed:
+            reasons = ", ".join(f"{k[5:]}={v}" for k, v in sorted(self.stats.items())
+                                if k[5:] in FAILURE_REASONS and k.startswith("dead:"))
+            out.append(f"{failed} events failed to count after retries and were "
+                       f"dead-lettered ({reasons})")
+        if self.stats.get("requeued", 0):
+            out.append(f"{self.stats['requeued']} tasks could not even be dead-lettered "
+                       "and were requeued")
+        return out
 
     @property
     def drained(self) -> bool:
@@ -41,7 +67,7 @@ class Status:
                 and self.batches == 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "drained": self.drained}
+        return {**asdict(self), "drained": self.drained, "problems": self.problems}
 
 
 def queue_depth(conn: Connection, name: str) -> tuple[int, int]:
@@ -80,6 +106,16 @@ def _stats(client: Any, keys: RedisKeys) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
 
 
+def _workers(client: Any, keys: RedisKeys) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, doc in client.hgetall(keys.workers).items():
+        try:
+            out[name.decode("utf-8", "backslashreplace")] = json.loads(doc)
+        except ValueError:
+            continue
+    return out
+
+
 def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 0.0) -> Status:
     keys = RedisKeys.of(settings.redis)
     client = redis_client(settings)
@@ -103,7 +139,7 @@ def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 
             unacked=unacked if unacked is None or unacked >= 0 else None,
             dead_letter_queue=rabbit.dead_letter_queue, dead_letters=dead,
             pending_fields=bertha.pending_fields(), batches=len(list(bertha.batch_ids())),
-            stats=stats, rate=rate)
+            stats=stats, rate=rate, workers=_workers(client, keys))
     finally:
         client.close()
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,49 @@ from pathlib import Path
 from legacy.app import WorkerOptions, make_app
 from legacy.chaos import Chaos
 from settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRegistry:
+    """Each worker's state in Redis (`RedisKeys.workers`), so `legacy status` can say at
+    once that a worker died of an error Celery cannot recover from (e.g. py-amqp failing to
+    decode a message's properties before any task code runs: the message stays first in
+    the queue, a legacy flaw), with the reason from its log."""
+
+    def __init__(self, settings: Settings, hostname: str) -> None:
+        from legacy.aggregation import redis_client
+        from legacy.keys import RedisKeys
+
+        self._client = redis_client(settings, timeout_s=2.0)
+        self._key, self.hostname = RedisKeys.of(settings.redis).workers, hostname
+
+    def set(self, state: str, reason: str | None = None) -> None:
+        doc = {"state": state, "pid": os.getpid(), "at": time.time(), "reason": reason}
+        try:
+            self._client.hset(self._key, self.hostname, json.dumps(doc, ensure_ascii=True))
+        except Exception:  # Redis down: the worker's own log still says it
+            log.warning("could not record worker state %s in Redis", state)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _Unrecoverable(logging.Handler):
+    """Catches Celery's 'Unrecoverable error' (CRITICAL) as it is logged, and records it."""
+
+    def __init__(self, registry: WorkerRegistry) -> None:
+        super().__init__(logging.CRITICAL)
+        self._registry = registry
+        self.reason: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reason = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            reason = f"{reason} ({type(exc).__name__}: {str(exc)[:300]})"
+        self.reason = reason[:1000]
+        self._registry.set("failed", self.reason)
 
 
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
@@ -28,8 +73,19 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         without_gossip=True, without_mingle=True, without_heartbeat=True,
         prefetch_multiplier=options.prefetch_multiplier, optimization="fair",
     )
-    worker.start()
-    return int(worker.exitcode or 0)
+    registry = WorkerRegistry(settings, hostname)
+    catcher = _Unrecoverable(registry)
+    logging.getLogger("celery").addHandler(catcher)
+    registry.set("running")
+    try:
+        worker.start()
+    finally:
+        code = int(worker.exitcode or 0)
+        if catcher.reason is None:
+            registry.set("stopped" if code == 0 else "failed",
+                         None if code == 0 else f"exit code {code}")
+        registry.close()
+    return code
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -80,6 +136,21 @@ class WorkerProcess:
                 self.process.wait(10)
         return int(self.process.returncode)
 
+    def failure(self) -> str | None:
+        """Why the process died, from its log: Celery's 'Unrecoverable error' line, or the
+        last line of a traceback; None while it runs or when it said nothing."""
+        if self.alive():
+            return None
+        lines = self.log_tail(400).splitlines()
+        for line in reversed(lines):
+            if "Unrecoverable error" in line:
+                return line.strip()
+        for i in range(len(lines) - 1, 0, -1):
+            if lines[i] and not lines[i].startswith((" ", "\t")) and any(
+                    "Traceback" in x for x in lines[:i]):
+                return lines[i].strip()
+        return None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -95,7 +166,9 @@ def worker_args(options: WorkerOptions) -> list[str]:
             "--loglevel", options.loglevel,
             "--chaos-redeliver", str(options.chaos.redeliver),
             "--chaos-crash", str(options.chaos.crash),
-            "--chaos-drop-flush", str(options.chaos.drop_flush)]
+            "--chaos-drop-flush", str(options.chaos.drop_flush),
+            "--retry-budget-s", str(options.retry_budget_s),
+            "--redis-timeout-s", str(options.redis_timeout_s)]
     if options.trace_dir is not None:
         args += ["--trace-dir", str(options.trace_dir)]
     if options.hostname:

@@ -1,4 +1,12 @@
-"""Redis from the Debian package, no persistence (a cache and dedup store for tests)."""
+"""Redis from the Debian package, with persistence suited to Big Bertha.
+
+Legacy keeps state in Redis that exists nowhere else: Big Bertha's pending increments and
+unfinished batches (account counts not yet in Cassandra) and the Check Uniques sets. So
+Redis writes an append-only file synced every second (`appendonly yes`, `appendfsync
+everysec`): a restart or a crash of Redis loses at most the last second of writes, rather
+than everything. RDB snapshots stay off (the AOF is the copy; its rewrites start with an
+RDB preamble to load fast).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +35,13 @@ class RedisService(Service):
             f"bind {self.host}",
             f"port {self.port}",
             'save ""',
-            "appendonly no",
+            "appendonly yes",
+            "appendfsync everysec",
+            'appendfilename "appendonly.aof"',
+            'appenddirname "appendonlydir"',
+            "aof-use-rdb-preamble yes",
+            "auto-aof-rewrite-percentage 100",
+            "auto-aof-rewrite-min-size 64mb",
             "daemonize no",
             "set-proc-title no",
             f'dir "{self.dir}"',

@@ -119,8 +119,112 @@ def test_dead_letter_records_keep_the_body() -> None:
     assert text["body"] == '[["{"], {}, {}]' and len(text["detail"]) == 2000
     binary = deadletter.record(deadletter.CONTENT_DISALLOWED, "pickle", body=b"\x80\x04.",
                                task_id="t1", content_type="application/x-python-serialize")
-    assert binary["body"] is None and binary["body_b64"] == "gAQu"
+    assert binary["body"] == "\\x80\x04." and binary["body_b64"] == "gAQu"
+    assert binary["escaped"] is True and "escaped" not in text
     assert json.loads(json.dumps(binary)) == binary
+
+
+@pytest.mark.parametrize("value", ["\ud800", "x\udfff", b"COM-\xff", b"\xed\xa0\x80", "ok\x00"])
+def test_a_dead_letter_can_be_written_for_any_input(value: str | bytes) -> None:
+    """Lone surrogates and invalid UTF-8 in any field: the letter encodes, says it escaped."""
+    text = value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
+    letter = deadletter.record("not_json", "detail " + text, body=value, event_id=text,
+                               task_id=text, content_type=text,
+                               extra={"failed_step": text, "n": 3})
+    encoded = deadletter.encode(letter)
+    assert json.loads(encoded.decode("utf-8")) == letter
+    assert deadletter.amqp_message(letter).body == encoded
+    assert letter.get("escaped", False) is (value != "ok\x00")
+    if isinstance(value, bytes):
+        assert letter["body_b64"]  # the exact bytes are kept too
+
+
+def test_a_huge_body_is_kept_cut_with_its_size() -> None:
+    letter = deadletter.record("too_large", "big", body=b"x" * (5 * 1024 * 1024))
+    assert letter["body_bytes"] == 5 * 1024 * 1024 and letter["body_truncated"]
+    assert len(deadletter.encode(letter)) < deadletter.MAX_KEPT_BODY_BYTES + 2000
+
+
+def test_screen_rejects_a_body_too_large_before_parsing_it() -> None:
+    from legacy.consumer import MAX_TASK_BODY_BYTES
+
+    raw = tricky_lines()[0]
+    # garbage of the limit's size + 1: too_large, though it is not even JSON
+    assert screen(message(b"[" * (MAX_TASK_BODY_BYTES + 1)))[0] == deadletter.TOO_LARGE  # type: ignore[index]
+    # a 1 MiB event of control characters still fits a task body
+    prefix = raw[:-1] + ', "pad": "' + "\\u0001" * 10 + '"'
+    padded = prefix + "\x01" * (1024 * 1024 - len(prefix.encode()) - 1) + "}"
+    assert len(padded.encode()) == 1024 * 1024
+    assert len(task_message(padded).body) <= MAX_TASK_BODY_BYTES
+    assert screen(message(task_message(padded).body)) is None
+    nested = b'[["x"], {}, {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]"
+    assert screen(message(nested))[0] == deadletter.UNDECODABLE  # type: ignore[index]
+    huge = b'[["x"], {}, {"a": ' + b"9" * 5000 + b"}]"
+    assert screen(message(huge))[0] == deadletter.BAD_TASK_MESSAGE  # type: ignore[index]
+
+
+def test_retry_policy_retries_transient_errors_only_within_its_budget() -> None:
+    import redis
+
+    from legacy.retry import RetryPolicy, ambiguous, transient
+
+    calls: list[int] = []
+    noted: list[BaseException] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise redis.ConnectionError("refused")
+        return "ok"
+
+    policy = RetryPolicy(budget_s=5.0, first_backoff_s=0.01)
+    assert policy.run(flaky, noted.append) == "ok" and len(calls) == 3 and len(noted) == 2
+
+    def always() -> None:
+        calls.append(1)
+        raise redis.TimeoutError("timeout")
+
+    calls.clear()
+    with pytest.raises(redis.TimeoutError):
+        RetryPolicy(budget_s=0.05, first_backoff_s=0.01).run(always, noted.append)
+    assert 2 <= len(calls) < 10
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("a bug, not a blip")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        policy.run(broken, noted.append)
+    assert len(calls) == 1
+    assert transient(redis.ConnectionError()) and not transient(ValueError())
+    assert ambiguous(redis.TimeoutError()) and not ambiguous(redis.ConnectionError())
+
+
+def test_a_dead_worker_says_why_from_its_log(tmp_path: Path) -> None:
+    from legacy.worker import WorkerProcess
+
+    log = tmp_path / "w.log"
+    log.write_text("noise\n[2026-11-27 10:00:00,000: CRITICAL/MainProcess] Unrecoverable error: "
+                   "UnicodeDecodeError('utf-8', b'\\xff', 0, 1, 'invalid start byte')\n"
+                   "Traceback (most recent call last):\n  File \"x\", line 1\n"
+                   "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff\n")
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    reason = WorkerProcess(done, log).failure()
+    assert reason is not None and "Unrecoverable error: UnicodeDecodeError" in reason
+
+
+def test_redis_runs_with_an_append_only_file_synced_every_second(tmp_path: Path) -> None:
+    from services.redis import RedisService
+
+    settings = Settings().model_copy(update={"services": Settings().services.model_copy(
+        update={"data_dir": tmp_path})})
+    service = RedisService(settings)
+    service.dir.mkdir(parents=True, exist_ok=True)
+    service.configure()
+    conf = (service.dir / "redis.conf").read_text().splitlines()
+    assert "appendonly yes" in conf and "appendfsync everysec" in conf
 
 
 def test_visible_time_is_the_customer_write_and_the_next_flush(tmp_path: Path) -> None:
@@ -151,7 +255,8 @@ def test_settings_travel_whole_to_a_child_process(monkeypatch: pytest.MonkeyPatc
 def test_worker_arguments_parse_back_to_the_same_options(tmp_path: Path) -> None:
     options = WorkerOptions(concurrency=3, pool="threads", prefetch_multiplier=4,
                             flush_interval_s=0.5, chaos=Chaos(0.1, 0.2, 0.3),
-                            trace_dir=tmp_path, loglevel="INFO", hostname="w1@h")
+                            trace_dir=tmp_path, loglevel="INFO", hostname="w1@h",
+                            retry_budget_s=2.5, redis_timeout_s=0.75)
     args = worker_args(options)
     assert args[:2] == ["legacy", "worker"]
     worker_command = legacy_group.commands["worker"]
@@ -161,6 +266,7 @@ def test_worker_arguments_parse_back_to_the_same_options(tmp_path: Path) -> None
         3, "threads", 4, 0.5)
     assert Chaos(p["chaos_redeliver"], p["chaos_crash"], p["chaos_drop_flush"]) == options.chaos
     assert p["trace_dir"] == tmp_path and p["hostname"] == "w1@h"
+    assert (p["retry_budget_s"], p["redis_timeout_s"]) == (2.5, 0.75)
     with pytest.raises(ValueError, match="pool"):
         WorkerOptions(pool="gevent")
     with pytest.raises(click.BadParameter):
