@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from bridge import rabbit
+from bridge.rabbit import MirrorQueueMismatch
 from bridge.status import COUNTERS, read_status, status_path
 from settings.model import Settings
 
@@ -69,7 +70,12 @@ def run(
     status_file: Path | None,
     verbose: bool,
 ) -> None:
-    """Run the bridge until SIGTERM/SIGINT (then flush, ack what Kafka confirmed, exit 0)."""
+    """Run the bridge until SIGTERM/SIGINT (then flush, ack what Kafka confirmed, exit 0).
+
+    Shadow mode also drains the mirror's overflow queue and counts it per event date.
+    """
+    from bridge.kafka import TopicConfigError
+    from bridge.overflow import OverflowDrainer
     from bridge.service import Bridge
 
     logging.basicConfig(
@@ -87,7 +93,17 @@ def run(
         status_file=status_file,
     )
     svc.install_signal_handlers()
-    svc.run()
+    drainer = None
+    try:
+        if mode == "shadow":
+            rabbit.check_shadow_topology(settings.rabbitmq)
+            drainer = OverflowDrainer(settings, svc.counts).start()
+        svc.run()
+    except (MirrorQueueMismatch, TopicConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if drainer is not None:
+            drainer.stop()
 
 
 def _override(
@@ -175,6 +191,37 @@ def _probe(settings: Settings, doc: dict[str, Any]) -> None:
     dlq = doc.get("dlq_topic") or settings.kafka.dlq_topic
     doc["topic_end_offsets"] = topic_end_offsets(settings.kafka, topic, timeout_s=3.0)
     doc["dlq_end_offsets"] = topic_end_offsets(settings.kafka, dlq, timeout_s=3.0)
+    if doc["mode"] == "shadow":
+        _probe_overflow(settings, doc)
+
+
+def _probe_overflow(settings: Settings, doc: dict[str, Any]) -> None:
+    """The overflow queue's depth (not counted yet) and the counts per event date."""
+    depth = rabbit.queue_depth(settings.rabbitmq, settings.rabbitmq.mirror_overflow_queue)
+    doc["overflow_queue_depth"] = None if depth is None else {"ready": depth[0]}
+    doc["mirror_overflow_by_date"] = _overflow_by_date(settings)
+
+
+def _overflow_by_date(settings: Settings) -> dict[str, dict[str, int]] | None:
+    """{date: {messages, redelivered}} from the ops keyspace, or None if unreadable."""
+    import storage
+    from storage.cassandra import Prepared
+    from storage.overflow import OverflowStore
+
+    try:
+        session = storage.connect(settings.cassandra)
+    except Exception:  # a status probe never fails the caller
+        return None
+    try:
+        found = OverflowStore(Prepared(session), settings.cassandra).all()
+    except Exception:  # no ops keyspace or table yet: nothing overflowed through here
+        return None
+    finally:
+        session.cluster.shutdown()
+    return {
+        date: {"messages": o.messages, "redelivered": o.redelivered}
+        for date, o in sorted(found.items())
+    }
 
 
 def _render(docs: list[dict[str, Any]], minutes: int) -> None:
@@ -219,5 +266,28 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
                 + f"; topic end offsets {doc.get('topic_end_offsets')}, "
                 f"DLQ end offsets {doc.get('dlq_end_offsets')}"
             ))
+        _render_overflow(console, doc)
         if doc.get("last_error"):
             console.print(term(f"last error: {doc['last_error']}"))
+
+
+def _render_overflow(console: Any, doc: dict[str, Any]) -> None:
+    from rich.text import Text
+
+    totals = doc.get("totals", {})
+    by_date = doc.get("mirror_overflow_by_date")
+    if doc.get("mode") != "shadow" or not (totals.get("mirror_overflow") or by_date):
+        return
+    line = (
+        f"mirror overflow: {totals.get('mirror_overflow', 0):,} since start "
+        f"({totals.get('mirror_overflow_redelivered', 0):,} redelivered, "
+        f"overflow queue found full {totals.get('overflow_full', 0):,} times)"
+    )
+    if by_date:
+        line += "; by event date: " + ", ".join(
+            f"{d} {c['messages']:,}" for d, c in by_date.items()
+        )
+    qd = doc.get("overflow_queue_depth")
+    if qd:
+        line += f"; {qd['ready']:,} waiting in the overflow queue"
+    console.print(Text(line))

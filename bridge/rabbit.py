@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from bridge.amqp091 import Connection
+from bridge.amqp091 import AmqpError, Connection
 from settings.model import RabbitSettings
 
 Mode = Literal["shadow", "live"]
@@ -28,10 +28,105 @@ def declare_topology(channel: Any, rabbit: RabbitSettings) -> None:
     channel.queue_bind(rabbit.legacy_queue, rabbit.exchange, rabbit.routing_key)
 
 
+class MirrorQueueMismatch(Exception):
+    """The mirror queue exists with other arguments (an unbounded one from an earlier
+    version): RabbitMQ refuses to redeclare it (406 PRECONDITION_FAILED). The message says
+    how to upgrade it."""
+
+
+OVERFLOW_POLICY = "drop-head"
+PRECONDITION_FAILED = 406
+
+
+def mirror_arguments(rabbit: RabbitSettings) -> dict[str, Any]:
+    """The mirror queue's bound: at most `mirror_max_length` ready messages and
+    `mirror_max_bytes` of bodies; beyond, the oldest is dead-lettered to the overflow queue.
+
+    drop-head, never reject-publish(-dlx): a queue that rejects makes RabbitMQ nack the
+    publish to the publisher (with confirms) even though every other bound queue took the
+    message, so a full mirror would make legacy's producers see failures. drop-head never
+    involves the publisher and never touches the legacy queue.
+    """
+    return {
+        "x-max-length": rabbit.mirror_max_length,
+        "x-max-length-bytes": rabbit.mirror_max_bytes,
+        "x-overflow": OVERFLOW_POLICY,
+        "x-dead-letter-exchange": "",  # the default exchange: routed by queue name
+        "x-dead-letter-routing-key": rabbit.mirror_overflow_queue,
+    }
+
+
+def overflow_arguments(rabbit: RabbitSettings) -> dict[str, Any]:
+    """The overflow queue is bounded as the mirror (drop-head, no dead-lettering): if the
+    bridge stays down until it is full too, its oldest are lost uncounted, which the
+    drainer reports (`overflow_full`)."""
+    return {
+        "x-max-length": rabbit.mirror_max_length,
+        "x-max-length-bytes": rabbit.mirror_max_bytes,
+        "x-overflow": OVERFLOW_POLICY,
+    }
+
+
 def declare_shadow_queue(channel: Any, rabbit: RabbitSettings) -> None:
-    """The bridge's own durable mirror queue, bound like the legacy queue."""
-    channel.queue_declare(rabbit.shadow_queue, durable=True, exclusive=False, auto_delete=False)
+    """The bridge's own durable mirror queue, bound like the legacy queue, bounded, and its
+    overflow queue (declared first: a message dead-lettered to a missing queue is lost).
+
+    Raises MirrorQueueMismatch when either exists with other arguments (the channel is
+    closed by the server then: reconnect before using the connection again).
+    """
+    declare_overflow_queue(channel, rabbit)
+    _declare(channel, rabbit, rabbit.shadow_queue, mirror_arguments(rabbit))
     channel.queue_bind(rabbit.shadow_queue, rabbit.exchange, rabbit.routing_key)
+
+
+def declare_overflow_queue(channel: Any, rabbit: RabbitSettings) -> None:
+    """The durable, bounded queue the mirror dead-letters its overflow to (not bound to any
+    exchange: only dead-lettering routes to it, through the default exchange)."""
+    _declare(channel, rabbit, rabbit.mirror_overflow_queue, overflow_arguments(rabbit))
+
+
+def _declare(channel: Any, rabbit: RabbitSettings, queue: str, arguments: dict[str, Any]) -> None:
+    try:
+        channel.queue_declare(
+            queue, durable=True, exclusive=False, auto_delete=False, arguments=arguments
+        )
+    except Exception as exc:
+        if _reply_code(exc) == PRECONDITION_FAILED:
+            raise MirrorQueueMismatch(_mismatch_message(queue, rabbit)) from None
+        raise
+
+
+def _reply_code(exc: BaseException) -> int | None:
+    """The AMQP reply code of a channel error (amqp091, py-amqp and pika name it so)."""
+    code = getattr(exc, "reply_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _mismatch_message(queue: str, rabbit: RabbitSettings) -> str:
+    return (
+        f"RabbitMQ queue {queue!r} exists with other arguments than this bridge declares "
+        f"(max length {rabbit.mirror_max_length:,}, {rabbit.mirror_max_bytes:,} bytes, "
+        f"overflow {OVERFLOW_POLICY} to {rabbit.mirror_overflow_queue!r}); RabbitMQ cannot "
+        "change a queue's arguments in place. Upgrade: run `abacus bridge mirror-upgrade "
+        "--yes` (moves its messages into a bounded queue of the same name, nothing lost), "
+        "or change rabbitmq.mirror_max_length/mirror_max_bytes back to the queue's values"
+    )
+
+
+def check_shadow_topology(rabbit: RabbitSettings) -> None:
+    """Declare the exchange, the legacy queue and the bounded mirror before the bridge
+    starts, so that a mirror left unbounded by an earlier version stops it at once with
+    MirrorQueueMismatch (the bridge loop would only retry). An unreachable broker is left
+    to the bridge's reconnect loop."""
+    try:
+        conn = connect(rabbit, heartbeat_s=0)
+    except (AmqpError, OSError):
+        return
+    try:
+        declare_topology(conn, rabbit)
+        declare_shadow_queue(conn, rabbit)
+    finally:
+        conn.close()  # after a refused declaration the connection is already dropped
 
 
 def queue_for(mode: Mode, rabbit: RabbitSettings) -> str:

@@ -144,7 +144,13 @@ class Bridge:
     def run(self) -> Counts:
         """Run until stopped; return the final counts."""
         if self.metrics_port:
-            serve_metrics(self.metrics_port, self.counts, self.mode, self.in_flight)
+            serve_metrics(
+                self.metrics_port,
+                self.counts,
+                self.mode,
+                self.in_flight,
+                self.settings.bridge.metrics_host,
+            )
         self._tick(force=True)
         backoff = 1.0
         while not self._stop:

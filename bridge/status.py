@@ -7,7 +7,13 @@ Counts (totals since start, and per wall-clock minute for the last hour):
 - dead_lettered: records Kafka confirmed on the DLQ topic (by reason too);
 - acked: messages acked to RabbitMQ (each only after its record was confirmed);
 - redelivered: consumed messages flagged redelivered (possible duplicates in Kafka);
-- kafka_errors, reconnects.
+- kafka_errors, reconnects;
+- mirror_overflow (shadow mode): messages RabbitMQ dropped from the head of the bounded
+  mirror queue while the bridge was behind or down, dead-lettered to the overflow queue
+  and counted there per event date (bridge.overflow; the dates are in the ops keyspace);
+  mirror_overflow_redelivered of them came again after a lost connection (at most that
+  many counted twice); overflow_full: times the overflow queue itself was found full (its
+  oldest may have been dropped uncounted, so the counts are a lower bound).
 
 How to reconcile: every message that entered the queue is either acked or still in the
 queue (ready or unacked); `produced + dead_lettered >= acked`, the surplus being records
@@ -36,7 +42,10 @@ COUNTERS = (
     "redelivered",
     "kafka_errors",
     "reconnects",
+    "mirror_overflow",
 )
+# counted, shown in the totals, not per minute
+TOTALS = (*COUNTERS, "mirror_overflow_redelivered", "overflow_full")
 MINUTES_KEPT = 60
 
 
@@ -49,10 +58,13 @@ class Counts:
     redelivered: int = 0
     kafka_errors: int = 0
     reconnects: int = 0
+    mirror_overflow: int = 0
+    mirror_overflow_redelivered: int = 0
+    overflow_full: int = 0
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS}
+        return {name: getattr(self, name) for name in TOTALS}
 
 
 class Minutes:
@@ -122,7 +134,7 @@ class PrometheusCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         c = self._counts
-        for name in COUNTERS:
+        for name in TOTALS:
             if name == "dead_lettered":
                 fam = CounterMetricFamily(
                     "abacus_bridge_dead_lettered",
@@ -145,10 +157,15 @@ class PrometheusCollector:
         yield gauge
 
 
-def serve_metrics(port: int, counts: Counts, mode: str, in_flight: Any) -> Any:
-    """Start the Prometheus HTTP endpoint on `port` (a daemon thread); the server."""
+def serve_metrics(
+    port: int, counts: Counts, mode: str, in_flight: Any, host: str = "127.0.0.1"
+) -> Any:
+    """Start the Prometheus HTTP endpoint on `host:port` (a daemon thread); the server.
+
+    Loopback by default (bridge.metrics_host): the counts are no one else's business
+    unless the operator opens them up."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PrometheusCollector(counts, mode, in_flight))
-    return start_http_server(port, registry=registry)
+    return start_http_server(port, addr=host, registry=registry)

@@ -43,6 +43,7 @@ from compare.summary import Summary
 from compare.truth_spool import Selection, Source, TruthSpool
 from settings import Settings
 from storage import STORES, Prepared, connect
+from storage.overflow import overflow_of_date
 
 Progress = Callable[[int, int], None]  # (units done, units planned)
 
@@ -323,6 +324,9 @@ def _execute(settings: Settings, session: Any, prepared: Prepared, audits: Audit
         record.summary["units"] = len(plan.units)
         record.summary["truth"] = truth.stats if truth is not None else None
         record.summary["queries"] = fetcher.queries
+        # events the shadow bridge never saw (bridge.overflow): Abacus's shortfall explained
+        record.summary["mirror_overflow"] = overflow_of_date(prepared, settings.cassandra,
+                                                             params.date)
         record.state = "done"
         record.outcome = "dirty" if summary.defects else "clean"
     except BaseException:

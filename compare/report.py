@@ -72,9 +72,11 @@ def headline(result: AuditResult) -> str:
     r = result.record
     if not s:
         return f"audit {r.audit_id}: {r.date} {r.left} vs {r.right}: {r.state} ({r.outcome})"
+    overflow = (s.get("mirror_overflow") or {}).get("messages")
     return (f"audit {r.audit_id}: {r.date} {r.left} vs {r.right} (truth: {r.truth}): "
             f"{r.outcome.upper()}: {s['keys_compared']} keys compared, {s['matched']} matched, "
-            f"{s['mismatched']} mismatched, {s['defects']} outside tolerance")
+            f"{s['mismatched']} mismatched, {s['defects']} outside tolerance"
+            + (f"; {overflow} mirror overflows on this date" if overflow else ""))
 
 
 def _table(result: AuditResult, out: IO[str], limit: int) -> None:

@@ -93,6 +93,9 @@ OPS_TABLES: list[str] = [
         level text, at timeuuid, from_stage text, to_stage text, who text,
         audit_ids list<text>, forced boolean, reason text,
         PRIMARY KEY ((level), at)) WITH CLUSTERING ORDER BY (at DESC)""",
+    # the bridge's mirror overflow per event date (storage.overflow)
+    """CREATE TABLE IF NOT EXISTS {ks}.mirror_overflow (
+        date text PRIMARY KEY, messages counter, redelivered counter)""",
 ]
 
 

@@ -85,6 +85,7 @@ def env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env
                     "exchange": f"test.{u}.events",
                     "legacy_queue": f"test.{u}.legacy",
                     "shadow_queue": f"test.{u}.shadow",
+                    "mirror_overflow_queue": f"test.{u}.overflow",
                     "prefetch": 256,
                 }
             ),
@@ -99,7 +100,8 @@ def env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env
     rabbit.declare_shadow_queue(conn, isolated.rabbitmq)
     conn.confirm_select()
     yield Env(isolated, conn)
-    for q in (isolated.rabbitmq.legacy_queue, isolated.rabbitmq.shadow_queue):
+    rmq = isolated.rabbitmq
+    for q in (rmq.legacy_queue, rmq.shadow_queue, rmq.mirror_overflow_queue):
         conn.queue_delete(q)
     conn.exchange_delete(isolated.rabbitmq.exchange)
     conn.close()
@@ -483,3 +485,219 @@ def test_sigterm_flushes_acks_and_leaves_the_rest(env: Env, tmp_path: Path) -> N
     assert env.depth(env.rmq.legacy_queue) == n - acked  # the rest stayed in the queue
     records = read_topic(env.settings, env.settings.kafka.topic, acked, timeout_s=20)
     assert len(records) == acked
+
+
+# ---------------------------------------------------------------- the bounded mirror queue
+# (issue 12: a stopped bridge must never fill RabbitMQ up to the memory alarm that blocks
+# legacy's publishers; what the mirror drops is counted per event date)
+
+DAY_A, DAY_B = "2018-12-07", "2018-12-08"
+TS_A = 1544153562  # 2018-12-07T03:32:42Z
+BRIDGE = (sys.executable, "-m", "bridge")
+
+
+def dated_event(i: int, ts: int) -> str:
+    return json.dumps(
+        {
+            "event_id": f"O{i}",
+            "company_id": f"COM{i % 3}",
+            "customer_id": f"CUS{i % 7}",
+            "statistic_id": "opened",
+            "timestamp": ts,
+        }
+    )
+
+
+@pytest.fixture
+def bounded(env: Env) -> Iterator[Env]:
+    """`env` with a small mirror (100 messages) and its own ops keyspace for the counts."""
+    import storage
+
+    u = uuid.uuid4().hex[:8]
+    s = env.settings
+    rmq = s.rabbitmq.model_copy(update={"mirror_max_length": 100})
+    cas = s.cassandra.model_copy(update={"keyspace_prefix": f"test_{u}_"})
+    bounded_settings = s.model_copy(update={"rabbitmq": rmq, "cassandra": cas})
+    # the fixture declared the mirror with the default bound: declare it again with ours
+    env.conn.queue_delete(rmq.shadow_queue)
+    env.conn.queue_delete(rmq.mirror_overflow_queue)
+    rabbit.declare_shadow_queue(env.conn, rmq)
+    storage.apply_schema(cas, ["legacy", "shadow", storage.OPS])
+    yield Env(bounded_settings, env.conn)
+    session = storage.connect(cas)
+    try:
+        for name in ("legacy", "shadow", storage.OPS):
+            session.execute(
+                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(cas, name)}", timeout=120
+            )
+    finally:
+        session.cluster.shutdown()
+
+
+def _bounded_env_vars(env: Env) -> dict[str, str]:
+    s = env.settings
+    return {
+        **env.env_vars(),
+        "ABACUS_RABBITMQ__MIRROR_MAX_LENGTH": str(s.rabbitmq.mirror_max_length),
+        "ABACUS_RABBITMQ__MIRROR_OVERFLOW_QUEUE": s.rabbitmq.mirror_overflow_queue,
+        "ABACUS_CASSANDRA__KEYSPACE_PREFIX": s.cassandra.keyspace_prefix,
+    }
+
+
+def test_mirror_overflow_never_blocks_legacy_and_is_counted_per_date(
+    bounded: Env, tmp_path: Path
+) -> None:
+    env = bounded
+    rmq = env.rmq
+    pickle = (b"\x80\x04K\x01.", {"content_type": "application/x-python-serialize"})
+    # with the bridge stopped: 1 undecodable, 50 events of day A, 130 of day B (oldest first)
+    messages = [pickle]
+    messages += [celery_message(dated_event(i, TS_A + i)) for i in range(50)]
+    messages += [celery_message(dated_event(50 + i, TS_A + 86400 + i)) for i in range(130)]
+    env.publish(messages)  # publisher confirms: raises if the broker nacked any message
+    assert not env.conn.blocked  # no connection.blocked from a resource alarm either
+    total = len(messages)
+
+    assert env.depth(rmq.legacy_queue) == total  # legacy got every message
+    assert env.depth(rmq.shadow_queue) == rmq.mirror_max_length  # the mirror kept the newest
+    # dropped from the head: the pickle, all 50 of day A, the first 30 of day B (fewer than
+    # the overflow queue's own bound, so every one of them is counted)
+    dropped = total - rmq.mirror_max_length
+    assert dropped == 81
+    wait_for(
+        lambda: env.depth(rmq.mirror_overflow_queue) == dropped, 30, "the dead-lettered overflow"
+    )
+
+    status_file = tmp_path / "shadow.json"
+    proc = subprocess.Popen(
+        [*BRIDGE, "run", "--mode", "shadow", "--status-file", str(status_file)],
+        cwd=REPO,
+        env=_bounded_env_vars(env),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: (
+                _status(status_file)["totals"].get("mirror_overflow") == dropped
+                and _status(status_file)["totals"]["acked"] == rmq.mirror_max_length
+            ),
+            120,
+            "the overflow counted and the mirror bridged",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert env.depth(rmq.mirror_overflow_queue) == 0
+    assert env.depth(rmq.legacy_queue) == total  # shadow mode never touched it
+    records = read_topic(env.settings, env.settings.kafka.topic, rmq.mirror_max_length)
+    assert len(records) == rmq.mirror_max_length  # the newest 100: day B's last 100
+    assert {r.value() for r in records} == {
+        dated_event(50 + i, TS_A + 86400 + i).encode() for i in range(30, 130)
+    }
+
+    done = subprocess.run(
+        [
+            *BRIDGE,
+            "status",
+            "--mode",
+            "shadow",
+            "--format",
+            "json",
+            "--status-file",
+            str(status_file),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_bounded_env_vars(env),
+        timeout=120,
+    )
+    assert done.returncode == 3, done.stderr  # the run is over
+    doc = json.loads(done.stdout)
+    assert doc["totals"]["mirror_overflow"] == dropped
+    assert doc["totals"]["mirror_overflow_redelivered"] == 0
+    assert doc["totals"]["overflow_full"] == 0
+    assert doc["overflow_queue_depth"] == {"ready": 0}
+    assert doc["mirror_overflow_by_date"] == {
+        DAY_A: {"messages": 50, "redelivered": 0},
+        DAY_B: {"messages": 30, "redelivered": 0},
+        "undated": {"messages": 1, "redelivered": 0},
+    }
+
+    # the audit of each date names its overflow (the stores are empty here: only the count)
+    from compare.audit import RunOptions, run_audit
+    from compare.report import headline, render
+
+    options = RunOptions(work_dir=tmp_path / "audits", settle_s=0.1)
+    for date, n in ((DAY_A, 50), (DAY_B, 30), ("2018-12-09", 0)):
+        result = run_audit(env.settings, date, "legacy", "shadow", options=options)
+        assert result.summary["mirror_overflow"] == {"messages": n, "redelivered": 0}
+        if n:
+            assert f"{n} mirror overflows on this date" in headline(result)
+        else:
+            assert "mirror overflow" not in headline(result)
+        out = tmp_path / f"{date}.json"
+        with out.open("w") as stream:
+            render(result, "json", stream)
+        assert json.loads(out.read_text())["summary"]["mirror_overflow"]["messages"] == n
+
+
+def test_reject_publish_would_nack_the_legacy_publisher(env: Env) -> None:
+    """Why the mirror drops its head instead of rejecting: a full reject-publish queue bound
+    beside the legacy queue makes RabbitMQ nack the publisher (with confirms), although the
+    legacy queue took the message."""
+    from bridge.amqp091 import AmqpError
+
+    u = uuid.uuid4().hex[:8]
+    probe = f"test.{u}.reject"
+    env.conn.queue_declare(
+        probe, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}, auto_delete=False
+    )
+    try:
+        env.conn.queue_bind(probe, env.rmq.exchange, env.rmq.routing_key)
+        env.publish([celery_message(event(0))])
+        with pytest.raises(AmqpError, match="refused 1"):
+            env.publish([celery_message(event(1))])
+        assert env.depth(env.rmq.legacy_queue) == 2
+    finally:
+        env.conn.queue_delete(probe)
+
+
+def test_an_unbounded_mirror_from_before_is_a_clear_error(env: Env, tmp_path: Path) -> None:
+    rmq = env.rmq
+    env.conn.queue_delete(rmq.shadow_queue)
+    env.conn.queue_declare(rmq.shadow_queue, durable=True, auto_delete=False)  # no bound
+    env.conn.queue_bind(rmq.shadow_queue, rmq.exchange, rmq.routing_key)
+    env.publish([celery_message(event(i)) for i in range(5)])
+    done = subprocess.run(
+        [*BRIDGE, "run", "--mode", "shadow", "--status-file", str(tmp_path / "s.json")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env.env_vars() | {"ABACUS_RABBITMQ__MIRROR_OVERFLOW_QUEUE": rmq.mirror_overflow_queue},
+        timeout=120,
+    )
+    assert done.returncode == 1
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert repr(rmq.shadow_queue) in lines[0] and "mirror-upgrade" in lines[0]
+    assert "Traceback" not in done.stderr
+    # nothing was lost or changed: the old queue still holds its messages
+    assert env.depth(rmq.shadow_queue) == 5 and env.depth(rmq.legacy_queue) == 5
+
+
+def test_topics_are_created_with_min_insync_replicas(env: Env) -> None:
+    from confluent_kafka.admin import ConfigResource, ConfigSource
+
+    from bridge.kafka import ensure_topics
+
+    kafka = env.settings.kafka
+    assert ensure_topics(kafka, [kafka.topic]) == [kafka.topic]
+    admin = AdminClient(kafka.client_config())
+    resource = ConfigResource(ConfigResource.Type.TOPIC, kafka.topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=30)
+    entry = configs["min.insync.replicas"]
+    assert entry.value == str(kafka.min_insync_replicas)
+    # set on the topic at creation, not the broker's default showing through
+    assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
