@@ -62,7 +62,7 @@ class Outcome(enum.Enum):
 
 REDIS_TIMEOUT_S = 5.0  # every Redis command and connect: a partition fails, never hangs
 REDIS_CONNECT_TIMEOUT_S = 3.0
-STATS_RETRY = RetryPolicy(budget_s=30.0)  # the stats of a failure outlive a short blip
+STATS_RETRY = RetryPolicy(budget_s=30.0)
 
 
 def redis_client(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
@@ -178,7 +178,7 @@ class Aggregator(LegacyClients):
             self._give_up(step, exc, raw_event, event.event_id, task_id, dict(retries))
             return Outcome.DEAD_LETTERED
         if retries:
-            count_stats(self._redis, self._keys, {**retries, "recovered": 1})
+            count_stats(self._redis, self._keys, {**retries, "recovered": 1}, self._retry)
         if task_id is not None:
             self._trace.task(task_id, t_bertha, time.time())
         if not redelivered and self._chaos.redelivers(event.event_id):
@@ -219,7 +219,7 @@ class Aggregator(LegacyClients):
         stats = {**retries, "failed": 1, "dead_lettered": 1, "dead:" + reason: 1}
         if step != "redis":
             stats["failed_partial"] = 1
-        count_stats(self._redis, self._keys, stats)
+        count_stats(self._redis, self._keys, stats, self._retry)
 
     def reject(self, reason: str, detail: str, raw_event: Any, event_id: str | None,
                task_id: str | None) -> None:
@@ -227,7 +227,8 @@ class Aggregator(LegacyClients):
         body = _task_body(raw_event, task_id) if isinstance(raw_event, str) else repr(raw_event)
         self._dead_letter(deadletter.record(reason, detail, body=body, event_id=event_id,
                                             task_id=task_id, content_type="application/json"))
-        count_stats(self._redis, self._keys, {"dead_lettered": 1, "dead:" + reason: 1})
+        count_stats(self._redis, self._keys, {"dead_lettered": 1, "dead:" + reason: 1},
+                    self._retry)
 
 
 def _task_body(raw_event: str, task_id: str | None) -> bytes | str:

@@ -86,7 +86,13 @@ class Runtime:
             deadletter.publish(producer, self.settings.rabbitmq, letter)
 
     def handle(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        aggregator = self.aggregator()
+        try:
+            aggregator = self.aggregator()
+        except Exception as exc:  # Cassandra unreachable at the process's first task
+            log.exception("legacy task %s: cannot open the counter store; requeued",
+                          request.id)
+            time.sleep(1.0)
+            raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
         if len(args) != 1 or kwargs or not isinstance(args[0], str):
             aggregator.reject(deadletter.BAD_TASK_MESSAGE,
                               "the task takes one argument, the raw event text",

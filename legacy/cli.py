@@ -256,6 +256,7 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
         ("rate", "-" if current.rate is None else f"{current.rate:,.1f} tasks/s"),
         ("drained", "yes" if current.drained else "no"),
     ]
+    rows += [("PROBLEM", problem) for problem in current.problems]
     for name, value in rows:
         table.add_row(term(name), term(value))
     Console().print(table)

@@ -9,31 +9,36 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
+import socket
+import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import amqp
 import pytest
 import redis
+from cassandra.cluster import NoHostAvailable
 from kombu import Connection
 
 import storage
-from counting import AccountCount, CustomerCount, Event, Recount, parse_event
-from counting.corpus import invalid_lines, tricky_lines
+from counting import AccountCount, CustomerCount, Event, Recount, Rejection, parse_event
+from counting.corpus import invalid_lines, poison_lines, tricky_lines
 from counting.generate import GeneratorConfig, generate
 from legacy import deadletter
-from legacy.aggregation import Aggregator
+from legacy.aggregation import Aggregator, Outcome
 from legacy.app import WorkerOptions
+from legacy.bertha import LeaseLost
 from legacy.chaos import Chaos
-from legacy.flusher import Flusher
+from legacy.flusher import Flusher, Renewal
 from legacy.keys import RedisKeys
 from legacy.producer import publish_lines
 from legacy.protocol import task_message
-from legacy.status import read_status
+from legacy.status import queue_depth, read_status
 from legacy.topology import declare_topology
 from legacy.trace import Trace
 from legacy.worker import WorkerProcess, start_worker
@@ -344,3 +349,304 @@ def test_a_dropped_flush_loses_the_account_counts(env: Env) -> None:
     later = {c.key: c.count for c in recount(lines[10:]).account()}
     assert env.account() == {c.key: (later[c.key], c.uniques - before.get(c.key, 0))
                              for c in recount(lines).account() if c.key in later}
+
+
+# -- no input stops legacy, no fault loses an event silently ----------------------------
+
+
+def wait_for(what: str, condition: Callable[[], object], observe: Callable[[], object],
+             timeout_s: float = DRAIN_TIMEOUT_S, poll_s: float = 0.2) -> None:
+    """Until `condition()` holds; on timeout, fail saying what was observed last."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s:.0f} s for {what}; observed: {observe()}")
+        time.sleep(poll_s)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A throwaway redis-server of this test only (the shared one is never paused or
+    restarted), configured by the project's own RedisService (AOF everysec)."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        from services.redis import RedisService
+
+        self.port = _free_port()
+        self.settings = settings.model_copy(update={
+            "services": settings.services.model_copy(update={"data_dir": tmp / "redis-data"}),
+            "redis": settings.redis.model_copy(update={"port": self.port, "password": None})})
+        self.service = RedisService(self.settings)
+        self.service.dir.mkdir(parents=True, exist_ok=True)
+        self.service.configure()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.service.dir / "redis.out").open("ab")
+        self.process = subprocess.Popen(self.service.command(), stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        client = self.client()
+        wait_for(f"redis-server on port {self.port}", lambda: _pings(client),
+                 lambda: (self.service.dir / "redis.out").read_text()[-500:], timeout_s=30)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(**self.settings.redis.client_kwargs(), socket_timeout=5)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def private_redis(env: Env) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(env.settings, env.tmp)
+    yield server
+    server.kill()
+
+
+def test_redis_keeps_big_berthas_increments_through_a_crash(private_redis: PrivateRedis
+                                                            ) -> None:
+    """The config `abacus services up` writes: AOF synced every second, so a SIGKILL of
+    Redis loses at most the last second (here: nothing that was synced)."""
+    private_redis.start()
+    client = private_redis.client()
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+    client.hincrby("bb:pending", "c-key", 41)
+    client.hincrby("bb:pending", "c-key", 1)
+    wait_for("the AOF to be synced", lambda: client.info("persistence")
+             ["aof_last_write_status"] == "ok" and not client.info("persistence")
+             ["aof_pending_bio_fsync"] and _aof_holds(private_redis, b"c-key"),
+             lambda: client.info("persistence"), timeout_s=30)
+    private_redis.kill()
+    private_redis.start()
+    assert private_redis.client().hget("bb:pending", "c-key") == b"42"
+
+
+def _aof_holds(server: PrivateRedis, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in server.service.dir.rglob("*.aof*"))
+
+
+def test_the_poison_corpus_is_counted_exactly_or_dead_lettered(env: Env) -> None:
+    """Every poison line as a Celery task: valid ones counted as the recount says, invalid
+    ones in legacy's dead letters with the contract's reason, the worker still running."""
+    poison = poison_lines()
+    expected = {name: parse_event(raw) for name, raw in poison}
+    valid = [raw for name, raw in poison if isinstance(expected[name], Event)]
+    invalid = Counter(r.reason.value for r in expected.values() if isinstance(r, Rejection))
+    assert valid and invalid
+    huge = amqp.Message(b'[["' + b"x" * (7 * 1024 * 1024) + b'"], {}, {}]',
+                        content_type="application/json", content_encoding="utf-8",
+                        application_headers=task_message("{}").headers, delivery_mode=2)
+    process = worker(env)
+    try:
+        report = publish_lines(env.settings.rabbitmq, [raw for _, raw in poison])
+        _publish_raw(env, [huge])
+        # the producer dead-letters bytes that are not UTF-8 (they cannot be a task argument)
+        tasks = report.published + 1
+        wait_done(env, process, tasks)
+        assert process.alive(), process.log_tail()
+    finally:
+        process.stop()
+    letters = deadletter.read(env.settings.rabbitmq, limit=1000, ack=True)
+    got = Counter(d["reason"] for d in letters)
+    assert got == invalid + Counter({"too_large": 1}), got
+    truth = recount(valid)
+    assert env.customer() == {c.key: c.count for c in truth.customer()}
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
+    # a lone surrogate in the event_id: the letter names it, escaped, and says so
+    lone = [d for d in letters if d["event_id"] and "\\ud800" in d["event_id"]]
+    assert lone and all(d["escaped"] is True for d in lone), letters
+    for letter in letters:
+        assert letter["detail"] and (letter["body"] is not None or letter.get("body_b64"))
+    stats = env.stats()
+    assert stats["processed"] == truth.events
+    assert stats["dead_lettered"] == report.published + 1 - truth.events
+
+
+def test_a_message_that_kills_the_worker_is_reported_at_once(env: Env) -> None:
+    """py-amqp cannot decode an AMQP message_id of invalid UTF-8 and Celery's worker dies
+    before any task code runs (the message stays first in the queue: a legacy flaw we
+    keep). `legacy status` names the dead worker and why, from the worker itself."""
+    process = worker(env)
+    try:
+        wait_for("the worker to consume", lambda: read_status(
+            env.settings, ask_workers=False).consumers > 0,
+            lambda: (read_status(env.settings, ask_workers=False), process.log_tail()))
+        _publish_raw(env, [amqp.Message(task_message("{}").body, message_id=b"\xff\xfe",
+                                        content_type="application/json",
+                                        application_headers=task_message("{}").headers)])
+        wait_for("the worker to die", lambda: not process.alive(), process.log_tail,
+                 timeout_s=60)
+    finally:
+        process.stop()
+    status = read_status(env.settings, ask_workers=False)
+    assert len(status.failed_workers) == 1, status.workers
+    reason = next(iter(status.failed_workers.values()))
+    assert "Unrecoverable error" in reason and "UnicodeDecodeError" in reason, reason
+    assert any("died" in p for p in status.problems) and status.ready == 1
+    assert "UnicodeDecodeError" in (process.failure() or ""), process.log_tail()
+
+
+def test_transient_redis_errors_are_retried_then_counted(env: Env,
+                                                         private_redis: PrivateRedis) -> None:
+    """Redis refuses connections (down), then stalls every write (CLIENT PAUSE: each call
+    times out): the tasks retry with backoff and every event is counted exactly once."""
+    settings = env.settings.model_copy(update={"redis": private_redis.settings.redis.model_copy(
+        update={"prefix": env.settings.redis.prefix})})
+    env = Env(settings, env.session, env.store, env.tmp)
+    config = GeneratorConfig(n=40, seed=8, companies=2, customers=10, facets=2)
+    lines = [json.dumps(e) for e in generate(config)]
+    first, second = lines[:20], lines[20:]
+    process = worker(env, redis_timeout_s=0.5, retry_budget_s=120.0)
+    try:
+        publish_lines(env.settings.rabbitmq, first)  # Redis is not running yet
+        wait_for("a task to retry", lambda: "retrying" in process.log_tail(400),
+                 process.log_tail, timeout_s=60)
+        private_redis.start()
+        wait_done(env, process, len(first))
+        stats = env.stats()
+        assert stats["retried"] > 0 and stats["recovered"] > 0, stats
+        client = private_redis.client()
+        client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        publish_lines(env.settings.rabbitmq, second)
+        wait_done(env, process, len(lines))
+        assert process.alive()
+    finally:
+        process.stop()
+    after = env.stats()
+    assert after["retried"] > stats["retried"], (stats, after)  # the pause timed calls out
+    assert after["processed"] == len(lines) and not after.get("failed"), after
+    truth = recount(lines)
+    assert env.customer() == {c.key: c.count for c in truth.customer()}
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
+    assert not deadletter.read(env.settings.rabbitmq, limit=10)
+
+
+def test_an_event_that_cannot_be_counted_is_dead_lettered_with_its_reason(
+        env: Env, private_redis: PrivateRedis) -> None:
+    """Redis stays down past the retry budget: each event is dead-lettered as redis_error
+    (nothing counted, nothing acked into oblivion); once Redis is back, counting resumes."""
+    settings = env.settings.model_copy(update={"redis": private_redis.settings.redis.model_copy(
+        update={"prefix": env.settings.redis.prefix})})
+    env = Env(settings, env.session, env.store, env.tmp)
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=4, seed=9, companies=1))]
+    process = worker(env, redis_timeout_s=0.5, retry_budget_s=1.0)
+    try:
+        publish_lines(env.settings.rabbitmq, lines[:3])
+        wait_for("three dead letters", lambda: _dead_count(env) >= 3,
+                 lambda: (_dead_count(env), process.log_tail()), timeout_s=120)
+        private_redis.start()
+        publish_lines(env.settings.rabbitmq, lines[3:])
+        wait_for("the last event counted", lambda: env.stats().get("processed") == 1,
+                 lambda: (env.stats(), process.log_tail()))
+        wait_done(env, process, 1)
+    finally:
+        process.stop()
+    letters = deadletter.read(env.settings.rabbitmq, limit=10, ack=True)
+    assert [d["reason"] for d in letters] == ["redis_error"] * 3
+    assert {d["event_id"] for d in letters} == {json.loads(x)["event_id"] for x in lines[:3]}
+    assert all(d["failed_step"] == "redis" and d["already_counted"] == "nothing"
+               for d in letters)
+    assert json.loads(letters[0]["body"])[0][0] in lines[:3]  # the task, to publish again
+    truth = recount(lines[3:])
+    assert env.customer() == {c.key: c.count for c in truth.customer()}
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
+
+
+def _dead_count(env: Env) -> int:
+    with Connection(env.settings.rabbitmq.url()) as conn:
+        return queue_depth(conn, env.settings.rabbitmq.dead_letter_queue)[0]
+
+
+class _FailingChunks:
+    """The real counter store, except that writes of one company's rows fail as a
+    Cassandra that lost its replicas would (a fault injected in front of real writes)."""
+
+    def __init__(self, store: storage.CounterStore, company: str) -> None:
+        self._store, self._company = store, company
+        self.failed = 0
+
+    def write_account(self, rows: list[tuple[object, int, int]]) -> None:
+        if any(k.company_id == self._company for k, _, _ in rows):  # type: ignore[attr-defined]
+            self.failed += 1
+            raise NoHostAvailable("injected", {})
+        self._store.write_account(rows)  # type: ignore[arg-type]
+
+
+def test_a_partly_failed_flush_writes_only_the_rest_next_time(env: Env) -> None:
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=60, seed=10, companies=3,
+                                                             facets=3))]
+    companies = sorted({json.loads(x)["company_id"] for x in lines})
+    assert len(companies) == 3
+    aggregator = Aggregator(env.settings, Chaos(), lambda _l: None, Trace(None, "test"))
+    failing, flusher = Flusher(env.settings), Flusher(env.settings)
+    try:
+        for line in lines:
+            assert aggregator.aggregate(line) is Outcome.COUNTED
+        injected = _FailingChunks(failing._store, companies[0])
+        failing._store = injected  # type: ignore[assignment]
+        with pytest.raises(NoHostAvailable):
+            failing.flush_once()
+        assert injected.failed > 0
+        # what was written left the batch; the rest waits, released for the next flush
+        rest = {c.key for c in recount(lines).account() if c.key.company_id == companies[0]}
+        assert flusher.pending_fields() == sum(
+            1 + (c.uniques > 0) for c in recount(lines).account() if c.key in rest)
+        written = env.account()
+        assert written and all(k.company_id != companies[0] for k in written)
+        result = flusher.flush_once()  # claims the released batch at once, no lease wait
+        assert result.batches == 1 and result.keys == len(rest)
+        assert flusher.pending_fields() == 0
+    finally:
+        aggregator.close()
+        failing.close()
+        flusher.close()
+    truth = recount(lines)
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
+
+
+def test_only_one_flusher_works_a_batch_until_its_lease_expires(env: Env) -> None:
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=10, seed=11, companies=2))]
+    aggregator = Aggregator(env.settings, Chaos(), lambda _l: None, Trace(None, "test"))
+    slow, other = Flusher(env.settings, lease_s=1.0), Flusher(env.settings, lease_s=1.0)
+    keys = RedisKeys.of(env.settings.redis)
+    client = redis.Redis(**env.settings.redis.client_kwargs())
+    try:
+        for line in lines:
+            aggregator.aggregate(line)
+        batch = slow._bertha.take(slow.token, 1.0)
+        assert batch is not None
+        # the slow flusher works on, renewing its lease for well over its length
+        with Renewal(slow._bertha, batch, slow.token, 1.0) as renewal:
+            wait_for("five renewals (over a lease and a half)", lambda: renewal.renewals >= 5,
+                     lambda: renewal.renewals, timeout_s=30)
+            assert other.flush_once().batches == 0  # its lease holds: not claimed
+            assert client.exists(keys.batch(batch))
+        # the slow flusher stops renewing (as if it died): the lease expires, then it's claimed
+        wait_for("the lease to expire", lambda: not client.exists(keys.lease(batch)),
+                 lambda: client.pttl(keys.lease(batch)), timeout_s=30)
+        result = other.flush_once()
+        assert result.batches == 1
+        with pytest.raises(LeaseLost):  # the old holder can no longer finish it
+            slow.work(batch)
+    finally:
+        client.close()
+        aggregator.close()
+        slow.close()
+        other.close()
+    truth = recount(lines)
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
