@@ -21,6 +21,7 @@ from bridge import rabbit
 from bridge.kafka import topic_end_offsets
 from bridge.status import read_status as read_bridge_status
 from legacy.status import read_status as read_legacy_status
+from legacy.worker import WorkerProcess
 from shadow.installation import Installation
 
 PIPELINES = ("legacy", "abacus")
@@ -72,6 +73,15 @@ def sample(inst: Installation, jobs: dict[str, str], published: int,
             out.errors.append(f"job {name}: {type(exc).__name__}: {exc}")
     out.dlq_records = topic_end_offsets(s.kafka, s.kafka.dlq_topic, timeout_s=3.0)
     return out
+
+
+def legacy_problem(worker: WorkerProcess | None) -> str | None:
+    """The legacy worker died (a message py-amqp cannot decode kills it before any task
+    code runs: a legacy flaw), with the reason from its log; None while it runs."""
+    if worker is None or worker.alive():
+        return None
+    reason = worker.failure() or f"exit code {worker.process.returncode}"
+    return f"legacy worker died: {reason} (log: {worker.log_path})"
 
 
 def legacy_drained(x: Sample, published: int) -> bool:

@@ -206,6 +206,8 @@ def _publish_and_drain(inst: Installation, components: Components, stream: Strea
     deadline: float | None = None
     try:
         while True:
+            if failing := monitor.legacy_problem(components.worker):
+                raise RunFailed(failing)
             components.check_alive()
             done = not publisher.is_alive()
             if done and "error" in outcome:

@@ -213,6 +213,10 @@ def test_a_dead_worker_says_why_from_its_log(tmp_path: Path) -> None:
     done.wait()
     reason = WorkerProcess(done, log).failure()
     assert reason is not None and "Unrecoverable error: UnicodeDecodeError" in reason
+    from shadow.monitor import legacy_problem  # what `shadow run` stops on, at once
+
+    said = legacy_problem(WorkerProcess(done, log))
+    assert said is not None and reason in said and str(log) in said
 
 
 def test_redis_runs_with_an_append_only_file_synced_every_second(tmp_path: Path) -> None:
