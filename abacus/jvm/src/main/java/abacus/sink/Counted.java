@@ -11,6 +11,9 @@ import org.apache.flink.table.functions.ScalarFunction;
  * after the keep-first by event_id, so each event counts once. In the JVM, so that the SQL
  * part of a job calls no Python (a Python call per event, and the embedded interpreter's lock
  * shared with the job's parsing).
+ *
+ * <p>The counter is per attempt ({@link Progress}): a job restored from a checkpoint fans out
+ * again what came after it, and the drain compares only the latest attempt's counters.
  */
 public final class Counted extends ScalarFunction {
     private static final long serialVersionUID = 1L;
@@ -24,7 +27,13 @@ public final class Counted extends ScalarFunction {
 
     @Override
     public void open(FunctionContext context) throws IOException {
-        fanned = new Progress(Path.of(progressDir), "fanned");
+        int attempt = 0, subtask = 0;
+        try {
+            attempt = context.getTaskInfo().getAttemptNumber();
+            subtask = context.getTaskInfo().getIndexOfThisSubtask();
+        } catch (RuntimeException e) {  // no task (the planner's constant folding): unused
+        }
+        fanned = new Progress(Path.of(progressDir), "fanned", attempt, subtask);
     }
 
     public boolean eval(Integer n) {  // nullable: SQL's CARDINALITY(...) is

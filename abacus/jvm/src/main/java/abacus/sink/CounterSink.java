@@ -22,13 +22,16 @@ import java.time.Duration;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collection;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.CompletionException;
 import java.util.concurrent.CompletionStage;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
@@ -37,10 +40,16 @@ import java.util.concurrent.atomic.AtomicReference;
 import java.util.zip.CRC32;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.TrustManagerFactory;
+import org.apache.flink.api.common.TaskInfo;
 import org.apache.flink.api.common.operators.ProcessingTimeService;
 import org.apache.flink.api.connector.sink2.Sink;
 import org.apache.flink.api.connector.sink2.SinkWriter;
+import org.apache.flink.api.connector.sink2.StatefulSinkWriter;
+import org.apache.flink.api.connector.sink2.SupportsWriterState;
 import org.apache.flink.api.connector.sink2.WriterInitContext;
+import org.apache.flink.core.io.SimpleVersionedSerializer;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 import org.apache.flink.table.data.RowData;
 
 /**
@@ -65,10 +74,24 @@ import org.apache.flink.table.data.RowData;
  * row and its shard) is given by the Python side ({@code storage}); this class only sums,
  * batches and writes. The drain counter ({@code progress_dir}) is the same 8-byte
  * little-endian file as {@code abacus.progress.Counter}: the count increments written.
+ *
+ * <p>Across a restart ({@link Progress}): the drain counters are per attempt, and the writer's
+ * state (checkpointed) is its total written, across attempts, at the checkpoint. A restarted
+ * writer compares it with the total the failed attempt had written, and records the
+ * difference as {@code reapplied}: the count increments written after the restore point,
+ * which the new attempt writes again (milestone 1's at-least-once excess, measured).
+ *
+ * <p>A counter write is not idempotent. A write that fails in a way that leaves it unknown
+ * whether Cassandra applied it (a timeout, a connection closed while it was in flight, a
+ * write in flight when the writer is closed) adds its increments to {@code uncertain}: the
+ * store may hold up to that many more than {@code reapplied} says. A write refused before it
+ * was applied (no node available, unavailable, overloaded, busy connection) adds nothing.
+ * The sink retries both kinds the same way.
  */
-public final class CounterSink implements Sink<RowData> {
+public final class CounterSink implements Sink<RowData>, SupportsWriterState<RowData, Long> {
     private static final long serialVersionUID = 1L;
     private static final int INDEX_CACHE_MAX = 200_000;
+    private static final Logger LOG = LoggerFactory.getLogger(CounterSink.class);
 
     private final Map<String, String> conf;
 
@@ -77,8 +100,79 @@ public final class CounterSink implements Sink<RowData> {
     }
 
     @Override
-    public SinkWriter<RowData> createWriter(WriterInitContext context) throws IOException {
-        return new Writer(new HashMap<>(conf), context.getProcessingTimeService());
+    public StatefulSinkWriter<RowData, Long> createWriter(WriterInitContext context)
+            throws IOException {
+        return new Writer(new HashMap<>(conf), context.getProcessingTimeService(),
+                context.getTaskInfo(), 0L);
+    }
+
+    @Override
+    public StatefulSinkWriter<RowData, Long> restoreWriter(WriterInitContext context,
+            Collection<Long> recoveredState) throws IOException {
+        long base = 0;
+        for (Long total : recoveredState) {
+            base += total;
+        }
+        return new Writer(new HashMap<>(conf), context.getProcessingTimeService(),
+                context.getTaskInfo(), base);
+    }
+
+    @Override
+    public SimpleVersionedSerializer<Long> getWriterStateSerializer() {
+        return new TotalSerializer();
+    }
+
+    /** The writer's state: its total of count increments written, across attempts. */
+    static final class TotalSerializer implements SimpleVersionedSerializer<Long> {
+        @Override
+        public int getVersion() {
+            return 1;
+        }
+
+        @Override
+        public byte[] serialize(Long total) {
+            return java.nio.ByteBuffer.allocate(8).putLong(total).array();
+        }
+
+        @Override
+        public Long deserialize(int version, byte[] data) throws IOException {
+            if (version != 1 || data.length != 8) {
+                throw new IOException("unknown counter-sink state: version " + version
+                        + ", " + data.length + " bytes");
+            }
+            return java.nio.ByteBuffer.wrap(data).getLong();
+        }
+    }
+
+    /**
+     * False when {@code error} says the write was refused before Cassandra applied it; true
+     * when it may have been applied (a timeout, a lost connection, anything unknown).
+     */
+    static boolean mayHaveApplied(Throwable error) {
+        Throwable e = error;
+        while ((e instanceof CompletionException || e instanceof ExecutionException)
+                && e.getCause() != null) {
+            e = e.getCause();
+        }
+        if (e instanceof com.datastax.oss.driver.api.core.NoNodeAvailableException
+                || e instanceof com.datastax.oss.driver.api.core.servererrors.UnavailableException
+                || e instanceof com.datastax.oss.driver.api.core.servererrors.OverloadedException
+                || e instanceof com.datastax.oss.driver.api.core.connection.BusyConnectionException
+                || e instanceof com.datastax.oss.driver.api.core.servererrors.QueryValidationException
+                || e instanceof com.datastax.oss.driver.api.core.servererrors.BootstrappingException) {
+            return false;
+        }
+        if (e instanceof com.datastax.oss.driver.api.core.AllNodesFailedException all) {
+            for (List<Throwable> errors : all.getAllErrors().values()) {
+                for (Throwable each : errors) {
+                    if (mayHaveApplied(each)) {
+                        return true;
+                    }
+                }
+            }
+            return false;
+        }
+        return true;
     }
 
     private static int[] ints(String csv) {
@@ -122,7 +216,7 @@ public final class CounterSink implements Sink<RowData> {
         }
     }
 
-    static final class Writer implements SinkWriter<RowData> {
+    static final class Writer implements StatefulSinkWriter<RowData, Long> {
         private final int keys, measures, partitionKeys, shards, concurrency, batchPartitions,
                 batchRows, attempts;
         private final int[] indexFields, shardFields;
@@ -133,12 +227,16 @@ public final class CounterSink implements Sink<RowData> {
         private final ScheduledExecutorService retries;
         private final Requests requests = new Requests();
         private final AtomicReference<Throwable> failure = new AtomicReference<>();
-        private final Progress written;
+        private final Progress written, uncertain;
+        private long total;  // count increments written across attempts; guarded by requests
+        private long sentCount;  // count increments of the writes in flight; guarded by requests
+        private boolean closed;  // guarded by requests
         private HashMap<Key, long[]> sums = new HashMap<>();
         private final LinkedHashMap<Key, Boolean> newIndex = new LinkedHashMap<>();
         private final Set<Key> indexed = new HashSet<>();
 
-        Writer(Map<String, String> conf, ProcessingTimeService time) throws IOException {
+        Writer(Map<String, String> conf, ProcessingTimeService time, TaskInfo task, long base)
+                throws IOException {
             keys = Integer.parseInt(conf.get("keys"));
             measures = Integer.parseInt(conf.get("measures"));
             partitionKeys = Integer.parseInt(conf.get("partition_keys"));
@@ -156,7 +254,26 @@ public final class CounterSink implements Sink<RowData> {
             update = session.prepare(conf.get("update"));
             index = session.prepare(conf.get("index"));
             String progressDir = conf.getOrDefault("progress_dir", "");
-            written = progressDir.isEmpty() ? null : new Progress(Path.of(progressDir), "written");
+            total = base;
+            if (progressDir.isEmpty()) {
+                written = uncertain = null;
+            } else {
+                Path dir = Path.of(progressDir);
+                int attempt = task.getAttemptNumber(), subtask = task.getIndexOfThisSubtask();
+                long before = Progress.previousTotal(dir, "written", attempt, subtask);
+                if (before >= 0) {  // an earlier attempt of this run wrote `before` in total
+                    long again = Math.max(0, before - base);
+                    Progress reapplied = new Progress(dir, "reapplied", attempt, subtask);
+                    reapplied.set(again);
+                    reapplied.close();
+                    LOG.warn("counter sink {} attempt {}: restored at {} count increments "
+                            + "written, the failed attempt had written {}: {} re-applied",
+                            subtask, attempt, base, before, again);
+                }
+                written = new Progress(dir, "written", attempt, subtask);
+                written.add(0, total);
+                uncertain = new Progress(dir, "uncertain", attempt, subtask);
+            }
             retries = Executors.newSingleThreadScheduledExecutor(r -> {
                 Thread t = new Thread(r, "counter-sink-retries");
                 t.setDaemon(true);
@@ -396,6 +513,13 @@ public final class CounterSink implements Sink<RowData> {
         }
 
         @Override
+        public List<Long> snapshotState(long checkpointId) {
+            synchronized (requests) {  // after flush: nothing in flight
+                return List.of(total);
+            }
+        }
+
+        @Override
         public void flush(boolean endOfInput) throws IOException, InterruptedException {
             rethrow();
             send();
@@ -439,9 +563,13 @@ public final class CounterSink implements Sink<RowData> {
             }
 
             private synchronized void done(Request request, Throwable error) {
+                if (closed) {
+                    return;
+                }
                 if (error == null) {
                     if (written != null && request.count > 0) {
-                        written.add(request.count);
+                        total += request.count;
+                        written.add(request.count, total);
                     }
                     if (request.then != null) {
                         request.then.run();  // may queue more before this one is off the books
@@ -457,13 +585,32 @@ public final class CounterSink implements Sink<RowData> {
 
             private void attempt(Request request, int attemptNo) {
                 CompletionStage<?> done;
+                synchronized (this) {
+                    if (closed) {
+                        return;
+                    }
+                    sentCount += request.count;
+                }
                 try {
                     done = session.executeAsync(request.statement);
                 } catch (RuntimeException e) {
+                    synchronized (this) {
+                        sentCount -= request.count;
+                    }
                     retryOrFail(request, attemptNo, e);
                     return;
                 }
                 done.whenComplete((result, error) -> {
+                    synchronized (this) {
+                        if (closed) {
+                            return;  // counted as uncertain by close()
+                        }
+                        sentCount -= request.count;
+                        if (error != null && request.count > 0 && uncertain != null
+                                && mayHaveApplied(error)) {
+                            uncertain.add(request.count);
+                        }
+                    }
                     if (error == null) {
                         done(request, null);
                     } else {
@@ -478,16 +625,32 @@ public final class CounterSink implements Sink<RowData> {
                     return;
                 }
                 long delay = backoffMs << (attemptNo - 1);
-                retries.schedule(() -> attempt(request, attemptNo + 1), delay, TimeUnit.MILLISECONDS);
+                try {
+                    retries.schedule(() -> attempt(request, attemptNo + 1), delay,
+                            TimeUnit.MILLISECONDS);
+                } catch (java.util.concurrent.RejectedExecutionException closing) {
+                    // the writer is closing: the request is abandoned with the attempt
+                }
+            }
+
+            /** Stops counting: what is still in flight may or may not be applied. */
+            synchronized void close() {
+                if (!closed && uncertain != null && sentCount > 0) {
+                    uncertain.add(sentCount);
+                }
+                closed = true;
+                notifyAll();
             }
         }
 
         @Override
         public void close() throws Exception {
+            requests.close();
             retries.shutdownNow();
             session.close();
             if (written != null) {
                 written.close();
+                uncertain.close();
             }
         }
     }
