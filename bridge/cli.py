@@ -125,6 +125,42 @@ def _override(
     )
 
 
+@bridge.command("mirror-upgrade")
+@click.option("--yes", is_flag=True, help="Do it (without: show what it would do).")
+@click.pass_obj
+def mirror_upgrade(settings: Settings, yes: bool) -> None:
+    """Replace a mirror queue left unbounded by an earlier version by the bounded one.
+
+    With the shadow bridge stopped: the overflow queue catches what is published meanwhile,
+    the old mirror's backlog is counted as mirror overflow per event date (`bridge status`,
+    and the audit of each date, name it), the old queue is deleted once empty and the
+    bounded one declared and bound. Legacy's queue and publishers are not involved.
+    """
+    from bridge.overflow import UpgradeRefused, upgrade_mirror
+
+    r = settings.rabbitmq
+    depth = rabbit.queue_depth(r, r.shadow_queue)
+    if not yes:
+        held = "missing" if depth is None else f"{depth[0]:,} ready, {depth[1]} consumers"
+        click.echo(
+            f"would replace mirror queue {r.shadow_queue!r} ({held}) by a bounded one "
+            f"(max length {r.mirror_max_length:,}, {r.mirror_max_bytes:,} bytes, drop-head "
+            f"to {r.mirror_overflow_queue!r}), counting its backlog as mirror overflow per "
+            "event date; run again with --yes to do it"
+        )
+        return
+    try:
+        counted = upgrade_mirror(settings)
+    except (UpgradeRefused, MirrorQueueMismatch) as exc:
+        raise click.ClickException(str(exc)) from None
+    total = sum(o.messages for o in counted.values())
+    by_date = ", ".join(f"{d} {o.messages:,}" for d, o in sorted(counted.items()))
+    click.echo(
+        f"mirror queue {r.shadow_queue!r} is bounded; {total:,} message(s) of its backlog "
+        "counted as mirror overflow" + (f" ({by_date})" if by_date else "")
+    )
+
+
 @bridge.command()
 @click.option(
     "--mode", type=click.Choice(["shadow", "live", "all"]), default="all", show_default=True

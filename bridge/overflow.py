@@ -15,10 +15,11 @@ then a lower bound).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bridge import rabbit
@@ -166,15 +167,124 @@ class OverflowDrainer:
             )
 
     def _cassandra_store(self) -> Any:
-        import storage
-        from storage.cassandra import Prepared
-        from storage.overflow import OverflowStore
-
-        storage.apply_schema(self.settings.cassandra, [storage.OPS])  # the table, if missing
-        session = storage.connect(self.settings.cassandra)
-        self._closers.append(session.cluster.shutdown)
-        return OverflowStore(Prepared(session), self.settings.cassandra)
+        return _cassandra_store(self.settings, self._closers)
 
     def _error(self, what: str, exc: BaseException | str) -> None:
         self.last_error = f"{what}: {exc}"
         log.warning("%s", self.last_error)
+
+
+# ---------------------------------------------------------------- upgrading an unbounded mirror
+
+
+class UpgradeRefused(Exception):
+    """The mirror cannot be upgraded now; the message says why and what to do."""
+
+
+def upgrade_mirror(settings: Settings, store: Any = None) -> dict[str, Overflow]:
+    """Replace a mirror queue declared with other arguments (an unbounded one from an
+    earlier version) by the bounded one; the counts per date of its backlog.
+
+    RabbitMQ cannot change a queue's arguments, and AMQP cannot swap two bindings
+    atomically, so: the overflow queue is bound to the exchange first (what legacy's
+    publishers send during the upgrade is caught there, and counted as overflow by the
+    bridge later), the old mirror is unbound, its backlog is counted per event date as
+    mirror overflow (those events never reach Abacus; the audits of their dates say so),
+    it is deleted (only when empty), the bounded mirror is declared and bound, and the
+    overflow queue unbound again. Nothing is lost uncounted; a message published during
+    one of the two switches (one AMQP round trip each) may be counted twice, or counted
+    as overflow and also bridged. Resumable: run it again after a crash.
+    """
+    r = settings.rabbitmq
+    if _mirror_is_current(r):
+        with _topology_channel(r) as ch:  # a crash may have left the overflow bound
+            ch.queue_unbind(r.mirror_overflow_queue, r.exchange, r.routing_key)
+        return {}
+    with _topology_channel(r) as ch:
+        depth = rabbit.queue_depth(r, r.shadow_queue)
+        if depth is not None and depth[1]:
+            raise UpgradeRefused(
+                f"mirror queue {r.shadow_queue!r} has {depth[1]} consumer(s): stop the "
+                "shadow bridge first"
+            )
+        rabbit.declare_overflow_queue(ch, r)
+        ch.queue_bind(r.mirror_overflow_queue, r.exchange, r.routing_key)
+        ch.queue_unbind(r.shadow_queue, r.exchange, r.routing_key)
+    store = store if store is not None else _cassandra_store(settings, [])
+    counted = drain_and_count(r, r.shadow_queue, store)
+    with _topology_channel(r) as ch:
+        ch.queue_delete(r.shadow_queue, if_empty=True)
+        rabbit.declare_shadow_queue(ch, r)
+        ch.queue_unbind(r.mirror_overflow_queue, r.exchange, r.routing_key)
+    return counted
+
+
+def drain_and_count(rabbit_settings: Any, queue: str, store: Any) -> dict[str, Overflow]:
+    """Consume `queue` until it is empty, adding each batch's counts per date to `store`
+    before acking it; the total counts per date."""
+    total: dict[str, Overflow] = {}
+    conn = rabbit.connect(rabbit_settings)
+    try:
+        conn.basic_qos(0, BATCH, False)
+        tag = conn.basic_consume(queue)
+        while True:
+            got = conn.read_deliveries(0.5, max_count=BATCH)
+            if not got:
+                if conn.queue_declare(queue, passive=True)[1] == 0:
+                    break
+                continue
+            counts = tally(got)
+            store.add(counts)
+            conn.basic_ack(got[-1].delivery_tag, multiple=True)
+            for date, o in counts.items():
+                t = total.get(date, Overflow())
+                total[date] = Overflow(t.messages + o.messages, t.redelivered + o.redelivered)
+        conn.basic_cancel(tag)
+    finally:
+        conn.close()
+    return total
+
+
+def _mirror_is_current(r: Any) -> bool:
+    """The mirror exists with this version's arguments (or not at all: then it is now)."""
+    try:
+        with _topology_channel(r) as ch:
+            rabbit.declare_shadow_queue(ch, r)
+        return True
+    except rabbit.MirrorQueueMismatch:
+        return False
+
+
+@contextlib.contextmanager
+def _topology_channel(r: Any) -> Iterator[Any]:
+    """A py-amqp channel for declarations and (un)bindings (the bridge's own client has no
+    unbind; no message is read on this connection)."""
+    import amqp
+
+    conn = amqp.Connection(
+        host=f"{r.host}:{r.port}",
+        userid=r.username,
+        password=r.password.get_secret_value(),
+        virtual_host=r.vhost,
+        ssl=r.ssl,
+        connect_timeout=10,
+    )
+    conn.connect()
+    try:
+        yield conn.channel()
+    finally:
+        try:
+            conn.close()
+        except Exception:  # the server closed it already (a refused declaration)
+            conn.collect()
+
+
+def _cassandra_store(settings: Settings, closers: list[Callable[[], None]]) -> Any:
+    import storage
+    from storage.cassandra import Prepared
+    from storage.overflow import OverflowStore
+
+    storage.apply_schema(settings.cassandra, [storage.OPS])  # the table, if missing
+    session = storage.connect(settings.cassandra)
+    closers.append(session.cluster.shutdown)
+    return OverflowStore(Prepared(session), settings.cassandra)

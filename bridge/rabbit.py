@@ -108,8 +108,8 @@ def _mismatch_message(queue: str, rabbit: RabbitSettings) -> str:
         f"(max length {rabbit.mirror_max_length:,}, {rabbit.mirror_max_bytes:,} bytes, "
         f"overflow {OVERFLOW_POLICY} to {rabbit.mirror_overflow_queue!r}); RabbitMQ cannot "
         "change a queue's arguments in place. Upgrade: run `abacus bridge mirror-upgrade "
-        "--yes` (moves its messages into a bounded queue of the same name, nothing lost), "
-        "or change rabbitmq.mirror_max_length/mirror_max_bytes back to the queue's values"
+        "--yes` with the bridge stopped (its backlog is counted as mirror overflow per "
+        "event date, then the bounded queue replaces it)"
     )
 
 

@@ -701,3 +701,61 @@ def test_topics_are_created_with_min_insync_replicas(env: Env) -> None:
     assert entry.value == str(kafka.min_insync_replicas)
     # set on the topic at creation, not the broker's default showing through
     assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
+def test_mirror_upgrade_counts_the_backlog_and_bounds_the_queue(bounded: Env) -> None:
+    import storage
+    from storage.cassandra import Prepared
+    from storage.overflow import Overflow, OverflowStore
+
+    env, rmq = bounded, bounded.rmq
+    env.conn.queue_delete(rmq.shadow_queue)
+    env.conn.queue_declare(rmq.shadow_queue, durable=True, auto_delete=False)  # no bound
+    env.conn.queue_bind(rmq.shadow_queue, rmq.exchange, rmq.routing_key)
+    env.publish([celery_message(dated_event(i, TS_A + i)) for i in range(20)])
+    env.publish([celery_message(dated_event(20 + i, TS_A + 86400 + i)) for i in range(10)])
+
+    def upgrade(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*BRIDGE, "mirror-upgrade", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=_bounded_env_vars(env),
+            timeout=120,
+        )
+
+    shown = upgrade()  # without --yes: says what it would do, changes nothing
+    assert shown.returncode == 0 and "would replace" in shown.stdout, shown.stderr
+    assert env.depth(rmq.shadow_queue) == 30
+
+    consumer = rabbit.connect(rmq)  # a running bridge: refused
+    try:
+        consumer.basic_qos(0, 1, False)
+        consumer.basic_consume(rmq.shadow_queue)
+        refused = upgrade("--yes")
+    finally:
+        consumer.close()
+    assert refused.returncode == 1 and "stop the shadow bridge" in refused.stderr
+    wait_for(lambda: env.depth(rmq.shadow_queue) == 30, 30, "the unacked message back")
+
+    done = upgrade("--yes")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "30 message(s)" in done.stdout
+    rabbit.declare_shadow_queue(env.conn, rmq)  # the bounded arguments are accepted now
+    assert env.depth(rmq.shadow_queue) == 0 and env.depth(rmq.legacy_queue) == 30
+    session = storage.connect(env.settings.cassandra)
+    try:
+        counted = OverflowStore(Prepared(session), env.settings.cassandra).all()
+    finally:
+        session.cluster.shutdown()
+    # the message the refused run's consumer held came back flagged redelivered
+    assert counted == {DAY_A: Overflow(20, 1), DAY_B: Overflow(10, 0)}
+
+    # the overflow queue was unbound again: a new event goes to the legacy queue and the
+    # mirror only; and a second upgrade has nothing to do
+    env.publish([celery_message(event(0))])
+    assert env.depth(rmq.shadow_queue) == 1 and env.depth(rmq.legacy_queue) == 31
+    assert env.depth(rmq.mirror_overflow_queue) == 0
+    again = upgrade("--yes")
+    assert again.returncode == 0 and "0 message(s)" in again.stdout, again.stderr
