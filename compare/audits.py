@@ -1,6 +1,6 @@
 """Audit history in the ops keyspace: every audit's record (id, date, sides, parameters,
 summary, start, end, state, outcome), listed by date, and the question cutover gates ask:
-"were the last N days clean?".
+"were the last N days clean?" (answered by full-scope audits only: see `narrowed_by`).
 
 Tables (storage/schema.py, OPS_TABLES): `audits` by id, `audits_by_date` by date, newest
 first. `state` is running | done | failed; `outcome` is running | clean | dirty | error.
@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import date as Date
 from typing import Any
 
+from compare.diff import EXACT, Tolerance
 from settings import CassandraSettings, Settings
 from storage import OPS, Prepared, keyspace_of
 
@@ -115,13 +116,75 @@ def _record(row: Any) -> AuditRecord:
 
 
 # -- the cutover gates' question --------------------------------------------------------
+#
+# Only a full-scope audit decides a gate: both levels, a truth, no company or statistic
+# filter, a tolerance no looser than the gate's (exact unless the gate says otherwise) and
+# redeliveries not excused unless the gate excuses them. A narrowed audit answers a narrower
+# question: it is listed beside the day, never decides it, so it can never hide a dirty full
+# audit of the same date.
+
+
+@dataclass(frozen=True)
+class GateScope:
+    """What a gate demands of an audit beyond full scope."""
+
+    tolerance: Tolerance = EXACT
+    allow_redeliveries: bool = False
+
+
+EXACT_GATE = GateScope()  # the default: exact, redeliveries not excused
+
+
+def narrowed_by(record: AuditRecord, scope: GateScope = EXACT_GATE) -> list[str]:
+    """Why `record` cannot decide a gate of `scope` (empty: it is a full-scope audit)."""
+    p = record.params
+    if not all(k in p for k in ("level", "companies", "statistics", "tolerance")):
+        return ["parameters unknown"]
+    reasons = []
+    if p["level"] != "both":
+        reasons.append(f"level {p['level']} only")
+    if record.truth in ("", "none") or p.get("truth", record.truth) in ("", "none"):
+        reasons.append("no truth")
+    if p["companies"]:
+        reasons.append("company filter")
+    if p["statistics"]:
+        reasons.append("statistic filter")
+    try:
+        tolerance = Tolerance.from_dict(p["tolerance"])
+    except (KeyError, TypeError, ValueError):
+        reasons.append("tolerance unknown")
+    else:
+        if _looser(tolerance, scope.tolerance):
+            reasons.append("tolerance looser than the gate's")
+    if p.get("allow_redeliveries") and not scope.allow_redeliveries:
+        reasons.append("redeliveries allowed")
+    return reasons
+
+
+def _looser(a: Tolerance, b: Tolerance) -> bool:
+    """Does `a` tolerate something `b` does not (in some measure, by abs or rel)?"""
+    return any(x.abs > y.abs or x.rel > y.rel
+               for x, y in ((a.count, b.count), (a.uniques, b.uniques)))
+
+
+@dataclass(frozen=True)
+class Narrowed:
+    audit_id: str
+    outcome: str
+    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class DayAudit:
     date: str
     audit_id: str | None
-    outcome: str | None  # None: no finished audit of these sides on that date
+    outcome: str | None  # None: no finished full-scope audit of these sides on that date
+    narrowed: tuple[Narrowed, ...] = ()  # finished audits that do not count, newest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"date": self.date, "audit_id": self.audit_id, "outcome": self.outcome,
+                "not_counted": [{"audit_id": n.audit_id, "outcome": n.outcome,
+                                 "narrowed_by": list(n.reasons)} for n in self.narrowed]}
 
 
 @dataclass(frozen=True)
@@ -134,31 +197,36 @@ class CleanDays:
         return [d.audit_id for d in self.days if d.audit_id is not None]
 
 
-def clean_days(store: AuditStore, left: str, right: str, n: int, until: str) -> CleanDays:
-    """For each of the n dates ending at `until`, the latest finished audit of left against
-    right decides; the days are clean when every one has a clean audit."""
+def clean_days(store: AuditStore, left: str, right: str, n: int, until: str,
+               scope: GateScope = EXACT_GATE) -> CleanDays:
+    """For each of the n dates ending at `until`, the latest finished full-scope audit of
+    left against right decides; the days are clean when every one has a clean audit."""
     last = Date.fromisoformat(until)
     days = []
     for back in range(n - 1, -1, -1):
         date = (last - timedelta(days=back)).isoformat()
-        finished = [r for r in store.of_date(date)
-                    if r.left == left and r.right == right and r.state == "done"]
-        latest = max(finished, key=lambda r: r.started_at, default=None)
+        finished = sorted((r for r in store.of_date(date)
+                           if r.left == left and r.right == right and r.state == "done"),
+                          key=lambda r: r.started_at, reverse=True)
+        full = [r for r in finished if not narrowed_by(r, scope)]
+        latest = full[0] if full else None
+        others = tuple(Narrowed(r.audit_id, r.outcome, tuple(narrowed_by(r, scope)))
+                       for r in finished if r not in full)
         days.append(DayAudit(date, latest.audit_id if latest else None,
-                             latest.outcome if latest else None))
+                             latest.outcome if latest else None, others))
     return CleanDays(all(d.outcome == "clean" for d in days), days)
 
 
 def last_clean_days(settings: Settings, left: str, right: str, n: int,
-                    until: str | None = None) -> CleanDays:
-    """Were the last n days clean? `until` defaults to yesterday (UTC): a date is audited
-    once it is over."""
+                    until: str | None = None, scope: GateScope = EXACT_GATE) -> CleanDays:
+    """Were the last n days clean (by full-scope audits)? `until` defaults to yesterday
+    (UTC): a date is audited once it is over."""
     from storage import connect
 
     until = until or (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     session = connect(settings.cassandra)
     try:
         return clean_days(AuditStore(Prepared(session), settings.cassandra), left, right, n,
-                          until)
+                          until, scope)
     finally:
         session.cluster.shutdown()

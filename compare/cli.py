@@ -19,6 +19,7 @@ from compare.audit import AuditError, AuditResult, RunOptions
 from compare.diff import Tolerance
 from compare.report import FORMATS, headline, render
 from settings import Settings
+from settings.output import term, visible
 from storage import STORES
 
 _STORE = click.Choice(list(STORES))
@@ -51,6 +52,18 @@ def _truth(_: Any, param: click.Parameter, value: str) -> str:
                              param=param)
 
 
+def _audit_id(_: Any, param: click.Parameter, value: str | None) -> str | None:
+    """An audit id names its work directory: checked before it reaches a path."""
+    from settings.names import check_file_name
+
+    if value is None:
+        return None
+    try:
+        return check_file_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
 def _levels(level: str) -> tuple[str, ...]:
     return ("account", "customer") if level == "both" else (level,)
 
@@ -70,12 +83,12 @@ def _failures() -> Iterator[None]:
     try:
         yield
     except (AuditError, LookupError, TimeoutError, OSError) as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(visible(exc)) from None
     except click.ClickException:
         raise
     except Exception as exc:  # driver errors: name them, never print settings or secrets
-        raise Failure(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                      ) from None
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise Failure(visible(f"{type(exc).__name__}: {first}")) from None
 
 
 def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
@@ -118,7 +131,7 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
               help="Write the report here (default: stdout).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Attribution rows per dimension.")
-@click.option("--resume", "resume_id", default=None, metavar="AUDIT_ID",
+@click.option("--resume", "resume_id", default=None, metavar="AUDIT_ID", callback=_audit_id,
               help="Carry on with an interrupted audit (its parameters are stored).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
               help="Cassandra queries in flight.")
@@ -181,7 +194,7 @@ def _emit(result: AuditResult, fmt: str, out: Path | None) -> None:
     with _output(out) as stream:
         render(result, fmt, stream)
     if fmt != "table" or out is not None:
-        click.echo(headline(result), err=True)
+        click.echo(visible(headline(result)), err=True)
 
 
 @click.command()
@@ -246,14 +259,14 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
     table = Table("audit_id", "date", "left", "right", "truth", "outcome", "started_at",
                   "compared", "mismatched", "defects")
     for row in rows:
-        table.add_row(*(str(row[k]) if row[k] is not None else "-" for k in
+        table.add_row(*(term(row[k]) if row[k] is not None else "-" for k in
                         ("audit_id", "date", "left", "right", "truth", "outcome", "started_at",
                          "keys_compared", "mismatched", "defects")))
     Console().print(table)
 
 
 @audits.command("show")
-@click.argument("audit_id")
+@click.argument("audit_id", callback=_audit_id)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -275,15 +288,40 @@ def show(settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir
 @click.option("--right", type=_STORE, required=True)
 @click.option("--days", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--until", callback=_date, help="Last date (default: yesterday, UTC).")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="MEASURE=N[%][,N%]",
+              help="The tolerance the gate accepts (default: exact); an audit run with a "
+                   "looser one does not count.")
+@click.option("--allow-redeliveries", is_flag=True,
+              help="Count audits run with --allow-redeliveries (default: they do not count).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
 @click.pass_obj
-def gate(settings: Settings, left: str, right: str, days: int, until: str | None) -> None:
-    """Were the last N days clean? Exit 0 if so, 1 if not."""
-    from compare.audits import last_clean_days
+def gate(settings: Settings, left: str, right: str, days: int, until: str | None,
+         tolerances: tuple[str, ...], allow_redeliveries: bool, fmt: str) -> None:
+    """Were the last N days clean? Exit 0 if so, 1 if not.
 
+    Only full-scope audits decide a day: both levels, a truth, no --company or --statistic
+    filter, a tolerance no looser than the gate's. Narrowed audits are listed, not counted.
+    """
+    from compare.audits import GateScope, last_clean_days
+
+    try:
+        tolerance = Tolerance.parse(tolerances)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tolerance") from None
+    scope = GateScope(tolerance=tolerance, allow_redeliveries=allow_redeliveries)
     with _failures():
-        verdict = last_clean_days(settings, left, right, days, until)
-    for day in verdict.days:
-        click.echo(f"{day.date} {day.outcome or 'no finished audit'} {day.audit_id or ''}")
-    click.echo(f"{'clean' if verdict.clean else 'NOT clean'}: last {days} days of "
-               f"{left} vs {right}")
+        verdict = last_clean_days(settings, left, right, days, until, scope)
+    if fmt == "json":
+        click.echo(json.dumps({"clean": verdict.clean, "left": left, "right": right,
+                               "days": [d.to_dict() for d in verdict.days]}, indent=1))
+    else:
+        for day in verdict.days:
+            click.echo(f"{day.date} {day.outcome or 'no finished full-scope audit'} "
+                       f"{day.audit_id or ''}".rstrip())
+            for n in day.narrowed:
+                click.echo(visible(f"  not counted: {n.audit_id} {n.outcome} "
+                                   f"({', '.join(n.reasons)})"))
+        click.echo(f"{'clean' if verdict.clean else 'NOT clean'}: last {days} days of "
+                   f"{left} vs {right}")
     sys.exit(0 if verdict.clean else 1)

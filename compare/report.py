@@ -11,6 +11,7 @@ import json
 from typing import IO, Any
 
 from compare.audit import AuditResult
+from settings.output import csv_row, term
 
 FORMAT = "abacus.compare/1"
 FORMATS = ("table", "json", "jsonl", "csv", "html")
@@ -45,7 +46,7 @@ def render(result: AuditResult, fmt: str, out: IO[str], limit: int | None = None
                                 lineterminator="\n")
         writer.writeheader()
         for record in result.mismatches():
-            writer.writerow(record)
+            writer.writerow(csv_row(record))
     elif fmt == "html":
         from compare.html import page
 
@@ -85,18 +86,19 @@ def _table(result: AuditResult, out: IO[str], limit: int) -> None:
 
     console = Console(file=out, width=max(100, Console().width))
     s = result.summary
-    console.print(headline(result))
+    console.print(term(headline(result)))
     if not s:
         return
     overview = Table("measure", "value", title="summary")
     for name in ("keys_compared", "matched", "mismatched", "defects"):
         overview.add_row(name, str(s[name]))
     for kind, n in s["classes"].items():
-        overview.add_row(f"class {kind}" + (" (truth differs)" if kind == "match" else ""), str(n))
+        overview.add_row(term(f"class {kind}" + (" (truth differs)" if kind == "match" else "")),
+                         str(n))
     for verdict, n in (s["truth_supports"] or {}).items():
-        overview.add_row(f"truth supports {verdict}", str(n))
+        overview.add_row(term(f"truth supports {verdict}"), str(n))
     for side, n in (s["redeliveries"] or {}).items():
-        overview.add_row(f"{side} counts redeliveries", str(n))
+        overview.add_row(term(f"{side} counts redeliveries"), str(n))
     for measure, err in s["errors"].items():
         overview.add_row(f"{measure} error abs max / mean",
                          f"{err['max_abs']} / {err['mean_abs']}")
@@ -113,7 +115,7 @@ def _table(result: AuditResult, out: IO[str], limit: int) -> None:
         table = Table(_SINGULAR[name], "mismatches", "share",
                       "|delta count|", title=f"top {name}")
         for row in rows:
-            table.add_row(row["label"], str(row["mismatches"]), f"{row['share']:.1%}",
+            table.add_row(term(row["label"]), str(row["mismatches"]), f"{row['share']:.1%}",
                           str(row["abs_delta_count"]))
         console.print(table)
     detail = Table("class", "level", "key", "left", "right", "truth", "supports", "defect",
@@ -121,9 +123,9 @@ def _table(result: AuditResult, out: IO[str], limit: int) -> None:
     for i, record in enumerate(result.mismatches()):
         if i >= limit:
             break
-        detail.add_row(record["class"], record["level"], key_text(record),
+        detail.add_row(term(record["class"]), term(record["level"]), term(key_text(record)),
                        _measures(record, "left"), _measures(record, "right"),
-                       _measures(record, "truth"), str(record["truth_supports"] or "-"),
+                       _measures(record, "truth"), term(record["truth_supports"] or "-"),
                        "yes" if record["defect"] else "no")
     if detail.rows:
         console.print(detail)

@@ -15,6 +15,7 @@ from services import install as installer
 from services import manager, procs
 from services.base import ServiceError
 from settings.model import Settings
+from settings.output import term, visible
 
 NAME = click.Choice(manager.NAMES)
 EXIT_NOT_RUNNING = 3  # `status`: some service is not running (LSB's "program is not running")
@@ -52,7 +53,7 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
     began = time.monotonic()
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -60,7 +61,7 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
         tasks = {n: bar.add_task(f"{n}: waiting", total=1) for n in names or manager.NAMES}
 
         def progress(name: str, message: str) -> None:
-            bar.update(tasks[name], description=f"{name}: {message}")
+            bar.update(tasks[name], description=visible(f"{name}: {message}"))
 
         try:
             results = manager.ensure_up(settings, names or None, progress=progress)
@@ -79,8 +80,8 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
             bar.update(
                 tasks[result.name],
                 completed=1,
-                description=f"{result.name}: {what}, pid {result.pid}, version {result.version}"
-                f" ({result.seconds:.1f} s)",
+                description=visible(f"{result.name}: {what}, pid {result.pid}, "
+                                    f"version {result.version} ({result.seconds:.1f} s)"),
             )
     console.print(f"all serving after {time.monotonic() - began:.1f} s")
 
@@ -135,7 +136,7 @@ def status(settings: Settings, names: tuple[str, ...], fmt: str) -> None:
                 pids += f" (+{len(s.pids) - 1})"
             rss = _mib(s.rss_bytes) if s.pids else "-"
             row = [s.name, s.state, s.address, pids, s.version or "-", rss]
-            table.add_row(*row, *([s.detail or ""] if details else []))
+            table.add_row(*map(term, row), *([term(s.detail or "")] if details else []))
         Console().print(table)
         verdict = "within" if report.total_rss_bytes <= report.budget_bytes else "OVER"
         click.echo(

@@ -3,14 +3,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from settings.names import check_keyspace, check_keyspace_prefix, check_replication
+from settings.output import visible
 
 _Model = BaseModel
 
@@ -40,6 +44,14 @@ class KafkaSettings(_Model):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) is above "
+                             f"replication_factor ({self.replication_factor}): every write "
+                             "with acks=all would fail")
+        return self
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka configuration (confluent-kafka) for these settings."""
@@ -76,9 +88,21 @@ class CassandraSettings(_Model):
     # the per-request cost (client and server) ~4x here; 1 = single-partition batches only
     batch_partitions: int = Field(default=20, ge=1)
 
+    @field_validator("keyspace_prefix")
+    @classmethod
+    def _prefix_is_an_identifier(cls, value: str) -> str:
+        return check_keyspace_prefix(value)
+
+    @field_validator("replication")
+    @classmethod
+    def _replication_is_safe_cql(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_replication(value)
+
     def keyspace(self, name: str) -> str:
-        """The physical keyspace of a logical one (legacy, shadow, serving, m2, ops)."""
-        return f"{self.keyspace_prefix}{name}"
+        """The physical keyspace of a logical one (legacy, shadow, serving, m2, ops),
+        checked: it goes into CQL text unquoted (a copy made with `model_copy(update=...)`
+        is not validated, so the check is here too)."""
+        return check_keyspace(f"{self.keyspace_prefix}{name}")
 
 
 class RabbitSettings(_Model):
@@ -103,11 +127,16 @@ class RabbitSettings(_Model):
     mirror_overflow_queue: str = "bridge.shadow.overflow"
 
     def url(self) -> str:
-        """AMQP URL with the password in it: pass to clients only, never print it."""
+        """AMQP URL with the password in it: pass to clients only, never print it. User,
+        password and vhost are percent-encoded, so a `/ # ? @ :` in one of them can neither
+        move the password into the host or path (where a client's error would show it) nor
+        change the address."""
         scheme = "amqps" if self.ssl else "amqp"
-        vhost = "" if self.vhost == "/" else self.vhost
-        pw = self.password.get_secret_value()
-        return f"{scheme}://{self.username}:{pw}@{self.host}:{self.port}/{vhost}"
+        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        user = quote(self.username, safe="")
+        pw = quote(self.password.get_secret_value(), safe="")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{user}:{pw}@{host}:{self.port}/{vhost}"
 
 
 class RedisSettings(_Model):
@@ -193,12 +222,32 @@ def _config_path() -> Path | None:
 
 
 def load_settings(config: Path | None = None) -> Settings:
-    """Compose the settings once (the CLI does this); `config` overrides ABACUS_CONFIG."""
+    """Compose the settings once (the CLI does this); `config` overrides ABACUS_CONFIG.
+    Raises `SettingsError` (one line, no values) when the settings are invalid."""
     global _CONFIG_OVERRIDE
     if config is not None and not config.is_file():
         raise FileNotFoundError(f"config file not found: {config}")
     _CONFIG_OVERRIDE = config
     try:
+class SettingsError(ValueError):
+    """Invalid settings, said in one line that names each wrong field and what it should
+    be, never the value given (pydantic's own message prints input values: a wrongly typed
+    secret would be shown)."""
+
+
+def describe(exc: ValidationError, most: int = 3) -> str:
+    """One line naming each invalid field and what is wrong with it, without the input."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        msg = error["msg"].removeprefix("Value error, ")
+        parts.append(visible(f"{where}: {msg}"))
+    more = len(parts) - most
+    return "; ".join(parts[:most]) + (f" (and {more} more)" if more > 0 else "")
+
+
         return Settings()
     finally:
         _CONFIG_OVERRIDE = None
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None

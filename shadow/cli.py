@@ -113,8 +113,10 @@ def run(settings: Settings, events_file: Path | None, n: int | None, seed: int, 
                    "(the servers keep running)", err=True)
         sys.exit(130)
     except Exception as exc:  # a server unreachable, a failed audit: one line, exit 2
-        failure = click.ClickException(f"shadow run: {type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0] if str(exc) else ''}")
+        from settings.output import visible
+
+        failure = click.ClickException(visible(
+            f"shadow run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
         failure.exit_code = 2
         raise failure from None
     if fmt == "json":

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compare.report import headline, render
+from settings.output import term, visible
 from shadow import monitor
 from shadow.probes import ProbeWatcher
 from shadow.run import RunResult, View, drift
@@ -59,7 +60,7 @@ def stage_table(x: monitor.Sample, stream: Stream, total: int | None,
                   f"queue {_n(b.get('ready'))}, in flight {_n(b.get('in_flight'))}",
                   _n(b.get("dead_lettered", 0)))
     for kind, j in sorted(x.jobs.items()):
-        table.add_row(f"Abacus {kind} ({j['status'].lower()})",
+        table.add_row(term(f"Abacus {kind} ({j['status'].lower()})"),
                       f"{_n(j['written'])} increments",
                       rates(kind, x.at, j["written"] or 0),
                       f"lag {_n(j['lag'])}, window {_n((j['fanned'] or 0) - (j['written'] or 0))}",
@@ -94,7 +95,7 @@ class LiveView(View):
 
     def _render(self) -> None:
         elapsed = time.monotonic() - self._started
-        head = Text(f"[{elapsed:5.0f} s] {self._phase}", style="bold")
+        head = Text(f"[{elapsed:5.0f} s] {visible(self._phase)}", style="bold")
         self._live.update(Group(head, self._table) if self._table is not None else head)
 
     def phase(self, text: str) -> None:
@@ -116,7 +117,7 @@ class LogView(View):
         self._started = time.monotonic()
 
     def phase(self, text: str) -> None:
-        self._console.print(f"shadow [{time.monotonic() - self._started:4.0f} s]: {text}")
+        self._console.print(term(f"shadow [{time.monotonic() - self._started:4.0f} s]: {text}"))
 
     def update(self, sample: monitor.Sample, stream: Stream, total: int | None,
                watcher: ProbeWatcher | None) -> None:
@@ -124,11 +125,11 @@ class LogView(View):
             return
         self._last = sample.at
         lags = ", ".join(f"{k} lag {j['lag']}" for k, j in sorted(sample.jobs.items()))
-        self._console.print(
+        self._console.print(term(
             f"shadow [{time.monotonic() - self._started:4.0f} s]: published "
             f"{stream.published}, legacy done {sample.legacy_done} "
             f"(queue {sample.legacy.get('ready')}), bridge produced "
-            f"{sample.bridge.get('produced', 0)}, {lags}")
+            f"{sample.bridge.get('produced', 0)}, {lags}"))
 
 
 def print_result(result: RunResult, out: IO[str]) -> None:
@@ -137,7 +138,7 @@ def print_result(result: RunResult, out: IO[str]) -> None:
     console = Console(file=out, width=max(110, Console().width))
     for a in result.audits:
         if a.result.outcome == "clean":
-            console.print(headline(a.result))
+            console.print(term(headline(a.result)))
         else:
             render(a.result, "table", out, limit=10)
     if result.audits:
@@ -150,20 +151,20 @@ def print_result(result: RunResult, out: IO[str]) -> None:
             d = drift(a)
             top = d["attribution"].get("companies") or []
             where = ", ".join(f"{r['label']} ({r['mismatches']})" for r in top[:3])
-            table.add_row(d["date"], _n(d["keys"]),
+            table.add_row(term(d["date"]), _n(d["keys"]),
                           f"{d['legacy_minus_truth']:+,} (+{d['legacy_over']:,} / "
                           f"-{d['legacy_under']:,})", f"{d['abacus_minus_truth']:+,}",
                           _n(d["legacy_wrong_keys"]), _n(d["abacus_wrong_keys"]),
-                          d["outcome"].upper(), where or "-")
+                          term(d["outcome"].upper()), term(where or "-"))
         console.print(table)
     figures_table(result, console)
     for a in result.audits:
-        console.print(f"report: {a.html}")
+        console.print(term(f"report: {a.html}"))
     if result.error:
-        console.print(f"[red]run failed: {result.error}[/red]")
+        console.print(term(f"run failed: {result.error}", style="red"))
     verdict = {0: "CLEAN: legacy = Abacus = truth", 1: "NOT CLEAN: see the audits above",
                2: "ERROR"}[result.exit_code]
-    console.print(f"[bold]{verdict}[/bold] (run {result.run_id}, {result.run_dir})")
+    console.print(term(verdict, style="bold") + term(f" (run {result.run_id}, {result.run_dir})"))
 
 
 def figures_table(result: RunResult, console: Console) -> None:

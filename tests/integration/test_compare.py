@@ -256,7 +256,7 @@ AUDIT_FIELDS = {"format", "audit_id", "date", "left", "right", "truth", "state",
                 "exit_code", "started_at", "ended_at", "params", "detail_available"}
 SUMMARY_FIELDS = {"keys_compared", "matched", "mismatched", "defects", "classes", "levels",
                   "truth_supports", "redeliveries", "errors", "totals", "attribution",
-                  "hour_chart", "units", "truth", "queries"}
+                  "hour_chart", "units", "truth", "queries", "mirror_overflow"}
 ACCOUNT_RECORD = ["class", "level", "company_id", "statistic_id", "resolution", "bucket",
                   "facet", "value", "left_count", "right_count", "truth_count", "delta_count",
                   "left_uniques", "right_uniques", "truth_uniques", "delta_uniques",
@@ -496,22 +496,27 @@ def test_dump_prints_the_recount_lines(cfg: Settings, prepared: Prepared) -> Non
 def test_audit_history_list_show_and_gate(cfg: Settings, prepared: Prepared,
                                           tmp_path: Path) -> None:
     days = ["2025-10-10", "2025-10-11", "2025-10-12"]
+    truths = {}
     for day in days:
-        r = recount_of(events_of(day, n=60, seed=2))
+        events = events_of(day, n=60, seed=2)
+        truths[day] = str(write_events(tmp_path / f"{day}.jsonl", events))
+        r = recount_of(events)
         load(prepared, cfg, "shadow", r)
         load(prepared, cfg, "serving", r, _off_by_one if day == "2025-10-11" else None)
-    ids = [run_audit(cfg, d, "shadow", "serving", options=options(tmp_path)).audit_id
+    ids = [run_audit(cfg, d, "shadow", "serving", truths[d], options=options(tmp_path)).audit_id
            for d in days]
     store = AuditStore(prepared, cfg.cassandra)
     assert [r.audit_id for r in store.of_date(days[1])] == [ids[1]]
     gate = clean_days(store, "shadow", "serving", 3, until=days[2])
     assert not gate.clean and [d.outcome for d in gate.days] == ["clean", "dirty", "clean"]
     assert gate.audit_ids == ids
-    # the day is fixed (the missing increments written) and audited again: the latest decides
+    # the day is fixed (serving's extra increments taken back) and audited again: the latest
+    # full-scope audit decides
     fixed = recount_of(events_of(days[1], n=60, seed=2))
-    CounterStore(prepared, cfg.cassandra, "shadow").write_account(
-        [(c.key, 1, 0) for c in fixed.account() if c.key.resolution == "day" and c.key.facet == ""])
-    run_audit(cfg, days[1], "shadow", "serving", options=options(tmp_path))
+    CounterStore(prepared, cfg.cassandra, "serving").write_account(
+        [(c.key, -1, 0) for c in fixed.account()
+         if c.key.resolution == "day" and c.key.facet == ""])
+    run_audit(cfg, days[1], "shadow", "serving", truths[days[1]], options=options(tmp_path))
     assert last_clean_days(cfg, "shadow", "serving", 3, until=days[2]).clean
     assert not last_clean_days(cfg, "shadow", "serving", 4, until=days[2]).clean  # 09: none
     assert not last_clean_days(cfg, "serving", "shadow", 3, until=days[2]).clean
@@ -526,6 +531,74 @@ def test_audit_history_list_show_and_gate(cfg: Settings, prepared: Prepared,
     gate_cli = cli(cfg, "audits", "gate", "--left", "shadow", "--right", "serving",
                    "--days", "3", "--until", days[2])
     assert gate_cli.exit_code == 0 and "clean" in gate_cli.stdout
+
+
+def test_a_narrowed_audit_never_decides_a_gate(cfg: Settings, prepared: Prepared,
+                                               tmp_path: Path) -> None:
+    """A dirty full audit of a date is not hidden by later clean audits narrowed by
+    --company, --statistic, --level, --tolerance or --truth none; they are listed, not
+    counted. A later full-scope clean audit does decide."""
+    day = "2025-10-20"
+    events = events_of(day, n=80, seed=11)
+    truth = str(write_events(tmp_path / "events.jsonl", events))
+    r = recount_of(events)
+    load(prepared, cfg, "legacy", r)
+    load(prepared, cfg, "m2", r, _off_by_one)  # every company's day totals are off by one
+    base = ["compare", "--date", day, "--left", "legacy", "--right", "m2", "--settle-s", "0",
+            "--work-dir", str(tmp_path / "audits"), "--no-progress", "--format", "json",
+            "--out", str(tmp_path / "report.json")]
+    gate = ["audits", "gate", "--left", "legacy", "--right", "m2", "--days", "1",
+            "--until", day]
+    assert cli(cfg, *base, "--truth", truth).exit_code == 1  # the full audit: dirty
+    narrowed = {  # each clean because it cannot see the difference
+        "company filter": ["--truth", truth, "--company", "no-such-company"],
+        "statistic filter": ["--truth", truth, "--statistic", "no-such-statistic"],
+        "level customer only": ["--truth", truth, "--level", "customer"],
+        "tolerance looser than the gate's": ["--truth", truth, "--tolerance", "count=1"],
+        "no truth": ["--truth", "none", "--level", "customer"],
+    }
+    for reason, args in narrowed.items():
+        assert cli(cfg, *base, *args).exit_code == 0, reason
+        verdict = cli(cfg, *gate, "--format", "json")
+        assert verdict.exit_code == 1, reason
+        (row,) = json.loads(verdict.stdout)["days"]
+        assert row["outcome"] == "dirty", reason
+        assert any(reason in n["narrowed_by"] for n in row["not_counted"]), (reason, row)
+    text = cli(cfg, *gate)
+    assert text.exit_code == 1 and text.stdout.count("not counted:") == len(narrowed)
+    assert text.stdout.splitlines()[0].startswith(f"{day} dirty ")
+    # the gate may accept the tolerance the narrowed audit used: then that one decides
+    assert cli(cfg, *gate, "--tolerance", "count=1").exit_code == 0
+    assert cli(cfg, *gate, "--tolerance", "count=x").exit_code == 2
+    # fixed, and audited again in full: the later full-scope audit decides
+    CounterStore(prepared, cfg.cassandra, "m2").write_account(
+        [(c.key, c.count, c.uniques) for c in r.account()
+         if c.key.resolution == "day" and c.key.facet == ""])
+    assert cli(cfg, *base, "--truth", truth).exit_code == 0
+    assert cli(cfg, *gate).exit_code == 0
+
+
+def test_audit_list_renders_poisoned_values(cfg: Settings, prepared: Prepared,
+                                            tmp_path: Path) -> None:
+    """An audit record holding markup and control characters (here: its truth file's name)
+    prints as text in `audits list`, never as markup or raw terminal controls."""
+    from settings.output import visible
+
+    day = "2025-10-21"
+    events = events_of(day, n=20, seed=12)
+    (tmp_path / "[").mkdir()  # the path then holds "[/bold]", an unmatched closing tag
+    truth = write_events(tmp_path / "[" / "bold][link=evil]x\x1b[31m\u202e.jsonl", events)
+    name = str(truth)
+    r = recount_of(events)
+    load(prepared, cfg, "legacy", r)
+    load(prepared, cfg, "shadow", r)
+    run_audit(cfg, day, "legacy", "shadow", str(truth), options=options(tmp_path))
+    listed = CliRunner().invoke(root, ["audits", "list", "--date", day],
+                                env={"ABACUS_CASSANDRA__KEYSPACE_PREFIX": PREFIX,
+                                     "COLUMNS": "1000"}, catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    assert visible(name) in listed.stdout
+    assert "\x1b" not in listed.stdout and "\u202e" not in listed.stdout
 
 
 def test_html_report_is_self_contained(cfg: Settings, prepared: Prepared,
