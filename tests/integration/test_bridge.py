@@ -759,3 +759,33 @@ def test_mirror_upgrade_counts_the_backlog_and_bounds_the_queue(bounded: Env) ->
     assert env.depth(rmq.mirror_overflow_queue) == 0
     again = upgrade("--yes")
     assert again.returncode == 0 and "0 message(s)" in again.stdout, again.stderr
+
+
+def test_a_full_overflow_queue_is_reported_as_a_lower_bound(bounded: Env) -> None:
+    from bridge.overflow import OverflowDrainer
+    from bridge.status import Counts
+
+    env, rmq = bounded, bounded.rmq
+    n = 2 * rmq.mirror_max_length + 50  # the mirror keeps 100, the overflow queue 100
+    env.publish([celery_message(dated_event(i, TS_A + i)) for i in range(n)])
+    assert env.depth(rmq.legacy_queue) == n
+    wait_for(lambda: env.depth(rmq.mirror_overflow_queue) == rmq.mirror_max_length, 30, "overflow")
+
+    class Store:
+        def __init__(self) -> None:
+            self.added: list[dict[str, Any]] = []
+
+        def add(self, counts: dict[str, Any]) -> None:
+            self.added.append(counts)
+
+    store = Store()
+    counts = Counts()
+    drainer = OverflowDrainer(env.settings, counts, store_factory=lambda: store).start()
+    try:
+        wait_for(lambda: counts.mirror_overflow == rmq.mirror_max_length, 60, "the drain")
+    finally:
+        drainer.stop()
+    assert counts.overflow_full == 1  # seen full once: 50 were dropped uncounted
+    assert sum(c[DAY_A].messages for c in store.added) == rmq.mirror_max_length
+    assert "overflow queue full" in drainer.last_error
+    assert env.depth(rmq.mirror_overflow_queue) == 0

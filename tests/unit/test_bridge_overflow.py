@@ -110,3 +110,23 @@ def test_metrics_bind_loopback_unless_configured() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_status_table_names_the_overflow(capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import _render
+
+    totals = dict.fromkeys(Counts().snapshot(), 0)
+    totals.update(mirror_overflow=81, mirror_overflow_redelivered=2, overflow_full=1)
+    doc = {
+        "mode": "shadow",
+        "running": False,
+        "totals": totals,
+        "per_minute": [],
+        "mirror_overflow_by_date": {"2018-12-07": {"messages": 50, "redelivered": 0}},
+        "overflow_queue_depth": {"ready": 3},
+    }
+    _render([doc], 5)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "mirror overflow: 81 since start (2 redelivered" in out
+    assert "found full 1 times" in out
+    assert "by event date: 2018-12-07 50" in out and "3 waiting in the overflow queue" in out
