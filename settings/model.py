@@ -221,14 +221,6 @@ def _config_path() -> Path | None:
     return default if default.is_file() else None
 
 
-def load_settings(config: Path | None = None) -> Settings:
-    """Compose the settings once (the CLI does this); `config` overrides ABACUS_CONFIG.
-    Raises `SettingsError` (one line, no values) when the settings are invalid."""
-    global _CONFIG_OVERRIDE
-    if config is not None and not config.is_file():
-        raise FileNotFoundError(f"config file not found: {config}")
-    _CONFIG_OVERRIDE = config
-    try:
 class SettingsError(ValueError):
     """Invalid settings, said in one line that names each wrong field and what it should
     be, never the value given (pydantic's own message prints input values: a wrongly typed
@@ -246,8 +238,16 @@ def describe(exc: ValidationError, most: int = 3) -> str:
     return "; ".join(parts[:most]) + (f" (and {more} more)" if more > 0 else "")
 
 
+def load_settings(config: Path | None = None) -> Settings:
+    """Compose the settings once (the CLI does this); `config` overrides ABACUS_CONFIG.
+    Raises `SettingsError` (one line, no values) when the settings are invalid."""
+    global _CONFIG_OVERRIDE
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(f"config file not found: {config}")
+    _CONFIG_OVERRIDE = config
+    try:
         return Settings()
-    finally:
-        _CONFIG_OVERRIDE = None
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+    finally:
+        _CONFIG_OVERRIDE = None
