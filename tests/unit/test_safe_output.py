@@ -187,8 +187,8 @@ def test_job_status_renders_poisoned_names(monkeypatch: Any) -> None:
     from abacus import manager
     from cli import root
 
-    state = _Anything(name=CLOSE, status="FAILED", target=ANSI, pid=1, job_id=BIDI,
-                      started_at=0.0, savepoint=EMOJI, error=LINK, restarts=2,
+    state = _Anything(name=CLOSE, status=LINK, target=ANSI, pid=1, job_id=BIDI,
+                      started_at=0.0, savepoint=EMOJI, error=None, restarts=0,
                       restart_times=[])
     monkeypatch.setattr(manager, "statuses", lambda settings: [state])
     done = CliRunner().invoke(root, ["job", "status"], env=WIDE)
