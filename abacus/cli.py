@@ -90,12 +90,16 @@ def run(settings: Settings, kind: str, milestone: int, target: str, foreground: 
               show_default=True)
 @click.pass_obj
 def status(settings: Settings, fmt: str) -> None:
-    """Every job this data directory knows, with its process and Flink status."""
+    """Every job this data directory knows, with its process and Flink status: a job that
+    FAILED (its restarts used up: flink.restart_attempts) or is restart-looping says so, with
+    the reason from its log."""
     from abacus import manager
 
     states = manager.statuses(settings)
     if fmt == "json":
-        click.echo(json.dumps([s.to_record() for s in states], indent=1))
+        click.echo(json.dumps([{**s.to_record(), "condition": manager.describe(s),
+                                "restarts_last_minute": manager.recent_restarts(s),
+                                "problem": manager.problem(s)} for s in states], indent=1))
         return
     if not states:
         click.echo("no jobs")
@@ -105,11 +109,15 @@ def status(settings: Settings, fmt: str) -> None:
 
     from settings.output import term
 
-    table = Table("job", "status", "target", "pid", "flink job", "since", "savepoint")
+    table = Table("job", "status", "target", "pid", "flink job", "since", "restarts",
+                  "savepoint", "reason")
     for s in states:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
-        table.add_row(*(term(v) for v in (s.name, s.status, s.target, str(s.pid or ""),
-                                          s.job_id or "", since, s.savepoint or "")))
+        failing = manager.problem(s) is not None
+        table.add_row(*(term(v) for v in (s.name, manager.describe(s), s.target,
+                                          str(s.pid or ""), s.job_id or "", since,
+                                          str(s.restarts or ""), s.savepoint or "",
+                                          s.error if failing or s.restarts else "")))
     Console().print(table)
 
 

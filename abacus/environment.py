@@ -76,9 +76,6 @@ def configuration(settings: Settings, name: str, parallelism: int, memory: Memor
         "execution.checkpointing.num-retained": "2",
         "execution.checkpointing.timeout": "10 min",
         "execution.checkpointing.min-pause": "500 ms",
-        "restart-strategy.type": "exponential-delay",
-        "restart-strategy.exponential-delay.initial-backoff": "1 s",
-        "restart-strategy.exponential-delay.max-backoff": "30 s",
         "taskmanager.memory.managed.size": f"{memory.managed_mb}m",
         "taskmanager.memory.network.min": f"{memory.network_mb}m",
         "taskmanager.memory.network.max": f"{memory.network_mb}m",
@@ -88,11 +85,31 @@ def configuration(settings: Settings, name: str, parallelism: int, memory: Memor
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
     }
+    values.update(restart_strategy(settings))
     if restore_from is not None:
         values["execution.state-recovery.path"] = str(restore_from)
     for key, value in values.items():
         conf.set_string(key, value)
     return conf
+
+
+def restart_strategy(settings: Settings) -> dict[str, str]:
+    """Bounded restarts (flink.restart_*): a job that keeps failing ends FAILED, with its
+    reason, instead of restarting forever (a poison record or a dead sink would otherwise
+    keep it RESTARTING, unnoticed)."""
+    flink = settings.flink
+    if flink.restart_attempts == 0:
+        return {"restart-strategy.type": "none"}
+    prefix = "restart-strategy.exponential-delay."
+    max_delay_s = max(flink.restart_max_delay_s, flink.restart_delay_s)
+    return {
+        "restart-strategy.type": "exponential-delay",
+        prefix + "initial-backoff": f"{round(flink.restart_delay_s * 1000)} ms",
+        prefix + "max-backoff": f"{round(max_delay_s * 1000)} ms",
+        prefix + "backoff-multiplier": "2.0",
+        prefix + "attempts-before-reset-backoff": str(flink.restart_attempts),
+        prefix + "reset-backoff-threshold": f"{round(flink.restart_reset_s * 1000)} ms",
+    }
 
 
 def local_environment(conf: Configuration) -> StreamExecutionEnvironment:

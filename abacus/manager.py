@@ -38,6 +38,12 @@ RUNNING = {"STARTING", "CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "STOP
            "CANCELLING", "RECONCILING"}
 
 
+ENDED = {"FAILED", "LOST", "CANCELED"}  # a job that no longer counts (and was not stopped)
+# restart-looping: this many restarts within this window (flink.restart_attempts bounds them,
+# but the count starts again after flink.restart_reset_s, and each costs a restore)
+LOOP_RESTARTS, LOOP_WINDOW_S = 2, 60.0
+
+
 class JobError(Exception):
     """A job operation that cannot be done; the message says what to do."""
 
@@ -93,12 +99,57 @@ def status(settings: Settings, name: str) -> JobState | None:
     if state is None:
         return None
     if state.remote is None and state.status in RUNNING and not _alive(state.pid):
-        state = state.replace(status="LOST")
+        state = state.replace(status="LOST", error=_last_error(settings, name) or state.error)
     if state.remote is not None and state.status in RUNNING:
         from abacus import remote
 
         state = remote.live(state)  # as its cluster reports it
     return state
+
+
+def recent_restarts(state: JobState, window_s: float = LOOP_WINDOW_S,
+                    now_s: float | None = None) -> int:
+    """How many times the job failed (and so restarted) within the last `window_s`."""
+    since_ms = ((time.time() if now_s is None else now_s) - window_s) * 1000
+    return sum(1 for t in state.failure_times_ms if t >= since_ms)
+
+
+def problem(state: JobState, now_s: float | None = None) -> str | None:
+    """Why a job is not counting, in one line, or None: it ended (FAILED, LOST, CANCELED)
+    or is restart-looping (LOOP_RESTARTS restarts within LOOP_WINDOW_S); with the reason from
+    its log (the newest failure's root exception)."""
+    reason = f": {state.error}" if state.error else ""
+    if state.status in ENDED:
+        after = f" after {state.restarts} restart(s)" if state.restarts else ""
+        return f"job {state.name} is {state.status}{after}{reason}"
+    if state.status in RUNNING:
+        n = recent_restarts(state, now_s=now_s)
+        if n >= LOOP_RESTARTS:
+            return (f"job {state.name} is restart-looping ({state.status}, {n} restarts in "
+                    f"the last minute){reason}")
+    return None
+
+
+def describe(state: JobState, now_s: float | None = None) -> str:
+    """The status column of `job status`: FAILED, or RESTARTING (restart-looping: N
+    restarts in the last minute), or RUNNING (1 restart in the last minute)..."""
+    n = recent_restarts(state, now_s=now_s) if state.status in RUNNING else 0
+    if n >= LOOP_RESTARTS:
+        return f"{state.status} (restart-looping: {n} restarts in the last minute)"
+    if n:
+        return f"{state.status} ({n} restart{'s' if n > 1 else ''} in the last minute)"
+    return state.status
+
+
+def _last_error(settings: Settings, name: str) -> str | None:
+    """The root exception line at the end of the runner's log (a process that died without
+    writing its state: killed, or its JVM crashed)."""
+    from abacus.remote import error_line
+
+    try:
+        return error_line(logs(settings, name, lines=400))
+    except JobError:
+        return None
 
 
 def statuses(settings: Settings) -> list[JobState]:
@@ -213,9 +264,8 @@ def wait_for(settings: Settings, name: str, wanted: set[str], timeout_s: float,
         fresh = state is not None and (pid is None or state.pid == pid)
         if fresh and state is not None and state.status in wanted:
             return state
-        if fresh and state is not None and state.status in {"FAILED", "LOST", "CANCELED"}:
-            raise JobError(f"job {name} is {state.status}: {state.error or 'see'} "
-                           f"`abacus job logs {name}`")
+        if fresh and state is not None and state.status in ENDED:
+            raise JobError(f"{problem(state)} (`abacus job logs {name}`)")
         if pid is not None and not _alive(pid) and not fresh:
             raise JobError(f"job {name} exited before starting: `abacus job logs {name}`")
         if time.monotonic() > deadline:
@@ -301,9 +351,16 @@ def drained(settings: Settings, name: str) -> bool:
 
 
 def wait_drained(settings: Settings, names: list[str], timeout_s: float = 300) -> None:
+    """Return once every job drained; JobError after `timeout_s`, or at once when a job
+    ended or is restart-looping (it would not drain)."""
     deadline = time.monotonic() + timeout_s
     pending = list(names)
     while pending:
+        for name in pending:
+            state = status(settings, name)
+            found = problem(state) if state is not None else None
+            if found is not None:
+                raise JobError(f"{found} (`abacus job logs {name}`)")
         pending = [n for n in pending if not drained(settings, n)]
         if not pending:
             return

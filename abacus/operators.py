@@ -1,9 +1,18 @@
 """The Python operators of both jobs: thin adapters around the counting contract.
 
 They run inside Flink (thread mode: the JVM's embedded interpreter) and hold no state:
-de-duplication, fan-out and uniqueness are Flink SQL in the JVM (`abacus/pipeline.py`), the
+de-duplication is Flink SQL in the JVM (`abacus/pipeline.py`); fan-out, uniqueness, the
 counter sink and the drain counter are Java (`abacus/jvm`).
 Every counting rule is a call into `counting`; these classes only convert rows and do I/O.
+
+No record may fail the job: a publisher controls every byte of the input, and a job that
+fails on a record fails on it again after every restart. So Validate dead-letters what it
+cannot handle (`operator_error`, with the exception) instead of raising, and a dead letter is
+writable whatever the event held: its headers are escaped (`counting.text.escape`: lone
+surrogates, invalid bytes) and bounded (`MAX_HEADER_CHARS`), and say so (`escaped`,
+`truncated`); a value the DLQ topic refuses as too large is written as its head
+(`truncated_to`). Only an unreachable DLQ fails the job (restarted, then FAILED with the
+reason: see `abacus job status`).
 """
 
 from __future__ import annotations
@@ -20,7 +29,15 @@ from counting import (
     bucket_labels,
     parse_event,
 )
+from counting.text import escape
 from settings import KafkaSettings
+
+OPERATOR_ERROR = "operator_error"  # the DLQ reason of a record an operator failed on
+# the longest header values (characters, after escaping); longer ones are cut and listed in
+# the `truncated` header with their full length
+MAX_HEADER_CHARS = {"reason": 64, "detail": 1024, "event_id": 256}
+DLQ_FALLBACK_BYTES = 256 * 1024  # a value the DLQ topic refuses is retried with this head
+DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024  # the topics take up to 8 MiB records
 
 # -- validation ----------------------------------------------------------------------------
 
@@ -42,19 +59,68 @@ class Validate(ProcessFunction):  # type: ignore[misc]
         self._facets = facets  # the customer job counts no facet: its rows end at the labels
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        parsed = parse_event(value)
-        if isinstance(parsed, Rejection):
-            yield self._rejected, Row(value, parsed.reason.value, parsed.detail,
-                                      parsed.event_id or "")
-            return
+        event_id: str | None = None
+        try:
+            parsed = parse_event(value)
+            if isinstance(parsed, Rejection):
+                out = self._rejected, rejected_row(value, parsed.reason.value, parsed.detail,
+                                                   parsed.event_id)
+            else:
+                event_id = parsed.event_id
+                out = self._row(parsed)
+        except Exception as exc:  # never fail the job on a record: dead-letter it
+            out = self._rejected, rejected_row(value, OPERATOR_ERROR, describe(exc), event_id)
+        yield out
+
+    def _row(self, parsed: Any) -> Row:
         hour, day, month = bucket_labels(parsed.timestamp, parsed.timezone)
         if not self._facets:
-            yield Row(parsed.event_id, parsed.company_id, parsed.customer_id,
-                      parsed.statistic_id, hour, day, month)
-            return
+            return Row(parsed.event_id, parsed.company_id, parsed.customer_id,
+                       parsed.statistic_id, hour, day, month)
         facets, values = zip(*account_facets(parsed), strict=True)
-        yield Row(parsed.event_id, parsed.company_id, parsed.customer_id, parsed.statistic_id,
-                  hour, day, month, list(facets), list(values))
+        return Row(parsed.event_id, parsed.company_id, parsed.customer_id,
+                   parsed.statistic_id, hour, day, month, list(facets), list(values))
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of an exception, whatever its `__str__` does."""
+    try:
+        text = str(exc)
+    except Exception:  # a hostile or broken __str__
+        text = "<message not printable>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def rejected_row(raw: bytes, reason: str, detail: str, event_id: str | None) -> Row:
+    """The side output's row: the original bytes and the DLQ headers' texts, escaped and
+    bounded here, so that every string in the row encodes to UTF-8 (the row may cross into
+    the JVM, and is written as Kafka headers): (raw, reason, detail, event_id, escaped,
+    truncated), `escaped` true when some text had to be escaped, `truncated` the headers
+    that were cut, as `name=full length` separated by commas."""
+    escaped, truncated = False, []
+    texts = []
+    for name, text in (("reason", reason), ("detail", detail), ("event_id", event_id or "")):
+        text, changed = escape(text)
+        escaped |= changed
+        limit = MAX_HEADER_CHARS[name]
+        if len(text) > limit:
+            truncated.append(f"{name}={len(text)}")
+            text = text[:limit]
+        texts.append(text)
+    return Row(raw, *texts, escaped, ",".join(truncated))
+
+
+def dead_letter_headers(row: Row | tuple[Any, ...], source: str) -> list[tuple[str, bytes]]:
+    """A rejected row's Kafka headers: reason, detail, event_id, source, and `escaped: 1`
+    and `truncated: name=length,...` when that happened to a text."""
+    _raw, reason, detail, event_id, escaped, truncated = row
+    headers = [("reason", reason.encode()), ("detail", detail.encode()),
+               ("event_id", event_id.encode()), ("source", source.encode())]
+    if escaped:
+        headers.append(("escaped", b"1"))
+    if truncated:
+        headers.append(("truncated", truncated.encode()))
+    return headers
 
 
 class DeadLetter(MapFunction):  # type: ignore[misc]
@@ -62,6 +128,10 @@ class DeadLetter(MapFunction):  # type: ignore[misc]
 
     Synchronous (flush per record): invalid events are rare, and a record is acknowledged
     by Kafka before the checkpoint that covers its offset can complete, so none is lost.
+    A value the topic refuses as too large is written again as its first
+    `DLQ_FALLBACK_BYTES` with a `truncated_to` header (as the bridge does); any other
+    delivery failure fails the job (the DLQ is unreachable: a restart may help, a record
+    cannot).
     """
 
     def __init__(self, kafka: KafkaSettings, source: str) -> None:
@@ -72,20 +142,40 @@ class DeadLetter(MapFunction):  # type: ignore[misc]
         from confluent_kafka import Producer
 
         self._producer = Producer({**self._kafka.client_config(), "acks": "all",
-                                   "message.max.bytes": 2 * 1024 * 1024 + 4096})
+                                   "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
 
     def map(self, value: Row) -> int:
-        raw, reason, detail, event_id = value
-        headers = [("reason", reason.encode()), ("detail", detail.encode()),
-                   ("event_id", event_id.encode()), ("source", self._source.encode())]
-        errors: list[Any] = []
-        self._producer.produce(self._kafka.dlq_topic, value=bytes(raw), headers=headers,
-                               on_delivery=lambda err, _msg: errors.append(err))
-        self._producer.flush(60)
-        if not errors or errors[0] is not None:
-            raise RuntimeError(f"dead-letter publish failed: {errors[0] if errors else 'timeout'}")
+        raw = bytes(value[0])
+        headers = dead_letter_headers(value, self._source)
+        error = self._publish(raw, headers)
+        if error is not None and _refused_as_too_large(error) and len(raw) > DLQ_FALLBACK_BYTES:
+            headers.append(("truncated_to", str(DLQ_FALLBACK_BYTES).encode()))
+            error = self._publish(raw[:DLQ_FALLBACK_BYTES], headers)
+        if error is not None:
+            raise RuntimeError(f"dead-letter publish to {self._kafka.dlq_topic} failed: {error}")
         return 1
+
+    def _publish(self, raw: bytes, headers: list[tuple[str, bytes]]) -> Any:
+        """Produce and wait for the broker's answer: None, or the error."""
+        from confluent_kafka import KafkaException
+
+        errors: list[Any] = []
+        try:
+            self._producer.produce(self._kafka.dlq_topic, value=raw, headers=headers,
+                                   on_delivery=lambda err, _msg: errors.append(err))
+        except KafkaException as exc:  # refused before sending (e.g. over message.max.bytes)
+            return exc.args[0] if exc.args else exc
+        self._producer.flush(60)
+        return errors[0] if errors else "no answer from Kafka in 60 s"
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(30)
+
+
+def _refused_as_too_large(error: Any) -> bool:
+    from confluent_kafka import KafkaError
+
+    code = error.code() if hasattr(error, "code") else None
+    return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+                    KafkaError.RECORD_LIST_TOO_LARGE)

@@ -4,6 +4,7 @@ in the JVM, RocksDB-backed.
 
     KafkaSource (raw bytes)
       -> Validate (Python, counting.parse_event) --rejected--> DeadLetter (Kafka DLQ)
+         (no record fails the job: what Validate cannot handle is dead-lettered too)
          the event row carries the contract's bucket labels (counting.bucket_labels) and
          facet pairs (counting.account_facets)
       -> SQL: keep-first by event_id (ROW_NUMBER ... = 1, state TTL), counted(n) for drain
@@ -49,7 +50,9 @@ KINDS: tuple[Kind, ...] = ("statistic", "customer")
 TARGETS: tuple[str, ...] = ("shadow", "serving")
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
-_REJECTED = Types.ROW([_BYTES, Types.STRING(), Types.STRING(), Types.STRING()])
+# raw bytes, reason, detail, event_id, escaped, truncated (abacus.operators.rejected_row)
+_REJECTED = Types.ROW([_BYTES, Types.STRING(), Types.STRING(), Types.STRING(),
+                       Types.BOOLEAN(), Types.STRING()])
 _EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
                  *(f"b_{r}" for r in RESOLUTIONS), "facets", "facet_values"]
 _EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from abacus import remote
 from abacus.environment import Memory, configuration, local_environment, prepare_process
 from abacus.pipeline import JobSpec, build, checkpoint_root
 from abacus.remote import cluster_configuration
@@ -74,14 +75,66 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
         state_file.write(state)
         log.exception("job %s could not start", spec.name)
         return 1
-    state = state.replace(status="RUNNING", job_id=str(client.get_job_id()))
+    rest = _rest_url(client)
+    state = state.replace(status="RUNNING", job_id=str(client.get_job_id()),
+                          rest_port=int(rest.rsplit(":", 1)[1]) if rest else None)
     state_file.write(state)
     log.info("job %s running: %s", spec.name, state.job_id)
-    return _supervise(client, state, state_file, requests, settings)
+    return _supervise(client, state, state_file, requests, settings, rest)
+
+
+def _rest_url(client: Any) -> str | None:
+    """The REST API of the MiniCluster that runs the job (`rest.bind-port` 0 picks a free
+    port): where its failures are read. PyFlink's JobClient does not expose it; its Java
+    MiniClusterJobClient holds the MiniCluster. None when that is not so."""
+    try:
+        j_client = client._j_job_client
+        field = j_client.getClass().getDeclaredField("miniCluster")
+        field.setAccessible(True)
+        uri = str(field.get(j_client).getRestAddress().get().toString())
+    except Exception:
+        log.warning("no REST address for the job: its failures are reported when it ends")
+        return None
+    return uri.rstrip("/")
+
+
+class _FailureWatch:
+    """Reads the job's failures from its REST API: on every status change, every poll while
+    it is not RUNNING, and every few seconds otherwise (a restart takes at least
+    flink.restart_delay_s, so none goes unseen)."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, rest: str | None, job_id: str) -> None:
+        self.rest, self.job_id = rest, job_id
+        self._last = 0.0
+        self._status = ""
+
+    def read(self, state: JobState, status: str) -> JobState:
+        now = time.monotonic()
+        due = status != "RUNNING" or status != self._status or now - self._last > self.EVERY_S
+        self._status = status
+        if self.rest is None or not due:
+            return state
+        self._last = now
+        try:
+            return remote.with_failures(state, remote.failures(self.rest, self.job_id))
+        except (OSError, ValueError):
+            return state  # the MiniCluster is shutting down: the job's result says why
+
+
+def _ended(client: Any) -> tuple[str, str | None]:
+    """(status, reason) of a job that has ended, from its execution result."""
+    try:
+        client.get_job_execution_result().result()
+    except Exception as exc:
+        return "FAILED", remote.root_cause(str(exc))
+    return "FINISHED", None
 
 
 def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _Requests,
-               settings: Settings) -> int:
+               settings: Settings, rest: str | None = None) -> int:
+    watch = _FailureWatch(rest, str(state.job_id))
     while True:
         if requests.action == "savepoint":
             target = savepoint_dir(settings, state.name)
@@ -103,13 +156,30 @@ def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _R
             state_file.write(state.replace(status="CANCELED", stopped_at=time.time()))
             log.info("job %s cancelled (checkpoints retained)", state.name)
             return 0
-        job_status = client.get_job_status().result()
-        status = getattr(job_status, "name", str(job_status))
-        if status != state.status:
-            state = state.replace(status=status)
+        reason = None
+        try:
+            job_status = client.get_job_status().result()
+            status = getattr(job_status, "name", str(job_status))
+        except Exception:  # the MiniCluster shuts down once its job has ended
+            status, reason = _ended(client)
+        if status == "FAILED" and reason is None:
+            reason = _ended(client)[1]
+        seen = watch.read(state, status)
+        if status != state.status or seen != state or reason:
+            changed = status != state.status or seen.restarts != state.restarts
+            state = seen.replace(status=status, error=reason or seen.error)
+            if status == "FAILED":
+                state = state.replace(stopped_at=time.time())
             state_file.write(state)
-            log.info("job %s is %s", state.name, status)
+            if changed and state.restarts and status != "FAILED":
+                log.warning("job %s is %s after %d restart(s); newest failure: %s",
+                            state.name, status, state.restarts, state.error)
+            elif changed:
+                log.info("job %s is %s", state.name, status)
         if status in TERMINAL:
+            if status == "FAILED":
+                log.error("job %s FAILED after %d restart(s): %s", state.name,
+                          state.restarts, state.error)
             return 0 if status != "FAILED" else 1
         time.sleep(0.5)
 

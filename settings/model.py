@@ -168,6 +168,13 @@ class FlinkSettings(_Model):
     uniques_ttl_s: int = Field(default=40 * 86400, ge=1)  # as legacy's Redis sets
     heap_mb: int = Field(default=640, ge=256)  # per local job JVM
     managed_mb: int = Field(default=192, ge=64)  # bounds RocksDB
+    # a failing job is restarted this many times, after restart_delay_s doubling up to
+    # restart_max_delay_s, then ends FAILED; the count starts again once the job has run
+    # restart_reset_s without failing. 0: a failure ends the job at once
+    restart_attempts: int = Field(default=3, ge=0)
+    restart_delay_s: float = Field(default=5.0, gt=0)
+    restart_max_delay_s: float = Field(default=60.0, gt=0)
+    restart_reset_s: float = Field(default=600.0, gt=0)
 
 
 class BridgeSettings(_Model):

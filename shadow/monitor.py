@@ -75,6 +75,18 @@ def sample(inst: Installation, jobs: dict[str, str], published: int,
     return out
 
 
+def job_problem(inst: Installation, jobs: dict[str, str]) -> str | None:
+    """The first Abacus job of the run that failed, was lost, or is restart-looping, with
+    the reason from its log (`abacus.manager.problem`); None while all count. Checked on
+    every sample, so the run stops at once instead of waiting for its drain timeout."""
+    for name in jobs.values():
+        state = manager.status(inst.settings, name)
+        found = manager.problem(state) if state is not None else None
+        if found is not None:
+            return f"Abacus {found} (`abacus job logs {name}`)"
+    return None
+
+
 def legacy_problem(worker: WorkerProcess | None) -> str | None:
     """The legacy worker died (a message py-amqp cannot decode kills it before any task
     code runs: a legacy flaw), with the reason from its log; None while it runs."""

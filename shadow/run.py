@@ -165,6 +165,8 @@ def _warm_up(inst: Installation, components: Components, watcher: ProbeWatcher, 
     watcher.mark_published(0, time.time())
     deadline = time.monotonic() + timeout_s
     while not all(0 in seen for seen in watcher.seen.values()):
+        if failing := monitor.job_problem(inst, components.jobs):
+            raise RunFailed(f"warm-up: {failing}")
         components.check_alive()
         if watcher.error:
             raise RunFailed(f"warm-up: {watcher.error}")
@@ -206,6 +208,8 @@ def _publish_and_drain(inst: Installation, components: Components, stream: Strea
     deadline: float | None = None
     try:
         while True:
+            if failing := monitor.job_problem(inst, components.jobs):
+                raise RunFailed(failing)
             if failing := monitor.legacy_problem(components.worker):
                 raise RunFailed(failing)
             components.check_alive()

@@ -3,13 +3,20 @@
 One module, one pair of jobs reused through a sequence of steps (starting a PyFlink job
 costs tens of seconds on this machine), each step asserting one property of the issue:
 
-1. the tricky corpus with injected duplicates: both stores equal `recount` exactly;
-2. invalid events reach the DLQ with their reasons, from each job, and the jobs keep running;
+1. the tricky corpus with injected duplicates and the poison corpus (lone surrogates, invalid
+   UTF-8, NULs, bidi controls, huge ids and numbers, deep nesting, records over the DLQ
+   topic's size limit), published straight to Kafka: both stores equal `recount` exactly;
+2. every invalid line reaches the DLQ with its reason, from each job, its headers writable
+   (escaped and cut where needed, and saying so), and the jobs are still RUNNING;
 3. the customer job stopped with a savepoint: the statistic job (own group) keeps counting;
 4. the customer job restarted from that savepoint, more events: both exact;
 5. milestone 1's known excess, measured: the statistic job is killed (SIGKILL) after its
    window was written and before the next checkpoint; restarted, it re-applies exactly the
    increments since that checkpoint (counts >= truth, excess reported).
+
+Apart (its own topics, keyspaces and job): a job that keeps failing (its sink cannot reach
+Cassandra) is reported restart-looping, then FAILED after its bounded restarts, with the
+root exception from its log, by `manager.status` and `abacus job status`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,23 +38,27 @@ import pytest
 
 from abacus import manager
 from abacus.manager import RunOptions
+from abacus.operators import DLQ_FALLBACK_BYTES, MAX_HEADER_CHARS
 from abacus.pipeline import checkpoint_root
-from bridge.decode import key_of
-from counting import Recount, bucket_date
-from counting.corpus import invalid_lines, tricky_lines
+from counting import Event, Recount, Rejection, bucket_date, parse_event
+from counting.corpus import poison_lines, tricky_lines
 from counting.generate import GeneratorConfig, generate
+from counting.text import escape
 from settings.model import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MAX_MESSAGE = 2 * 1024 * 1024 + 4096
+# the events topic takes records up to 8 MiB, as the bridge creates it; the DLQ topic only
+# 2 MiB, so that a larger dead letter must be cut to be written (`truncated_to`)
+MAX_MESSAGE = 8 * 1024 * 1024
+MAX_DLQ_MESSAGE = 2 * 1024 * 1024 + 4096
 
 
 @dataclass
 class Run:
     settings: Settings
     prefix: str
-    lines: list[str] = field(default_factory=list)
+    lines: list[str | bytes] = field(default_factory=list)
     session: Any = None
 
     def name(self, kind: str) -> str:
@@ -55,16 +67,19 @@ class Run:
     def options(self, **changes: Any) -> RunOptions:
         return RunOptions(prefix=self.prefix, window_ms=500, **changes)
 
-    def produce(self, lines: list[str]) -> None:
-        """Like the bridge: the raw event text, keyed by company_id (so a redelivery lands in
-        its event's partition, behind it)."""
+    def produce(self, lines: list[str] | list[bytes] | list[str | bytes]) -> None:
+        """The raw event bytes, a valid event keyed by company_id (so a redelivery lands in
+        its event's partition, behind it), anything else unkeyed: a publisher writing
+        straight to the topic, past the bridge's checks."""
         from confluent_kafka import Producer
 
         producer = Producer({**self.settings.kafka.client_config(),
-                             "message.max.bytes": MAX_MESSAGE})
-        for line in lines:  # keyed as the bridge keys them
-            producer.produce(self.settings.kafka.topic, value=line.encode("utf-8"),
-                             key=key_of(line) or None)
+                             "message.max.bytes": MAX_MESSAGE + 64 * 1024})
+        for line in lines:
+            raw = line.encode("utf-8") if isinstance(line, str) else line
+            parsed = parse_event(raw)
+            key = parsed.company_id.encode() if isinstance(parsed, Event) else None
+            producer.produce(self.settings.kafka.topic, value=raw, key=key)
             producer.poll(0)
         assert producer.flush(60) == 0
         self.lines += lines
@@ -76,7 +91,7 @@ class Run:
                                     "shadow")
 
 
-def _truth(lines: list[str]) -> Recount:
+def _truth(lines: list[str] | list[str | bytes]) -> Recount:
     recount = Recount()
     for line in lines:
         recount.add_raw(line)
@@ -111,9 +126,10 @@ def isolated_run(settings: Settings, tag: str, **flink: Any) -> Iterator[Run]:
         "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, **flink}),
     })
     admin = AdminClient(private.kafka.client_config())
-    topic_config = {"max.message.bytes": str(MAX_MESSAGE)}
-    futures = admin.create_topics([NewTopic(private.kafka.topic, 4, 1, config=topic_config),
-                                   NewTopic(private.kafka.dlq_topic, 1, 1, config=topic_config)])
+    futures = admin.create_topics([
+        NewTopic(private.kafka.topic, 4, 1, config={"max.message.bytes": str(MAX_MESSAGE)}),
+        NewTopic(private.kafka.dlq_topic, 1, 1,
+                 config={"max.message.bytes": str(MAX_DLQ_MESSAGE)})])
     for future in futures.values():
         future.result()
     session = storage.connect(private.cassandra)
@@ -173,39 +189,83 @@ def _check_index(run: Run, level: str, want: set[tuple[str, ...]]) -> None:
     assert got == want, sorted(got ^ want)[:5]
 
 
-def test_tricky_corpus_with_duplicates_equals_recount(run: Run) -> None:
+def test_tricky_and_poison_corpus_with_duplicates_equals_recount(run: Run) -> None:
     lines = tricky_lines()
     valid = [line for line in lines if line.startswith('{"event_id": "tricky')]
-    run.produce(lines + valid[::7])  # more redeliveries, after their first delivery
+    poison = [raw for _, raw in poison_lines()]
+    run.produce([*lines, *poison, *valid[::7]])  # more redeliveries, after their first
     manager.start_jobs(run.settings, "shadow", run.options())
     manager.wait_drained(run.settings, [run.name("statistic"), run.name("customer")], 300)
     _exact(run)
 
 
-def test_invalid_events_reach_the_dlq_with_reasons(run: Run) -> None:
-    from confluent_kafka import Consumer
+def _dlq_records(run: Run) -> list[Any]:
+    """Every record of the run's DLQ topic, to its end offset."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+    topic = run.settings.kafka.dlq_topic
     consumer = Consumer({**run.settings.kafka.client_config(), "group.id": f"{run.prefix}dlq",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([run.settings.kafka.dlq_topic])
-    expected = invalid_lines()
-    got: dict[str, list[tuple[bytes, str, str]]] = {"abacus-statistic": [],
-                                                    "abacus-customer": []}
-    deadline = time.monotonic() + 60
+                         "enable.auto.commit": False, "fetch.max.bytes": 16 * 1024 * 1024,
+                         "max.partition.fetch.bytes": 16 * 1024 * 1024})
     try:
-        while sum(map(len, got.values())) < 2 * len(expected) and time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None or msg.error() is not None:
-                continue
-            headers = {k: v.decode() for k, v in msg.headers() or []}
-            got[headers["source"]].append((msg.value(), headers["reason"], headers["event_id"]))
+        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        out: list[Any] = []
+        deadline = time.monotonic() + 120
+        while len(out) < end:
+            assert time.monotonic() < deadline, f"{topic}: read {len(out)} of {end} records"
+            out += [m for m in consumer.consume(500, timeout=1.0) if m.error() is None]
+        return out
     finally:
         consumer.close()
-    for source, records in got.items():
-        reasons = sorted((value, reason) for value, reason, _ in records)
-        want = sorted((line.encode(), reason) for line, reason in expected)
-        assert reasons == want, f"{source}: {len(reasons)} dead letters, {len(want)} expected"
-        assert {"bad-02", "bad-10"} <= {event_id for _, _, event_id in records}
+
+
+def _expected_dead_letter(raw: bytes, rejection: Rejection) -> tuple[bytes, dict[str, str]]:
+    """The DLQ record of an invalid line: its bytes (their head if they are over the DLQ
+    topic's limit) and headers: the contract's reason, id and detail, escaped where they
+    cannot be encoded and cut to MAX_HEADER_CHARS, each change said in a header."""
+    headers: dict[str, str] = {"reason": rejection.reason.value}
+    escaped, truncated = False, []
+    for name, text in (("detail", rejection.detail), ("event_id", rejection.event_id or "")):
+        text, changed = escape(text)
+        escaped |= changed
+        if len(text) > MAX_HEADER_CHARS[name]:
+            truncated.append(f"{name}={len(text)}")
+        headers[name] = text[:MAX_HEADER_CHARS[name]]
+    if escaped:
+        headers["escaped"] = "1"
+    if truncated:
+        headers["truncated"] = ",".join(truncated)
+    if len(raw) > MAX_DLQ_MESSAGE:
+        headers["truncated_to"] = str(DLQ_FALLBACK_BYTES)
+        return raw[:DLQ_FALLBACK_BYTES], headers
+    return raw, headers
+
+
+def _canonical(record: tuple[bytes, dict[str, str]]) -> tuple[bytes, tuple[Any, ...]]:
+    return record[0], tuple(sorted(record[1].items()))
+
+
+def test_invalid_events_reach_the_dlq_with_reasons(run: Run) -> None:
+    want = []
+    for line in run.lines:
+        raw = line.encode() if isinstance(line, str) else line
+        if isinstance(parsed := parse_event(raw), Rejection):
+            want.append(_expected_dead_letter(raw, parsed))
+    assert any("escaped" in h for _, h in want) and any("truncated_to" in h for _, h in want)
+    records = _dlq_records(run)
+    for source in ("abacus-statistic", "abacus-customer"):
+        got = []
+        for m in records:
+            headers = {k: v.decode("utf-8") for k, v in m.headers() or []}  # strict UTF-8
+            if headers.pop("source") == source:
+                got.append((m.value(), headers))
+        assert len(got) == len(want), f"{source}: {len(got)} dead letters, {len(want)} expected"
+        unmatched = Counter(map(_canonical, want))
+        unmatched.subtract(map(_canonical, got))
+        wrong = {k: n for k, n in unmatched.items() if n}
+        assert not wrong, f"{source}: {len(wrong)} dead letters differ (-1: unexpected), e.g. " \
+                          f"{[(k[0][:80], k[1], n) for k, n in list(wrong.items())[:3]]}"
     for kind in ("statistic", "customer"):
         state = manager.status(run.settings, run.name(kind))
         assert state is not None and state.status == "RUNNING", state
@@ -276,3 +336,56 @@ def test_crash_after_write_before_checkpoint_reapplies_increments(run: Run) -> N
     print(f"\nmilestone-1 crash excess: {excess} count increments re-applied "
           f"({increments} written between the restore point and the crash)")
     assert excess == increments
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
+        settings: Settings, services_up: object) -> None:
+    """Its sink cannot reach Cassandra: every start fails. With 3 restarts 2, 4 and 8 s
+    apart, `job status` says restart-looping from the second failure on (12 s or more before
+    the last), then FAILED after 3 restarts, with the driver's error from the log."""
+    from click.testing import CliRunner
+
+    from cli import root
+
+    with isolated_run(settings, f"f{uuid.uuid4().hex[:8]}", restart_attempts=3,
+                      restart_delay_s=2.0, restart_max_delay_s=8.0) as run:
+        port = _closed_port()
+        broken = run.settings.model_copy(update={"cassandra": run.settings.cassandra.model_copy(
+            update={"port": port})})
+        name = run.name("customer")
+        manager.launch(broken, "customer", "shadow", run.options())
+        seen: list[str] = []
+        deadline = time.monotonic() + 300
+        while True:
+            state = manager.status(broken, name)
+            shown = manager.describe(state) if state is not None else "no state"
+            if not seen or seen[-1] != shown:
+                seen.append(shown)
+            if state is not None and state.status in manager.ENDED:
+                break
+            assert time.monotonic() < deadline, f"not FAILED after 300 s; seen {seen}, " \
+                                                f"log: {manager.logs(broken, name, 20)}"
+            time.sleep(0.2)
+        assert state.status == "FAILED", (seen, state)
+        assert state.restarts == 3, (seen, state)
+        assert any("restart-looping" in s for s in seen), seen
+        assert state.error and (str(port) in state.error or "contact point" in state.error), \
+            state
+        problem = manager.problem(state)
+        assert problem == f"job {name} is FAILED after 3 restart(s): {state.error}"
+        assert state.error in manager.logs(broken, name, 50)  # the reason is in its log
+
+        doc = CliRunner().invoke(root, ["job", "status", "--format", "json"])
+        assert doc.exit_code == 0, doc.output
+        record = next(r for r in json.loads(doc.output) if r["name"] == name)
+        assert (record["status"], record["problem"]) == ("FAILED", problem)
+        print(f"\nstatus seen: {seen}\nreason: {state.error}")
