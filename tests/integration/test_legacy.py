@@ -7,11 +7,13 @@ process (`legacy.worker.start_worker`, the same code `abacus legacy worker` runs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -650,3 +652,98 @@ def test_only_one_flusher_works_a_batch_until_its_lease_expires(env: Env) -> Non
         other.close()
     truth = recount(lines)
     assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the shared Cassandra that this test can cut (every
+    connection closed, new ones refused: a partition or a node down, as the driver sees it)
+    and restore, without touching the server other tests use."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.port = target, _free_port()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._server is not None
+        with contextlib.suppress(OSError):  # wakes the accepting thread; the port is free
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        with self._lock:
+            for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self._sockets.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+def test_a_cassandra_outage_is_retried_then_counted_exactly(env: Env) -> None:
+    """Cassandra unreachable (connections cut and refused) while events arrive: their Redis
+    step is done once, their customer write retried with backoff until Cassandra is back;
+    Big Bertha's flushes fail and are written later; every count exact, none lost."""
+    proxy = CuttableProxy((env.settings.cassandra.hosts[0], env.settings.cassandra.port))
+    settings = env.settings.model_copy(update={"cassandra": env.settings.cassandra.model_copy(
+        update={"port": proxy.port})})
+    env = Env(settings, env.session, env.store, env.tmp)
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=30, seed=12, companies=2,
+                                                             facets=2))]
+    before, during = lines[:10], lines[10:]
+    process = worker(env, retry_budget_s=180.0)
+    try:
+        publish_lines(env.settings.rabbitmq, before)
+        wait_done(env, process, len(before))  # nothing in flight to Cassandra now
+        proxy.cut()
+        publish_lines(env.settings.rabbitmq, during)
+        wait_for("a customer write to be retried",
+                 lambda: "cassandra step failed" in process.log_tail(400),
+                 process.log_tail, timeout_s=120)
+        proxy.restore()
+        wait_done(env, process, len(lines))
+    finally:
+        process.stop()
+        proxy.cut()
+    stats = env.stats()
+    assert stats["processed"] == len(lines) and not stats.get("failed"), stats
+    assert stats["retried"] > 0 and stats["recovered"] > 0, stats
+    truth = recount(lines)
+    assert env.customer() == {c.key: c.count for c in truth.customer()}
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
+    assert not deadletter.read(env.settings.rabbitmq, limit=10)
