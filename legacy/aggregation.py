@@ -62,7 +62,7 @@ class Outcome(enum.Enum):
 
 REDIS_TIMEOUT_S = 5.0  # every Redis command and connect: a partition fails, never hangs
 REDIS_CONNECT_TIMEOUT_S = 3.0
-STATS_RETRY = RetryPolicy(budget_s=30.0)
+STATS_RETRY = RetryPolicy(budget_s=30.0)  # stats are not worth holding a task longer
 
 
 def redis_client(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
@@ -124,6 +124,8 @@ class Aggregator(LegacyClients):
         self._settings, self._chaos, self._dead_letter = settings, chaos, dead_letter
         self._trace = trace
         self._retry = retry or RetryPolicy()
+        self._stats_retry = RetryPolicy(budget_s=min(self._retry.budget_s,
+                                                     STATS_RETRY.budget_s))
         self._ttl_s = settings.redis.uniques_ttl_s
         self._slots = threading.local()
         self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="customer-write")
@@ -178,7 +180,8 @@ class Aggregator(LegacyClients):
             self._give_up(step, exc, raw_event, event.event_id, task_id, dict(retries))
             return Outcome.DEAD_LETTERED
         if retries:
-            count_stats(self._redis, self._keys, {**retries, "recovered": 1}, self._retry)
+            count_stats(self._redis, self._keys, {**retries, "recovered": 1},
+                        self._stats_retry)
         if task_id is not None:
             self._trace.task(task_id, t_bertha, time.time())
         if not redelivered and self._chaos.redelivers(event.event_id):
@@ -219,7 +222,7 @@ class Aggregator(LegacyClients):
         stats = {**retries, "failed": 1, "dead_lettered": 1, "dead:" + reason: 1}
         if step != "redis":
             stats["failed_partial"] = 1
-        count_stats(self._redis, self._keys, stats, self._retry)
+        count_stats(self._redis, self._keys, stats, self._stats_retry)
 
     def reject(self, reason: str, detail: str, raw_event: Any, event_id: str | None,
                task_id: str | None) -> None:
@@ -228,7 +231,7 @@ class Aggregator(LegacyClients):
         self._dead_letter(deadletter.record(reason, detail, body=body, event_id=event_id,
                                             task_id=task_id, content_type="application/json"))
         count_stats(self._redis, self._keys, {"dead_lettered": 1, "dead:" + reason: 1},
-                    self._retry)
+                    self._stats_retry)
 
 
 def _task_body(raw_event: str, task_id: str | None) -> bytes | str:

@@ -154,7 +154,7 @@ def legacy() -> None:
                                               case_sensitive=False), default="WARNING",
               show_default=True)
 @click.option("--hostname", default=None, help="Celery node name (default: unique).")
-@click.option("--retry-budget-s", type=click.FloatRange(min=0), default=30.0,
+@click.option("--retry-budget-s", type=click.FloatRange(min=0), default=300.0,
               show_default=True, help="How long a task retries a step on transient "
               "Redis/Cassandra errors before it dead-letters the event.")
 @click.option("--redis-timeout-s", type=click.FloatRange(min=0.01), default=5.0,

@@ -46,7 +46,9 @@ def ambiguous(exc: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    budget_s: float = 30.0  # give up once this long has passed since the first attempt
+    # give up once this long has passed since the first attempt: long enough for a Cassandra
+    # restart and the driver's reconnection backoff; the queue holds what waits meanwhile
+    budget_s: float = 300.0
     first_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
 
