@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from bridge import rabbit
 from bridge.amqp091 import Connection
-from bridge.decode import MAX_BODY_BYTES, MAX_EVENT_BYTES
+from bridge.decode import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_TASK_BODY_BYTES
 from bridge.service import Bridge
 from bridge.status import read_status
 from counting.corpus import tricky_lines
@@ -335,7 +335,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_still_arrive(env: Env) -> 
         ),
         ("bad_encoding", m.body, {**props, "content_encoding": "binary"}),
         ("too_large", celery_message(json.dumps({"pad": "x" * MAX_EVENT_BYTES}))[0], props),
-        ("oversized_body", b"[" + b" " * MAX_BODY_BYTES + b"]", props),
+        ("oversized_body", b"[" + b" " * MAX_TASK_BODY_BYTES + b"]", props),
     ]
     messages: list[tuple[bytes, dict[str, Any]]] = []
     for i, (_, body, p) in enumerate(bad):  # interleave: good, bad, good, bad, ...
