@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from settings import load_settings
+from settings.output import visible
 
 # (module, attribute) of each package's commands; a package owns its CLI.
 _COMMANDS: list[tuple[str, str]] = [
@@ -70,10 +71,10 @@ def main() -> None:
         code = root.main(standalone_mode=False, prog_name="abacus")
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "abacus"
-        click.echo(f"{where}: {exc.format_message()}", err=True)
+        click.echo(visible(f"{where}: {exc.format_message()}"), err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"abacus: error: {exc.format_message()}", err=True)
+        click.echo(visible(f"abacus: error: {exc.format_message()}", newlines=True), err=True)
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo("abacus: aborted", err=True)

@@ -5,7 +5,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -16,7 +24,11 @@ from pydantic_settings import (
 from settings.names import check_keyspace, check_keyspace_prefix, check_replication
 from settings.output import visible
 
-_Model = BaseModel
+
+class _Model(BaseModel):
+    """A settings section: an unknown key is an error (a typo is never silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ServicesSettings(_Model):

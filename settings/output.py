@@ -48,9 +48,12 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def visible(value: Any) -> str:
-    """`value` as text with every control, bidi and surrogate character visibly escaped."""
+def visible(value: Any, newlines: bool = False) -> str:
+    """`value` as text with every control, bidi and surrogate character visibly escaped
+    (`newlines=True` keeps line breaks: a message of several lines)."""
     text = value if isinstance(value, str) else str(value)
+    if newlines:
+        return "\n".join(_UNSAFE.sub(_escaped, line) for line in text.split("\n"))
     return _UNSAFE.sub(_escaped, text)
 
 

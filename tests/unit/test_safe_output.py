@@ -245,3 +245,26 @@ def test_recount_table_renders_poisoned_ids() -> None:
                               input=line + "\n", env=WIDE)
     assert done.exit_code == 0, done.output
     assert_safe(done.stdout, CLOSE, LINK, EMOJI)
+
+
+def test_error_lines_carry_no_raw_controls(tmp_path: Path) -> None:
+    """The one-line errors of `abacus` (usage errors, invalid settings) escape what the
+    user or a file put in them."""
+    import os
+    import subprocess
+    import sys
+
+    def abacus(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
+        return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args],
+                              capture_output=True, text=True, check=False, env=env,
+                              cwd=Path(__file__).parents[2])
+
+    bad_date = abacus("compare", "--date", f"2025{ANSI}{BIDI}")
+    config = tmp_path / "abacus.toml"
+    config.write_text('[cassandra]\n"x\\u001b[31m\\u202e" = 1\n', encoding="utf-8")
+    bad_key = abacus("--config", str(config), "config", "show")
+    for done in (bad_date, bad_key):
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert_safe(done.stderr)
+    assert "\\x1b[31m\\u202e" in bad_key.stderr and "cassandra.x" in bad_key.stderr
