@@ -28,7 +28,15 @@ from cassandra.cluster import NoHostAvailable
 from kombu import Connection
 
 import storage
-from counting import AccountCount, CustomerCount, Event, Recount, Rejection, parse_event
+from counting import (
+    AccountCount,
+    CustomerCount,
+    Event,
+    Recount,
+    Rejection,
+    account_keys,
+    parse_event,
+)
 from counting.corpus import invalid_lines, poison_lines, tricky_lines
 from counting.generate import GeneratorConfig, generate
 from legacy import deadletter
@@ -37,9 +45,10 @@ from legacy.app import WorkerOptions
 from legacy.bertha import LeaseLost
 from legacy.chaos import Chaos
 from legacy.flusher import Flusher, Renewal
-from legacy.keys import RedisKeys
+from legacy.keys import RedisKeys, encode_key
 from legacy.producer import publish_lines
 from legacy.protocol import task_message
+from legacy.retry import RetryPolicy
 from legacy.status import queue_depth, read_status
 from legacy.topology import declare_topology
 from legacy.trace import Trace
@@ -747,3 +756,52 @@ def test_a_cassandra_outage_is_retried_then_counted_exactly(env: Env) -> None:
     assert env.customer() == {c.key: c.count for c in truth.customer()}
     assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
     assert not deadletter.read(env.settings.rabbitmq, limit=10)
+
+
+def test_each_step_of_a_retried_task_is_applied_once(env: Env) -> None:
+    """The Redis step of a delivery applies once however often it is retried (a retry after
+    a lost reply finds its token), a redelivery applies again (the documented flaw); a
+    customer write that failed for one partition is retried for that partition only."""
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=2, seed=13, companies=1))]
+    event = event_of(lines[0])
+    assert event is not None
+    keys = RedisKeys.of(env.settings.redis)
+    aggregator = Aggregator(env.settings, Chaos(), lambda _l: None, Trace(None, "test"),
+                            RetryPolicy(budget_s=30.0, first_backoff_s=0.01))
+    flusher = Flusher(env.settings)
+    try:
+        bertha = aggregator._bertha
+        encoded = [encode_key(k) for k in account_keys(event)]
+        uniques = keys.uniques(event.company_id, event.customer_id)
+        slot = keys.slot("test-slot")
+        assert bertha.count_event(uniques, 60, slot, "delivery-1", encoded) == len(encoded)
+        assert bertha.count_event(uniques, 60, slot, "delivery-1", encoded) == -1  # a retry
+        assert bertha.count_event(uniques, 60, slot, "delivery-2", encoded) == 0  # redelivery
+        flusher.flush_once()
+        twice = {c.key: (2 * c.count, c.uniques) for c in recount(lines[:1]).account()}
+        assert env.account() == twice
+        # the customer write: the month partition fails once, the rest is written once
+        flaky = _FlakyMonthWrite(aggregator._store)
+        aggregator._store = flaky  # type: ignore[assignment]
+        assert aggregator.aggregate(lines[1]) is Outcome.COUNTED
+        assert flaky.failures == 1 and flaky.writes == 3  # hour+day, month failed, month
+    finally:
+        aggregator.close()
+        flusher.close()
+    assert env.customer() == {c.key: c.count for c in recount(lines[1:]).customer()}
+    assert env.stats()["retried"] == 1 and env.stats()["recovered"] == 1
+
+
+class _FlakyMonthWrite:
+    """The real store; the first write of a month-resolution row fails before it is sent,
+    as a connection refused does (a fault injected in front of real writes)."""
+
+    def __init__(self, store: storage.CounterStore) -> None:
+        self._store, self.failures, self.writes = store, 0, 0
+
+    def write_customer(self, rows: list[tuple[object, int]]) -> None:
+        self.writes += 1
+        if self.failures == 0 and any(k.resolution == "month" for k, _ in rows):  # type: ignore[attr-defined]
+            self.failures += 1
+            raise NoHostAvailable("injected", {})
+        self._store.write_customer(rows)  # type: ignore[arg-type]
