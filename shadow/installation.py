@@ -26,7 +26,8 @@ import storage
 from services.paths import data_dir
 from settings import Settings
 
-RABBIT_NAMES = ("exchange", "legacy_queue", "shadow_queue", "dead_letter_queue")
+RABBIT_NAMES = ("exchange", "legacy_queue", "shadow_queue", "mirror_overflow_queue",
+                "dead_letter_queue")
 KEYSPACES = ("legacy", "shadow", storage.OPS)  # the stores a shadow run writes and audits
 TARGET = "shadow"  # the Abacus jobs write the shadow store
 
@@ -203,7 +204,8 @@ def remove(settings: Settings, run_id: str, changes: dict[str, dict[str, str]]) 
             future.result()
     rabbit = s.rabbitmq
     with Connection(rabbit.url()) as conn:
-        for queue in (rabbit.legacy_queue, rabbit.shadow_queue, rabbit.dead_letter_queue):
+        for queue in (rabbit.legacy_queue, rabbit.shadow_queue, rabbit.mirror_overflow_queue,
+                      rabbit.dead_letter_queue):
             with contextlib.suppress(Exception):
                 conn.channel().queue_delete(queue)
         for exchange in (rabbit.exchange, control_exchange(s) + ".pidbox"):
