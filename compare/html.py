@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from html import escape
+import html
 from typing import Any
 
 from compare.audit import AuditResult
+from settings.output import visible
+
+
+def escape(value: str) -> str:
+    """HTML-escaped, with controls, bidi overrides and lone surrogates shown escaped (a
+    right-to-left override in a company id would reorder what the page shows)."""
+    return html.escape(visible(value))
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}

@@ -268,3 +268,13 @@ def test_error_lines_carry_no_raw_controls(tmp_path: Path) -> None:
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert_safe(done.stderr)
     assert "\\x1b[31m\\u202e" in bad_key.stderr and "cassandra.x" in bad_key.stderr
+
+
+def test_report_html_escapes_markup_controls_and_bidi(tmp_path: Path) -> None:
+    out = io.StringIO()
+    render(poisoned_audit(tmp_path), "html", out)
+    page = out.getvalue()
+    assert "\x1b" not in page and "\u202e" not in page and "\u2066" not in page
+    assert "\\x1b[31mred" in page and "ab\\u202ecba" in page
+    page.encode("utf-8")  # the lone surrogate is escaped, not written
+    assert "<script" not in page and "[link=https://evil.example]x[/link]" in page
