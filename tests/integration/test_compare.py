@@ -601,6 +601,41 @@ def test_audit_list_renders_poisoned_values(cfg: Settings, prepared: Prepared,
     assert "\x1b" not in listed.stdout and "\u202e" not in listed.stdout
 
 
+def test_compare_renders_poisoned_ids_and_exits_by_outcome(cfg: Settings, prepared: Prepared,
+                                                           tmp_path: Path) -> None:
+    """Company and statistic ids holding rich markup, a terminal hyperlink, ANSI and bidi
+    controls: the table prints them as text and `compare` exits 1 (dirty), not 2; the CSV
+    neutralises a formula."""
+    import csv
+    import io
+
+    from settings.output import visible
+
+    day = "2025-10-22"
+    ids = {"[/bold]": "[link=https://evil.example]x[/link]", "=HYPERLINK(\"x\")": "s\x1b[31m",
+           "c\u202e": "@stat"}
+    events = [{**e, "company_id": list(ids)[i % 3], "statistic_id": ids[list(ids)[i % 3]]}
+              for i, e in enumerate(events_of(day, n=30, seed=13))]
+    truth = write_events(tmp_path / "events.jsonl", events)
+    r = recount_of(events)
+    load(prepared, cfg, "legacy", r)
+    load(prepared, cfg, "shadow", r, _off_by_one)
+    base = ["compare", "--date", day, "--truth", str(truth), "--settle-s", "0",
+            "--work-dir", str(tmp_path / "a"), "--no-progress"]
+    env = {"ABACUS_CASSANDRA__KEYSPACE_PREFIX": PREFIX, "COLUMNS": "1000"}
+    table = CliRunner().invoke(root, base, env=env, catch_exceptions=False)
+    assert table.exit_code == 1, table.output
+    for value in (*ids, *ids.values()):
+        assert visible(value) in table.stdout, value
+    assert "\x1b" not in table.stdout and "\u202e" not in table.stdout
+    as_csv = CliRunner().invoke(root, [*base, "--format", "csv"], env=env,
+                                catch_exceptions=False)
+    assert as_csv.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert {row["company_id"] for row in rows} == {"[/bold]", "'=HYPERLINK(\"x\")", "c\u202e"}
+    assert "'@stat" in {row["statistic_id"] for row in rows}
+
+
 def test_html_report_is_self_contained(cfg: Settings, prepared: Prepared,
                                        tmp_path: Path) -> None:
     day = "2025-10-14"
