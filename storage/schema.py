@@ -50,7 +50,11 @@ def keyspace_of(settings: CassandraSettings, name: str) -> str:
 
 
 def _replication(settings: CassandraSettings) -> str:
-    items = ", ".join(f"'{k}': '{v}'" for k, v in settings.replication.items())
+    """The replication map as CQL text: checked again here (a settings copy made with
+    `model_copy(update=...)` skips validation), since it is pasted, not bound."""
+    from settings.names import check_replication
+
+    items = ", ".join(f"'{k}': '{v}'" for k, v in check_replication(settings.replication).items())
     return "{" + items + "}"
 
 

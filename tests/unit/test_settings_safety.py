@@ -204,3 +204,15 @@ def test_names_that_become_paths_are_refused_before_use(tmp_path: Path,
     line = one_line_error(abacus(*args, cwd=tmp_path))
     assert "is not allowed" in line, line
     assert not (tmp_path / ".abacus").exists()  # nothing was created or removed
+
+
+def test_schema_statements_check_the_replication_map_of_a_copy() -> None:
+    from storage import statements
+
+    good = CassandraSettings(replication={"class": "NetworkTopologyStrategy", "dc-1": "3"})
+    assert any("{'class': 'NetworkTopologyStrategy', 'dc-1': '3'}" in cql
+               for cql in statements(good))
+    bad = good.model_copy(update={"replication": {
+        "class": "SimpleStrategy", "replication_factor": "1'} AND durable_writes = false; --"}})
+    with pytest.raises(ValueError, match="positive integer"):
+        statements(bad)
