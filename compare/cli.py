@@ -244,12 +244,14 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
                 store.all(), key=lambda r: r.started_at, reverse=True)
         finally:
             session.cluster.shutdown()
+    from compare.audits import narrowed_by
+
     rows = []
     for r in records[:limit]:
         s = r.summary or {}
         rows.append({**{k: v for k, v in r.to_dict().items() if k != "params"},
                      "keys_compared": s.get("keys_compared"), "mismatched": s.get("mismatched"),
-                     "defects": s.get("defects")})
+                     "defects": s.get("defects"), "narrowed_by": narrowed_by(r)})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=1))
         return
@@ -257,11 +259,13 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
     from rich.table import Table
 
     table = Table("audit_id", "date", "left", "right", "truth", "outcome", "started_at",
-                  "compared", "mismatched", "defects")
+                  "compared", "mismatched", "defects", "scope (gates count full only)")
     for row in rows:
         table.add_row(*(term(row[k]) if row[k] is not None else "-" for k in
                         ("audit_id", "date", "left", "right", "truth", "outcome", "started_at",
-                         "keys_compared", "mismatched", "defects")))
+                         "keys_compared", "mismatched", "defects")),
+                      term("narrowed: " + ", ".join(row["narrowed_by"])
+                           if row["narrowed_by"] else "full"))
     Console().print(table)
 
 

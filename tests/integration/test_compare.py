@@ -566,6 +566,8 @@ def test_a_narrowed_audit_never_decides_a_gate(cfg: Settings, prepared: Prepared
         assert any(reason in n["narrowed_by"] for n in row["not_counted"]), (reason, row)
     text = cli(cfg, *gate)
     assert text.exit_code == 1 and text.stdout.count("not counted:") == len(narrowed)
+    listed = json.loads(cli(cfg, "audits", "list", "--date", day, "--format", "json").stdout)
+    assert [r["narrowed_by"] == [] for r in listed] == [False] * len(narrowed) + [True]
     assert text.stdout.splitlines()[0].startswith(f"{day} dirty ")
     # the gate may accept the tolerance the narrowed audit used: then that one decides
     assert cli(cfg, *gate, "--tolerance", "count=1").exit_code == 0
