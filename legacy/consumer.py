@@ -52,6 +52,34 @@ def _huge_int(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _header_problem(headers: dict[str, Any]) -> str | None:
+    """Celery headers that would make the worker drop the task silently (an ETA it cannot
+    convert, an expiry in the past: rejected or revoked, and acked) or fail outside the
+    task (a time limit that is not two numbers): legacy's tasks carry none of them."""
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        return f"the id header must be a non-empty string, got {type(task_id).__name__}"
+    for name in ("eta", "expires"):
+        if headers.get(name) is not None:
+            return f"legacy tasks carry no {name} header, got {str(headers[name])[:80]!r}"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+            isinstance(limits, list | tuple) and len(limits) == 2
+            and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+                    for v in limits)):
+        return f"the timelimit header must be [soft, hard] seconds, got {str(limits)[:80]!r}"
+    for name in ("retries",):
+        value = headers.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"the {name} header must be an integer, got {type(value).__name__}"
+    for name in ("root_id", "parent_id", "group", "shadow", "argsrepr", "kwargsrepr",
+                 "origin", "lang"):
+        value = headers.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"the {name} header must be a string, got {type(value).__name__}"
+    return None
+
+
 def screen(message: Any) -> tuple[str, str] | None:
     """(reason, detail) when a message is not a decodable aggregation task, else None."""
     raw = message.body
@@ -69,9 +97,12 @@ def screen(message: Any) -> tuple[str, str] | None:
         return deadletter.UNDECODABLE, "the body is nested too deeply to parse"
     except Exception as exc:
         return deadletter.UNDECODABLE, f"{type(exc).__name__}: {exc}"
-    task = (message.headers or {}).get("task")
+    headers = message.headers or {}
+    task = headers.get("task")
     if task != TASK_NAME:
         return deadletter.UNKNOWN_TASK, f"task header {task!r}, expected {TASK_NAME!r}"
+    if problem := _header_problem(headers):
+        return deadletter.BAD_TASK_MESSAGE, problem
     if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
             and isinstance(body[1], dict) and (body[2] is None or isinstance(body[2], dict))):
         return deadletter.BAD_TASK_MESSAGE, "body is not a Celery protocol-2 [args, kwargs, embed]"
@@ -91,10 +122,24 @@ class DeadLetteringConsumer(Consumer):
         handle = super().create_task_handler(promise)
 
         def on_task_received(message: Any) -> Any:
-            problem = screen(message)
+            try:
+                problem = screen(message)
+            except Exception as exc:  # a screen that fails must not stop the worker either
+                problem = (deadletter.UNDECODABLE, f"{type(exc).__name__}: {exc}")
             if problem is not None:
                 return self._dead_letter(message, *problem)
-            return handle(message)
+            try:
+                return handle(message)
+            except self.connection_errors + self.channel_errors:
+                raise  # Celery's own recovery: reconnect, redeliver
+            except Exception as exc:
+                # Celery refused the message outside any task: it would end the worker
+                if getattr(message, "acknowledged", False):
+                    log.exception("a task message failed after it was acked")
+                    return None
+                return self._dead_letter(message, deadletter.BAD_TASK_MESSAGE,
+                                         f"Celery could not run it: {type(exc).__name__}: "
+                                         f"{exc}")
 
         return on_task_received
 

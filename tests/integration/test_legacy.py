@@ -805,3 +805,29 @@ class _FlakyMonthWrite:
             self.failures += 1
             raise NoHostAvailable("injected", {})
         self._store.write_customer(rows)  # type: ignore[arg-type]
+
+
+def test_hostile_headers_are_dead_lettered_not_dropped(env: Env) -> None:
+    """Headers a real Celery worker would drop silently (an ETA it cannot read, an expiry
+    in the past) or fail on outside the task (a time limit that is not two numbers): each
+    message dead-lettered as bad_task_message, the worker still counting after them."""
+    from tests.unit.test_legacy import HOSTILE_HEADERS
+
+    valid = tricky_lines()[0]
+    good = task_message(valid)
+    messages = [amqp.Message(good.body, content_type="application/json",
+                             content_encoding="utf-8", delivery_mode=2,
+                             application_headers={**good.headers, name: value})
+                for name, value in HOSTILE_HEADERS]
+    process = worker(env)
+    try:
+        _publish_raw(env, messages)
+        publish_lines(env.settings.rabbitmq, [valid])
+        wait_done(env, process, len(messages) + 1)
+        assert process.alive(), process.log_tail()
+    finally:
+        process.stop()
+    letters = deadletter.read(env.settings.rabbitmq, limit=100, ack=True)
+    assert [d["reason"] for d in letters] == ["bad_task_message"] * len(messages), letters
+    truth = recount([valid])
+    assert env.customer() == {c.key: c.count for c in truth.customer()}

@@ -294,3 +294,18 @@ def test_wrong_arguments_exit_non_zero_with_one_line(args: list[str], says: str)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and says in lines[0], done.stderr
+
+
+HOSTILE_HEADERS: list[tuple[str, object]] = [
+    ("eta", "2020-01-01T00:00:00"), ("eta", "not a date"), ("expires", "2000-01-01T00:00:00"),
+    ("timelimit", "abc"), ("timelimit", [1]), ("timelimit", [True, None]), ("id", 5),
+    ("id", ""), ("retries", "x"), ("root_id", 3), ("argsrepr", ["x"]),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), HOSTILE_HEADERS)
+def test_screen_refuses_headers_celery_would_drop_or_die_on(name: str, value: object) -> None:
+    good = task_message(tricky_lines()[0])
+    problem = screen(message(good.body, headers={**good.headers, name: value}))
+    assert problem is not None and problem[0] == deadletter.BAD_TASK_MESSAGE, problem
+    assert name in problem[1]
