@@ -39,9 +39,12 @@ class Status:
 
     @property
     def failed_workers(self) -> dict[str, str]:
-        """Workers that died of an error, with the reason from their log."""
+        """Workers that died of an error, with the reason from their log; a failure older
+        than the last worker start is history (someone restarted legacy since)."""
+        started = max((float(d.get("at") or 0) for d in self.workers.values()
+                       if d.get("state") == "running"), default=0.0)
         return {name: str(doc.get("reason") or "unknown") for name, doc in self.workers.items()
-                if doc.get("state") == "failed"}
+                if doc.get("state") == "failed" and float(doc.get("at") or 0) >= started}
 
     @property
     def problems(self) -> list[str]:

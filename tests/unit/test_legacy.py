@@ -309,3 +309,19 @@ def test_screen_refuses_headers_celery_would_drop_or_die_on(name: str, value: ob
     problem = screen(message(good.body, headers={**good.headers, name: value}))
     assert problem is not None and problem[0] == deadletter.BAD_TASK_MESSAGE, problem
     assert name in problem[1]
+
+
+def test_status_reports_a_worker_failure_until_a_worker_starts_after_it() -> None:
+    from legacy.status import Status
+
+    def status(workers: dict[str, dict[str, object]]) -> Status:
+        return Status(queue="q", ready=3, consumers=0, unacked=0, dead_letter_queue="d",
+                      dead_letters=0, pending_fields=0, batches=0, workers=workers)
+
+    died = {"state": "failed", "at": 20.0, "reason": "Unrecoverable error: UnicodeDecodeError"}
+    now = status({"a": {"state": "running", "at": 10.0}, "b": died})
+    assert now.failed_workers == {"b": died["reason"]}
+    assert any("UnicodeDecodeError" in p for p in now.problems)
+    assert any("no consumer" in p for p in now.problems)
+    later = status({"b": died, "c": {"state": "running", "at": 30.0}})
+    assert later.failed_workers == {} and later.to_dict()["problems"] == []
