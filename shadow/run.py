@@ -167,6 +167,8 @@ def _warm_up(inst: Installation, components: Components, watcher: ProbeWatcher, 
     while not all(0 in seen for seen in watcher.seen.values()):
         if failing := monitor.job_problem(inst, components.jobs):
             raise RunFailed(f"warm-up: {failing}")
+        if failing := monitor.legacy_problem(components.worker):
+            raise RunFailed(f"warm-up: {failing}")
         components.check_alive()
         if watcher.error:
             raise RunFailed(f"warm-up: {watcher.error}")
