@@ -124,6 +124,9 @@ class _Headers:
         self.escaped = False
 
     def add(self, name: str, value: str | bytes) -> None:
+        if type(value) is str and value.isascii():  # the usual case, O(1) to check
+            self.items.append((name, value.encode()))
+            return
         text, changed = escape(value)
         if changed:
             self.escaped = True
