@@ -16,6 +16,7 @@ _BENCHES: list[tuple[str, str]] = [
     ("bridge.bench", "bench_bridge"),
     ("abacus.bench", "bench_abacus"),
     ("compare.bench", "bench_compare"),
+    ("bench.faults", "bench_faults"),
 ]
 
 
