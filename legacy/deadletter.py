@@ -45,6 +45,17 @@ MAX_KEPT_BODY_BYTES = 256 * 1024
 PUBLISH_TIMEOUT_S = 10.0  # wait for the broker's confirm of a dead letter at most this long
 
 
+AMQP_TIMEOUT_S = 30.0  # a broker that stops answering (or blocks publishers) fails a call
+
+
+def connection(settings: RabbitSettings) -> Connection:
+    """A kombu connection whose connect, socket reads and writes all time out: a hung
+    broker, or a memory alarm blocking publishers, fails the call instead of hanging it."""
+    return Connection(settings.url(), connect_timeout=10,
+                      transport_options={"read_timeout": AMQP_TIMEOUT_S,
+                                         "write_timeout": AMQP_TIMEOUT_S})
+
+
 def dead_letter_queue(settings: RabbitSettings) -> Queue:
     return Queue(settings.dead_letter_queue, durable=True, auto_delete=False)
 
@@ -128,7 +139,7 @@ def publish(producer: Producer, settings: RabbitSettings, letter: Mapping[str, A
 def read(settings: RabbitSettings, limit: int = 1000, ack: bool = False) -> list[dict[str, Any]]:
     """Up to `limit` dead letters, oldest first; left in the queue unless `ack`."""
     letters: list[dict[str, Any]] = []
-    with Connection(settings.url()) as conn:
+    with connection(settings) as conn:
         channel = conn.channel()
         dead_letter_queue(settings)(channel).declare()
         queue = dead_letter_queue(settings)(channel)

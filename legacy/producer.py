@@ -126,7 +126,7 @@ def publish_lines(settings: RabbitSettings, lines: Iterable[str | bytes], rate: 
     its publish time.
     """
     report = PublishReport(rate_target=rate)
-    with Connection(settings.url()) as conn:
+    with deadletter.connection(settings) as conn:
         conn.connect()
         channel = conn.channel()
         declare_topology(channel, settings)

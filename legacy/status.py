@@ -16,6 +16,7 @@ from typing import Any
 from amqp.exceptions import NotFound
 from kombu import Connection
 
+from legacy import deadletter
 from legacy.aggregation import redis_client
 from legacy.bertha import BigBertha
 from legacy.deadletter import FAILURE_REASONS
@@ -127,7 +128,7 @@ def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 
         before = _stats(client, keys) if sample_s > 0 else None
         if before is not None:
             time.sleep(sample_s)
-        with Connection(rabbit.url()) as conn:
+        with deadletter.connection(rabbit) as conn:
             ready, consumers = queue_depth(conn, rabbit.legacy_queue)
             dead, _ = queue_depth(conn, rabbit.dead_letter_queue)
         unacked = unacked_tasks(settings, consumers) if ask_workers else None
