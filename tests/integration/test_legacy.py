@@ -462,19 +462,26 @@ def test_the_poison_corpus_is_counted_exactly_or_dead_lettered(env: Env) -> None
     huge = amqp.Message(b'[["' + b"x" * (7 * 1024 * 1024) + b'"], {}, {}]',
                         content_type="application/json", content_encoding="utf-8",
                         application_headers=task_message("{}").headers, delivery_mode=2)
+    # a task argument that itself holds a lone surrogate (escaped at the envelope's level)
+    surrogate_arg = amqp.Message(b'[["\\ud800{\\"event_id\\": \\"x\\"}"], {}, {}]',
+                                 content_type="application/json", content_encoding="utf-8",
+                                 application_headers=task_message("{}").headers,
+                                 delivery_mode=2)
     process = worker(env)
     try:
         report = publish_lines(env.settings.rabbitmq, [raw for _, raw in poison])
-        _publish_raw(env, [huge])
+        _publish_raw(env, [huge, surrogate_arg])
         # the producer dead-letters bytes that are not UTF-8 (they cannot be a task argument)
-        tasks = report.published + 1
+        tasks = report.published + 2
         wait_done(env, process, tasks)
         assert process.alive(), process.log_tail()
     finally:
         process.stop()
     letters = deadletter.read(env.settings.rabbitmq, limit=1000, ack=True)
     got = Counter(d["reason"] for d in letters)
-    assert got == invalid + Counter({"too_large": 1}), got
+    assert got == invalid + Counter({"too_large": 1, "not_json": 1}), got
+    arg = [d for d in letters if d["body"] and d["body"].startswith('[["\\ud800{')]
+    assert len(arg) == 1 and arg[0]["escaped"] is True, arg
     truth = recount(valid)
     assert env.customer() == {c.key: c.count for c in truth.customer()}
     assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
@@ -485,7 +492,7 @@ def test_the_poison_corpus_is_counted_exactly_or_dead_lettered(env: Env) -> None
         assert letter["detail"] and (letter["body"] is not None or letter.get("body_b64"))
     stats = env.stats()
     assert stats["processed"] == truth.events
-    assert stats["dead_lettered"] == report.published + 1 - truth.events
+    assert stats["dead_lettered"] == report.published + 2 - truth.events
 
 
 def test_a_message_that_kills_the_worker_is_reported_at_once(env: Env) -> None:
