@@ -51,7 +51,7 @@ class Status:
     def problems(self) -> list[str]:
         """What an operator must know now: dead workers, events legacy failed to count."""
         out = [f"worker {name} died: {reason}" for name, reason in self.failed_workers.items()]
-        if self.failed_workers and self.consumers == 0 and self.ready > 0:
+        if self.consumers == 0 and self.ready > 0:
             out.append(f"{self.ready} messages wait in {self.queue} with no consumer")
         failed = self.stats.get("failed", 0)
         if failed:
