@@ -7,17 +7,22 @@ and the restarted bridge met the same message first)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 import test_bridge
-from test_bridge import Env, headers_of, read_topic
+from test_bridge import REPO, Env, headers_of, read_topic
 
 from bridge.decode import MAX_BODY_BYTES, MAX_EVENT_BYTES, Good, Incoming, decode
 from bridge.service import Bridge
+from bridge.status import read_status
 from counting.corpus import poison_lines
 from tests import poison_amqp
 
@@ -25,6 +30,7 @@ pytestmark = pytest.mark.integration
 isolated_env = test_bridge.env  # the fixture `env`: its own exchange, queues and topics
 
 FORWARD = poison_amqp.FORWARD
+BRIDGE_RUN = (sys.executable, "-m", "bridge", "run")
 
 
 def _wait(env: Env, cond: Any, timeout_s: float, what: Any) -> None:
@@ -159,3 +165,67 @@ def test_a_running_bridge_survives_the_whole_poison_corpus(isolated_env: Env) ->
         f"poison: {len(good)} forwarded, {len(bad)} dead-lettered, "
         f"{dict(c.dead_lettered_by_reason)}"
     )
+
+
+def test_bridge_run_keeps_running_on_the_messages_that_killed_it(
+    isolated_env: Env, tmp_path: Path
+) -> None:
+    """Issue 12's scenario as a user runs it: `abacus bridge run --mode shadow` (the
+    process, not a thread) meets a `message_id` and a `content_type` of invalid UTF-8 and a
+    header table nested 3,000 levels, between good messages; it goes on running."""
+    env = isolated_env
+    rmq = env.rmq
+    names = {
+        "message_id of invalid UTF-8": FORWARD,
+        "content_type of invalid UTF-8": "content_type",
+        "a header table nested 3,000 levels before the task header": "bad_headers",
+    }
+    poison = [m for m in poison_amqp.messages() if m.name in names]
+    assert [m.expect for m in poison] == list(names.values())
+    frames = []
+    for i, m in enumerate(poison):
+        good = poison_amqp.celery_body(f'{{"event_id": "good-{i}", "company_id": "C"}}')
+        props = poison_amqp.celery_properties(f"T-good-{i}")
+        for body, p in ((m.body, m.properties), (good, props)):
+            frames.append(
+                env.conn.publish_frames(body, rmq.exchange, rmq.routing_key, encoded_properties=p)
+            )
+    env.conn.send_raw(b"".join(frames))
+    env.conn.wait_for_confirms(timeout=60)
+    total = len(frames)
+    assert env.depth(rmq.shadow_queue) == total
+
+    status_file = tmp_path / "shadow.json"
+    proc = subprocess.Popen(
+        [*BRIDGE_RUN, "--mode", "shadow", "--status-file", str(status_file)],
+        cwd=REPO,
+        env={
+            **env.env_vars(),
+            "ABACUS_RABBITMQ__MIRROR_OVERFLOW_QUEUE": rmq.mirror_overflow_queue,
+        },
+        stderr=subprocess.PIPE,
+    )
+
+    def status() -> dict[str, Any]:
+        return read_status(status_file) or {"totals": {}, "in_flight": -1}
+
+    try:
+        _wait(
+            env,
+            lambda: (
+                proc.poll() is not None
+                or (status()["totals"].get("acked", 0) >= total and status()["in_flight"] == 0)
+            ),
+            120,
+            lambda: f"status {status()}, exit code {proc.poll()}",
+        )
+        assert proc.poll() is None, f"the bridge exited {proc.returncode}"
+        _wait(env, lambda: env.depth(rmq.shadow_queue) == 0, 30, status)
+        s = status()
+        assert s["totals"]["produced"] == total - 2
+        assert s["dead_lettered_by_reason"] == {"content_type": 1, "bad_headers": 1}
+        assert s["totals"]["reconnects"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
