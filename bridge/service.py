@@ -35,6 +35,7 @@ from bridge.amqp091 import AmqpError, Connection
 from bridge.decode import Bad, Good, Message, Reason, dead_letter, decode, last_resort
 from bridge.kafka import ensure_topics, make_producer
 from bridge.status import Counts, Minutes, serve_metrics, status_path, write_status
+from counting.text import escape
 from settings.model import Settings
 
 log = logging.getLogger("abacus.bridge")
@@ -136,7 +137,9 @@ class Bridge:
             self._tick()
 
     def _error(self, what: str, exc: BaseException | str) -> None:
-        self._last_error = f"{what}: {exc}"
+        # an error's text may quote a publisher's bytes: escaped, so that every log line and
+        # status file can be written
+        self._last_error, _ = escape(f"{what}: {exc}"[:2000])
         log.warning("%s", self._last_error)
 
     # ------------------------------------------------------------ main loop
@@ -271,9 +274,9 @@ class Bridge:
     def _bridge_error(self, msg: Message, received_ms: int, stage: str, exc: BaseException) -> Bad:
         """The dead letter of a message whose handling raised unexpectedly (`bridge_error`);
         logged with its traceback, since it is a bug to fix."""
-        detail = f"unexpected error while {stage}: {type(exc).__name__}: {exc}"
+        detail, _ = escape(f"unexpected error while {stage}: {type(exc).__name__}: {exc}")
         log.exception("dead-lettering a message: %s", detail)
-        self._last_error = detail
+        self._last_error = detail[:2000]
         try:
             return dead_letter(msg, received_ms, Reason.BRIDGE_ERROR, detail)
         except Exception:  # the usual dead letter cannot be built: the plainest one

@@ -191,3 +191,16 @@ def test_a_delivery_with_a_malformed_content_header_is_dead_lettered(bridge: Any
     b._handle(d)
     assert producer.sent[0][0] == b.dlq_topic
     assert producer.headers[0]["reason"] == b"bad_headers"
+
+
+def test_an_error_quoting_a_publishers_bytes_is_logged_and_written_escaped(
+    bridge: Any, tmp_path: Path
+) -> None:
+    from bridge.status import read_status
+
+    b, _, _ = bridge
+    b._error("decoding", ValueError("task legacy.aggregate\udcff is odd"))
+    b._tick(force=True)
+    status = read_status(b.status_file)
+    assert status is not None
+    assert status["last_error"] == "decoding: task legacy.aggregate\\udcff is odd"
