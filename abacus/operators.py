@@ -11,8 +11,8 @@ cannot handle (`operator_error`, with the exception) instead of raising, and a d
 writable whatever the event held: its headers are escaped (`counting.text.escape`: lone
 surrogates, invalid bytes) and bounded (`MAX_HEADER_CHARS`), and say so (`escaped`,
 `truncated`); a value the DLQ topic refuses as too large is written as its head
-(`truncated_to`). Only an unreachable DLQ fails the job (restarted, then FAILED with the
-reason: see `abacus job status`).
+(`truncated_to`). Only a DLQ that is unreachable, or refuses even that head, fails the job
+(restarted, then FAILED with the reason: see `abacus job status`): the record is not dropped.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024  # the topics take up to 8 M
 
 
 class Validate(ProcessFunction):  # type: ignore[misc]
-    """Raw Kafka value -> one event row, or (raw bytes, reason, detail, event_id) to a side
-    output: every check is `counting.parse_event` on the bytes exactly as received.
+    """Raw Kafka value -> one event row, or a rejected row (`rejected_row`: raw bytes,
+    reason, detail, event_id, escaped, truncated) to a side output: every check is
+    `counting.parse_event` on the bytes exactly as received, and any other error on a record
+    rejects it as `operator_error` instead of failing the job.
 
     The event row carries what the jobs count by, as the contract computes it: the event's
     local (hour, day, month) labels (`counting.bucket_labels`) and the (facet, value) pairs

@@ -174,9 +174,12 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     valid = (raw.process(Validate(rejected, facets=statistic),
                          output_type=_EVENT if statistic else _CUSTOMER_EVENT)
              .uid("validate").name("validate"))
+    # its own task (not chained to Validate): a publish that fails then fails with its own
+    # error (chained, pemja hands Validate only "Could not forward element to next
+    # operator"), and a slow DLQ does not stall Validate until the buffers between fill
     (valid.get_side_output(rejected)
      .map(DeadLetter(settings.kafka, spec.source), output_type=Types.INT())
-     .uid("dead-letter").name("dead-letter"))
+     .uid("dead-letter").name("dead-letter").start_new_chain())
 
     schema = Schema.new_builder()
     for field in _EVENT_FIELDS if statistic else _EVENT_FIELDS[:7]:

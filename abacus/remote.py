@@ -221,8 +221,8 @@ def live(state: JobState) -> JobState:
     state = state.replace(status=str(found)) if found else state
     try:
         return with_failures(state, failures(f"http://{state.remote}", str(state.job_id)))
-    except (OSError, ValueError):
-        return state  # its status is known; its failures are not, this time
+    except Exception:  # best effort: its status is known, its failures not this time
+        return state
 
 
 def _await_end(state: JobState, expected: str, timeout_s: float = 60) -> None:

@@ -119,14 +119,18 @@ class _FailureWatch:
         self._last = now
         try:
             return remote.with_failures(state, remote.failures(self.rest, self.job_id))
-        except (OSError, ValueError):
-            return state  # the MiniCluster is shutting down: the job's result says why
+        except Exception:  # best effort: the MiniCluster is shutting down, or too busy now
+            return state  # (a job that ended: its execution result says why)
 
 
-def _ended(client: Any) -> tuple[str, str | None]:
-    """(status, reason) of a job that has ended, from its execution result."""
+def _ended(client: Any, wait: bool = False) -> tuple[str, str | None] | None:
+    """(status, reason) of a job that has ended, from its execution result; None when it
+    has not ended (unless `wait`: then its end is waited for)."""
+    future = client.get_job_execution_result()
+    if not wait and not future.done():
+        return None
     try:
-        client.get_job_execution_result().result()
+        future.result()
     except Exception as exc:
         return "FAILED", remote.root_cause(str(exc))
     return "FINISHED", None
@@ -161,9 +165,13 @@ def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _R
             job_status = client.get_job_status().result()
             status = getattr(job_status, "name", str(job_status))
         except Exception:  # the MiniCluster shuts down once its job has ended
-            status, reason = _ended(client)
+            ended = _ended(client)
+            if ended is None:  # it has not: asking failed this time (an RPC timeout)
+                time.sleep(0.5)
+                continue
+            status, reason = ended
         if status == "FAILED" and reason is None:
-            reason = _ended(client)[1]
+            reason = (_ended(client, wait=True) or ("FAILED", None))[1]
         seen = watch.read(state, status)
         if status != state.status or seen != state or reason:
             changed = status != state.status or seen.restarts != state.restarts

@@ -112,7 +112,8 @@ def _diff(got: dict[Any, Any], want: dict[Any, Any]) -> list[Any]:
 
 
 @contextlib.contextmanager
-def isolated_run(settings: Settings, tag: str, **flink: Any) -> Iterator[Run]:
+def isolated_run(settings: Settings, tag: str, dlq_max_message: int = MAX_DLQ_MESSAGE,
+                 **flink: Any) -> Iterator[Run]:
     """A Run with its own topics, keyspaces, job names and groups (flink settings changed by
     `flink`); on exit its jobs are stopped and everything it made is removed."""
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -129,7 +130,7 @@ def isolated_run(settings: Settings, tag: str, **flink: Any) -> Iterator[Run]:
     futures = admin.create_topics([
         NewTopic(private.kafka.topic, 4, 1, config={"max.message.bytes": str(MAX_MESSAGE)}),
         NewTopic(private.kafka.dlq_topic, 1, 1,
-                 config={"max.message.bytes": str(MAX_DLQ_MESSAGE)})])
+                 config={"max.message.bytes": str(dlq_max_message)})])
     for future in futures.values():
         future.result()
     session = storage.connect(private.cassandra)
@@ -389,3 +390,26 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
         record = next(r for r in json.loads(doc.output) if r["name"] == name)
         assert (record["status"], record["problem"]) == ("FAILED", problem)
         print(f"\nstatus seen: {seen}\nreason: {state.error}")
+
+
+def test_a_dead_letter_the_dlq_refuses_fails_the_job_with_its_reason(
+        settings: Settings, services_up: object) -> None:
+    """The one per-record failure left: a DLQ topic that refuses even the dead letter's head
+    (max.message.bytes 1,000 here). The record is not dropped: the job fails on it, once
+    restarted, then ends FAILED with the Python operator's error as its reason."""
+    with isolated_run(settings, f"d{uuid.uuid4().hex[:8]}", dlq_max_message=1000,
+                      restart_attempts=1, restart_delay_s=1.0, restart_max_delay_s=1.0) as run:
+        name = run.name("customer")
+        run.produce([b'{"event_id": "big", "pad": "' + b"x" * (DLQ_FALLBACK_BYTES + 1) + b'"}'])
+        manager.launch(run.settings, "customer", "shadow", run.options())
+        deadline = time.monotonic() + 300
+        while (state := manager.status(run.settings, name)) is None \
+                or state.status not in manager.ENDED:
+            assert time.monotonic() < deadline, f"not ended after 300 s: {state}; log: " \
+                                                f"{manager.logs(run.settings, name, 20)}"
+            time.sleep(0.2)
+        assert (state.status, state.restarts) == ("FAILED", 1), state
+        assert state.error and state.error.startswith(
+            f"RuntimeError: dead-letter publish to {run.settings.kafka.dlq_topic} failed: "), state
+        assert "MSG_SIZE_TOO_LARGE" in state.error, state
+        print(f"\nreason: {state.error}")
