@@ -29,7 +29,7 @@ from abacus import progress
 from abacus.environment import Memory, job_jars
 from abacus.lag import consumer_lag
 from abacus.pipeline import KINDS, TARGETS, JobSpec, job_name, latest_checkpoint
-from abacus.state import JobState, StateFile
+from abacus.state import JobState, StateFile, start_line
 from services import procs
 from services.paths import data_dir
 from settings import Settings
@@ -99,7 +99,7 @@ def status(settings: Settings, name: str) -> JobState | None:
     if state is None:
         return None
     if state.remote is None and state.status in RUNNING and not _alive(state.pid):
-        state = state.replace(status="LOST", error=_last_error(settings, name) or state.error)
+        state = state.replace(status="LOST", error=_last_error(settings, state) or state.error)
     if state.remote is not None and state.status in RUNNING:
         from abacus import remote
 
@@ -141,15 +141,17 @@ def describe(state: JobState, now_s: float | None = None) -> str:
     return state.status
 
 
-def _last_error(settings: Settings, name: str) -> str | None:
-    """The root exception line at the end of the runner's log (a process that died without
-    writing its state: killed, or its JVM crashed)."""
+def _last_error(settings: Settings, state: JobState) -> str | None:
+    """The root exception line its runner's log holds since that runner started (a process
+    that died without writing its state: killed, or its JVM crashed); None without one."""
     from abacus.remote import error_line
 
     try:
-        return error_line(logs(settings, name, lines=400))
+        tail = logs(settings, state.name, lines=400)
     except JobError:
         return None
+    marker = tail.rfind(start_line(state.name, state.pid))
+    return error_line(tail[marker:]) if marker >= 0 else None
 
 
 def statuses(settings: Settings) -> list[JobState]:

@@ -22,7 +22,7 @@ from abacus import remote
 from abacus.environment import Memory, configuration, local_environment, prepare_process
 from abacus.pipeline import JobSpec, build, checkpoint_root
 from abacus.remote import cluster_configuration
-from abacus.state import JobState, StateFile
+from abacus.state import JobState, StateFile, start_line
 from settings import Settings
 
 log = logging.getLogger("abacus.runner")
@@ -58,6 +58,7 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
                      topic=settings.kafka.topic, run_started_ms=spec.run_started_ms,
                      spec=asdict(spec))
     state_file.write(state)
+    log.info("%s", start_line(spec.name, state.pid))
     requests = _Requests()
     signal.signal(signal.SIGTERM, requests.cancel)
     signal.signal(signal.SIGUSR1, requests.savepoint)

@@ -40,6 +40,11 @@ class JobState:
         return dataclasses.asdict(self)
 
 
+def start_line(name: str, pid: int | None) -> str:
+    """What a job's runner logs first: the manager reads a lost job's reason after it."""
+    return f"job {name} starting (pid {pid})"
+
+
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -334,3 +334,32 @@ def test_job_status_and_shadow_runs_report_a_failing_job(tmp_path: Path) -> None
     found = monitor.job_problem(inst, jobs)  # type: ignore[arg-type]
     assert found is not None and "FAILED after 3 restart(s): pemja: ValueError" in found
     assert monitor.job_problem(inst, {"customer": "t-customer"}) is None  # type: ignore[arg-type]
+
+
+def test_a_lost_job_gets_the_error_its_runner_logged_since_it_started(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from abacus import manager
+    from abacus.state import start_line
+
+    settings = load_settings()
+    settings = settings.model_copy(update={"services": settings.services.model_copy(
+        update={"data_dir": tmp_path})})
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(gone.stdout)  # a process that has exited
+    manager.state_file(settings, "t-customer").write(
+        JobState("t-customer", "customer", "shadow", pid, "RUNNING", 1.0))
+    log = manager.log_path(settings, "t-customer")
+    log.write_text(f"INFO {start_line('t-customer', 1)}\nOSError: an earlier run's error\n"
+                   f"INFO {start_line('t-customer', pid)}\nINFO job t-customer running\n")
+    assert manager.status(settings, "t-customer").error is None  # type: ignore[union-attr]
+    with log.open("a") as f:
+        f.write("Traceback (most recent call last):\n  File x\n"
+                "java.lang.OutOfMemoryError: Java heap space\n")
+    state = manager.status(settings, "t-customer")
+    assert state is not None and state.status == "LOST"
+    assert state.error == "java.lang.OutOfMemoryError: Java heap space"
+    assert manager.problem(state) == ("job t-customer is LOST: java.lang.OutOfMemoryError: "
+                                      "Java heap space")
