@@ -352,10 +352,15 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
         settings: Settings, services_up: object) -> None:
     """Its sink cannot reach Cassandra: every start fails. With 3 restarts 2, 4 and 8 s
     apart, `job status` says restart-looping from the second failure on (12 s or more before
-    the last), then FAILED after 3 restarts, with the driver's error from the log."""
+    the last), then FAILED after 3 restarts, with the driver's error from the log; what
+    `shadow run` checks on every sample (`monitor.job_problem`) stops it at the first of
+    those."""
+    from types import SimpleNamespace
+
     from click.testing import CliRunner
 
     from cli import root
+    from shadow import monitor
 
     with isolated_run(settings, f"f{uuid.uuid4().hex[:8]}", restart_attempts=3,
                       restart_delay_s=2.0, restart_max_delay_s=8.0) as run:
@@ -365,12 +370,16 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
         name = run.name("customer")
         manager.launch(broken, "customer", "shadow", run.options())
         seen: list[str] = []
+        shadow_saw: list[str] = []  # what `shadow run` stops on (it checks every sample)
+        inst: Any = SimpleNamespace(settings=broken)
         deadline = time.monotonic() + 300
         while True:
             state = manager.status(broken, name)
             shown = manager.describe(state) if state is not None else "no state"
             if not seen or seen[-1] != shown:
                 seen.append(shown)
+            if (stop := monitor.job_problem(inst, {"customer": name})) is not None:
+                shadow_saw.append(stop)
             if state is not None and state.status in manager.ENDED:
                 break
             assert time.monotonic() < deadline, f"not FAILED after 300 s; seen {seen}, " \
@@ -379,6 +388,9 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
         assert state.status == "FAILED", (seen, state)
         assert state.restarts == 3, (seen, state)
         assert any("restart-looping" in s for s in seen), seen
+        assert shadow_saw and "is restart-looping (" in shadow_saw[0], shadow_saw[:1]
+        assert shadow_saw[-1].startswith(f"Abacus job {name} is FAILED after 3 restart(s): "), \
+            shadow_saw[-1]
         assert state.error and (str(port) in state.error or "contact point" in state.error), \
             state
         problem = manager.problem(state)
