@@ -350,9 +350,9 @@ def _closed_port() -> int:
 
 def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
         settings: Settings, services_up: object) -> None:
-    """Its sink cannot reach Cassandra: every start fails. With 3 restarts 2, 4 and 8 s
-    apart, `job status` says restart-looping from the second failure on (12 s or more before
-    the last), then FAILED after 3 restarts, with the driver's error from the log; what
+    """Its sink cannot reach Cassandra: every start fails. With 4 restarts 2, 4, 8 and 16 s
+    apart, `job status` says restart-looping from the third failure on (24 s or more before
+    the last), then FAILED after 4 restarts, with the driver's error from the log; what
     `shadow run` checks on every sample (`monitor.job_problem`) stops it at the first of
     those."""
     from types import SimpleNamespace
@@ -362,8 +362,8 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
     from cli import root
     from shadow import monitor
 
-    with isolated_run(settings, f"f{uuid.uuid4().hex[:8]}", restart_attempts=3,
-                      restart_delay_s=2.0, restart_max_delay_s=8.0) as run:
+    with isolated_run(settings, f"f{uuid.uuid4().hex[:8]}", restart_attempts=4,
+                      restart_delay_s=2.0, restart_max_delay_s=16.0) as run:
         port = _closed_port()
         broken = run.settings.model_copy(update={"cassandra": run.settings.cassandra.model_copy(
             update={"port": port})})
@@ -386,15 +386,15 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
                                                 f"log: {manager.logs(broken, name, 20)}"
             time.sleep(0.2)
         assert state.status == "FAILED", (seen, state)
-        assert state.restarts == 3, (seen, state)
+        assert state.restarts == 4, (seen, state)
         assert any("restart-looping" in s for s in seen), seen
         assert shadow_saw and "is restart-looping (" in shadow_saw[0], shadow_saw[:1]
-        assert shadow_saw[-1].startswith(f"Abacus job {name} is FAILED after 3 restart(s): "), \
+        assert shadow_saw[-1].startswith(f"Abacus job {name} is FAILED after 4 restart(s): "), \
             shadow_saw[-1]
         assert state.error and (str(port) in state.error or "contact point" in state.error), \
             state
         problem = manager.problem(state)
-        assert problem == f"job {name} is FAILED after 3 restart(s): {state.error}"
+        assert problem == f"job {name} is FAILED after 4 restart(s): {state.error}"
         assert state.error in manager.logs(broken, name, 50)  # the reason is in its log
 
         doc = CliRunner().invoke(root, ["job", "status", "--format", "json"])
