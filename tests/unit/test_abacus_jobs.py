@@ -363,3 +363,16 @@ def test_a_lost_job_gets_the_error_its_runner_logged_since_it_started(tmp_path: 
     assert state.error == "java.lang.OutOfMemoryError: Java heap space"
     assert manager.problem(state) == ("job t-customer is LOST: java.lang.OutOfMemoryError: "
                                       "Java heap space")
+
+
+def test_waiting_for_a_drain_stops_at_once_on_a_failed_job(tmp_path: Path) -> None:
+    from abacus import manager
+
+    settings = load_settings()
+    settings = settings.model_copy(update={"services": settings.services.model_copy(
+        update={"data_dir": tmp_path})})
+    manager.state_file(settings, "t-statistic").write(
+        _state("FAILED", (3, 2, 1), error="X: the sink gave up"))
+    # the job's problem, not "not drained after 600 s" (nor a server asked for its lag)
+    with pytest.raises(manager.JobError, match=r"is FAILED after 3 restart.*X: the sink gave"):
+        manager.wait_drained(settings, ["t-statistic"], timeout_s=600)
