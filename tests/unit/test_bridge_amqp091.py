@@ -408,3 +408,32 @@ def test_a_content_header_shorter_than_its_fixed_part_is_a_connection_error() ->
     conn._buf += _frame(1, meth) + _frame(2, b"\x00\x3c\x00")
     with pytest.raises(A.ConnectionError_, match="malformed frame"):
         conn.read_deliveries_buffered()
+
+
+@FUZZ
+@given(st.lists(st.sampled_from("FA"), min_size=1, max_size=200), st.booleans())
+def test_fuzz_nesting_of_tables_and_arrays_mixed(kinds: list[str], task_first: bool) -> None:
+    """Tables and arrays nested in any order: decoded up to MAX_TABLE_DEPTH levels, a
+    TableError beyond, whether the deep entry comes before or after the key read."""
+    inner = b"V"
+    for kind in reversed(kinds):
+        if kind == "F":
+            body = A._enc_shortstr("d") + inner
+            inner = b"F" + struct.pack(">I", len(body)) + body
+        else:
+            inner = b"A" + struct.pack(">I", len(inner)) + inner
+    deep = A._enc_shortstr("deep") + inner
+    task = A._enc_shortstr("task") + b"S" + struct.pack(">I", 1) + b"t"
+    entries = task + deep if task_first else deep + task
+    raw = struct.pack(">I", len(entries)) + entries
+    if len(kinds) <= A.MAX_TABLE_DEPTH:
+        assert A.decode_table(raw)["task"] == "t"
+    else:
+        with pytest.raises(A.TableError, match="nested deeper"):
+            A.decode_table(raw)
+    lazy = A.LazyTable(raw)
+    if task_first or len(kinds) <= A.MAX_TABLE_DEPTH:
+        assert lazy.get("task") == "t"  # the deep entry is never crossed, or is legal
+    else:
+        with pytest.raises(A.TableError):
+            lazy.get("task")

@@ -204,3 +204,18 @@ def test_an_error_quoting_a_publishers_bytes_is_logged_and_written_escaped(
     status = read_status(b.status_file)
     assert status is not None
     assert status["last_error"] == "decoding: task legacy.aggregate\\udcff is odd"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=120), st.sampled_from([b"", b"\x00\x00\x00\x10", b"\xff\xff\xff\xff"]))
+def test_fuzz_decode_of_a_message_whose_headers_table_is_any_bytes(
+    raw: bytes, prefix: bytes
+) -> None:
+    """The client hands the headers table over encoded; whatever its bytes, decode gives a
+    record (bad_headers when it cannot find its keys), never an exception."""
+    m = task_message('{"company_id": "C"}')
+    props = {**m.properties, "headers": A.LazyTable(prefix + raw)}
+    out = decode(Incoming(m.body, props), 0)
+    check_headers(out)
+    if isinstance(out, Bad):
+        assert out.reason in (Reason.BAD_HEADERS, Reason.UNKNOWN_TASK, Reason.BAD_ENCODING)
