@@ -13,6 +13,14 @@ Only what the bridge, its tests and its benchmark need is implemented: PLAIN aut
 heartbeats, exchange/queue declare/bind/delete/purge, qos, consume/cancel, ack, publish
 (optionally with publisher confirms). Server-side errors raise `ChannelError` or
 `ConnectionError_` with the reply code and text; the caller reconnects.
+
+A publisher's bytes never raise inside frame handling (py-amqp raises UnicodeDecodeError on
+an invalid-UTF-8 property and RecursionError on a deeply nested header table there, before
+the application can dead-letter the message): short strings are decoded with
+surrogateescape, a content header that cannot be decoded is delivered with
+`Delivery.error`, and field tables are decoded on demand, at most MAX_TABLE_DEPTH levels
+deep, raising TableError to the reader. The measurements behind keeping this client are in
+bridge/README.md; tests/unit/test_bridge_amqp091.py fuzzes it.
 """
 
 from __future__ import annotations
