@@ -13,9 +13,9 @@ error (`legacy.retry`) is retried with backoff, and each step is safe to retry:
   script ran) finds its token and does nothing, so Big Bertha and Check Uniques never see
   a retry twice (a redelivery has a new token: it counts again, the documented flaw);
 - the customer write is one request per partition (each an atomic single-partition
-  counter batch); a retry writes only the partitions not yet confirmed. A retry after a
-  Cassandra *timeout* may double that partition (a counter write that timed out may have
-  been applied): such retries are counted as `retried_ambiguous`.
+  counter batch, `legacy.writer`); a retry writes only the partitions not yet confirmed.
+  A retry after a Cassandra *timeout* may double that partition (a counter write that
+  timed out may have been applied): such retries are counted as `retried_ambiguous`.
 When the budget is spent, or on an error that is not transient, the event is dead-lettered
 with `redis_error`, `cassandra_error` or `task_error` (the letter says which step failed and
 what was already counted) and counted in the stats: `failed`, `retried`, `dead:<reason>`.
@@ -32,7 +32,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -45,6 +44,7 @@ from legacy.chaos import Chaos
 from legacy.keys import RedisKeys, encode_key
 from legacy.retry import RetryPolicy, ambiguous
 from legacy.trace import Trace
+from legacy.writer import CounterWriter, partitions
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,15 +90,15 @@ def count_stats(client: redis.Redis, keys: RedisKeys, fields: dict[str, int],
 
 class LegacyClients:
     """What each legacy process opens: Redis (its keys, Big Bertha), a Cassandra session and
-    the legacy counter store."""
+    writers of the legacy counter store's two levels."""
 
     def __init__(self, settings: Settings, redis_timeout_s: float = REDIS_TIMEOUT_S) -> None:
         self._keys = RedisKeys.of(settings.redis)
         self._redis = redis_client(settings, redis_timeout_s)
         self._bertha = BigBertha(self._redis, self._keys)
         self._session = storage.connect(settings.cassandra)
-        self._store = storage.CounterStore(storage.Prepared(self._session), settings.cassandra,
-                                           "legacy")
+        self._customers = CounterWriter(self._session, settings.cassandra, "customer")
+        self._accounts = CounterWriter(self._session, settings.cassandra, "account")
 
     @property
     def redis(self) -> redis.Redis:
@@ -128,11 +128,6 @@ class Aggregator(LegacyClients):
                                                      STATS_RETRY.budget_s))
         self._ttl_s = settings.redis.uniques_ttl_s
         self._slots = threading.local()
-        self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="customer-write")
-
-    def close(self) -> None:
-        self._writers.shutdown(wait=False)
-        super().close()
 
     def _slot(self) -> str:
         """This worker slot's (process, thread) key of its last applied delivery."""
@@ -174,7 +169,8 @@ class Aggregator(LegacyClients):
                 os._exit(CRASH_EXIT_CODE)  # chaos: the process dies between Redis and Cassandra
             # customer level: straight to Cassandra counters, one request per partition
             step = "cassandra"
-            pending = _by_partition([(key, 1) for key in customer_keys(event)])
+            pending = dict(enumerate(partitions(
+                [(key, (1,)) for key in customer_keys(event)], _customer_partition)))
             self._retry.run(lambda: self._write_customer(pending), on_retry(step))
         except Exception as exc:
             self._give_up(step, exc, raw_event, event.event_id, task_id, dict(retries))
@@ -189,21 +185,15 @@ class Aggregator(LegacyClients):
             return Outcome.REDELIVER
         return Outcome.COUNTED
 
-    def _write_customer(self, pending: dict[str, list[tuple[CustomerKey, int]]]) -> None:
-        """Write each partition's rows; a confirmed partition leaves `pending` at once, so a
-        retry writes only the rest."""
-        futures = {period: self._writers.submit(self._store.write_customer, rows)
-                   for period, rows in pending.items()}
-        error: BaseException | None = None
-        for period, future in futures.items():
-            try:
-                future.result()
-            except BaseException as exc:
-                error = error or exc
-            else:
-                del pending[period]
-        if error is not None:
-            raise error
+    def _write_customer(self, pending: dict[int, list[tuple[CustomerKey, tuple[int]]]]
+                        ) -> None:
+        """Write each partition's rows, all in flight at once; a confirmed partition leaves
+        `pending` at once, so a retry writes only the rest."""
+        outcome = self._customers.write(pending)  # type: ignore[arg-type]
+        for part in outcome.written:
+            del pending[part]  # type: ignore[arg-type]
+        if outcome.error is not None:
+            raise outcome.error
 
     def _give_up(self, step: str, exc: BaseException, raw_event: str, event_id: str,
                  task_id: str | None, retries: dict[str, int]) -> None:
@@ -245,9 +235,5 @@ def _task_body(raw_event: str, task_id: str | None) -> bytes | str:
         return json.dumps([[raw_event], {}, {}], ensure_ascii=False)
 
 
-def _by_partition(rows: list[tuple[CustomerKey, int]]) -> dict[str, list[tuple[CustomerKey, int]]]:
-    """Customer rows by Cassandra partition (the bucket's period: hour and day share one)."""
-    out: dict[str, list[tuple[CustomerKey, int]]] = defaultdict(list)
-    for key, n in rows:
-        out[storage.period_of(key.resolution, key.bucket)].append((key, n))
-    return dict(out)
+def _customer_partition(key: CustomerKey) -> tuple[str, str, str]:
+    return key.company_id, key.customer_id, storage.period_of(key.resolution, key.bucket)

@@ -4,9 +4,10 @@ Runs in the worker (a thread of its main process) or alone (`abacus legacy flush
 `interval_s` (default 1 s). Several flushers may run at once: a batch belongs to the one
 holding its lease (`legacy.bertha`), renewed by a thread while the flush runs; another
 flusher claims it only after the lease expired. A batch is written in chunks of one
-Cassandra partition (one atomic counter batch each, `write_concurrency` at once); each
-chunk's fields leave the batch as soon as its write is confirmed, so a failed flush leaves
-only what was not written, and the failing flusher releases the lease for the next flush.
+Cassandra partition (one atomic counter batch each, `legacy.writer`), `write_concurrency`
+chunks at a time; a window's confirmed chunks leave the batch before the next window is
+sent, so a failed flush leaves only what was not written, and the failing flusher releases
+the lease for the next flush.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import storage
+from counting import AccountKey
 from legacy.aggregation import REDIS_TIMEOUT_S, LegacyClients, count_stats
 from legacy.bertha import DEFAULT_LEASE_S, BigBertha, LeaseLost, Row
 from legacy.chaos import Chaos
 from legacy.keys import encode_key
 from legacy.retry import RetryPolicy
 from legacy.trace import Trace
+from legacy.writer import partitions
 from settings import Settings
-from storage.counters import BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ class Flusher(LegacyClients):
         self._trace = trace or Trace(None, "flusher")
         self._token = uuid.uuid4().hex  # this flusher's lease token
         self._concurrency = max(1, settings.cassandra.write_concurrency)
-        self._writers = ThreadPoolExecutor(max_workers=self._concurrency,
-                                           thread_name_prefix="bertha-write")
-
-    def close(self) -> None:
-        self._writers.shutdown(wait=True)
-        super().close()
 
     @property
     def token(self) -> str:
@@ -107,30 +101,27 @@ class Flusher(LegacyClients):
         return FlushResult(1, len(rows), 0)
 
     def _write(self, batch: str, rows: list[Row], lease: Renewal) -> None:
-        """Each partition's chunk to Cassandra, then out of the batch; the first error is
-        raised once the chunks in flight have settled."""
-        chunks: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
-        for row in rows:
-            key = row[0]
-            chunks[(key.company_id, key.statistic_id,
-                    storage.period_of(key.resolution, key.bucket))].append(row)
-
-        def write(chunk: list[Row]) -> None:
+        """The batch to Cassandra in windows of `write_concurrency` partition chunks; each
+        window's confirmed chunks leave the batch before the next window is sent. A failed
+        chunk stays in the batch; the first error is raised once every window was tried."""
+        parts = partitions([(k, (c, u)) for k, c, u in rows], _account_partition)
+        error: BaseException | None = None
+        failed = 0
+        for start in range(0, len(parts), self._concurrency):
             lease.check()
-            self._store.write_account(chunk)
-            self._bertha.confirm(batch, self._token, [encode_key(k) for k, _, _ in chunk],
-                                 self._lease_s)
-
-        parts = [c[i:i + BATCH_ROWS] for c in chunks.values()
-                 for i in range(0, len(c), BATCH_ROWS)]
-        futures = [self._writers.submit(write, part) for part in parts]
-        errors = [f.exception() for f in futures]
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            failed = sum(e is not None for e in errors)
+            window = dict(enumerate(parts[start:start + self._concurrency], start))
+            outcome = self._accounts.write(window)
+            written = [k for part in outcome.written for k, _ in window[part]]  # type: ignore[index]
+            if written:
+                self._bertha.confirm(batch, self._token, [encode_key(k) for k in written],
+                                     self._lease_s)
+            if outcome.error is not None:
+                error = error or outcome.error
+                failed += len(window) - len(outcome.written)
+        if error is not None:
             log.warning("Big Bertha batch %s: %d of %d chunks failed; the written ones left "
                         "the batch", batch, failed, len(parts))
-            raise first
+            raise error
 
     def pending_fields(self) -> int:
         return self._bertha.pending_fields()
@@ -151,6 +142,10 @@ class Flusher(LegacyClients):
                 count_stats(self._redis, self._keys, {"flush_failures": 1},
                             RetryPolicy(budget_s=0))
             return FlushResult()
+
+
+def _account_partition(key: AccountKey) -> tuple[str, str, str]:
+    return key.company_id, key.statistic_id, storage.period_of(key.resolution, key.bucket)
 
 
 class Renewal:
