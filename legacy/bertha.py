@@ -17,11 +17,11 @@ pending hash) and takes a *lease* on it: a key holding the flusher's random toke
 TTL (`lease_s`), renewed while the flush runs. Only the lease holder works a batch; a
 batch is claimed by another flusher only once its lease expired (its flusher died or lost
 Redis for longer than `lease_s`). The flusher writes the batch in chunks of one Cassandra
-partition each and deletes a chunk's fields from the batch as soon as its write is
-confirmed (only while it holds the lease), so a flush that fails half-way leaves only the
-unwritten rest for the next one. As in the old system, a crash between a chunk's write and
-its delete doubles that chunk, and a lost batch loses it: that non-idempotency is what the
-migration removes.
+partition and deletes the confirmed chunks' fields from the batch after each window of
+concurrent writes (only while it holds the lease), so a flush that fails half-way leaves
+only the unwritten rest for the next one. As in the old system, a crash between a write
+and its delete doubles those chunks (at most one window), and a lost batch loses it: that
+non-idempotency is what the migration removes.
 """
 
 from __future__ import annotations
