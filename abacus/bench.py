@@ -64,10 +64,11 @@ def _prepare(settings: Settings) -> None:
     import storage
 
     admin = AdminClient(settings.kafka.client_config())
-    config = {"message.timestamp.type": "LogAppendTime"}
+    durable = {"min.insync.replicas": str(settings.kafka.min_insync_replicas)}
+    config = {"message.timestamp.type": "LogAppendTime", **durable}
     futures = admin.create_topics([
         NewTopic(settings.kafka.topic, settings.kafka.partitions, 1, config=config),
-        NewTopic(settings.kafka.dlq_topic, 1, 1)])
+        NewTopic(settings.kafka.dlq_topic, 1, 1, config=durable)])
     for future in futures.values():
         future.result()
     storage.apply_schema(settings.cassandra, ["shadow"])
