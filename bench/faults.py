@@ -250,6 +250,9 @@ def run_fault(settings: Settings, fault: str, events: int, rate: float, seed: in
     with contextlib.suppress(json.JSONDecodeError, IndexError):
         result = json.loads(output[0])
         row.error = row.error or result.get("error")
+        audits = [f"{a['date']} {a['outcome']} (legacy {a['legacy_minus_truth']:+}, abacus "
+                  f"{a['abacus_minus_truth']:+})" for a in result.get("audits", [])]
+        row.note = "audits: " + "; ".join(audits) if audits else ""
     if row.exit_code is not None and row.exit_code < 0:
         row.error = row.error or f"killed by signal {-row.exit_code}"
     if run_dir is None:
@@ -365,9 +368,10 @@ def _rerun_cleans_up(settings: Settings, doc: dict[str, Any], events: int, rate:
     still_jobs = [n for n in jobs
                   if (s := manager.status(run_settings, n)) is not None
                   and s.status in manager.RUNNING]
-    row.note = (f"left by the kill: {len(left)} component(s), {len(jobs)} job(s); the next "
-                f"run exited {second.returncode} and left {len(still)} component(s), "
-                f"{len(still_jobs)} job(s) of the killed run running")
+    cleaned = (f"left by the kill: {len(left)} component(s), {len(jobs)} job(s); the next "
+               f"run exited {second.returncode} and left {len(still)} component(s), "
+               f"{len(still_jobs)} job(s) of the killed run running")
+    row.note = f"{row.note}; {cleaned}" if row.note else cleaned
 
 
 def _cell(value: Any) -> str:
@@ -393,10 +397,6 @@ def bench_faults(ctx: click.Context, faults: tuple[str, ...], events: int, rate:
     One shadow run per fault, injected once a third of the events are published. Kills and
     restarts servers: use a private server set (see tests/faults/conftest.py).
     """
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     settings: Settings = ctx.obj
     rows = []
     for fault in faults or tuple(FAULTS):
@@ -408,12 +408,21 @@ def bench_faults(ctx: click.Context, faults: tuple[str, ...], events: int, rate:
         rows.append(row)
         if json_out:
             json_out.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    render(rows, events, rate)
+
+
+def render(rows: list[FaultRow], events: int, rate: float) -> None:
+    """The table: a row per fault and pipeline."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"faults: {events} events at {rate:g}/s per run, fault at a third")
     for column in ("fault", "pipeline", "published", "counted", "over", "under", "dead",
                    "queued", "re-applied", "uncertain", "recovered", "outcome"):
         table.add_column(column, no_wrap=column != "outcome")
     for row in rows:
-        outcome = (row.error or "").splitlines()[0][:90] or f"exit {row.exit_code}"
+        outcome = ((row.error or "").splitlines() or [f"exit {row.exit_code}"])[0][:90]
         for name, figures in (("legacy", row.legacy), ("abacus", row.abacus)):
             table.add_row(*map(escape, [
                 row.fault if name == "legacy" else "", name, _cell(row.published),
