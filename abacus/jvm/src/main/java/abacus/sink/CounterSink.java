@@ -92,6 +92,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
     private static final long serialVersionUID = 1L;
     private static final int INDEX_CACHE_MAX = 200_000;
     private static final Logger LOG = LoggerFactory.getLogger(CounterSink.class);
+    private static final long MAX_BACKOFF_MS = 8_000;
 
     private final Map<String, String> conf;
 
@@ -220,7 +221,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
         private final int keys, measures, partitionKeys, shards, concurrency, batchPartitions,
                 batchRows, attempts;
         private final int[] indexFields, shardFields;
-        private final long intervalMs, backoffMs, maxKeys;
+        private final long intervalMs, backoffMs, maxKeys, retryWindowNs;
         private final CqlSession session;
         private final PreparedStatement update, index;
         private final ProcessingTimeService time;
@@ -250,9 +251,40 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
             attempts = Integer.parseInt(conf.get("attempts"));
             backoffMs = Long.parseLong(conf.get("backoff_ms"));
             maxKeys = Long.parseLong(conf.getOrDefault("max_keys", "200000"));
-            session = connect(conf);
-            update = session.prepare(conf.get("update"));
-            index = session.prepare(conf.get("index"));
+            retryWindowNs = TimeUnit.MILLISECONDS.toNanos(
+                    Long.parseLong(conf.getOrDefault("retry_window_ms", "60000")));
+            CqlSession connected = null;
+            PreparedStatement prepared = null, preparedIndex = null;
+            long since = System.nanoTime();
+            for (int attemptNo = 1; ; attemptNo++) {  // Cassandra may be restarting
+                try {
+                    connected = connect(conf);
+                    prepared = connected.prepare(conf.get("update"));
+                    preparedIndex = connected.prepare(conf.get("index"));
+                    break;
+                } catch (RuntimeException e) {
+                    if (connected != null) {
+                        connected.close();
+                        connected = null;
+                    }
+                    if (System.nanoTime() - since >= retryWindowNs) {
+                        throw new IOException("Cassandra unreachable for "
+                                + TimeUnit.NANOSECONDS.toSeconds(System.nanoTime() - since)
+                                + " s: " + e, e);
+                    }
+                    LOG.warn("counter sink: Cassandra unreachable (attempt {}), retrying: {}",
+                            attemptNo, e.toString());
+                    try {
+                        Thread.sleep(delay(attemptNo));
+                    } catch (InterruptedException interrupted) {
+                        Thread.currentThread().interrupt();
+                        throw new IOException("interrupted while connecting", interrupted);
+                    }
+                }
+            }
+            session = connected;
+            update = prepared;
+            index = preparedIndex;
             String progressDir = conf.getOrDefault("progress_dir", "");
             total = base;
             if (progressDir.isEmpty()) {
@@ -342,6 +374,11 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
             } catch (Exception e) {
                 throw new IOException("TLS setup failed for " + caFile + ": " + e, e);
             }
+        }
+
+        /** The delay before retry `attemptNo` + 1: exponential from backoffMs, at most 8 s. */
+        private long delay(int attemptNo) {
+            return Math.min(backoffMs << Math.min(attemptNo - 1, 20), MAX_BACKOFF_MS);
         }
 
         private void schedule() {
@@ -558,7 +595,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
             private void pump() {  // holding the lock
                 while (inFlight < concurrency && !queued.isEmpty()) {
                     inFlight++;
-                    attempt(queued.poll(), 1);
+                    attempt(queued.poll(), 1, 0L);
                 }
             }
 
@@ -583,7 +620,9 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
                 notifyAll();
             }
 
-            private void attempt(Request request, int attemptNo) {
+            /** Attempt `attemptNo` of a request failing since `since` (System.nanoTime(); 0:
+             * it has not failed yet). */
+            private void attempt(Request request, int attemptNo, long since) {
                 CompletionStage<?> done;
                 synchronized (this) {
                     if (closed) {
@@ -597,7 +636,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
                     synchronized (this) {
                         sentCount -= request.count;
                     }
-                    retryOrFail(request, attemptNo, e);
+                    retryOrFail(request, attemptNo, since, e);
                     return;
                 }
                 done.whenComplete((result, error) -> {
@@ -614,20 +653,27 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
                     if (error == null) {
                         done(request, null);
                     } else {
-                        retryOrFail(request, attemptNo, error);
+                        retryOrFail(request, attemptNo, since, error);
                     }
                 });
             }
 
-            private void retryOrFail(Request request, int attemptNo, Throwable error) {
-                if (attemptNo >= attempts) {
+            /**
+             * A failed request is retried (backoff doubling up to 8 s) until it has had
+             * {@code attempts} attempts and has been failing for the retry window (60 s
+             * unless {@code retry_window_ms} says otherwise): a Cassandra restart costs
+             * the job no restart, hence no increment re-applied.
+             */
+            private void retryOrFail(Request request, int attemptNo, long since,
+                                     Throwable error) {
+                long first = since != 0 ? since : System.nanoTime();
+                if (attemptNo >= attempts && System.nanoTime() - first >= retryWindowNs) {
                     done(request, error);
                     return;
                 }
-                long delay = backoffMs << (attemptNo - 1);
                 try {
-                    retries.schedule(() -> attempt(request, attemptNo + 1), delay,
-                            TimeUnit.MILLISECONDS);
+                    retries.schedule(() -> attempt(request, attemptNo + 1, first),
+                            delay(attemptNo), TimeUnit.MILLISECONDS);
                 } catch (java.util.concurrent.RejectedExecutionException closing) {
                     // the writer is closing: the request is abandoned with the attempt
                 }
