@@ -20,14 +20,9 @@ from typing import Any, Protocol
 
 from counting.events import MAX_INPUT_BYTES, MAX_NESTING, loads, too_deep
 from counting.text import escape
-from legacy.protocol import TASK_NAME
+from legacy.protocol import MAX_TASK_BODY_BYTES, TASK_NAME
 
 MAX_EVENT_BYTES = MAX_INPUT_BYTES  # 1 MiB: the contract's `too_large`, checked on raw bytes
-# The largest Celery body that can hold an event of <= 1 MiB: JSON may escape each byte of
-# the event text into at most 6 (`\u007f`), plus the envelope (headers of a protocol-2 task
-# travel as AMQP headers; the body's kwargs/embed are small). A larger body is refused
-# before it is parsed, so its parsing cost is bounded.
-MAX_TASK_BODY_BYTES = 6 * MAX_EVENT_BYTES + 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a dead letter keeps at most the first 4 MiB of a body
 MAX_DETAIL_CHARS = 1000
 PICKLE_CONTENT_TYPE = "application/x-python-serialize"

@@ -19,21 +19,16 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from vine import promise
 
-from counting.events import MAX_INPUT_BYTES, loads
+from counting.events import loads
 from legacy import deadletter
 from legacy.aggregation import count_stats, redis_client
 from legacy.keys import RedisKeys
-from legacy.protocol import CONTENT_TYPE, TASK_NAME
+from legacy.protocol import CONTENT_TYPE, MAX_TASK_BODY_BYTES, TASK_NAME
 from legacy.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
-# The largest task body that can hold a valid-sized (1 MiB) raw event: JSON-encoding the
-# event as a string grows it at most 6 times (a control character becomes `\u00XX`), plus
-# the envelope `[[...], {}, {...}]`. A larger body cannot carry an event the contract
-# accepts: it is dead-lettered as too_large without being parsed.
-MAX_TASK_BODY_BYTES = 6 * MAX_INPUT_BYTES + 64 * 1024
 # Celery's pool decodes the body again with kombu's json, which refuses integers over
 # Python's digit limit: `loads` returns those as a non-int (`counting.model.BigInt`), and
 # such an envelope is screened out here rather than fail in the pool.

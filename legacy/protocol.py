@@ -13,9 +13,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from counting.events import MAX_INPUT_BYTES
+
 TASK_NAME = "legacy.aggregate"
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
+# The largest task body that can hold an event of the contract's largest size (1 MiB): JSON
+# may escape each byte of the event text into at most 6 (`\u007f`), plus the envelope
+# `[[...], {}, {...}]` (a protocol-2 task's headers travel as AMQP headers). Every consumer
+# refuses a larger body before parsing it, so its parsing cost is bounded.
+MAX_TASK_BODY_BYTES = 6 * MAX_INPUT_BYTES + 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
