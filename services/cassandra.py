@@ -128,8 +128,8 @@ rpc_address: {self.host}
 storage_port: {storage_port(self.settings.cassandra.port)}
 native_transport_port: {self.settings.cassandra.port}
 start_native_transport: true
-commitlog_sync: periodic
-commitlog_sync_period: 10000ms
+commitlog_sync: group
+commitlog_sync_group_window: 15ms
 commitlog_segment_size: 8MiB
 data_file_directories: ["{data}/data"]
 commitlog_directory: "{data}/commitlog"
