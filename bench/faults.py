@@ -18,8 +18,10 @@ audits nothing):
   (a run that fails stops its consumers: what is queued is not lost);
 - recovered after: seconds from the injection to the run's end of drain (`stopped_at` in its
   run.json), or the run's error when it did not drain;
-- Abacus's re-applied and uncertain increments (`abacus.progress`, both jobs, count
-  increments): what a restore wrote again, and writes whose fate a fault left unknown.
+- excess: count increments in the store (both levels, every resolution and facet pair)
+  minus the truth's; Abacus's re-applied and uncertain increments (`abacus.progress`, both
+  jobs, the same unit): what a restore wrote again, and writes whose fate a fault left
+  unknown. Expected: re-applied <= excess <= re-applied + uncertain.
 
 Faults kill and restart servers: run it on a private server set (another data dir and
 ports, see tests/faults/conftest.py) unless nothing else uses the servers.
@@ -281,14 +283,20 @@ def _count(settings: Settings, doc: dict[str, Any], run_dir: Path, row: FaultRow
             published += 1
             recount.add_raw(line.rstrip("\n"))
     row.published = published
-    truth = {c.key: c.count for c in recount.customer() if c.key.resolution == "day"}
+    customers = {c.key: c.count for c in recount.customer()}
+    truth_total = sum(customers.values()) + sum(c.count for c in recount.account())
+    truth = {k: n for k, n in customers.items() if k.resolution == "day"}
     session = storage.connect(run_settings.cassandra)
     try:
         for name, out in (("legacy", row.legacy), ("shadow", row.abacus)):
             store = storage.CounterStore(storage.Prepared(session), run_settings.cassandra,
                                          name)
-            got = {c.key: c.count for c in store.scan("customer")
-                   if c.key.resolution == "day"}
+            stored = {c.key: c.count for c in store.scan("customer")}
+            # count increments over the truth, both levels, every resolution: what the
+            # re-applied and uncertain figures are measured in
+            out["excess"] = (sum(stored.values()) + sum(c.count for c in store.scan("account"))
+                             - truth_total)
+            got = {k: n for k, n in stored.items() if k.resolution == "day"}
             out["counted"] = sum(got.values())
             out["over"] = sum(max(0, got.get(k, 0) - truth.get(k, 0))
                               for k in got.keys() | truth.keys())
@@ -419,7 +427,7 @@ def render(rows: list[FaultRow], events: int, rate: float) -> None:
 
     table = Table(title=f"faults: {events} events at {rate:g}/s per run, fault at a third")
     for column in ("fault", "pipeline", "published", "counted", "over", "under", "dead",
-                   "queued", "re-applied", "uncertain", "recovered", "outcome"):
+                   "queued", "excess", "re-applied", "uncertain", "recovered", "outcome"):
         table.add_column(column, no_wrap=column != "outcome")
     for row in rows:
         outcome = ((row.error or "").splitlines() or [f"exit {row.exit_code}"])[0][:90]
@@ -428,7 +436,7 @@ def render(rows: list[FaultRow], events: int, rate: float) -> None:
                 row.fault if name == "legacy" else "", name, _cell(row.published),
                 _cell(figures.get("counted")), _cell(figures.get("over")),
                 _cell(figures.get("under")), _cell(figures.get("dead")),
-                _cell(figures.get("queued")),
+                _cell(figures.get("queued")), _cell(figures.get("excess")),
                 _cell(figures.get("reapplied")) if name == "abacus" else "",
                 _cell(figures.get("uncertain")) if name == "abacus" else "",
                 f"{row.recovered_s:.0f} s" if row.recovered_s is not None else "-",
