@@ -326,6 +326,12 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
                                 Duration.ofMillis(Long.parseLong(conf.get("request_timeout_ms"))))
                         .withString(DefaultDriverOption.LOAD_BALANCING_POLICY_CLASS,
                                 "DcInferringLoadBalancingPolicy")
+                        // a restarted Cassandra is seen within 2 s (the default backs off
+                        // to 60 s, past the writes' retry window)
+                        .withDuration(DefaultDriverOption.RECONNECTION_BASE_DELAY,
+                                Duration.ofMillis(500))
+                        .withDuration(DefaultDriverOption.RECONNECTION_MAX_DELAY,
+                                Duration.ofSeconds(2))
                         .build();
                 CqlSessionBuilder builder = CqlSession.builder().withClassLoader(loader)
                         .withConfigLoader(config);
