@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
 from amqp.exceptions import NotFound
 from kombu import Connection
 
@@ -37,6 +38,7 @@ class Status:
     stats: dict[str, int] = field(default_factory=dict)
     rate: float | None = None  # tasks/s over the sample interval
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> state doc
+    redis_aof: bool | None = None  # Redis writes an append-only file (None: it did not say)
 
     @property
     def failed_workers(self) -> dict[str, str]:
@@ -51,6 +53,8 @@ class Status:
     def problems(self) -> list[str]:
         """What an operator must know now: dead workers, events legacy failed to count."""
         out = [f"worker {name} died: {reason}" for name, reason in self.failed_workers.items()]
+        if self.redis_aof is False:
+            out.append(NO_AOF)
         if self.consumers == 0 and self.ready > 0:
             out.append(f"{self.ready} messages wait in {self.queue} with no consumer")
         failed = self.stats.get("failed", 0)
@@ -106,6 +110,23 @@ def unacked_tasks(settings: Settings, workers: int, timeout_s: float = 1.0) -> i
         app.close()
 
 
+NO_AOF = ("Redis runs without its append-only file: a restart of it loses Big Bertha's "
+          "pending increments, the Check Uniques sets and these stats (legacy then never "
+          "counts as drained). It was started with another config: drain legacy, then "
+          "restart Redis with the project's (`abacus services down redis`, `up redis`)")
+
+
+def redis_aof(client: Any) -> bool | None:
+    """Whether Redis persists legacy's state in an append-only file; None when INFO is not
+    answered (a managed Redis may refuse it)."""
+    try:
+        info = client.info("persistence")
+    except redis.ResponseError:
+        return None
+    value = info.get("aof_enabled") if isinstance(info, dict) else None
+    return None if value is None else bool(int(value))
+
+
 def _stats(client: Any, keys: RedisKeys) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
 
@@ -143,7 +164,8 @@ def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 
             unacked=unacked if unacked is None or unacked >= 0 else None,
             dead_letter_queue=rabbit.dead_letter_queue, dead_letters=dead,
             pending_fields=bertha.pending_fields(), batches=len(list(bertha.batch_ids())),
-            stats=stats, rate=rate, workers=_workers(client, keys))
+            stats=stats, rate=rate, workers=_workers(client, keys),
+            redis_aof=redis_aof(client))
     finally:
         client.close()
 

@@ -42,6 +42,15 @@ class WorkerRegistry:
         except Exception:  # Redis down: the worker's own log still says it
             log.warning("could not record worker state %s in Redis", state)
 
+    def warn_without_aof(self) -> None:
+        from legacy.status import NO_AOF, redis_aof
+
+        try:
+            if redis_aof(self._client) is False:
+                log.warning(NO_AOF)
+        except Exception:  # Redis down: the tasks' retries will say so
+            log.warning("could not ask Redis whether it persists its data")
+
     def close(self) -> None:
         self._client.close()
 
@@ -77,6 +86,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     catcher = _Unrecoverable(registry)
     logging.getLogger("celery").addHandler(catcher)
     registry.set("running")
+    registry.warn_without_aof()
     try:
         worker.start()
     finally:

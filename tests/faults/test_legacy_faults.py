@@ -12,6 +12,7 @@ Servers are restarted: see conftest.py (a private server set outside CI).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -268,3 +269,14 @@ def test_the_worker_reconnects_after_a_rabbitmq_restart(
     assert not under, f"{len(under)} keys under the recount, e.g. {list(under.items())[:5]}"
     over_events = stats["processed"] - EVENTS
     print(f"\n{report.summary()}; executions beyond one per event: {over_events}")
+
+
+def test_legacy_status_says_when_redis_would_lose_its_state(env: Env) -> None:
+    """The bench's Redis restart lost everything because that server had been started with a
+    config from before the append-only file: status names that risk."""
+    status = read_status(env.settings, ask_workers=False)
+    assert status.redis_aof is True, status.to_dict()
+    assert not any("append-only" in p for p in status.problems), status.problems
+    without = dataclasses.replace(status, redis_aof=False)
+    assert any("append-only file" in p for p in without.problems), without.problems
+    assert without.to_dict()["redis_aof"] is False
