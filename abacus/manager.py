@@ -61,6 +61,9 @@ class RunOptions:
     memory: Memory | None = None
     from_savepoint: Path | None = None
     resume: bool = True  # from the newest retained checkpoint/savepoint of the job name
+    # keep the progress directories of earlier processes of the job name (a supervisor that
+    # restarts a dead job keeps what they re-applied and left uncertain); False: removed
+    keep_progress: bool = False
 
 
 def jobs_dir(settings: Settings) -> Path:
@@ -196,7 +199,8 @@ def _request(settings: Settings, kind: str, target: str, options: RunOptions
     name = job_name(kind, target, options.prefix)
     started_ms = int(time.time() * 1000)
     progress_root = jobs_dir(settings) / f"{name}.progress"
-    shutil.rmtree(progress_root, ignore_errors=True)  # counters of earlier runs
+    if not options.keep_progress:
+        shutil.rmtree(progress_root, ignore_errors=True)  # counters of earlier runs
     run_dir = progress_root / str(started_ms)
     spec = _spec(settings, kind, target, options, name, str(run_dir), started_ms)
     restore = restore_point(settings, name, options)

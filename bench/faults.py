@@ -19,7 +19,7 @@ audits nothing):
 - recovered after: seconds from the injection to the run's end of drain (`stopped_at` in its
   run.json), or the run's error when it did not drain;
 - excess: count increments in the store (both levels, every resolution and facet pair)
-  minus the truth's; Abacus's re-applied and uncertain increments (`abacus.progress`, both
+  minus the truth's; Abacus's re-applied and uncertain increments (`shadow.restores`, both
   jobs, the same unit): what a restore wrote again, and writes whose fate a fault left
   unknown. Expected: re-applied <= excess <= re-applied + uncertain.
 
@@ -272,8 +272,8 @@ def run_fault(settings: Settings, fault: str, events: int, rate: float, seed: in
 def _count(settings: Settings, doc: dict[str, Any], run_dir: Path, row: FaultRow) -> None:
     """published, counted, over, under and dead letters of each pipeline, from the stores."""
     import storage
-    from abacus import manager, progress
     from counting import Recount
+    from shadow import restores
 
     run_settings = _run_settings(settings, doc)
     recount = Recount()
@@ -311,11 +311,10 @@ def _count(settings: Settings, doc: dict[str, Any], run_dir: Path, row: FaultRow
     row.abacus["dead"] = _abacus_dead_letters(run_settings, run_dir)
     reapplied = uncertain = 0
     for name in (doc.get("jobs") or {}).values():
-        state = manager.status(run_settings, name)
-        if state is not None and state.progress_dir and Path(state.progress_dir).is_dir():
-            counts = progress.read(Path(state.progress_dir))
-            reapplied += counts.reapplied
-            uncertain += counts.uncertain
+        # every process of the job in the run (a restarted job keeps its earlier ones)
+        counts = restores.job_increments(run_settings, name)
+        reapplied += counts.reapplied
+        uncertain += counts.uncertain
     row.abacus["reapplied"], row.abacus["uncertain"] = reapplied, uncertain
 
 

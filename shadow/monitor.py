@@ -100,17 +100,22 @@ def legacy_drained(x: Sample, published: int) -> bool:
     return bool(x.legacy.get("drained")) and x.legacy_done >= published
 
 
-def bridge_drained(x: Sample, published: int) -> bool:
+def bridge_drained(x: Sample, published: int, restarted: bool = False) -> bool:
+    """A restarted bridge's totals count since its start: what the dead one consumed and
+    acked is gone from the queue (what it had not acked was delivered again), so the mirror
+    queue empty and the new bridge balanced is the test, not consumed >= published."""
     b = x.bridge
     consumed = b.get("consumed", 0)
-    return (b.get("ready") == 0 and b.get("in_flight") == 0 and consumed >= published
+    return (b.get("ready") == 0 and b.get("in_flight") == 0
+            and (restarted or consumed >= published)
             and b.get("produced", 0) + b.get("dead_lettered", 0) == consumed
             and b.get("acked", 0) == consumed)
 
 
 def abacus_drained(x: Sample) -> bool:
     return bool(x.jobs) and all(
-        j["lag"] == 0 and (j["fanned"] is None or j["fanned"] == j["written"])
+        j.get("status") == "RUNNING" and j["lag"] == 0
+        and (j["fanned"] is None or j["fanned"] == j["written"])
         for j in x.jobs.values())
 
 

@@ -158,8 +158,11 @@ def print_result(result: RunResult, out: IO[str]) -> None:
                           term(d["outcome"].upper()), term(where or "-"))
         console.print(table)
     figures_table(result, console)
+    restarts_table(result, console)
     for a in result.audits:
         console.print(term(f"report: {a.html}"))
+    if result.explanation:
+        console.print(term(result.explanation, style="yellow"))
     if result.error:
         console.print(term(f"run failed: {result.error}", style="red"))
     verdict = {0: "CLEAN: legacy = Abacus = truth", 1: "NOT CLEAN: see the audits above",
@@ -185,6 +188,23 @@ def figures_table(result: RunResult, console: Console) -> None:
     console.print("sustained = events published / (first publish -> that pipeline's last "
                   "count written); latency = probe published -> its account count readable "
                   "in Cassandra")
+
+
+def restarts_table(result: RunResult, console: Console) -> None:
+    """The components the run's supervisor started again, and what the jobs' restores cost."""
+    if result.restarts:
+        table = Table("component", "at", "exit", "reason", "new pid",
+                      title=f"components restarted by the run ({len(result.restarts)})")
+        for r in result.restarts:
+            table.add_row(term(r.component), time.strftime("%H:%M:%S", time.localtime(r.at)),
+                          term(r.exit), term(r.reason[:160]), _n(r.pid))
+        console.print(table)
+    jobs = {k: i for k, i in result.increments.items() if i.processes > 1 or i.reapplied
+            or i.uncertain}
+    for kind, i in sorted(jobs.items()):
+        console.print(term(f"Abacus {kind}: {i.processes} process(es), {i.reapplied} count "
+                           f"increments re-applied ({i.reapplied_across} across process "
+                           f"restarts), {i.uncertain} of unknown fate"))
 
 
 def _ms(value: float | None) -> str:
