@@ -74,7 +74,7 @@ def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "message.max.bytes": TOPIC_MAX_MESSAGE_BYTES,
         "queue.buffering.max.kbytes": 256 * 1024,
-        "message.timeout.ms": 120_000,
+        "message.timeout.ms": 60_000,  # undelivered that long: the bridge replaces the producer
         "retry.backoff.ms": 200,
         "statistics.interval.ms": 0,
         "client.id": "abacus-bridge",

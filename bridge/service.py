@@ -7,6 +7,13 @@ At-least-once with bounded memory:
   `multiple=True` up to the highest contiguous confirmed delivery tag;
 - a Kafka error leaves the message unacked and re-produces it with backoff; a record
   Kafka refuses for good (size) is dead-lettered instead;
+- a producer that cannot deliver any more is replaced (the old channel dropped, so its
+  unacked messages come back redelivered and go to the new producer): a fatal error (the
+  idempotent producer's, e.g. a sequence desynchronised by a broker restart: reported by
+  `error_cb`, by `_FATAL` delivery reports and by `produce()` raising `_FATAL`; never by
+  `KafkaError.fatal()` of a delivery report, which confluent_kafka leaves False), or no
+  record delivered for longer than `message.timeout.ms` while records wait (Kafka down that
+  long, or a producer wedged after a broker restart, whose records only time out);
 - SIGTERM: stop consuming, flush Kafka, ack what was confirmed, close (the rest returns to
   the queue);
 - a lost connection or channel: reconnect with backoff; delivery tags of the old channel
@@ -33,7 +40,7 @@ from confluent_kafka import KafkaError, KafkaException
 from bridge import rabbit
 from bridge.amqp091 import AmqpError, Connection
 from bridge.decode import Bad, Good, Message, Reason, dead_letter, decode, last_resort
-from bridge.kafka import ensure_topics, make_producer
+from bridge.kafka import ensure_topics, make_producer, producer_config
 from bridge.status import Counts, Minutes, serve_metrics, status_path, write_status
 from counting.text import escape
 from settings.model import Settings
@@ -49,12 +56,14 @@ _PERMANENT = frozenset(
         KafkaError.INVALID_MSG,
     }
 )
+STALL_MARGIN_S = 10.0  # nothing delivered for message.timeout.ms + this: replace the producer
 MAX_BACKOFF_S = 30.0
 DLQ_FALLBACK_BYTES = 256 * 1024  # a refused dead letter is retried with this head only
 
 
 class KafkaFatal(Exception):
-    """The producer hit a fatal error (e.g. idempotence state lost): it must be replaced."""
+    """The producer hit a fatal error (e.g. idempotence state lost) or stopped delivering:
+    it must be replaced."""
 
 
 @dataclass(slots=True)
@@ -113,6 +122,10 @@ class Bridge:
         self._last_tick = 0.0
         self._connected = False
         self._fatal: Any = None
+        self.producers = 0  # producers created (1 + replacements)
+        timeout_ms = producer_config(self.kafka, **self.producer_overrides)["message.timeout.ms"]
+        self._stall_s = float(timeout_ms) / 1000 + STALL_MARGIN_S
+        self._progress = time.monotonic()  # last delivery, or nothing waiting for one
 
     # ------------------------------------------------------------ control
 
@@ -164,7 +177,7 @@ class Bridge:
                 self._error("Kafka not ready", exc)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
-        self._producer = make_producer(self.kafka, **self.producer_overrides)
+        self._producer = self._new_producer()
         backoff = 1.0
         try:
             while not self._stop:
@@ -174,7 +187,8 @@ class Bridge:
                     self._consume()
                 except KafkaFatal as exc:
                     # unacked messages come back redelivered; a fresh producer sends them
-                    self._error("Kafka producer failed fatally, recreating it", exc)
+                    self.counts.reconnects += 1
+                    self._error("Kafka producer failed, replacing it", exc)
                     self._drop_connection()
                     self._replace_producer()
                     self._sleep(backoff)
@@ -201,11 +215,29 @@ class Bridge:
             self._shutdown()
         return self.counts
 
+    def _new_producer(self) -> Any:
+        self.producers += 1
+        self._progress = time.monotonic()
+        conf = {"error_cb": self._kafka_error, **self.producer_overrides}
+        return make_producer(self.kafka, **conf)
+
+    def _kafka_error(self, err: Any) -> None:
+        """librdkafka's error callback (served by poll, on this thread). Only here does
+        confluent_kafka mark an error fatal; the rest (brokers down, reconnects) librdkafka
+        handles by itself."""
+        if err.fatal():
+            self._fatal = err
+        else:
+            log.info("Kafka client: %s", err)
+
     def _replace_producer(self) -> None:
         old, self._fatal = self._producer, None
-        with contextlib.suppress(KafkaException):
-            old.purge()
-        self._producer = make_producer(self.kafka, **self.producer_overrides)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            # its delivery reports are never served: the records' messages come back
+            # redelivered on the new channel
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        del old
+        self._producer = self._new_producer()
 
     def _connect(self) -> None:
         conn = rabbit.connect(self.rabbit)
@@ -254,8 +286,23 @@ class Bridge:
             if now - self._last_tick >= 1.0:
                 conn.heartbeat_tick()
                 self._tick()
+                self._check_stall(now)
             if self.should_stop is not None and self.should_stop(self.counts):
                 self._stop = True
+
+    def _check_stall(self, now: float) -> None:
+        """Records waiting (in the producer or for a retry) and none delivered for longer
+        than message.timeout.ms: the producer is wedged (or Kafka down that long): replace
+        it. Seen after a Kafka restart: an idempotent producer whose records only ever
+        timed out, re-produced into it forever, and the bridge never drained."""
+        if not len(self._producer) and not self._retries:
+            self._progress = now
+        elif now - self._progress > self._stall_s and self._fatal is None:
+            self._fatal = (
+                f"nothing delivered for {now - self._progress:.0f}s with "
+                f"{len(self._producer)} record(s) in the producer, {len(self._retries)} "
+                f"waiting for a retry; last error: {self._last_error}"
+            )
 
     def _handle(self, d: Any) -> None:
         counts = self.counts
@@ -317,6 +364,7 @@ class Bridge:
         if err is not None:
             self._failed(p, err)
             return
+        self._progress = time.monotonic()
         p.done = True
         rec = p.record
         if isinstance(rec, Good):
@@ -328,10 +376,13 @@ class Bridge:
 
     def _failed(self, p: Pending, err: Any) -> None:
         self.counts.kafka_errors += 1
-        if getattr(err, "fatal", lambda: False)():
-            self._fatal = err
-            return
         code = err.code() if hasattr(err, "code") else None
+        if getattr(err, "fatal", lambda: False)() or code == KafkaError._FATAL:
+            # re-producing into this producer would fail (or wait) again: run() replaces it
+            # and the message comes back redelivered
+            if self._fatal is None:
+                self._fatal = err
+            return
         if type(p.record) is Good and code in _PERMANENT:
             detail = f"Kafka refused the record: {err}"
             self._error("dead-lettering a record Kafka refused", err)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bridge import rabbit
@@ -789,3 +789,88 @@ def test_a_full_overflow_queue_is_reported_as_a_lower_bound(bounded: Env) -> Non
     assert sum(c[DAY_A].messages for c in store.added) == rmq.mirror_max_length
     assert "overflow queue full" in drainer.last_error
     assert env.depth(rmq.mirror_overflow_queue) == 0
+
+
+class _BrokenProducer:
+    """A real producer that, once broken, acts as librdkafka does after a broker restart
+    went wrong: `fatal` (an idempotence fatal error: `error_cb` told, queued records purged,
+    every produce() raises `_FATAL`), `fatal-silent` (the same without `error_cb`: only
+    produce() and the delivery reports say so), `wedged` (records accepted, never delivered,
+    never timed out)."""
+
+    def __init__(self, real: Any, error_cb: Any, how: str) -> None:
+        self.real, self.error_cb, self.how = real, error_cb, how
+        self.broken = False
+        self.swallowed = 0
+
+    def break_(self) -> None:
+        self.broken = True
+        if self.how != "wedged":
+            self.real.purge()  # what librdkafka does with the queues on a fatal error
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        if not self.broken:
+            self.real.produce(*args, **kwargs)
+        elif self.how == "wedged":
+            self.swallowed += 1
+        else:
+            raise KafkaException(KafkaError(KafkaError._FATAL, "injected fatal error"))
+
+    def poll(self, timeout: float = 0) -> int:
+        served = self.real.poll(timeout)
+        if self.broken and self.how == "fatal" and self.error_cb is not None:
+            cb, self.error_cb = self.error_cb, None
+            cb(KafkaError(KafkaError._FATAL, "injected: sequence desynchronized", fatal=True))
+        return int(served)
+
+    def __len__(self) -> int:
+        return len(self.real) + self.swallowed
+
+    def flush(self, timeout: float = -1) -> int:
+        return int(self.real.flush(timeout)) + self.swallowed
+
+    def purge(self, *args: Any, **kwargs: Any) -> None:
+        self.real.purge(*args, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["fatal", "fatal-silent", "wedged"])
+def test_a_failed_or_wedged_producer_is_replaced_and_nothing_is_lost(
+    env: Env, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """After a Kafka restart the idempotent producer can fail fatally (confluent_kafka marks
+    that fatal only in error_cb) or stop delivering: the bridge replaces it, RabbitMQ
+    redelivers what was unacked, and every message reaches the topic."""
+    import bridge.kafka
+    import bridge.service as service
+
+    n = 3000
+    env.publish([celery_message(event(i), f"T{i}") for i in range(n)])
+    made: list[Any] = []
+    real_make = bridge.kafka.make_producer
+
+    def make(kafka: Any, **conf: Any) -> Any:
+        p: Any = real_make(kafka, **conf)
+        if not made:
+            p = _BrokenProducer(p, conf.get("error_cb"), how)
+        made.append(p)
+        return p
+
+    monkeypatch.setattr(service, "make_producer", make)
+    # the wedge is noticed after message.timeout.ms + 10 s: a short timeout keeps it quick
+    b = Bridge(
+        env.settings,
+        "live",
+        should_stop=lambda c: c.acked >= n,
+        producer_overrides={"message.timeout.ms": 3000},
+    )
+    thread = run_in_thread(b)
+    wait_for(lambda: b.counts.acked >= 500, what="500 acks")
+    made[0].break_()
+    finish(thread, b, timeout_s=120)
+    assert b.producers == 2 and len(made) == 2, (b.producers, b._last_error)
+    assert env.depth(env.rmq.legacy_queue) == 0
+    records = read_topic(env.settings, env.settings.kafka.topic, n)
+    ids = Counter(headers_of(r)["task_id"] for r in records)
+    assert set(ids) == {f"T{i}".encode() for i in range(n)}
+    assert b.counts.redelivered > 0 and len(records) - n <= b.counts.redelivered
+    assert b.counts.dead_lettered == 0
