@@ -57,6 +57,11 @@ class Flusher(LegacyClients):
         self._trace = trace or Trace(None, "flusher")
         self._token = uuid.uuid4().hex  # this flusher's lease token
         self._concurrency = max(1, settings.cassandra.write_concurrency)
+        # A window written to Cassandra must leave the batch, or the next flush writes it
+        # again (doubled): its confirm is retried through a Redis restart or timeout for as
+        # long as the lease can still be ours (the script checks the lease: LeaseLost is
+        # not retried). Retrying it is idempotent (HDEL of deleted fields does nothing).
+        self._confirm_retry = RetryPolicy(budget_s=lease_s)
 
     @property
     def token(self) -> str:
@@ -91,13 +96,11 @@ class Flusher(LegacyClients):
         with Renewal(self._bertha, batch, self._token, self._lease_s) as lease:
             self._write(batch, rows, lease)
             lease.check()
-            if not self._bertha.done(batch, self._token):
+            if not self._confirm_retry.run(lambda: self._bertha.done(batch, self._token),
+                                           lambda _exc: None):
                 raise LeaseLost(f"batch {batch}: lease lost before it was done")
         self._trace.flush(batch, t_taken or time.time(), time.time())
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(self._keys.stats, "flushes", 1)
-        pipe.hincrby(self._keys.stats, "flushed_keys", len(rows))
-        pipe.execute()
+        count_stats(self._redis, self._keys, {"flushes": 1, "flushed_keys": len(rows)})
         return FlushResult(1, len(rows), 0)
 
     def _write(self, batch: str, rows: list[Row], lease: Renewal) -> None:
@@ -113,8 +116,7 @@ class Flusher(LegacyClients):
             outcome = self._accounts.write(window)
             written = [k for part in outcome.written for k, _ in window[part]]  # type: ignore[index]
             if written:
-                self._bertha.confirm(batch, self._token, [encode_key(k) for k in written],
-                                     self._lease_s)
+                self._confirm(batch, [encode_key(k) for k in written])
             if outcome.error is not None:
                 error = error or outcome.error
                 failed += len(window) - len(outcome.written)
@@ -122,6 +124,14 @@ class Flusher(LegacyClients):
             log.warning("Big Bertha batch %s: %d of %d chunks failed; the written ones left "
                         "the batch", batch, failed, len(parts))
             raise error
+
+    def _confirm(self, batch: str, fields: list[str]) -> None:
+        def retrying(exc: BaseException) -> None:
+            log.warning("Big Bertha batch %s: confirming %d written keys failed (%s: %s); "
+                        "retrying", batch, len(fields), type(exc).__name__, exc)
+
+        self._confirm_retry.run(
+            lambda: self._bertha.confirm(batch, self._token, fields, self._lease_s), retrying)
 
     def pending_fields(self) -> int:
         return self._bertha.pending_fields()
