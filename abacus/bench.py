@@ -50,12 +50,16 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _isolated(settings: Settings, tag: str) -> Settings:
-    return settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic": f"bench.{tag}.events",
-                                                   "dlq_topic": f"bench.{tag}.dlq"}),
-        "cassandra": settings.cassandra.model_copy(
-            update={"keyspace_prefix": f"{settings.cassandra.keyspace_prefix}bench_{tag}_"}),
-    })
+    return settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"topic": f"bench.{tag}.events", "dlq_topic": f"bench.{tag}.dlq"}
+            ),
+            "cassandra": settings.cassandra.model_copy(
+                update={"keyspace_prefix": f"{settings.cassandra.keyspace_prefix}bench_{tag}_"}
+            ),
+        }
+    )
 
 
 def _prepare(settings: Settings) -> None:
@@ -66,9 +70,12 @@ def _prepare(settings: Settings) -> None:
     admin = AdminClient(settings.kafka.client_config())
     durable = {"min.insync.replicas": str(settings.kafka.min_insync_replicas)}
     config = {"message.timestamp.type": "LogAppendTime", **durable}
-    futures = admin.create_topics([
-        NewTopic(settings.kafka.topic, settings.kafka.partitions, 1, config=config),
-        NewTopic(settings.kafka.dlq_topic, 1, 1, config=durable)])
+    futures = admin.create_topics(
+        [
+            NewTopic(settings.kafka.topic, settings.kafka.partitions, 1, config=config),
+            NewTopic(settings.kafka.dlq_topic, 1, 1, config=durable),
+        ]
+    )
     for future in futures.values():
         future.result()
     storage.apply_schema(settings.cassandra, ["shadow"])
@@ -85,8 +92,10 @@ def _cleanup(settings: Settings) -> None:
             future.result()
     session = storage.connect(settings.cassandra)
     try:
-        session.execute(f"DROP KEYSPACE IF EXISTS "
-                        f"{storage.keyspace_of(settings.cassandra, 'shadow')}", timeout=120)
+        session.execute(
+            f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(settings.cassandra, 'shadow')}",
+            timeout=120,
+        )
     finally:
         session.cluster.shutdown()
 
@@ -96,15 +105,21 @@ class _Producer:
         from confluent_kafka import Producer
 
         self.topic = settings.kafka.topic
-        self._producer = Producer({**settings.kafka.client_config(), "linger.ms": 5,
-                                   "queue.buffering.max.messages": 1_000_000})
+        self._producer = Producer(
+            {
+                **settings.kafka.client_config(),
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
 
     def send(self, line: str, on_delivery: Any = None) -> None:
         key = key_of(line) or None  # keyed as the bridge keys them
         while True:
             try:
-                self._producer.produce(self.topic, value=line.encode(), key=key,
-                                       on_delivery=on_delivery)
+                self._producer.produce(
+                    self.topic, value=line.encode(), key=key, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -149,8 +164,11 @@ class _Cpu:
         from services.manager import services
 
         self._jobs = jobs
-        self._servers = {s.name: pid for s in services(settings, ["cassandra", "kafka"])
-                         if (pid := s.pid()) is not None}
+        self._servers = {
+            s.name: pid
+            for s in services(settings, ["cassandra", "kafka"])
+            if (pid := s.pid()) is not None
+        }
         self._start = self._sample()
 
     def _sample(self) -> dict[str, float]:
@@ -193,8 +211,9 @@ def _targets(lines: list[str]) -> _Targets:
     recount = Recount()
     for line in lines:
         recount.add_raw(line)
-    return _Targets(sum(c.count for c in recount.account()),
-                    sum(c.count for c in recount.customer()))
+    return _Targets(
+        sum(c.count for c in recount.account()), sum(c.count for c in recount.customer())
+    )
 
 
 def _written(settings: Settings, names: dict[str, str]) -> dict[str, int]:
@@ -206,13 +225,20 @@ def _written(settings: Settings, names: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _throughput(settings: Settings, names: dict[str, str], lines: list[str],
-                timeout_s: float, pids: dict[str, int] | None = None) -> dict[str, Any]:
+def _throughput(
+    settings: Settings,
+    names: dict[str, str],
+    lines: list[str],
+    timeout_s: float,
+    pids: dict[str, int] | None = None,
+) -> dict[str, Any]:
     targets = _targets(lines)
     cpu = _Cpu(settings, pids) if pids else None
     before = _written(settings, names)
-    want = {"statistic": before["statistic"] + targets.account,
-            "customer": before["customer"] + targets.customer}
+    want = {
+        "statistic": before["statistic"] + targets.account,
+        "customer": before["customer"] + targets.customer,
+    }
     producer = _Producer(settings)
     started = time.monotonic()
     for line in lines:
@@ -243,21 +269,31 @@ def _throughput(settings: Settings, names: dict[str, str], lines: list[str],
         # machine could sustain if nothing else ran and nothing waited
         us = out["cpu_us_per_event"] = cpu.per_event_us(len(lines))
         out["cpu_ceiling_events_per_s"] = round(
-            (os.cpu_count() or 1) * 1e6 / max(1, sum(us.values())))
+            (os.cpu_count() or 1) * 1e6 / max(1, sum(us.values()))
+        )
         if "cassandra" in us:
             out["cassandra_ceiling_events_per_s"] = round(
-                (os.cpu_count() or 1) * 1e6 / max(1, us["cassandra"]))
+                (os.cpu_count() or 1) * 1e6 / max(1, us["cassandra"])
+            )
     return out
 
 
 def _probe_line(i: int) -> str:
-    return json.dumps({"event_id": f"probe-{uuid.uuid4().hex}", "company_id": PROBE_COMPANY,
-                       "customer_id": f"PRB-{i}", "statistic_id": PROBE_STATISTIC,
-                       "timestamp": PROBE_EPOCH_S + i * 86_400, "timezone": "UTC"})
+    return json.dumps(
+        {
+            "event_id": f"probe-{uuid.uuid4().hex}",
+            "company_id": PROBE_COMPANY,
+            "customer_id": f"PRB-{i}",
+            "statistic_id": PROBE_STATISTIC,
+            "timestamp": PROBE_EPOCH_S + i * 86_400,
+            "timezone": "UTC",
+        }
+    )
 
 
-def _freshness(settings: Settings, lines: list[str], rate: float, probes_per_s: float,
-               timeout_s: float) -> dict[str, Any]:
+def _freshness(
+    settings: Settings, lines: list[str], rate: float, probes_per_s: float, timeout_s: float
+) -> dict[str, Any]:
     import storage
     from counting import bucket_labels
 
@@ -273,6 +309,7 @@ def _freshness(settings: Settings, lines: list[str], rate: float, probes_per_s: 
             if err is None:
                 with lock:
                     appended[i] = msg.timestamp()[1] / 1000
+
         return delivered
 
     def poll() -> None:
@@ -281,8 +318,9 @@ def _freshness(settings: Settings, lines: list[str], rate: float, probes_per_s: 
                 pending = list(appended)
             for i in pending:
                 day = bucket_labels(PROBE_EPOCH_S + i * 86_400, "UTC")[1]
-                if i not in visible["statistic"] and any(store.read_account_range(
-                        PROBE_COMPANY, PROBE_STATISTIC, "day", day, day)):
+                if i not in visible["statistic"] and any(
+                    store.read_account_range(PROBE_COMPANY, PROBE_STATISTIC, "day", day, day)
+                ):
                     visible["statistic"][i] = time.time()
                 if i not in visible["customer"] and any(store.read_date(day, "customer")):
                     visible["customer"][i] = time.time()
@@ -314,12 +352,20 @@ def _freshness(settings: Settings, lines: list[str], rate: float, probes_per_s: 
     finally:
         stop.set()
         session.cluster.shutdown()
-    out: dict[str, Any] = {"events": len(lines), "rate_target": rate,
-                           "rate_achieved": round(achieved, 1), "probes": probe}
+    out: dict[str, Any] = {
+        "events": len(lines),
+        "rate_target": rate,
+        "rate_achieved": round(achieved, 1),
+        "probes": probe,
+    }
     for kind, seen in visible.items():
         lat = [seen[i] - appended[i] for i in seen if i in appended]
-        out[kind] = {"p50_ms": _ms(_percentile(lat, 0.5)), "p99_ms": _ms(_percentile(lat, 0.99)),
-                     "max_ms": _ms(max(lat, default=None)), "seen": len(lat)}
+        out[kind] = {
+            "p50_ms": _ms(_percentile(lat, 0.5)),
+            "p99_ms": _ms(_percentile(lat, 0.99)),
+            "max_ms": _ms(max(lat, default=None)),
+            "seen": len(lat),
+        }
     return out
 
 
@@ -332,23 +378,42 @@ def _lines(seed: int, n: int) -> list[str]:
     return [json.dumps(e, ensure_ascii=False) for e in generate(GeneratorConfig(n=n, seed=seed))]
 
 
-def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
-                     latency_rate: float, latency_events: int, probes_per_s: float,
-                     memory: Memory, parallelism: int, warmup: int = 500,
-                     timeout_s: float = 600, seed: int = 7) -> dict[str, Any]:
+def run_abacus_bench(
+    settings: Settings,
+    lines: list[str],
+    *,
+    window_ms: int,
+    latency_rate: float,
+    latency_events: int,
+    probes_per_s: float,
+    memory: Memory,
+    parallelism: int,
+    warmup: int = 500,
+    timeout_s: float = 600,
+    seed: int = 7,
+) -> dict[str, Any]:
     """Both jobs on `lines` in an isolated installation; their figures. The warm-up and the
     freshness phase use other events (other seeds): a repeated event_id is a duplicate."""
     tag = uuid.uuid4().hex[:8]
     isolated = _isolated(settings, tag)
     prefix = f"bench-{tag}-"
-    figures: dict[str, Any] = {"parameters": {
-        "events": len(lines), "warmup_events": warmup, "window_ms": window_ms,
-        "parallelism": parallelism, "heap_mb": memory.heap_mb, "managed_mb": memory.managed_mb,
-        "checkpoint_interval_ms": settings.flink.checkpoint_interval_ms,
-        "load_1m_at_start": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}}
+    figures: dict[str, Any] = {
+        "parameters": {
+            "events": len(lines),
+            "warmup_events": warmup,
+            "window_ms": window_ms,
+            "parallelism": parallelism,
+            "heap_mb": memory.heap_mb,
+            "managed_mb": memory.managed_mb,
+            "checkpoint_interval_ms": settings.flink.checkpoint_interval_ms,
+            "load_1m_at_start": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
+        }
+    }
     _prepare(isolated)
-    options = RunOptions(prefix=prefix, window_ms=window_ms, parallelism=parallelism,
-                         memory=memory, resume=False)
+    options = RunOptions(
+        prefix=prefix, window_ms=window_ms, parallelism=parallelism, memory=memory, resume=False
+    )
     try:
         t0 = time.monotonic()
         states = manager.start_jobs(isolated, "shadow", options)
@@ -359,10 +424,16 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
             if warmup:
                 _throughput(isolated, names, _lines(seed + 1000, warmup), timeout_s)
             figures["throughput"] = _throughput(
-                isolated, names, lines, timeout_s, {s.kind: s.pid for s in states if s.pid})
+                isolated, names, lines, timeout_s, {s.kind: s.pid for s in states if s.pid}
+            )
             if latency_events:
-                figures["freshness"] = _freshness(isolated, _lines(seed + 2000, latency_events),
-                                                  latency_rate, probes_per_s, timeout_s=30)
+                figures["freshness"] = _freshness(
+                    isolated,
+                    _lines(seed + 2000, latency_events),
+                    latency_rate,
+                    probes_per_s,
+                    timeout_s=30,
+                )
         finally:
             figures["rss_mb"] = rss.stop()
     finally:
@@ -376,47 +447,94 @@ def run_abacus_bench(settings: Settings, lines: list[str], *, window_ms: int,
 
 
 @click.command("abacus")
-@click.option("--events", "n", type=click.IntRange(min=100), default=120_000, show_default=True,
-              help="Events of the measured throughput phase.")
-@click.option("--warmup", type=click.IntRange(min=0), default=30_000, show_default=True,
-              help="Events through both jobs before the clock starts (other event ids): the "
-                   "JVMs' JIT compiles the hot paths in the first ~10 s.")
+@click.option(
+    "--events",
+    "n",
+    type=click.IntRange(min=100),
+    default=120_000,
+    show_default=True,
+    help="Events of the measured throughput phase.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=30_000,
+    show_default=True,
+    help="Events through both jobs before the clock starts (other event ids): the "
+    "JVMs' JIT compiles the hot paths in the first ~10 s.",
+)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--window-ms", type=click.IntRange(10), default=250, show_default=True,
-              help="How often the sinks write their sums (flink.window_ms, 1 s by default; "
-                   "a freshness under 1 s needs writes more often than that).")
+@click.option(
+    "--window-ms",
+    type=click.IntRange(10),
+    default=250,
+    show_default=True,
+    help="How often the sinks write their sums (flink.window_ms, 1 s by default; "
+    "a freshness under 1 s needs writes more often than that).",
+)
 @click.option("--latency-rate", type=click.FloatRange(min=1), default=1000.0, show_default=True)
-@click.option("--latency-events", type=click.IntRange(min=0), default=30_000,
-              show_default=True, help="Events of the steady-rate freshness phase (0: skip).")
+@click.option(
+    "--latency-events",
+    type=click.IntRange(min=0),
+    default=30_000,
+    show_default=True,
+    help="Events of the steady-rate freshness phase (0: skip).",
+)
 @click.option("--probes-per-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--parallelism", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--heap-mb", type=click.IntRange(256), default=640, show_default=True)
 @click.option("--managed-mb", type=click.IntRange(64), default=192, show_default=True)
-@click.option("--legacy-events", type=click.IntRange(min=0), default=6_000, show_default=True,
-              help="The first N of the same events through legacy (0: skip legacy).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--legacy-events",
+    type=click.IntRange(min=0),
+    default=6_000,
+    show_default=True,
+    help="The first N of the same events through legacy (0: skip legacy).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.pass_obj
-def bench_abacus(settings: Settings, n: int, seed: int, window_ms: int,
-                 latency_rate: float, latency_events: int, probes_per_s: float,
-                 parallelism: int, heap_mb: int, managed_mb: int, legacy_events: int,
-                 warmup: int, fmt: str) -> None:
+def bench_abacus(
+    settings: Settings,
+    n: int,
+    seed: int,
+    window_ms: int,
+    latency_rate: float,
+    latency_events: int,
+    probes_per_s: float,
+    parallelism: int,
+    heap_mb: int,
+    managed_mb: int,
+    legacy_events: int,
+    warmup: int,
+    fmt: str,
+) -> None:
     """Both Abacus jobs: sustained events/s, freshness p50/p99 at a steady rate, RSS; legacy
     on the same events, and the ratio."""
     lines = _lines(seed, n)  # the generator's default mix
     try:
         figures = run_abacus_bench(
-            settings, lines, window_ms=window_ms, latency_rate=latency_rate,
-            latency_events=min(latency_events, n), probes_per_s=probes_per_s,
-            memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb), parallelism=parallelism,
-            warmup=warmup, seed=seed)
+            settings,
+            lines,
+            window_ms=window_ms,
+            latency_rate=latency_rate,
+            latency_events=min(latency_events, n),
+            probes_per_s=probes_per_s,
+            memory=Memory(heap_mb=heap_mb, managed_mb=managed_mb),
+            parallelism=parallelism,
+            warmup=warmup,
+            seed=seed,
+        )
     except (TimeoutError, manager.JobError, FileNotFoundError) as exc:
         raise click.ClickException(f"bench abacus: {exc}") from None
     legacy = _legacy(settings, lines[:legacy_events]) if legacy_events else None
     figures["legacy"] = legacy
     if legacy and legacy.get("throughput", {}).get("sustained_events_per_s"):
-        figures["ratio"] = round(figures["throughput"]["events_per_s"]
-                                 / legacy["throughput"]["sustained_events_per_s"], 1)
+        figures["ratio"] = round(
+            figures["throughput"]["events_per_s"] / legacy["throughput"]["sustained_events_per_s"],
+            1,
+        )
     if fmt == "json":
         click.echo(json.dumps(figures))
         return
@@ -436,33 +554,43 @@ def _legacy(settings: Settings, lines: list[str]) -> dict[str, Any] | None:
 
 def _render(figures: dict[str, Any], seed: int) -> None:
     p = figures["parameters"]
-    click.echo(f"abacus M1: {p['events']} generated events (default mix, seed {seed}; after "
-               f"{p['warmup_events']} warm-up events), both "
-               f"jobs, writes every {p['window_ms']} ms, parallelism "
-               f"{p['parallelism']}, heap {p['heap_mb']} MiB + managed {p['managed_mb']} MiB "
-               f"per job, checkpoints every {p['checkpoint_interval_ms']} ms; machine load "
-               f"{p['load_1m_at_start']} on {p['cpus']} CPUs at start; jobs started in "
-               f"{figures.get('start_s')} s")
+    click.echo(
+        f"abacus M1: {p['events']} generated events (default mix, seed {seed}; after "
+        f"{p['warmup_events']} warm-up events), both "
+        f"jobs, writes every {p['window_ms']} ms, parallelism "
+        f"{p['parallelism']}, heap {p['heap_mb']} MiB + managed {p['managed_mb']} MiB "
+        f"per job, checkpoints every {p['checkpoint_interval_ms']} ms; machine load "
+        f"{p['load_1m_at_start']} on {p['cpus']} CPUs at start; jobs started in "
+        f"{figures.get('start_s')} s"
+    )
     t = figures["throughput"]
-    click.echo(f"  throughput  {t['events']} events: {t['events_per_s']} events/s through "
-               f"both jobs (statistic {t['per_job_events_per_s'].get('statistic')}, customer "
-               f"{t['per_job_events_per_s'].get('customer')}); produced in {t['produce_s']} s, "
-               f"all written after {t['elapsed_s']} s")
+    click.echo(
+        f"  throughput  {t['events']} events: {t['events_per_s']} events/s through "
+        f"both jobs (statistic {t['per_job_events_per_s'].get('statistic')}, customer "
+        f"{t['per_job_events_per_s'].get('customer')}); produced in {t['produce_s']} s, "
+        f"all written after {t['elapsed_s']} s"
+    )
     if "cpu_us_per_event" in t:
         parts = ", ".join(f"{k} {v}" for k, v in t["cpu_us_per_event"].items())
-        click.echo(f"  CPU/event   {parts} us; all of it on {p['cpus']} cores: at most "
-                   f"{t['cpu_ceiling_events_per_s']} events/s on this machine "
-                   f"(Cassandra's counter writes alone: "
-                   f"{t.get('cassandra_ceiling_events_per_s')} events/s)")
+        click.echo(
+            f"  CPU/event   {parts} us; all of it on {p['cpus']} cores: at most "
+            f"{t['cpu_ceiling_events_per_s']} events/s on this machine "
+            f"(Cassandra's counter writes alone: "
+            f"{t.get('cassandra_ceiling_events_per_s')} events/s)"
+        )
     f = figures.get("freshness")
     if f:
-        click.echo(f"  freshness   {f['events']} events at {f['rate_achieved']}/s "
-                   f"(target {f['rate_target']:g}), {f['probes']} probes, Kafka append -> "
-                   f"readable in Cassandra:")
+        click.echo(
+            f"  freshness   {f['events']} events at {f['rate_achieved']}/s "
+            f"(target {f['rate_target']:g}), {f['probes']} probes, Kafka append -> "
+            f"readable in Cassandra:"
+        )
         for kind in ("statistic", "customer"):
             k = f[kind]
-            click.echo(f"    {kind:<10} p50 {k['p50_ms']} ms  p99 {k['p99_ms']} ms  "
-                       f"max {k['max_ms']} ms  ({k['seen']} probes seen)")
+            click.echo(
+                f"    {kind:<10} p50 {k['p50_ms']} ms  p99 {k['p99_ms']} ms  "
+                f"max {k['max_ms']} ms  ({k['seen']} probes seen)"
+            )
     click.echo(f"  RSS peak    {figures['rss_mb']} MiB (runner + JVM + Python, per job)")
     legacy = figures.get("legacy")
     if legacy is None:
@@ -471,7 +599,9 @@ def _render(figures: dict[str, Any], seed: int) -> None:
         click.echo(f"  legacy      not measured: {legacy['error']}")
     else:
         lt = legacy["throughput"]
-        click.echo(f"  legacy      {lt['events']} of the same events: "
-                   f"{lt['sustained_events_per_s']} events/s; publish->visible p50 "
-                   f"{lt['latency_p50_ms']} ms p99 {lt['latency_p99_ms']} ms (unthrottled)")
+        click.echo(
+            f"  legacy      {lt['events']} of the same events: "
+            f"{lt['sustained_events_per_s']} events/s; publish->visible p50 "
+            f"{lt['latency_p50_ms']} ms p99 {lt['latency_p99_ms']} ms (unthrottled)"
+        )
         click.echo(f"  ratio       abacus / legacy = {figures.get('ratio')}x")

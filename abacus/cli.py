@@ -36,44 +36,96 @@ def job() -> None:
 
 @job.command("run")
 @click.argument("kind", type=click.Choice(["statistic", "customer"]))
-@click.option("--milestone", type=click.IntRange(1, 1), default=1, show_default=True,
-              help="1: increments to counter tables (milestone 2 is a separate job).")
-@click.option("--target", type=click.Choice(["shadow", "serving"]), default="shadow",
-              show_default=True, help="The count store the job writes.")
+@click.option(
+    "--milestone",
+    type=click.IntRange(1, 1),
+    default=1,
+    show_default=True,
+    help="1: increments to counter tables (milestone 2 is a separate job).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["shadow", "serving"]),
+    default="shadow",
+    show_default=True,
+    help="The count store the job writes.",
+)
 @click.option("--foreground", is_flag=True, help="Run in this process (Ctrl-C cancels).")
-@click.option("--from-savepoint", "from_savepoint", type=click.Path(path_type=Path),
-              default=None, help="Restore from this savepoint or checkpoint directory.")
-@click.option("--fresh", is_flag=True,
-              help="Ignore retained checkpoints (default: resume from the newest one).")
-@click.option("--prefix", default="", callback=_name,
-              help="Prefix of the job name and consumer group (letters, digits, _ . -).")
-@click.option("--window-ms", type=click.IntRange(10), default=None,
-              help="How often the sink writes what it has summed (default: flink.window_ms).")
-@click.option("--parallelism", type=click.IntRange(1), default=None,
-              help="Default: flink.parallelism.")
-@click.option("--uniques-ttl-s", type=click.IntRange(1), default=None,
-              help="How long a (counter, customer) pair is remembered for uniques "
-                   "(default: flink.uniques_ttl_s).")
-@click.option("--heap-mb", type=click.IntRange(256), default=None,
-              help="Default: flink.heap_mb.")
-@click.option("--managed-mb", type=click.IntRange(64), default=None,
-              help="Managed memory, bounds RocksDB (default: flink.managed_mb).")
+@click.option(
+    "--from-savepoint",
+    "from_savepoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Restore from this savepoint or checkpoint directory.",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Ignore retained checkpoints (default: resume from the newest one).",
+)
+@click.option(
+    "--prefix",
+    default="",
+    callback=_name,
+    help="Prefix of the job name and consumer group (letters, digits, _ . -).",
+)
+@click.option(
+    "--window-ms",
+    type=click.IntRange(10),
+    default=None,
+    help="How often the sink writes what it has summed (default: flink.window_ms).",
+)
+@click.option(
+    "--parallelism", type=click.IntRange(1), default=None, help="Default: flink.parallelism."
+)
+@click.option(
+    "--uniques-ttl-s",
+    type=click.IntRange(1),
+    default=None,
+    help="How long a (counter, customer) pair is remembered for uniques "
+    "(default: flink.uniques_ttl_s).",
+)
+@click.option("--heap-mb", type=click.IntRange(256), default=None, help="Default: flink.heap_mb.")
+@click.option(
+    "--managed-mb",
+    type=click.IntRange(64),
+    default=None,
+    help="Managed memory, bounds RocksDB (default: flink.managed_mb).",
+)
 @click.pass_obj
-def run(settings: Settings, kind: str, milestone: int, target: str, foreground: bool,
-        from_savepoint: Path | None, fresh: bool, prefix: str, window_ms: int | None,
-        parallelism: int | None, uniques_ttl_s: int | None,
-        heap_mb: int | None, managed_mb: int | None) -> None:
+def run(
+    settings: Settings,
+    kind: str,
+    milestone: int,
+    target: str,
+    foreground: bool,
+    from_savepoint: Path | None,
+    fresh: bool,
+    prefix: str,
+    window_ms: int | None,
+    parallelism: int | None,
+    uniques_ttl_s: int | None,
+    heap_mb: int | None,
+    managed_mb: int | None,
+) -> None:
     """Start the KIND job (statistic or customer) in the background, or in --foreground."""
     from abacus import manager
     from abacus.environment import Memory
 
     if from_savepoint is not None and fresh:
         raise click.UsageError("--from-savepoint and --fresh exclude each other: pick one")
-    options = manager.RunOptions(prefix=prefix, window_ms=window_ms,
-                                 parallelism=parallelism, uniques_ttl_s=uniques_ttl_s,
-                                 memory=Memory(heap_mb=heap_mb or settings.flink.heap_mb,
-                                               managed_mb=managed_mb or settings.flink.managed_mb),
-                                 from_savepoint=from_savepoint, resume=not fresh)
+    options = manager.RunOptions(
+        prefix=prefix,
+        window_ms=window_ms,
+        parallelism=parallelism,
+        uniques_ttl_s=uniques_ttl_s,
+        memory=Memory(
+            heap_mb=heap_mb or settings.flink.heap_mb,
+            managed_mb=managed_mb or settings.flink.managed_mb,
+        ),
+        from_savepoint=from_savepoint,
+        resume=not fresh,
+    )
     try:
         if foreground:
             raise SystemExit(manager.run_foreground(settings, kind, target, options))
@@ -86,8 +138,9 @@ def run(settings: Settings, kind: str, milestone: int, target: str, foreground: 
 
 
 @job.command("status")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_obj
 def status(settings: Settings, fmt: str) -> None:
     """Every job this data directory knows, with its process and Flink status: a job that
@@ -97,9 +150,20 @@ def status(settings: Settings, fmt: str) -> None:
 
     states = manager.statuses(settings)
     if fmt == "json":
-        click.echo(json.dumps([{**s.to_record(), "condition": manager.describe(s),
-                                "restarts_last_minute": manager.recent_restarts(s),
-                                "problem": manager.problem(s)} for s in states], indent=1))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        **s.to_record(),
+                        "condition": manager.describe(s),
+                        "restarts_last_minute": manager.recent_restarts(s),
+                        "problem": manager.problem(s),
+                    }
+                    for s in states
+                ],
+                indent=1,
+            )
+        )
         return
     if not states:
         click.echo("no jobs")
@@ -109,22 +173,38 @@ def status(settings: Settings, fmt: str) -> None:
 
     from settings.output import term
 
-    table = Table("job", "status", "target", "pid", "flink job", "since", "restarts",
-                  "savepoint", "reason")
+    table = Table(
+        "job", "status", "target", "pid", "flink job", "since", "restarts", "savepoint", "reason"
+    )
     for s in states:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
         failing = manager.problem(s) is not None
-        table.add_row(*(term(v) for v in (s.name, manager.describe(s), s.target,
-                                          str(s.pid or ""), s.job_id or "", since,
-                                          str(s.restarts or ""), s.savepoint or "",
-                                          s.error if failing or s.restarts else "")))
+        table.add_row(
+            *(
+                term(v)
+                for v in (
+                    s.name,
+                    manager.describe(s),
+                    s.target,
+                    str(s.pid or ""),
+                    s.job_id or "",
+                    since,
+                    str(s.restarts or ""),
+                    s.savepoint or "",
+                    s.error if failing or s.restarts else "",
+                )
+            )
+        )
     Console().print(table)
 
 
 @job.command("stop")
 @click.argument("name", callback=_name)
-@click.option("--savepoint", is_flag=True, help="Stop with a savepoint (else cancel; "
-              "checkpoints are retained either way).")
+@click.option(
+    "--savepoint",
+    is_flag=True,
+    help="Stop with a savepoint (else cancel; checkpoints are retained either way).",
+)
 @click.pass_obj
 def stop(settings: Settings, name: str, savepoint: bool) -> None:
     """Stop the job NAME (see `abacus job status`)."""
@@ -134,8 +214,9 @@ def stop(settings: Settings, name: str, savepoint: bool) -> None:
         state = manager.stop(settings, name, savepoint=savepoint)
     except manager.JobError as exc:
         raise _fail(exc) from None
-    click.echo(f"{name}: {state.status}" + (f", savepoint {state.savepoint}"
-                                            if state.savepoint else ""))
+    click.echo(
+        f"{name}: {state.status}" + (f", savepoint {state.savepoint}" if state.savepoint else "")
+    )
 
 
 @job.command("logs")
@@ -154,8 +235,13 @@ def logs(settings: Settings, name: str, lines: int) -> None:
 
 @job.command("drained")
 @click.argument("names", nargs=-1, required=True, callback=_name)
-@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0.0,
-              help="Wait up to this many seconds for all to drain.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Wait up to this many seconds for all to drain.",
+)
 @click.pass_obj
 def drained(settings: Settings, names: tuple[str, ...], wait_s: float) -> None:
     """Exit 0 when every NAME has no consumer lag and nothing pending in a window."""
@@ -168,7 +254,9 @@ def drained(settings: Settings, names: tuple[str, ...], wait_s: float) -> None:
     except manager.JobError as exc:
         raise _fail(exc) from None
     for r in results:
-        click.echo(f"{r.name}: {'drained' if r.drained else 'not drained'} (lag {r.lag}, "
-                   f"increments fanned {r.fanned}, written {r.written})")
+        click.echo(
+            f"{r.name}: {'drained' if r.drained else 'not drained'} (lag {r.lag}, "
+            f"increments fanned {r.fanned}, written {r.written})"
+        )
     if not all(r.drained for r in results):
         raise SystemExit(1)

@@ -51,9 +51,15 @@ def job_jars(settings: Settings) -> list[str]:
     return [flink_kafka_connector_jar(settings).as_uri(), jvm_jar(settings).as_uri()]
 
 
-def configuration(settings: Settings, name: str, parallelism: int, memory: Memory,
-                  restore_from: Path | None, checkpoint_dir: Path,
-                  jars: list[str]) -> Configuration:
+def configuration(
+    settings: Settings,
+    name: str,
+    parallelism: int,
+    memory: Memory,
+    restore_from: Path | None,
+    checkpoint_dir: Path,
+    jars: list[str],
+) -> Configuration:
     flink = settings.flink
     conf = Configuration()
     python = sys.executable

@@ -22,8 +22,9 @@ class Lag:
 def consumer_lag(kafka: KafkaSettings, group_id: str, topic: str, timeout_s: float = 10.0) -> Lag:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**kafka.client_config(), "group.id": group_id,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {**kafka.client_config(), "group.id": group_id, "enable.auto.commit": False}
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:

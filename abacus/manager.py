@@ -34,8 +34,16 @@ from services import procs
 from services.paths import data_dir
 from settings import Settings
 
-RUNNING = {"STARTING", "CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "STOPPING",
-           "CANCELLING", "RECONCILING"}
+RUNNING = {
+    "STARTING",
+    "CREATED",
+    "INITIALIZING",
+    "RUNNING",
+    "RESTARTING",
+    "STOPPING",
+    "CANCELLING",
+    "RECONCILING",
+}
 
 
 ENDED = {"FAILED", "LOST", "CANCELED"}  # a job that no longer counts (and was not stopped)
@@ -80,11 +88,14 @@ def log_path(settings: Settings, name: str) -> Path:
 
 def _payload(settings: Settings) -> dict[str, Any]:
     """The settings for the runner, secrets included (sent over a pipe, never stored)."""
-    absolute = settings.model_copy(update={
-        "services": settings.services.model_copy(update={"data_dir": data_dir(settings)}),
-        "flink": settings.flink.model_copy(
-            update={"checkpoint_dir": settings.flink.checkpoint_dir.expanduser().resolve()}),
-    })
+    absolute = settings.model_copy(
+        update={
+            "services": settings.services.model_copy(update={"data_dir": data_dir(settings)}),
+            "flink": settings.flink.model_copy(
+                update={"checkpoint_dir": settings.flink.checkpoint_dir.expanduser().resolve()}
+            ),
+        }
+    )
 
     def plain(value: Any) -> Any:
         if isinstance(value, SecretStr):
@@ -112,8 +123,9 @@ def status(settings: Settings, name: str) -> JobState | None:
     return state
 
 
-def recent_restarts(state: JobState, window_s: float = LOOP_WINDOW_S,
-                    now_s: float | None = None) -> int:
+def recent_restarts(
+    state: JobState, window_s: float = LOOP_WINDOW_S, now_s: float | None = None
+) -> int:
     """How many times the job failed (and so restarted) within the last `window_s`."""
     since_ms = ((time.time() if now_s is None else now_s) - window_s) * 1000
     return sum(1 for t in state.failure_times_ms if t >= since_ms)
@@ -130,8 +142,10 @@ def problem(state: JobState, now_s: float | None = None) -> str | None:
     if state.status in RUNNING:
         n = recent_restarts(state, now_s=now_s)
         if n >= LOOP_RESTARTS:
-            return (f"job {state.name} is restart-looping ({state.status}, {n} restarts in "
-                    f"the last minute){reason}")
+            return (
+                f"job {state.name} is restart-looping ({state.status}, {n} restarts in "
+                f"the last minute){reason}"
+            )
     return None
 
 
@@ -177,14 +191,25 @@ def restore_point(settings: Settings, name: str, options: RunOptions) -> Path | 
     return latest_checkpoint(settings, name) if options.resume else None
 
 
-def _spec(settings: Settings, kind: str, target: str, options: RunOptions, name: str,
-          run_dir: str, started_ms: int) -> JobSpec:
-    return JobSpec(kind=kind,  # type: ignore[arg-type]
-                   target=target, name=name,
-                   window_ms=options.window_ms or settings.flink.window_ms,
-                   dedup_ttl_s=settings.flink.dedup_ttl_s,
-                   uniques_ttl_s=options.uniques_ttl_s or settings.flink.uniques_ttl_s,
-                   progress_dir=run_dir, run_started_ms=started_ms)
+def _spec(
+    settings: Settings,
+    kind: str,
+    target: str,
+    options: RunOptions,
+    name: str,
+    run_dir: str,
+    started_ms: int,
+) -> JobSpec:
+    return JobSpec(
+        kind=kind,  # type: ignore[arg-type]
+        target=target,
+        name=name,
+        window_ms=options.window_ms or settings.flink.window_ms,
+        dedup_ttl_s=settings.flink.dedup_ttl_s,
+        uniques_ttl_s=options.uniques_ttl_s or settings.flink.uniques_ttl_s,
+        progress_dir=run_dir,
+        run_started_ms=started_ms,
+    )
 
 
 def _check(kind: str, target: str) -> None:
@@ -194,8 +219,7 @@ def _check(kind: str, target: str) -> None:
         raise JobError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
 
 
-def _request(settings: Settings, kind: str, target: str, options: RunOptions
-             ) -> dict[str, Any]:
+def _request(settings: Settings, kind: str, target: str, options: RunOptions) -> dict[str, Any]:
     name = job_name(kind, target, options.prefix)
     started_ms = int(time.time() * 1000)
     progress_root = jobs_dir(settings) / f"{name}.progress"
@@ -207,8 +231,10 @@ def _request(settings: Settings, kind: str, target: str, options: RunOptions
     return {
         "settings": _payload(settings),
         "spec": asdict(spec),
-        "memory": asdict(options.memory or Memory(heap_mb=settings.flink.heap_mb,
-                                                  managed_mb=settings.flink.managed_mb)),
+        "memory": asdict(
+            options.memory
+            or Memory(heap_mb=settings.flink.heap_mb, managed_mb=settings.flink.managed_mb)
+        ),
         "parallelism": options.parallelism or settings.flink.parallelism,
         "restore_from": str(restore) if restore else None,
         "state_path": str(state_file(settings, name).path),
@@ -217,16 +243,19 @@ def _request(settings: Settings, kind: str, target: str, options: RunOptions
     }
 
 
-def launch(settings: Settings, kind: str, target: str, options: RunOptions | None = None
-           ) -> tuple[str, int | None]:
+def launch(
+    settings: Settings, kind: str, target: str, options: RunOptions | None = None
+) -> tuple[str, int | None]:
     """Start one job's process and return (name, pid) without waiting for it to run."""
     options = options or RunOptions()
     _check(kind, target)
     name = job_name(kind, target, options.prefix)
     current = status(settings, name)
     if current is not None and current.status in RUNNING:
-        raise JobError(f"job {name} is already {current.status} (pid {current.pid}): "
-                       f"`abacus job stop {name}` first")
+        raise JobError(
+            f"job {name} is already {current.status} (pid {current.pid}): "
+            f"`abacus job stop {name}` first"
+        )
     if settings.flink.jobmanager:
         from abacus import remote
 
@@ -236,36 +265,50 @@ def launch(settings: Settings, kind: str, target: str, options: RunOptions | Non
     path = log_path(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "abacus.runner"], stdin=subprocess.PIPE,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=Path(__file__).resolve().parent.parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "abacus.runner"],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(request).encode())
     proc.stdin.close()
     return name, proc.pid
 
 
-def start(settings: Settings, kind: str, target: str, options: RunOptions | None = None,
-          timeout_s: float = 300) -> JobState:
+def start(
+    settings: Settings,
+    kind: str,
+    target: str,
+    options: RunOptions | None = None,
+    timeout_s: float = 300,
+) -> JobState:
     """Start one job in the background; returns once it is RUNNING (or raises JobError)."""
     name, pid = launch(settings, kind, target, options)
     return wait_for(settings, name, {"RUNNING"}, timeout_s, pid=pid)
 
 
-def run_foreground(settings: Settings, kind: str, target: str,
-                   options: RunOptions | None = None) -> int:
+def run_foreground(
+    settings: Settings, kind: str, target: str, options: RunOptions | None = None
+) -> int:
     from abacus.runner import run
 
     options = options or RunOptions()
     _check(kind, target)
     if settings.flink.jobmanager:
-        raise JobError(f"--foreground runs a local MiniCluster, but flink.jobmanager is "
-                       f"{settings.flink.jobmanager}: drop --foreground to submit to it")
+        raise JobError(
+            f"--foreground runs a local MiniCluster, but flink.jobmanager is "
+            f"{settings.flink.jobmanager}: drop --foreground to submit to it"
+        )
     return run(_request(settings, kind, target, options), foreground=True)
 
 
-def wait_for(settings: Settings, name: str, wanted: set[str], timeout_s: float,
-             pid: int | None = None) -> JobState:
+def wait_for(
+    settings: Settings, name: str, wanted: set[str], timeout_s: float, pid: int | None = None
+) -> JobState:
     deadline = time.monotonic() + timeout_s
     while True:
         state = status(settings, name)
@@ -277,13 +320,16 @@ def wait_for(settings: Settings, name: str, wanted: set[str], timeout_s: float,
         if pid is not None and not _alive(pid) and not fresh:
             raise JobError(f"job {name} exited before starting: `abacus job logs {name}`")
         if time.monotonic() > deadline:
-            raise JobError(f"job {name} not {'/'.join(sorted(wanted))} after {timeout_s:.0f}s "
-                           f"(now {state.status if state else 'unknown'})")
+            raise JobError(
+                f"job {name} not {'/'.join(sorted(wanted))} after {timeout_s:.0f}s "
+                f"(now {state.status if state else 'unknown'})"
+            )
         time.sleep(0.5)
 
 
-def stop(settings: Settings, name: str, savepoint: bool = False, timeout_s: float = 180
-         ) -> JobState:
+def stop(
+    settings: Settings, name: str, savepoint: bool = False, timeout_s: float = 180
+) -> JobState:
     """Cancel a job (checkpoints retained) or stop it with a savepoint; waits until done."""
     state = status(settings, name)
     if state is None:
@@ -304,21 +350,24 @@ def stop(settings: Settings, name: str, savepoint: bool = False, timeout_s: floa
     final = status(settings, name)
     assert final is not None
     if savepoint and not final.savepoint:
-        raise JobError(f"job {name} stopped without a savepoint ({final.status}): "
-                       f"`abacus job logs {name}`")
+        raise JobError(
+            f"job {name} stopped without a savepoint ({final.status}): `abacus job logs {name}`"
+        )
     return final
 
 
-def start_jobs(settings: Settings, target: str, options: RunOptions | None = None,
-               timeout_s: float = 300) -> list[JobState]:
+def start_jobs(
+    settings: Settings, target: str, options: RunOptions | None = None, timeout_s: float = 300
+) -> list[JobState]:
     """Both jobs (statistic and customer) for a target, each its own process and group;
     they start side by side and this returns when both run."""
     launched = [launch(settings, kind, target, options) for kind in KINDS]
     return [wait_for(settings, name, {"RUNNING"}, timeout_s, pid=pid) for name, pid in launched]
 
 
-def stop_jobs(settings: Settings, target: str, prefix: str = "", savepoint: bool = False
-              ) -> list[JobState]:
+def stop_jobs(
+    settings: Settings, target: str, prefix: str = "", savepoint: bool = False
+) -> list[JobState]:
     out = []
     for kind in KINDS:
         name = job_name(kind, target, prefix)

@@ -65,8 +65,10 @@ class Validate(ProcessFunction):  # type: ignore[misc]
         try:
             parsed = parse_event(value)
             if isinstance(parsed, Rejection):
-                out = self._rejected, rejected_row(value, parsed.reason.value, parsed.detail,
-                                                   parsed.event_id)
+                out = (
+                    self._rejected,
+                    rejected_row(value, parsed.reason.value, parsed.detail, parsed.event_id),
+                )
             else:
                 event_id = parsed.event_id
                 out = self._row(parsed)
@@ -77,11 +79,27 @@ class Validate(ProcessFunction):  # type: ignore[misc]
     def _row(self, parsed: Any) -> Row:
         hour, day, month = bucket_labels(parsed.timestamp, parsed.timezone)
         if not self._facets:
-            return Row(parsed.event_id, parsed.company_id, parsed.customer_id,
-                       parsed.statistic_id, hour, day, month)
+            return Row(
+                parsed.event_id,
+                parsed.company_id,
+                parsed.customer_id,
+                parsed.statistic_id,
+                hour,
+                day,
+                month,
+            )
         facets, values = zip(*account_facets(parsed), strict=True)
-        return Row(parsed.event_id, parsed.company_id, parsed.customer_id,
-                   parsed.statistic_id, hour, day, month, list(facets), list(values))
+        return Row(
+            parsed.event_id,
+            parsed.company_id,
+            parsed.customer_id,
+            parsed.statistic_id,
+            hour,
+            day,
+            month,
+            list(facets),
+            list(values),
+        )
 
 
 def describe(exc: BaseException) -> str:
@@ -116,8 +134,12 @@ def dead_letter_headers(row: Row | tuple[Any, ...], source: str) -> list[tuple[s
     """A rejected row's Kafka headers: reason, detail, event_id, source, and `escaped: 1`
     and `truncated: name=length,...` when that happened to a text."""
     _raw, reason, detail, event_id, escaped, truncated = row
-    headers = [("reason", reason.encode()), ("detail", detail.encode()),
-               ("event_id", event_id.encode()), ("source", source.encode())]
+    headers = [
+        ("reason", reason.encode()),
+        ("detail", detail.encode()),
+        ("event_id", event_id.encode()),
+        ("source", source.encode()),
+    ]
     if escaped:
         headers.append(("escaped", b"1"))
     if truncated:
@@ -143,8 +165,13 @@ class DeadLetter(MapFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer({**self._kafka.client_config(), "acks": "all",
-                                   "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
+        self._producer = Producer(
+            {
+                **self._kafka.client_config(),
+                "acks": "all",
+                "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+            }
+        )
 
     def map(self, value: Row) -> int:
         raw = bytes(value[0])
@@ -163,8 +190,12 @@ class DeadLetter(MapFunction):  # type: ignore[misc]
 
         errors: list[Any] = []
         try:
-            self._producer.produce(self._kafka.dlq_topic, value=raw, headers=headers,
-                                   on_delivery=lambda err, _msg: errors.append(err))
+            self._producer.produce(
+                self._kafka.dlq_topic,
+                value=raw,
+                headers=headers,
+                on_delivery=lambda err, _msg: errors.append(err),
+            )
         except KafkaException as exc:  # refused before sending (e.g. over message.max.bytes)
             return exc.args[0] if exc.args else exc
         self._producer.flush(60)
@@ -179,5 +210,8 @@ def _refused_as_too_large(error: Any) -> bool:
     from confluent_kafka import KafkaError
 
     code = error.code() if hasattr(error, "code") else None
-    return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
-                    KafkaError.RECORD_LIST_TOO_LARGE)
+    return code in (
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    )

@@ -51,12 +51,21 @@ TARGETS: tuple[str, ...] = ("shadow", "serving")
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # raw bytes, reason, detail, event_id, escaped, truncated (abacus.operators.rejected_row)
-_REJECTED = Types.ROW([_BYTES, Types.STRING(), Types.STRING(), Types.STRING(),
-                       Types.BOOLEAN(), Types.STRING()])
-_EVENT_FIELDS = ["event_id", "company_id", "customer_id", "statistic_id",
-                 *(f"b_{r}" for r in RESOLUTIONS), "facets", "facet_values"]
-_EVENT = Types.ROW_NAMED(_EVENT_FIELDS, [Types.STRING()] * 7
-                         + [Types.OBJECT_ARRAY(Types.STRING())] * 2)
+_REJECTED = Types.ROW(
+    [_BYTES, Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.STRING()]
+)
+_EVENT_FIELDS = [
+    "event_id",
+    "company_id",
+    "customer_id",
+    "statistic_id",
+    *(f"b_{r}" for r in RESOLUTIONS),
+    "facets",
+    "facet_values",
+]
+_EVENT = Types.ROW_NAMED(
+    _EVENT_FIELDS, [Types.STRING()] * 7 + [Types.OBJECT_ARRAY(Types.STRING())] * 2
+)
 # the customer job's events end at the labels (it counts no facet)
 _CUSTOMER_EVENT = Types.ROW_NAMED(_EVENT_FIELDS[:7], [Types.STRING()] * 7)
 
@@ -64,13 +73,34 @@ _CUSTOMER_EVENT = Types.ROW_NAMED(_EVENT_FIELDS[:7], [Types.STRING()] * 7)
 # date: abacus.sink.Uniques for the statistic job, abacus.sink.CustomerRows for the customer
 # job); the output is checked against the store's layout.
 _LABELS = tuple(f"b_{r}" for r in RESOLUTIONS)
-_FIRSTS = {"statistic": ("company_id", "statistic_id", "customer_id", *_LABELS, "facets",
-                         "facet_values"),
-           "customer": ("company_id", "customer_id", "statistic_id", *_LABELS)}
-_ROWS = {"statistic": ("company_id", "statistic_id", "period", "bucket", "resolution", "facet",
-                       "value", "count", "uniques", "index_date"),
-         "customer": ("company_id", "customer_id", "period", "statistic_id", "bucket",
-                      "resolution", "count", "index_date")}
+_FIRSTS = {
+    "statistic": ("company_id", "statistic_id", "customer_id", *_LABELS, "facets", "facet_values"),
+    "customer": ("company_id", "customer_id", "statistic_id", *_LABELS),
+}
+_ROWS = {
+    "statistic": (
+        "company_id",
+        "statistic_id",
+        "period",
+        "bucket",
+        "resolution",
+        "facet",
+        "value",
+        "count",
+        "uniques",
+        "index_date",
+    ),
+    "customer": (
+        "company_id",
+        "customer_id",
+        "period",
+        "statistic_id",
+        "bucket",
+        "resolution",
+        "count",
+        "index_date",
+    ),
+}
 _SINK_ATTEMPTS, _SINK_BACKOFF_MS = 6, 500  # a write's attempts, the first retry's delay
 
 
@@ -97,27 +127,35 @@ class JobSpec:
         return f"abacus-{self.kind}"
 
 
-
 def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout) -> object:
     """A job's increments, a Java DataStream of rows (key fields, measures, index date), from
     its first deliveries, by a Java operator chained to the sink (abacus/jvm):
     `abacus.sink.Uniques` for the statistic job (fan-out and uniqueness, keyed by customer),
     `abacus.sink.CustomerRows` for the customer job (a row per resolution)."""
     names = _ROWS[spec.kind]
-    if (layout.keys, layout.measures) != (names[:len(layout.keys)], names[len(layout.keys):-1]):
-        raise AssertionError(f"the {spec.kind} job's rows {names} do not match the store's "
-                             f"layout {layout}")
+    if (layout.keys, layout.measures) != (names[: len(layout.keys)], names[len(layout.keys) : -1]):
+        raise AssertionError(
+            f"the {spec.kind} job's rows {names} do not match the store's layout {layout}"
+        )
     firsts = tenv.sql_query(f"SELECT {', '.join(_FIRSTS[spec.kind])} FROM firsts")._j_table
     j_firsts = tenv._j_tenv.toDataStream(firsts, _row_data_type(firsts))
-    row = DataTypes.ROW([DataTypes.FIELD(name, DataTypes.BIGINT() if name in layout.measures
-                                         else DataTypes.STRING()) for name in names])
+    row = DataTypes.ROW(
+        [
+            DataTypes.FIELD(
+                name, DataTypes.BIGINT() if name in layout.measures else DataTypes.STRING()
+            )
+            for name in names
+        ]
+    )
     jvm = get_gateway().jvm
     out_type = jvm.org.apache.flink.table.runtime.typeutils.InternalTypeInfo.of(
-        _to_java_data_type(row).getLogicalType())
+        _to_java_data_type(row).getLogicalType()
+    )
     resolutions = ",".join(f"{r}:{PERIOD_WIDTH[r]}" for r in RESOLUTIONS)  # finest first
     if spec.kind == "statistic":
-        return jvm.abacus.sink.Uniques.apply(j_firsts, spec.uniques_ttl_s * 1000, resolutions,
-                                             out_type)
+        return jvm.abacus.sink.Uniques.apply(
+            j_firsts, spec.uniques_ttl_s * 1000, resolutions, out_type
+        )
     return jvm.abacus.sink.CustomerRows.apply(j_firsts, resolutions, out_type)
 
 
@@ -135,8 +173,9 @@ def kafka_source(settings: Settings, spec: JobSpec) -> KafkaSource:
         .set_group_id(spec.group_id)
         .set_client_id_prefix(spec.group_id)
         # a new group starts from the beginning of the topic; a restored job from its state
-        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(
-            KafkaOffsetResetStrategy.EARLIEST))
+        .set_starting_offsets(
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+        )
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("commit.offsets.on.checkpoint", "true")
         .set_property("partition.discovery.interval.ms", "30000")
@@ -149,12 +188,16 @@ def kafka_source(settings: Settings, spec: JobSpec) -> KafkaSource:
     if kafka.sasl_mechanism:
         builder.set_property("sasl.mechanism", kafka.sasl_mechanism)
     if kafka.sasl_username:
-        module = ("org.apache.kafka.common.security.scram.ScramLoginModule"
-                  if kafka.sasl_mechanism and "SCRAM" in kafka.sasl_mechanism
-                  else "org.apache.kafka.common.security.plain.PlainLoginModule")
+        module = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule"
+            if kafka.sasl_mechanism and "SCRAM" in kafka.sasl_mechanism
+            else "org.apache.kafka.common.security.plain.PlainLoginModule"
+        )
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        builder.set_property("sasl.jaas.config", f'{module} required username="'
-                             f'{kafka.sasl_username}" password="{password}";')
+        builder.set_property(
+            "sasl.jaas.config",
+            f'{module} required username="{kafka.sasl_username}" password="{password}";',
+        )
     if kafka.ssl_cafile:
         builder.set_property("ssl.truststore.type", "PEM")
         builder.set_property("ssl.truststore.location", str(Path(kafka.ssl_cafile).resolve()))
@@ -167,26 +210,42 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     # the SQL state is the keep-first by event_id (uniqueness is abacus.sink.Uniques)
     tenv.get_config().set("table.exec.state.ttl", f"{spec.dedup_ttl_s * 1000} ms")
 
-    raw = env.from_source(kafka_source(settings, spec), WatermarkStrategy.no_watermarks(),
-                          "kafka").uid("kafka-source")
+    raw = env.from_source(
+        kafka_source(settings, spec), WatermarkStrategy.no_watermarks(), "kafka"
+    ).uid("kafka-source")
     rejected = OutputTag("rejected", _REJECTED)
     statistic = spec.kind == "statistic"
-    valid = (raw.process(Validate(rejected, facets=statistic),
-                         output_type=_EVENT if statistic else _CUSTOMER_EVENT)
-             .uid("validate").name("validate"))
+    valid = (
+        raw.process(
+            Validate(rejected, facets=statistic),
+            output_type=_EVENT if statistic else _CUSTOMER_EVENT,
+        )
+        .uid("validate")
+        .name("validate")
+    )
     # its own task (not chained to Validate): a publish that fails then fails with its own
     # error (chained, pemja hands Validate only "Could not forward element to next
     # operator"), and a slow DLQ does not stall Validate until the buffers between fill
-    (valid.get_side_output(rejected)
-     .map(DeadLetter(settings.kafka, spec.source), output_type=Types.INT())
-     .uid("dead-letter").name("dead-letter").start_new_chain())
+    (
+        valid.get_side_output(rejected)
+        .map(DeadLetter(settings.kafka, spec.source), output_type=Types.INT())
+        .uid("dead-letter")
+        .name("dead-letter")
+        .start_new_chain()
+    )
 
     schema = Schema.new_builder()
     for field in _EVENT_FIELDS if statistic else _EVENT_FIELDS[:7]:
-        schema.column(field, DataTypes.ARRAY(DataTypes.STRING()) if field.startswith("facet")
-                      else DataTypes.STRING())
-    tenv.create_temporary_view("events", tenv.from_data_stream(
-        valid, schema.column_by_expression("pt", "PROCTIME()").build()))
+        schema.column(
+            field,
+            DataTypes.ARRAY(DataTypes.STRING())
+            if field.startswith("facet")
+            else DataTypes.STRING(),
+        )
+    tenv.create_temporary_view(
+        "events",
+        tenv.from_data_stream(valid, schema.column_by_expression("pt", "PROCTIME()").build()),
+    )
     # keep-first by event_id; `counted(n)` adds each first delivery's count increments to
     # the drain counter (3 resolutions x its facet pairs, or 3 for the customer job)
     n = len(RESOLUTIONS)
@@ -194,16 +253,22 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     counted = ""
     if spec.progress_dir:
         tenv._j_tenv.createTemporarySystemFunction(  # Java: abacus/jvm, abacus.sink.Counted
-            "counted", get_gateway().jvm.abacus.sink.Counted(spec.progress_dir))
+            "counted", get_gateway().jvm.abacus.sink.Counted(spec.progress_dir)
+        )
         counted = f" AND counted({per_event})"
     tenv.execute_sql(
         "CREATE TEMPORARY VIEW firsts AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
-        f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}")
-    layout = sink_layout(settings.cassandra, spec.target,
-                         "account" if spec.kind == "statistic" else "customer")
+        f"(PARTITION BY event_id ORDER BY pt) AS rn FROM events) WHERE rn = 1{counted}"
+    )
+    layout = sink_layout(
+        settings.cassandra, spec.target, "account" if spec.kind == "statistic" else "customer"
+    )
     j_stream = _increments(tenv, spec, layout)
-    (j_stream.sinkTo(_counter_sink(settings, spec, layout))  # type: ignore[attr-defined]
-     .uid("counter-sink").name(f"counter-sink-{spec.target}"))
+    (
+        j_stream.sinkTo(_counter_sink(settings, spec, layout))  # type: ignore[attr-defined]
+        .uid("counter-sink")
+        .name(f"counter-sink-{spec.target}")
+    )
 
 
 def _row_data_type(j_table: object) -> object:
@@ -217,18 +282,28 @@ def _counter_sink(settings: Settings, spec: JobSpec, layout: SinkLayout) -> obje
     rows are the layout's key fields, its measures, then the index date."""
     cassandra = settings.cassandra
     values = {
-        "hosts": ",".join(cassandra.hosts), "port": cassandra.port,
-        "local_dc": cassandra.local_dc or "", "username": cassandra.username or "",
+        "hosts": ",".join(cassandra.hosts),
+        "port": cassandra.port,
+        "local_dc": cassandra.local_dc or "",
+        "username": cassandra.username or "",
         "password": cassandra.password.get_secret_value() if cassandra.password else "",
-        "ssl": str(cassandra.ssl).lower(), "ssl_cafile": str(cassandra.ssl_cafile or ""),
+        "ssl": str(cassandra.ssl).lower(),
+        "ssl_cafile": str(cassandra.ssl_cafile or ""),
         "request_timeout_ms": int(cassandra.request_timeout_s * 1000),
-        "update": layout.update, "index": layout.index, "keys": len(layout.keys),
-        "measures": len(layout.measures), "partition_keys": layout.partition_keys,
+        "update": layout.update,
+        "index": layout.index,
+        "keys": len(layout.keys),
+        "measures": len(layout.measures),
+        "partition_keys": layout.partition_keys,
         "index_fields": ",".join(map(str, layout.index_fields)),
-        "shard_fields": ",".join(map(str, layout.shard_fields)), "shards": layout.shards,
-        "interval_ms": spec.window_ms, "concurrency": cassandra.write_concurrency,
-        "batch_partitions": cassandra.batch_partitions, "batch_rows": BATCH_ROWS,
-        "attempts": _SINK_ATTEMPTS, "backoff_ms": _SINK_BACKOFF_MS,
+        "shard_fields": ",".join(map(str, layout.shard_fields)),
+        "shards": layout.shards,
+        "interval_ms": spec.window_ms,
+        "concurrency": cassandra.write_concurrency,
+        "batch_partitions": cassandra.batch_partitions,
+        "batch_rows": BATCH_ROWS,
+        "attempts": _SINK_ATTEMPTS,
+        "backoff_ms": _SINK_BACKOFF_MS,
         "progress_dir": spec.progress_dir,
     }
     jvm = get_gateway().jvm
@@ -246,7 +321,8 @@ def checkpoint_root(settings: Settings, name: str) -> Path:
 def latest_checkpoint(settings: Settings, name: str) -> Path | None:
     """The newest complete retained checkpoint or savepoint of a job name, if any."""
     root = checkpoint_root(settings, name)
-    found = [p.parent for p in [*root.glob("*/chk-*/_metadata"),
-                                *root.glob("savepoints/savepoint-*/_metadata")]]
+    found = [
+        p.parent
+        for p in [*root.glob("*/chk-*/_metadata"), *root.glob("savepoints/savepoint-*/_metadata")]
+    ]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
-

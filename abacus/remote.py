@@ -81,8 +81,13 @@ def cluster_configuration(conf: Configuration) -> Configuration:
 def _reason(output: str) -> str:
     """The line that says why: the Python error of the driver, or Flink's deepest cause."""
     errors = [line.strip() for line in output.splitlines() if _ERROR.match(line.strip())]
-    useful = [e for e in errors if "Python process exits" not in e
-              and "ProgramAbortException" not in e and "Py4JJavaError" not in e]
+    useful = [
+        e
+        for e in errors
+        if "Python process exits" not in e
+        and "ProgramAbortException" not in e
+        and "Py4JJavaError" not in e
+    ]
     causes = [e for e in useful if e.startswith("Caused by: ")]
     chosen = causes[-1:] or useful[-1:] or [line for line in output.splitlines() if line][-1:]
     return chosen[0].removeprefix("Caused by: ")[:500] if chosen else "no output"
@@ -98,8 +103,7 @@ def root_cause(trace: str) -> str:
     500 characters."""
     lines = trace.splitlines()
     causes = [line.strip() for line in lines if line.startswith("Caused by: ")]
-    line = causes[-1].removeprefix("Caused by: ") if causes else (
-        lines[0].strip() if lines else "")
+    line = causes[-1].removeprefix("Caused by: ") if causes else (lines[0].strip() if lines else "")
     line = _PYTHON_ERROR.sub(r"\1: ", line)
     return escape(line)[0][:500] or "no reason given"
 
@@ -126,8 +130,12 @@ def failures(base_url: str, job_id: str, timeout_s: float = 5.0) -> Failures:
     does not answer)."""
     if not base_url.startswith(("http://", "https://")):
         raise ValueError(f"not a REST address: {base_url}")
-    history = _get(f"{base_url}/jobs/{job_id}/exceptions?maxExceptions={_KEPT_FAILURES}",
-                   timeout_s).get("exceptionHistory") or {}
+    history = (
+        _get(f"{base_url}/jobs/{job_id}/exceptions?maxExceptions={_KEPT_FAILURES}", timeout_s).get(
+            "exceptionHistory"
+        )
+        or {}
+    )
     entries = [e for e in history.get("entries") or [] if isinstance(e, dict)]
     entries.sort(key=lambda e: e.get("timestamp") or 0)
     found = _get(f"{base_url}/jobs/{job_id}/metrics?get=numRestarts", timeout_s)
@@ -151,15 +159,22 @@ def _get(url: str, timeout_s: float) -> Any:
 
 def with_failures(state: JobState, found: Failures) -> JobState:
     """`state` updated with what the cluster says about its failures."""
-    return state.replace(restarts=max(found.restarts, state.restarts),
-                         failure_times_ms=found.times_ms[-_KEPT_FAILURES:] or
-                         state.failure_times_ms,
-                         error=found.reason or state.error)
+    return state.replace(
+        restarts=max(found.restarts, state.restarts),
+        failure_times_ms=found.times_ms[-_KEPT_FAILURES:] or state.failure_times_ms,
+        error=found.reason or state.error,
+    )
 
 
 def _run(args: list[str], log: Path | None = None, timeout_s: float = 600) -> str:
-    done = subprocess.run([str(flink_cli()), *args], capture_output=True, text=True,
-                          timeout=timeout_s, check=False, cwd=_ROOT)
+    done = subprocess.run(
+        [str(flink_cli()), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        cwd=_ROOT,
+    )
     output = done.stdout + done.stderr
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +184,7 @@ def _run(args: list[str], log: Path | None = None, timeout_s: float = 600) -> st
         from abacus.manager import JobError
 
         see = f" (full output: {log})" if log is not None else ""
-        raise JobError(f"flink {args[0]} failed (exit {done.returncode}): "
-                       f"{_reason(output)}{see}")
+        raise JobError(f"flink {args[0]} failed (exit {done.returncode}): {_reason(output)}{see}")
     return output
 
 
@@ -184,12 +198,26 @@ def submit(settings: Settings, kind: str, target: str, options: object) -> JobSt
         path = Path(scratch) / "request.json"
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             json.dump(request, f)
-        output = _run(["run", "-m", str(settings.flink.jobmanager), "-d",
-                       "-py", str(_ROOT / "abacus" / "runner.py"),
-                       "-pyclientexec", sys.executable, "-pyexec", sys.executable,
-                       "-pyfs", str(code_archive(Path(scratch))),
-                       "--", "--request-file", str(path)],
-                      log=log_path(settings, request["spec"]["name"]))
+        output = _run(
+            [
+                "run",
+                "-m",
+                str(settings.flink.jobmanager),
+                "-d",
+                "-py",
+                str(_ROOT / "abacus" / "runner.py"),
+                "-pyclientexec",
+                sys.executable,
+                "-pyexec",
+                sys.executable,
+                "-pyfs",
+                str(code_archive(Path(scratch))),
+                "--",
+                "--request-file",
+                str(path),
+            ],
+            log=log_path(settings, request["spec"]["name"]),
+        )
     found = re.search(r"JobID ([0-9a-f]{32})", output)
     name = request["spec"]["name"]
     state = state_file(settings, name).read()
@@ -197,8 +225,9 @@ def submit(settings: Settings, kind: str, target: str, options: object) -> JobSt
         from abacus.manager import JobError
 
         raise JobError(f"submitted, but no job id in Flink's output: {_reason(output)}")
-    state = state.replace(job_id=found.group(1), status="RUNNING", pid=None,
-                          remote=settings.flink.jobmanager)
+    state = state.replace(
+        job_id=found.group(1), status="RUNNING", pid=None, remote=settings.flink.jobmanager
+    )
     state_file(settings, name).write(state)
     return state
 
@@ -214,8 +243,9 @@ def live(state: JobState) -> JobState:
     except urllib.error.HTTPError as exc:
         if exc.code != 404:
             return state.replace(status="UNREACHABLE", error=f"{url}: {exc}")
-        return state.replace(status="LOST", error=f"the cluster at {state.remote} does not "
-                                                  f"know job {state.job_id}")
+        return state.replace(
+            status="LOST", error=f"the cluster at {state.remote} does not know job {state.job_id}"
+        )
     except (OSError, ValueError) as exc:
         return state.replace(status="UNREACHABLE", error=f"{url}: {exc}")
     state = state.replace(status=str(found)) if found else state
@@ -233,8 +263,7 @@ def _await_end(state: JobState, expected: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while (now := live(state).status) != expected:
         if now in ("FAILED", "LOST") or time.monotonic() > deadline:
-            raise JobError(f"job {state.name} is {now} on {state.remote}, "
-                           f"not {expected} as asked")
+            raise JobError(f"job {state.name} is {now} on {state.remote}, not {expected} as asked")
         time.sleep(0.2)
 
 
@@ -248,15 +277,27 @@ def stop(settings: Settings, state: JobState, savepoint: bool) -> JobState:
         raise JobError(f"job {state.name} is not running ({state.status} on {state.remote})")
     log = log_path(settings, state.name)
     if savepoint:
-        output = _run(["stop", "-m", remote, "--savepointPath",
-                       savepoint_dir(settings, state.name).as_uri(), job_id], log=log)
+        output = _run(
+            [
+                "stop",
+                "-m",
+                remote,
+                "--savepointPath",
+                savepoint_dir(settings, state.name).as_uri(),
+                job_id,
+            ],
+            log=log,
+        )
         found = re.search(r"Savepoint completed\. Path: (\S+)", output)
         if found is None:
-            raise JobError(f"job {state.name} stopped without a savepoint in Flink's output: "
-                           f"{_reason(output)} (see {log})")
+            raise JobError(
+                f"job {state.name} stopped without a savepoint in Flink's output: "
+                f"{_reason(output)} (see {log})"
+            )
         _await_end(state, "FINISHED")
-        state = state.replace(status="STOPPED", stopped_at=time.time(),
-                              savepoint=found.group(1).removeprefix("file:"))
+        state = state.replace(
+            status="STOPPED", stopped_at=time.time(), savepoint=found.group(1).removeprefix("file:")
+        )
     else:
         _run(["cancel", "-m", remote, job_id], log=log)
         _await_end(state, "CANCELED")

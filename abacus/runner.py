@@ -51,12 +51,20 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
     memory = Memory(**request["memory"])
     restore_from = Path(request["restore_from"]) if request.get("restore_from") else None
     state_file = StateFile(Path(request["state_path"]))
-    state = JobState(name=spec.name, kind=spec.kind, target=spec.target, pid=os.getpid(),
-                     status="STARTING", started_at=time.time(), restored_from=
-                     str(restore_from) if restore_from else None,
-                     progress_dir=spec.progress_dir, group_id=spec.group_id,
-                     topic=settings.kafka.topic, run_started_ms=spec.run_started_ms,
-                     spec=asdict(spec))
+    state = JobState(
+        name=spec.name,
+        kind=spec.kind,
+        target=spec.target,
+        pid=os.getpid(),
+        status="STARTING",
+        started_at=time.time(),
+        restored_from=str(restore_from) if restore_from else None,
+        progress_dir=spec.progress_dir,
+        group_id=spec.group_id,
+        topic=settings.kafka.topic,
+        run_started_ms=spec.run_started_ms,
+        spec=asdict(spec),
+    )
     state_file.write(state)
     log.info("%s", start_line(spec.name, state.pid))
     requests = _Requests()
@@ -66,8 +74,15 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
         signal.signal(signal.SIGINT, requests.cancel)
     try:
         prepare_process(memory, Path(request["log_dir"]))
-        conf = configuration(settings, spec.name, request["parallelism"], memory, restore_from,
-                             checkpoint_root(settings, spec.name), request["jars"])
+        conf = configuration(
+            settings,
+            spec.name,
+            request["parallelism"],
+            memory,
+            restore_from,
+            checkpoint_root(settings, spec.name),
+            request["jars"],
+        )
         env = local_environment(conf)
         build(env, settings, spec)
         client = env.execute_async(f"abacus-{spec.name}")
@@ -77,8 +92,11 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
         log.exception("job %s could not start", spec.name)
         return 1
     rest = _rest_url(client)
-    state = state.replace(status="RUNNING", job_id=str(client.get_job_id()),
-                          rest_port=int(rest.rsplit(":", 1)[1]) if rest else None)
+    state = state.replace(
+        status="RUNNING",
+        job_id=str(client.get_job_id()),
+        rest_port=int(rest.rsplit(":", 1)[1]) if rest else None,
+    )
     state_file.write(state)
     log.info("job %s running: %s", spec.name, state.job_id)
     return _supervise(client, state, state_file, requests, settings, rest)
@@ -137,8 +155,14 @@ def _ended(client: Any, wait: bool = False) -> tuple[str, str | None] | None:
     return "FINISHED", None
 
 
-def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _Requests,
-               settings: Settings, rest: str | None = None) -> int:
+def _supervise(
+    client: Any,
+    state: JobState,
+    state_file: StateFile,
+    requests: _Requests,
+    settings: Settings,
+    rest: str | None = None,
+) -> int:
     watch = _FailureWatch(rest, str(state.job_id))
     while True:
         if requests.action == "savepoint":
@@ -151,8 +175,13 @@ def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _R
                 state_file.write(state.replace(status="RUNNING", error=str(exc)[:2000]))
                 requests.action = None
                 continue
-            state_file.write(state.replace(status="STOPPED", savepoint=str(path).removeprefix(
-                "file:"), stopped_at=time.time()))
+            state_file.write(
+                state.replace(
+                    status="STOPPED",
+                    savepoint=str(path).removeprefix("file:"),
+                    stopped_at=time.time(),
+                )
+            )
             log.info("job %s stopped with savepoint %s", state.name, path)
             return 0
         if requests.action == "cancel":
@@ -181,14 +210,20 @@ def _supervise(client: Any, state: JobState, state_file: StateFile, requests: _R
                 state = state.replace(stopped_at=time.time())
             state_file.write(state)
             if changed and state.restarts and status != "FAILED":
-                log.warning("job %s is %s after %d restart(s); newest failure: %s",
-                            state.name, status, state.restarts, state.error)
+                log.warning(
+                    "job %s is %s after %d restart(s); newest failure: %s",
+                    state.name,
+                    status,
+                    state.restarts,
+                    state.error,
+                )
             elif changed:
                 log.info("job %s is %s", state.name, status)
         if status in TERMINAL:
             if status == "FAILED":
-                log.error("job %s FAILED after %d restart(s): %s", state.name,
-                          state.restarts, state.error)
+                log.error(
+                    "job %s FAILED after %d restart(s): %s", state.name, state.restarts, state.error
+                )
             return 0 if status != "FAILED" else 1
         time.sleep(0.5)
 
@@ -207,23 +242,41 @@ def submit_remote(request: dict[str, Any]) -> int:
     settings = Settings.model_validate(request["settings"])
     spec = JobSpec(**request["spec"])
     restore_from = Path(request["restore_from"]) if request.get("restore_from") else None
-    conf = configuration(settings, spec.name, request["parallelism"],
-                         Memory(**request["memory"]), restore_from,
-                         checkpoint_root(settings, spec.name), request["jars"])
+    conf = configuration(
+        settings,
+        spec.name,
+        request["parallelism"],
+        Memory(**request["memory"]),
+        restore_from,
+        checkpoint_root(settings, spec.name),
+        request["jars"],
+    )
     env = local_environment(cluster_configuration(conf))  # the CLI's context: its cluster
     build(env, settings, spec)
     client = env.execute_async(f"abacus-{spec.name}")
-    StateFile(Path(request["state_path"])).write(JobState(
-        name=spec.name, kind=spec.kind, target=spec.target, pid=None, status="RUNNING",
-        started_at=time.time(), job_id=str(client.get_job_id()), restored_from=
-        str(restore_from) if restore_from else None, group_id=spec.group_id,
-        topic=settings.kafka.topic, remote=request.get("remote"), spec=asdict(spec)))
+    StateFile(Path(request["state_path"])).write(
+        JobState(
+            name=spec.name,
+            kind=spec.kind,
+            target=spec.target,
+            pid=None,
+            status="RUNNING",
+            started_at=time.time(),
+            job_id=str(client.get_job_id()),
+            restored_from=str(restore_from) if restore_from else None,
+            group_id=spec.group_id,
+            topic=settings.kafka.topic,
+            remote=request.get("remote"),
+            spec=asdict(spec),
+        )
+    )
     return 0
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
     if "--request-file" in sys.argv:
         path = Path(sys.argv[sys.argv.index("--request-file") + 1])
         request = json.loads(path.read_text())

@@ -138,9 +138,11 @@ def _cassandra_kill(ctx: Target) -> str:
     began = time.monotonic()
     time.sleep(KILLED_DOWN_S)  # the fault itself: the server stays dead this long
     (back,) = services.ensure_up(ctx.settings, ["cassandra"])
-    return (f"SIGKILL, `up` after {KILLED_DOWN_S:.0f} s "
-            f"({'restarted, stale pid cleaned' if back.restarted else 'not restarted?'}), "
-            f"down {time.monotonic() - began:.0f} s")
+    return (
+        f"SIGKILL, `up` after {KILLED_DOWN_S:.0f} s "
+        f"({'restarted, stale pid cleaned' if back.restarted else 'not restarted?'}), "
+        f"down {time.monotonic() - began:.0f} s"
+    )
 
 
 def _kill_component(index: int, what: str) -> Callable[[Target], str]:
@@ -189,8 +191,9 @@ def _run_command(ctx_obj: click.Context | None, args: list[str]) -> list[str]:
     return [*command, *(["--config", str(config)] if config else []), *args]
 
 
-def _find_run_dir(settings: Settings, pid: int, child: subprocess.Popen[bytes],
-                  timeout_s: float) -> Path | None:
+def _find_run_dir(
+    settings: Settings, pid: int, child: subprocess.Popen[bytes], timeout_s: float
+) -> Path | None:
     from services.paths import data_dir
 
     root = data_dir(settings) / "shadow"
@@ -212,19 +215,48 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def run_fault(settings: Settings, fault: str, events: int, rate: float, seed: int,
-              ctx_obj: click.Context | None = None, drain_timeout_s: float = 300.0,
-              say: Callable[[str], None] = lambda _m: None) -> FaultRow:
+def run_fault(
+    settings: Settings,
+    fault: str,
+    events: int,
+    rate: float,
+    seed: int,
+    ctx_obj: click.Context | None = None,
+    drain_timeout_s: float = 300.0,
+    say: Callable[[str], None] = lambda _m: None,
+) -> FaultRow:
     """One shadow run with `fault` injected once a third of the events are published."""
     row = FaultRow(fault)
-    args = ["shadow", "run", "--generate", str(events), "--seed", str(seed), "--rate",
-            str(rate), "--probes-per-s", "0", "--no-live", "--format", "json", "--keep", "2",
-            "--drain-timeout-s", str(drain_timeout_s)]
-    child = subprocess.Popen(_run_command(ctx_obj, args), stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        "shadow",
+        "run",
+        "--generate",
+        str(events),
+        "--seed",
+        str(seed),
+        "--rate",
+        str(rate),
+        "--probes-per-s",
+        "0",
+        "--no-live",
+        "--format",
+        "json",
+        "--keep",
+        "2",
+        "--drain-timeout-s",
+        str(drain_timeout_s),
+    ]
+    child = subprocess.Popen(
+        _run_command(ctx_obj, args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     output: list[bytes] = []
-    reader = threading.Thread(target=lambda: output.append(child.stdout.read()),  # type: ignore[union-attr]
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: output.append(child.stdout.read()),  # type: ignore[union-attr]
+        daemon=True,
+    )
     reader.start()
     run_dir = _find_run_dir(settings, child.pid, child, 600)
     injected_at = None
@@ -252,8 +284,11 @@ def run_fault(settings: Settings, fault: str, events: int, rate: float, seed: in
     with contextlib.suppress(json.JSONDecodeError, IndexError):
         result = json.loads(output[0])
         row.error = row.error or result.get("error")
-        audits = [f"{a['date']} {a['outcome']} (legacy {a['legacy_minus_truth']:+}, abacus "
-                  f"{a['abacus_minus_truth']:+})" for a in result.get("audits", [])]
+        audits = [
+            f"{a['date']} {a['outcome']} (legacy {a['legacy_minus_truth']:+}, abacus "
+            f"{a['abacus_minus_truth']:+})"
+            for a in result.get("audits", [])
+        ]
         row.note = "audits: " + "; ".join(audits) if audits else ""
     if row.exit_code is not None and row.exit_code < 0:
         row.error = row.error or f"killed by signal {-row.exit_code}"
@@ -289,19 +324,21 @@ def _count(settings: Settings, doc: dict[str, Any], run_dir: Path, row: FaultRow
     session = storage.connect(run_settings.cassandra)
     try:
         for name, out in (("legacy", row.legacy), ("shadow", row.abacus)):
-            store = storage.CounterStore(storage.Prepared(session), run_settings.cassandra,
-                                         name)
+            store = storage.CounterStore(storage.Prepared(session), run_settings.cassandra, name)
             stored = {c.key: c.count for c in store.scan("customer")}
             # count increments over the truth, both levels, every resolution: what the
             # re-applied and uncertain figures are measured in
-            out["excess"] = (sum(stored.values()) + sum(c.count for c in store.scan("account"))
-                             - truth_total)
+            out["excess"] = (
+                sum(stored.values()) + sum(c.count for c in store.scan("account")) - truth_total
+            )
             got = {k: n for k, n in stored.items() if k.resolution == "day"}
             out["counted"] = sum(got.values())
-            out["over"] = sum(max(0, got.get(k, 0) - truth.get(k, 0))
-                              for k in got.keys() | truth.keys())
-            out["under"] = sum(max(0, truth.get(k, 0) - got.get(k, 0))
-                               for k in got.keys() | truth.keys())
+            out["over"] = sum(
+                max(0, got.get(k, 0) - truth.get(k, 0)) for k in got.keys() | truth.keys()
+            )
+            out["under"] = sum(
+                max(0, truth.get(k, 0) - got.get(k, 0)) for k in got.keys() | truth.keys()
+            )
     finally:
         session.cluster.shutdown()
     row.legacy["dead"] = _queue_depth(run_settings, run_settings.rabbitmq.dead_letter_queue)
@@ -351,33 +388,63 @@ def _abacus_dead_letters(settings: Settings, run_dir: Path) -> int:
         consumer.close()
 
 
-def _rerun_cleans_up(settings: Settings, doc: dict[str, Any], events: int, rate: float,
-                     seed: int, ctx_obj: click.Context | None, row: FaultRow,
-                     say: Callable[[str], None]) -> None:
+def _rerun_cleans_up(
+    settings: Settings,
+    doc: dict[str, Any],
+    events: int,
+    rate: float,
+    seed: int,
+    ctx_obj: click.Context | None,
+    row: FaultRow,
+    say: Callable[[str], None],
+) -> None:
     """After `shadow run` was SIGKILLed: a second run must stop what the first left."""
     from abacus import manager
     from services import procs
 
     run_settings = _run_settings(settings, doc)
     left = [p for p in doc.get("pids", []) if procs.alive(p)]
-    jobs = [n for n in (doc.get("jobs") or {}).values()
-            if (s := manager.status(run_settings, n)) is not None
-            and s.status in manager.RUNNING]
-    say(f"shadow-run-kill: left running {len(left)} component(s), {len(jobs)} job(s); "
-        "a second run")
+    jobs = [
+        n
+        for n in (doc.get("jobs") or {}).values()
+        if (s := manager.status(run_settings, n)) is not None and s.status in manager.RUNNING
+    ]
+    say(f"shadow-run-kill: left running {len(left)} component(s), {len(jobs)} job(s); a second run")
     second = subprocess.run(
-        _run_command(ctx_obj, ["shadow", "run", "--generate", str(max(events // 4, 50)),
-                               "--seed", str(seed + 1), "--rate", str(rate),
-                               "--probes-per-s", "0", "--no-live", "--format", "json",
-                               "--keep", "2"]),
-        capture_output=True, check=False)
+        _run_command(
+            ctx_obj,
+            [
+                "shadow",
+                "run",
+                "--generate",
+                str(max(events // 4, 50)),
+                "--seed",
+                str(seed + 1),
+                "--rate",
+                str(rate),
+                "--probes-per-s",
+                "0",
+                "--no-live",
+                "--format",
+                "json",
+                "--keep",
+                "2",
+            ],
+        ),
+        capture_output=True,
+        check=False,
+    )
     still = [p for p in left if procs.alive(p)]
-    still_jobs = [n for n in jobs
-                  if (s := manager.status(run_settings, n)) is not None
-                  and s.status in manager.RUNNING]
-    cleaned = (f"left by the kill: {len(left)} component(s), {len(jobs)} job(s); the next "
-               f"run exited {second.returncode} and left {len(still)} component(s), "
-               f"{len(still_jobs)} job(s) of the killed run running")
+    still_jobs = [
+        n
+        for n in jobs
+        if (s := manager.status(run_settings, n)) is not None and s.status in manager.RUNNING
+    ]
+    cleaned = (
+        f"left by the kill: {len(left)} component(s), {len(jobs)} job(s); the next "
+        f"run exited {second.returncode} and left {len(still)} component(s), "
+        f"{len(still_jobs)} job(s) of the killed run running"
+    )
     row.note = f"{row.note}; {cleaned}" if row.note else cleaned
 
 
@@ -386,19 +453,39 @@ def _cell(value: Any) -> str:
 
 
 @click.command("faults")
-@click.option("--fault", "faults", multiple=True, type=click.Choice(list(FAULTS)),
-              help="Faults to run (default: all, in the listed order).")
-@click.option("--events", type=click.IntRange(min=60), default=600, show_default=True,
-              help="Events published per run.")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=click.Choice(list(FAULTS)),
+    help="Faults to run (default: all, in the listed order).",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=60),
+    default=600,
+    show_default=True,
+    help="Events published per run.",
+)
 @click.option("--rate", type=click.FloatRange(min=1), default=20.0, show_default=True)
 @click.option("--seed", type=int, default=5, show_default=True)
-@click.option("--drain-timeout-s", type=click.FloatRange(min=10), default=300.0,
-              show_default=True)
-@click.option("--json-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also write the rows as JSON.")
+@click.option("--drain-timeout-s", type=click.FloatRange(min=10), default=300.0, show_default=True)
+@click.option(
+    "--json-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the rows as JSON.",
+)
 @click.pass_context
-def bench_faults(ctx: click.Context, faults: tuple[str, ...], events: int, rate: float,
-                 seed: int, drain_timeout_s: float, json_out: Path | None) -> None:
+def bench_faults(
+    ctx: click.Context,
+    faults: tuple[str, ...],
+    events: int,
+    rate: float,
+    seed: int,
+    drain_timeout_s: float,
+    json_out: Path | None,
+) -> None:
     """Fault x pipeline: events published, counted, over, under, dead-lettered, recovery.
 
     One shadow run per fault, injected once a third of the events are published. Kills and
@@ -408,10 +495,21 @@ def bench_faults(ctx: click.Context, faults: tuple[str, ...], events: int, rate:
     rows = []
     for fault in faults or tuple(FAULTS):
         began = time.monotonic()
-        row = run_fault(settings, fault, events, rate, seed, ctx, drain_timeout_s,
-                        say=lambda m: click.echo(m, err=True))
-        click.echo(f"{fault}: exit {row.exit_code} after {time.monotonic() - began:.0f} s"
-                   + (f" ({row.error})" if row.error else ""), err=True)
+        row = run_fault(
+            settings,
+            fault,
+            events,
+            rate,
+            seed,
+            ctx,
+            drain_timeout_s,
+            say=lambda m: click.echo(m, err=True),
+        )
+        click.echo(
+            f"{fault}: exit {row.exit_code} after {time.monotonic() - began:.0f} s"
+            + (f" ({row.error})" if row.error else ""),
+            err=True,
+        )
         rows.append(row)
         if json_out:
             json_out.write_text(json.dumps([asdict(r) for r in rows], indent=1))
@@ -425,20 +523,49 @@ def render(rows: list[FaultRow], events: int, rate: float) -> None:
     from rich.table import Table
 
     table = Table(title=f"faults: {events} events at {rate:g}/s per run, fault at a third")
-    for column in ("fault", "pipeline", "published", "counted", "over", "under", "dead",
-                   "queued", "excess", "re-applied", "uncertain", "recovered", "outcome"):
+    for column in (
+        "fault",
+        "pipeline",
+        "published",
+        "counted",
+        "over",
+        "under",
+        "dead",
+        "queued",
+        "excess",
+        "re-applied",
+        "uncertain",
+        "recovered",
+        "outcome",
+    ):
         table.add_column(column, no_wrap=column != "outcome")
     for row in rows:
         outcome = ((row.error or "").splitlines() or [f"exit {row.exit_code}"])[0][:90]
         for name, figures in (("legacy", row.legacy), ("abacus", row.abacus)):
-            table.add_row(*map(escape, [
-                row.fault if name == "legacy" else "", name, _cell(row.published),
-                _cell(figures.get("counted")), _cell(figures.get("over")),
-                _cell(figures.get("under")), _cell(figures.get("dead")),
-                _cell(figures.get("queued")), _cell(figures.get("excess")),
-                _cell(figures.get("reapplied")) if name == "abacus" else "",
-                _cell(figures.get("uncertain")) if name == "abacus" else "",
-                f"{row.recovered_s:.0f} s" if row.recovered_s is not None else "-",
-                (outcome + ("; " + row.injected if row.injected else "")
-                 + ("; " + row.note if row.note else "")) if name == "legacy" else ""]))
+            table.add_row(
+                *map(
+                    escape,
+                    [
+                        row.fault if name == "legacy" else "",
+                        name,
+                        _cell(row.published),
+                        _cell(figures.get("counted")),
+                        _cell(figures.get("over")),
+                        _cell(figures.get("under")),
+                        _cell(figures.get("dead")),
+                        _cell(figures.get("queued")),
+                        _cell(figures.get("excess")),
+                        _cell(figures.get("reapplied")) if name == "abacus" else "",
+                        _cell(figures.get("uncertain")) if name == "abacus" else "",
+                        f"{row.recovered_s:.0f} s" if row.recovered_s is not None else "-",
+                        (
+                            outcome
+                            + ("; " + row.injected if row.injected else "")
+                            + ("; " + row.note if row.note else "")
+                        )
+                        if name == "legacy"
+                        else "",
+                    ],
+                )
+            )
     Console(width=200).print(table)

@@ -274,9 +274,11 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
         state = "running" if doc.get("running") else "not running"
         console.print(
             term(f"bridge {doc['mode']}", style="bold")
-            + term(f": {state}; queue {doc.get('queue', '?')} -> "
-                   f"topic {doc.get('topic', '?')} (DLQ {doc.get('dlq_topic', '?')}); "
-                   f"in flight {doc.get('in_flight', 0)}")
+            + term(
+                f": {state}; queue {doc.get('queue', '?')} -> "
+                f"topic {doc.get('topic', '?')} (DLQ {doc.get('dlq_topic', '?')}); "
+                f"in flight {doc.get('in_flight', 0)}"
+            )
         )
         if "totals" not in doc:
             continue
@@ -292,16 +294,18 @@ def _render(docs: list[dict[str, Any]], minutes: int) -> None:
             console.print(term(f"dead-lettered by reason: {reasons}"))
         if "queue_depth" in doc:
             qd = doc["queue_depth"]
-            console.print(term(
-                "queue: "
-                + (
-                    "unreachable"
-                    if qd is None
-                    else f"{qd['ready']:,} ready, {qd['consumers']} consumers"
+            console.print(
+                term(
+                    "queue: "
+                    + (
+                        "unreachable"
+                        if qd is None
+                        else f"{qd['ready']:,} ready, {qd['consumers']} consumers"
+                    )
+                    + f"; topic end offsets {doc.get('topic_end_offsets')}, "
+                    f"DLQ end offsets {doc.get('dlq_end_offsets')}"
                 )
-                + f"; topic end offsets {doc.get('topic_end_offsets')}, "
-                f"DLQ end offsets {doc.get('dlq_end_offsets')}"
-            ))
+            )
         _render_overflow(console, doc)
         if doc.get("last_error"):
             console.print(term(f"last error: {doc['last_error']}"))

@@ -163,22 +163,43 @@ class AuditResult:
 # -- public entry points ----------------------------------------------------------------
 
 
-def run_audit(settings: Settings, date: str, left: str, right: str, truth: str = "none",
-              *, level: str = "both", companies: Sequence[str] = (),
-              statistics: Sequence[str] = (), include_month: bool = False,
-              tolerance: Tolerance | None = None, allow_redeliveries: bool = False,
-              top: int = 10, kafka_skew_s: int = 3600, options: RunOptions | None = None,
-              progress: Progress | None = None,
-              on_candidates: Callable[[list[Mismatch]], None] | None = None) -> AuditResult:
+def run_audit(
+    settings: Settings,
+    date: str,
+    left: str,
+    right: str,
+    truth: str = "none",
+    *,
+    level: str = "both",
+    companies: Sequence[str] = (),
+    statistics: Sequence[str] = (),
+    include_month: bool = False,
+    tolerance: Tolerance | None = None,
+    allow_redeliveries: bool = False,
+    top: int = 10,
+    kafka_skew_s: int = 3600,
+    options: RunOptions | None = None,
+    progress: Progress | None = None,
+    on_candidates: Callable[[list[Mismatch]], None] | None = None,
+) -> AuditResult:
     """Audit `date`: left store against right store, with the truth (none, kafka or a file).
 
     `on_candidates` sees each chunk's mismatches before they settle and are re-read.
     """
     params = AuditParams(
-        date=date, left=left, right=right, truth=str(truth), level=level,
-        companies=tuple(companies), statistics=tuple(statistics), include_month=include_month,
-        tolerance=(tolerance or Tolerance()).to_dict(), allow_redeliveries=allow_redeliveries,
-        top=top, kafka_skew_s=kafka_skew_s)
+        date=date,
+        left=left,
+        right=right,
+        truth=str(truth),
+        level=level,
+        companies=tuple(companies),
+        statistics=tuple(statistics),
+        include_month=include_month,
+        tolerance=(tolerance or Tolerance()).to_dict(),
+        allow_redeliveries=allow_redeliveries,
+        top=top,
+        kafka_skew_s=kafka_skew_s,
+    )
     options = options or RunOptions()
     audit_id = f"{date}-{uuid.uuid4().hex[:12]}"
     with _Session(settings) as (session, prepared):
@@ -189,12 +210,18 @@ def run_audit(settings: Settings, date: str, left: str, right: str, truth: str =
         audits.save(record)
         spool = options.work_dir / audit_id
         spool.mkdir(parents=True, exist_ok=True)
-        return _execute(settings, session, prepared, audits, record, spool, options, progress,
-                        on_candidates)
+        return _execute(
+            settings, session, prepared, audits, record, spool, options, progress, on_candidates
+        )
 
 
-def resume_audit(settings: Settings, audit_id: str, *, options: RunOptions | None = None,
-                 progress: Progress | None = None) -> AuditResult:
+def resume_audit(
+    settings: Settings,
+    audit_id: str,
+    *,
+    options: RunOptions | None = None,
+    progress: Progress | None = None,
+) -> AuditResult:
     """Carry on with an audit that was interrupted; a finished audit is returned as is."""
     options = options or RunOptions()
     spool = options.work_dir / audit_id
@@ -206,12 +233,13 @@ def resume_audit(settings: Settings, audit_id: str, *, options: RunOptions | Non
         if record.state == "done":
             return AuditResult(record, spool / "detail.jsonl")
         if not spool.is_dir():
-            raise AuditError(f"audit {audit_id!r} has no work directory at {spool} "
-                             "(resume where it started, or pass its --work-dir)")
+            raise AuditError(
+                f"audit {audit_id!r} has no work directory at {spool} "
+                "(resume where it started, or pass its --work-dir)"
+            )
         record.state, record.outcome, record.ended_at = "running", "running", None
         audits.save(record)
-        return _execute(settings, session, prepared, audits, record, spool, options, progress,
-                        None)
+        return _execute(settings, session, prepared, audits, record, spool, options, progress, None)
 
 
 def load_audit(settings: Settings, audit_id: str, work_dir: Path | None = None) -> AuditResult:
@@ -235,8 +263,9 @@ class _Session:
             self.session = connect(self.settings.cassandra)
         except Exception as exc:  # NoHostAvailable and friends
             c = self.settings.cassandra
-            raise AuditError(f"cannot reach Cassandra at {','.join(c.hosts)}:{c.port}: "
-                             f"{type(exc).__name__}") from None
+            raise AuditError(
+                f"cannot reach Cassandra at {','.join(c.hosts)}:{c.port}: {type(exc).__name__}"
+            ) from None
         add_profile(self.session, self.settings.cassandra)
         return self.session, Prepared(self.session)
 
@@ -248,33 +277,45 @@ def _with_kafka_bounds(settings: Settings, params: AuditParams, audit_id: str) -
     from compare import kafka
 
     try:
-        found = kafka.bounds(settings.kafka, params.date, params.include_month,
-                             params.kafka_skew_s, group=f"abacus-compare-{audit_id}")
+        found = kafka.bounds(
+            settings.kafka,
+            params.date,
+            params.include_month,
+            params.kafka_skew_s,
+            group=f"abacus-compare-{audit_id}",
+        )
     except LookupError as exc:
         raise AuditError(str(exc)) from None
     bounds = {str(p): [first, end] for p, (first, end) in sorted(found.items())}
     return AuditParams.from_dict({**params.to_dict(), "kafka_bounds": bounds})
 
 
-def _truth_spool(settings: Settings, params: AuditParams, audit_id: str,
-                 spool: Path) -> TruthSpool | None:
+def _truth_spool(
+    settings: Settings, params: AuditParams, audit_id: str, spool: Path
+) -> TruthSpool | None:
     """The truth, starting to recount in its own process (compare.truth_spool)."""
     if params.truth == "none":
         return None
     if params.truth == "kafka":
         assert params.kafka_bounds is not None
         bounds = {int(p): (first, end) for p, (first, end) in params.kafka_bounds.items()}
-        source = Source(f"kafka:{settings.kafka.topic}", kafka=settings.kafka, bounds=bounds,
-                        group=f"abacus-compare-{audit_id}")
+        source = Source(
+            f"kafka:{settings.kafka.topic}",
+            kafka=settings.kafka,
+            bounds=bounds,
+            group=f"abacus-compare-{audit_id}",
+        )
     else:
         source = Source(f"file:{params.truth}", path=Path(params.truth))
-    selection = Selection(params.date, params.include_month, params.levels, params.companies,
-                          params.statistics)
+    selection = Selection(
+        params.date, params.include_month, params.levels, params.companies, params.statistics
+    )
     return TruthSpool(source, selection, spool / "truth.spool")
 
 
-def _plan(params: AuditParams, readers: Sequence[StoreReader], truth: TruthSpool | None,
-          path: Path) -> Plan:
+def _plan(
+    params: AuditParams, readers: Sequence[StoreReader], truth: TruthSpool | None, path: Path
+) -> Plan:
     """The stores' units, fixed (in `path`) before the first read; the truth's own units
     are appended once it is known (`Plan.extend`)."""
     plan = Plan.load(path)
@@ -282,8 +323,10 @@ def _plan(params: AuditParams, readers: Sequence[StoreReader], truth: TruthSpool
         units: set[Unit] = set()
         for reader in readers:
             units |= reader.units(params.date, params.levels)
-        plan = Plan(select(units, params.levels, params.companies, params.statistics),
-                    complete=truth is None)
+        plan = Plan(
+            select(units, params.levels, params.companies, params.statistics),
+            complete=truth is None,
+        )
         plan.save(path)
     if truth is not None:
         truth.send_plan(path)
@@ -302,17 +345,26 @@ class _Chunk:
     deadline: float
 
 
-def _execute(settings: Settings, session: Any, prepared: Prepared, audits: AuditStore,
-             record: AuditRecord, spool: Path, options: RunOptions,
-             progress: Progress | None,
-             on_candidates: Callable[[list[Mismatch]], None] | None) -> AuditResult:
+def _execute(
+    settings: Settings,
+    session: Any,
+    prepared: Prepared,
+    audits: AuditStore,
+    record: AuditRecord,
+    spool: Path,
+    options: RunOptions,
+    progress: Progress | None,
+    on_candidates: Callable[[list[Mismatch]], None] | None,
+) -> AuditResult:
     params = AuditParams.from_dict(record.params)
     truth: TruthSpool | None = None
     try:
         truth = _truth_spool(settings, params, record.audit_id, spool)
         fetcher = Fetcher(session, options.concurrency, options.max_rps)
-        readers = [StoreReader(prepared, settings.cassandra, name, fetcher)
-                   for name in (params.left, params.right)]
+        readers = [
+            StoreReader(prepared, settings.cassandra, name, fetcher)
+            for name in (params.left, params.right)
+        ]
         plan = _plan(params, readers, truth, spool / "plan.json")
         runner = _Runner(params, readers, truth, spool, options, progress, on_candidates)
         tally = runner.run(plan)
@@ -325,8 +377,9 @@ def _execute(settings: Settings, session: Any, prepared: Prepared, audits: Audit
         record.summary["truth"] = truth.stats if truth is not None else None
         record.summary["queries"] = fetcher.queries
         # events the shadow bridge never saw (bridge.overflow): Abacus's shortfall explained
-        record.summary["mirror_overflow"] = overflow_of_date(prepared, settings.cassandra,
-                                                             params.date)
+        record.summary["mirror_overflow"] = overflow_of_date(
+            prepared, settings.cassandra, params.date
+        )
         record.state = "done"
         record.outcome = "dirty" if summary.defects else "clean"
     except BaseException:
@@ -345,10 +398,16 @@ def _execute(settings: Settings, session: Any, prepared: Prepared, audits: Audit
 class _Runner:
     """Reads, diffs and confirms the plan chunk by chunk (see the module docstring)."""
 
-    def __init__(self, params: AuditParams, readers: Sequence[StoreReader],
-                 truth: TruthSpool | None, spool: Path, options: RunOptions,
-                 progress: Progress | None,
-                 on_candidates: Callable[[list[Mismatch]], None] | None) -> None:
+    def __init__(
+        self,
+        params: AuditParams,
+        readers: Sequence[StoreReader],
+        truth: TruthSpool | None,
+        spool: Path,
+        options: RunOptions,
+        progress: Progress | None,
+        on_candidates: Callable[[list[Mismatch]], None] | None,
+    ) -> None:
         self.params, self.readers, self.truth = params, readers, truth
         self.spool, self.options = spool, options
         self.progress, self.on_candidates = progress, on_candidates
@@ -358,14 +417,22 @@ class _Runner:
     def run(self, plan: Plan) -> Tally:
         state_path = self.spool / "progress.json"
         detail_path = self.spool / "detail.jsonl"
-        state = (json.loads(state_path.read_text("utf-8")) if state_path.is_file()
-                 else {"units_done": 0, "detail_bytes": 0, "tally": Tally().to_dict()})
+        state = (
+            json.loads(state_path.read_text("utf-8"))
+            if state_path.is_file()
+            else {"units_done": 0, "detail_bytes": 0, "tally": Tally().to_dict()}
+        )
         tally = Tally.from_dict(state["tally"])
         detail_path.touch()
         # The stores are read (ahead, bounded) while the truth is recounted; the diff waits
         # for the truth, whose own units then join the end of the plan.
-        chunks = ReadAhead(self._read, plan, state["units_done"], self.options.chunk_units,
-                           self.options.read_ahead_rows)
+        chunks = ReadAhead(
+            self._read,
+            plan,
+            state["units_done"],
+            self.options.chunk_units,
+            self.options.read_ahead_rows,
+        )
         try:
             if self.truth is not None:
                 extra = self.truth.wait()
@@ -383,8 +450,9 @@ class _Runner:
                     if chunks.ready() and len(settling) <= limit:
                         continue  # diff what was read ahead first, then confirm together
                     due = []
-                    while settling and (settling[0].deadline <= time.monotonic()
-                                        or len(settling) > limit):
+                    while settling and (
+                        settling[0].deadline <= time.monotonic() or len(settling) > limit
+                    ):
                         due.append(settling.popleft())
                     if due:
                         self._confirm(due, tally, detail, state, state_path)
@@ -411,22 +479,31 @@ class _Runner:
         for unit in units:
             spooled, rows, redelivered = next(self.truth_units)
             if spooled != unit:
-                raise AuditError(f"the truth's spool is out of step with the plan at {unit}: "
-                                 "start the audit again")
+                raise AuditError(
+                    f"the truth's spool is out of step with the plan at {unit}: "
+                    "start the audit again"
+                )
             out[unit] = (rows, redelivered)
         return out
 
-    def _diff(self, units: list[Unit], sides: Sides, truth: TruthRows | None
-              ) -> dict[Unit, tuple[Tally, list[Mismatch]]]:
+    def _diff(
+        self, units: list[Unit], sides: Sides, truth: TruthRows | None
+    ) -> dict[Unit, tuple[Tally, list[Mismatch]]]:
         left, right = sides
         out = {}
         for unit in units:
             tally = Tally()
             rows, redelivered = truth[unit] if truth is not None else (None, None)
             records = diff_rows(
-                unit, left[unit], right[unit], rows, redelivered,
-                tolerance=self.tolerance, allow_redeliveries=self.params.allow_redeliveries,
-                tally=tally)
+                unit,
+                left[unit],
+                right[unit],
+                rows,
+                redelivered,
+                tolerance=self.tolerance,
+                allow_redeliveries=self.params.allow_redeliveries,
+                tally=tally,
+            )
             out[unit] = (tally, records)
         return out
 
@@ -444,8 +521,9 @@ class _Runner:
         """Read the keys of the records again and let that read decide them (the rest of
         each unit was read in agreement: re-reading it would only double the audit's reads
         where differences cluster, in the largest units)."""
-        left, right = read_keys(self.readers, {u: [m.key for m in records]
-                                               for u, (_, records) in suspects.items()})
+        left, right = read_keys(
+            self.readers, {u: [m.key for m in records] for u, (_, records) in suspects.items()}
+        )
         for unit, (chunk, records) in suspects.items():
             tally = chunk.results[unit][0]
             tally.remove(records)
@@ -455,17 +533,34 @@ class _Runner:
                 rows, again_redelivered = chunk.truth[unit]
                 truth_rows = [r for r in rows if r[:4] in keys]
                 redelivered = [r for r in again_redelivered if r[:4] in keys]
-            again = diff_rows(unit, left[unit], right[unit], truth_rows, redelivered,
-                              tolerance=self.tolerance,
-                              allow_redeliveries=self.params.allow_redeliveries, tally=tally)
+            again = diff_rows(
+                unit,
+                left[unit],
+                right[unit],
+                truth_rows,
+                redelivered,
+                tolerance=self.tolerance,
+                allow_redeliveries=self.params.allow_redeliveries,
+                tally=tally,
+            )
             chunk.results[unit] = (tally, again)
 
-    def _confirm(self, batch: list[_Chunk], tally: Tally, detail: Any,
-                 state: dict[str, Any], state_path: Path) -> None:
+    def _confirm(
+        self,
+        batch: list[_Chunk],
+        tally: Tally,
+        detail: Any,
+        state: dict[str, Any],
+        state_path: Path,
+    ) -> None:
         """Re-read the mismatched keys of these consecutive chunks once the last has
         settled, in one concurrent read; write the chunks, then the progress, once."""
-        suspects = {u: (chunk, chunk.results[u][1])
-                    for chunk in batch for u in chunk.units if chunk.results[u][1]}
+        suspects = {
+            u: (chunk, chunk.results[u][1])
+            for chunk in batch
+            for u in chunk.units
+            if chunk.results[u][1]
+        }
         if suspects:
             delay = batch[-1].deadline - time.monotonic()
             if delay > 0:
@@ -482,6 +577,9 @@ class _Runner:
         detail.flush()
         os.fsync(detail.fileno())
         last = batch[-1]
-        state.update(units_done=last.start + len(last.units), detail_bytes=detail.tell(),
-                     tally=tally.to_dict())
+        state.update(
+            units_done=last.start + len(last.units),
+            detail_bytes=detail.tell(),
+            tally=tally.to_dict(),
+        )
         write_json(state_path, state)

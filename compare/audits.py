@@ -19,8 +19,10 @@ from compare.diff import EXACT, Tolerance
 from settings import CassandraSettings, Settings
 from storage import OPS, Prepared, keyspace_of
 
-_COLUMNS = ("audit_id, date, left_store, right_store, truth, params, summary, state, outcome, "
-            "started_at, ended_at")
+_COLUMNS = (
+    "audit_id, date, left_store, right_store, truth, params, summary, state, outcome, "
+    "started_at, ended_at"
+)
 
 
 @dataclass
@@ -38,10 +40,18 @@ class AuditRecord:
     ended_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"audit_id": self.audit_id, "date": self.date, "left": self.left,
-                "right": self.right, "truth": self.truth, "state": self.state,
-                "outcome": self.outcome, "started_at": _iso(self.started_at),
-                "ended_at": _iso(self.ended_at), "params": self.params}
+        return {
+            "audit_id": self.audit_id,
+            "date": self.date,
+            "left": self.left,
+            "right": self.right,
+            "truth": self.truth,
+            "state": self.state,
+            "outcome": self.outcome,
+            "started_at": _iso(self.started_at),
+            "ended_at": _iso(self.ended_at),
+            "params": self.params,
+        }
 
 
 def now_ms() -> datetime:
@@ -70,27 +80,45 @@ class AuditStore:
         ks = keyspace_of(settings, OPS)
         self._session = prepared.session
         marks = ", ".join("?" * len(_COLUMNS.split(",")))
-        self._insert = prepared(
-            f"INSERT INTO {ks}.audits ({_COLUMNS}) VALUES ({marks})")  # noqa: S608
+        self._insert = prepared(f"INSERT INTO {ks}.audits ({_COLUMNS}) VALUES ({marks})")  # noqa: S608
         self._insert_by_date = prepared(
             f"INSERT INTO {ks}.audits_by_date (date, started_at, audit_id, "  # noqa: S608
-            "left_store, right_store, outcome) VALUES (?, ?, ?, ?, ?, ?)")
-        self._get = prepared(
-            f"SELECT {_COLUMNS} FROM {ks}.audits WHERE audit_id = ?")  # noqa: S608
+            "left_store, right_store, outcome) VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self._get = prepared(f"SELECT {_COLUMNS} FROM {ks}.audits WHERE audit_id = ?")  # noqa: S608
         self._all = prepared(f"SELECT {_COLUMNS} FROM {ks}.audits")  # noqa: S608
-        self._of_date = prepared(
-            f"SELECT audit_id FROM {ks}.audits_by_date WHERE date = ?")  # noqa: S608
+        self._of_date = prepared(f"SELECT audit_id FROM {ks}.audits_by_date WHERE date = ?")  # noqa: S608
 
     def save(self, record: AuditRecord) -> None:
         """Insert or overwrite the record (both tables)."""
         summary = None if record.summary is None else json.dumps(record.summary)
-        self._session.execute(self._insert, (
-            record.audit_id, record.date, record.left, record.right, record.truth,
-            json.dumps(record.params), summary, record.state, record.outcome,
-            record.started_at, record.ended_at))
-        self._session.execute(self._insert_by_date, (
-            record.date, record.started_at, record.audit_id, record.left, record.right,
-            record.outcome))
+        self._session.execute(
+            self._insert,
+            (
+                record.audit_id,
+                record.date,
+                record.left,
+                record.right,
+                record.truth,
+                json.dumps(record.params),
+                summary,
+                record.state,
+                record.outcome,
+                record.started_at,
+                record.ended_at,
+            ),
+        )
+        self._session.execute(
+            self._insert_by_date,
+            (
+                record.date,
+                record.started_at,
+                record.audit_id,
+                record.left,
+                record.right,
+                record.outcome,
+            ),
+        )
 
     def get(self, audit_id: str) -> AuditRecord | None:
         row = self._session.execute(self._get, (audit_id,)).one()
@@ -108,11 +136,18 @@ class AuditStore:
 
 def _record(row: Any) -> AuditRecord:
     return AuditRecord(
-        audit_id=row.audit_id, date=row.date, left=row.left_store, right=row.right_store,
-        truth=row.truth, params=json.loads(row.params or "{}"),
-        summary=json.loads(row.summary) if row.summary else None, state=row.state,
-        outcome=row.outcome, started_at=_utc(row.started_at) or now_ms(),
-        ended_at=_utc(row.ended_at))
+        audit_id=row.audit_id,
+        date=row.date,
+        left=row.left_store,
+        right=row.right_store,
+        truth=row.truth,
+        params=json.loads(row.params or "{}"),
+        summary=json.loads(row.summary) if row.summary else None,
+        state=row.state,
+        outcome=row.outcome,
+        started_at=_utc(row.started_at) or now_ms(),
+        ended_at=_utc(row.ended_at),
+    )
 
 
 # -- the cutover gates' question --------------------------------------------------------
@@ -163,8 +198,9 @@ def narrowed_by(record: AuditRecord, scope: GateScope = EXACT_GATE) -> list[str]
 
 def _looser(a: Tolerance, b: Tolerance) -> bool:
     """Does `a` tolerate something `b` does not (in some measure, by abs or rel)?"""
-    return any(x.abs > y.abs or x.rel > y.rel
-               for x, y in ((a.count, b.count), (a.uniques, b.uniques)))
+    return any(
+        x.abs > y.abs or x.rel > y.rel for x, y in ((a.count, b.count), (a.uniques, b.uniques))
+    )
 
 
 @dataclass(frozen=True)
@@ -182,9 +218,15 @@ class DayAudit:
     narrowed: tuple[Narrowed, ...] = ()  # finished audits that do not count, newest first
 
     def to_dict(self) -> dict[str, Any]:
-        return {"date": self.date, "audit_id": self.audit_id, "outcome": self.outcome,
-                "not_counted": [{"audit_id": n.audit_id, "outcome": n.outcome,
-                                 "narrowed_by": list(n.reasons)} for n in self.narrowed]}
+        return {
+            "date": self.date,
+            "audit_id": self.audit_id,
+            "outcome": self.outcome,
+            "not_counted": [
+                {"audit_id": n.audit_id, "outcome": n.outcome, "narrowed_by": list(n.reasons)}
+                for n in self.narrowed
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -197,28 +239,50 @@ class CleanDays:
         return [d.audit_id for d in self.days if d.audit_id is not None]
 
 
-def clean_days(store: AuditStore, left: str, right: str, n: int, until: str,
-               scope: GateScope = EXACT_GATE) -> CleanDays:
+def clean_days(
+    store: AuditStore, left: str, right: str, n: int, until: str, scope: GateScope = EXACT_GATE
+) -> CleanDays:
     """For each of the n dates ending at `until`, the latest finished full-scope audit of
     left against right decides; the days are clean when every one has a clean audit."""
     last = Date.fromisoformat(until)
     days = []
     for back in range(n - 1, -1, -1):
         date = (last - timedelta(days=back)).isoformat()
-        finished = sorted((r for r in store.of_date(date)
-                           if r.left == left and r.right == right and r.state == "done"),
-                          key=lambda r: r.started_at, reverse=True)
+        finished = sorted(
+            (
+                r
+                for r in store.of_date(date)
+                if r.left == left and r.right == right and r.state == "done"
+            ),
+            key=lambda r: r.started_at,
+            reverse=True,
+        )
         full = [r for r in finished if not narrowed_by(r, scope)]
         latest = full[0] if full else None
-        others = tuple(Narrowed(r.audit_id, r.outcome, tuple(narrowed_by(r, scope)))
-                       for r in finished if r not in full)
-        days.append(DayAudit(date, latest.audit_id if latest else None,
-                             latest.outcome if latest else None, others))
+        others = tuple(
+            Narrowed(r.audit_id, r.outcome, tuple(narrowed_by(r, scope)))
+            for r in finished
+            if r not in full
+        )
+        days.append(
+            DayAudit(
+                date,
+                latest.audit_id if latest else None,
+                latest.outcome if latest else None,
+                others,
+            )
+        )
     return CleanDays(all(d.outcome == "clean" for d in days), days)
 
 
-def last_clean_days(settings: Settings, left: str, right: str, n: int,
-                    until: str | None = None, scope: GateScope = EXACT_GATE) -> CleanDays:
+def last_clean_days(
+    settings: Settings,
+    left: str,
+    right: str,
+    n: int,
+    until: str | None = None,
+    scope: GateScope = EXACT_GATE,
+) -> CleanDays:
     """Were the last n days clean (by full-scope audits)? `until` defaults to yesterday
     (UTC): a date is audited once it is over."""
     from storage import connect
@@ -226,7 +290,8 @@ def last_clean_days(settings: Settings, left: str, right: str, n: int,
     until = until or (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     session = connect(settings.cassandra)
     try:
-        return clean_days(AuditStore(Prepared(session), settings.cassandra), left, right, n,
-                          until, scope)
+        return clean_days(
+            AuditStore(Prepared(session), settings.cassandra), left, right, n, until, scope
+        )
     finally:
         session.cluster.shutdown()

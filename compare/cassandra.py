@@ -32,9 +32,14 @@ def add_profile(session: Session, settings: CassandraSettings) -> None:
     if PROFILE in session.cluster.profile_manager.profiles:
         return
     policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc))
-    session.cluster.add_execution_profile(PROFILE, ExecutionProfile(
-        load_balancing_policy=policy, row_factory=tuple_factory,
-        request_timeout=settings.request_timeout_s))
+    session.cluster.add_execution_profile(
+        PROFILE,
+        ExecutionProfile(
+            load_balancing_policy=policy,
+            row_factory=tuple_factory,
+            request_timeout=settings.request_timeout_s,
+        ),
+    )
 
 
 class RateLimiter:
@@ -62,8 +67,14 @@ class RateLimiter:
 class Fetcher:
     """Runs many queries with at most `concurrency` in flight; returns every row of each."""
 
-    def __init__(self, session: Session, concurrency: int = 64, max_rps: float = 0,
-                 fetch_size: int = 5000, retries: int = 2) -> None:
+    def __init__(
+        self,
+        session: Session,
+        concurrency: int = 64,
+        max_rps: float = 0,
+        fetch_size: int = 5000,
+        retries: int = 2,
+    ) -> None:
         self.session, self.concurrency, self.fetch_size = session, concurrency, fetch_size
         self.retries = retries
         self.limiter = RateLimiter(max_rps)
@@ -94,8 +105,9 @@ class Fetcher:
             bound = statement.bind(params)
             bound.fetch_size = self.fetch_size
             future = self.session.execute_async(bound, execution_profile=PROFILE)
-            future.add_callbacks(on_page, on_error, callback_args=(future, i),
-                                 errback_args=(i, attempt))
+            future.add_callbacks(
+                on_page, on_error, callback_args=(future, i), errback_args=(i, attempt)
+            )
 
         def on_page(rows: list[tuple[Any, ...]], future: Any, i: int) -> None:
             results[i].extend(rows)
@@ -139,8 +151,14 @@ class StoreReader:
     """One count store as an audit reads it: the store's own read requests
     (storage.CounterStore), run concurrently, rows kept as the driver's tuples."""
 
-    def __init__(self, prepared: Prepared, settings: CassandraSettings, name: str,
-                 fetcher: Fetcher, in_size: int = 64) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        settings: CassandraSettings,
+        name: str,
+        fetcher: Fetcher,
+        in_size: int = 64,
+    ) -> None:
         self.name, self.fetcher, self.in_size = name, fetcher, in_size
         self.store = CounterStore(prepared, settings, name)
 
@@ -157,8 +175,9 @@ class StoreReader:
             out.update((level, tuple(row)) for row in rows)
         return out
 
-    def requests(self, units: Sequence[Unit], date: str, include_month: bool
-                 ) -> tuple[list[Request], list[Decoder]]:
+    def requests(
+        self, units: Sequence[Unit], date: str, include_month: bool
+    ) -> tuple[list[Request], list[Decoder]]:
         """The queries that read the units, and where the rows of each go.
 
         Customer partitions hold a few rows per statistic: one query per unit would cost
@@ -180,10 +199,9 @@ class StoreReader:
         for company, stats_of in customers.items():
             names = list(stats_of)
             for i in range(0, len(names), self.in_size):
-                batch = names[i:i + self.in_size]
+                batch = names[i : i + self.in_size]
                 statistics = sorted(set().union(*(stats_of[c] for c in batch)))
-                reqs = self.store.customer_requests(company, batch, statistics, date,
-                                                    include_month)
+                reqs = self.store.customer_requests(company, batch, statistics, date, include_month)
                 requests += reqs
                 decoders += [partial(_to_customer_units, company)] * len(reqs)
         return requests, decoders
@@ -206,17 +224,20 @@ def _to_customer_units(company: str, rows: Rows, side: dict[Unit, Rows]) -> None
             found.append(row)
 
 
-def read_stores(readers: Sequence[StoreReader], units: Sequence[Unit], date: str,
-                include_month: bool) -> list[dict[Unit, Rows]]:
+def read_stores(
+    readers: Sequence[StoreReader], units: Sequence[Unit], date: str, include_month: bool
+) -> list[dict[Unit, Rows]]:
     """Every counter row of each unit on the date in each store, in each partition's
     clustering order (a customer unit's rows are its partition's): the queries of all the
     stores share one fetch, so they overlap."""
     return _read(readers, units, lambda reader: reader.requests(units, date, include_month))
 
 
-def read_keys(readers: Sequence[StoreReader], keys: dict[Unit, list[Key]]
-              ) -> list[dict[Unit, Rows]]:
+def read_keys(
+    readers: Sequence[StoreReader], keys: dict[Unit, list[Key]]
+) -> list[dict[Unit, Rows]]:
     """The rows of these keys only (grouped by unit) in each store: a settle re-read."""
+
     def requests(reader: StoreReader) -> tuple[list[Request], list[Decoder]]:
         reqs: list[Request] = []
         decoders: list[Decoder] = []
@@ -229,9 +250,11 @@ def read_keys(readers: Sequence[StoreReader], keys: dict[Unit, list[Key]]
     return _read(readers, list(keys), requests)
 
 
-def _read(readers: Sequence[StoreReader], units: Sequence[Unit],
-          requests_of: Callable[[StoreReader], tuple[list[Request], list[Decoder]]]
-          ) -> list[dict[Unit, Rows]]:
+def _read(
+    readers: Sequence[StoreReader],
+    units: Sequence[Unit],
+    requests_of: Callable[[StoreReader], tuple[list[Request], list[Decoder]]],
+) -> list[dict[Unit, Rows]]:
     requests: list[Request] = []
     owners: list[tuple[int, Decoder]] = []
     for i, reader in enumerate(readers):

@@ -48,8 +48,7 @@ def _date(_: Any, param: click.Parameter, value: str | None) -> str | None:
 def _truth(_: Any, param: click.Parameter, value: str) -> str:
     if value in ("none", "kafka") or Path(value).is_file():
         return value
-    raise click.BadParameter(f"{value!r} is neither none, kafka nor an existing file",
-                             param=param)
+    raise click.BadParameter(f"{value!r} is neither none, kafka nor an existing file", param=param)
 
 
 def _audit_id(_: Any, param: click.Parameter, value: str | None) -> str | None:
@@ -97,9 +96,14 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    bar = Progress("[progress.description]{task.description}", BarColumn(),
-                   MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
-                   console=Console(stderr=True))
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    )
     task = bar.add_task("units", total=None)
 
     def update(done: int, total: int) -> None:
@@ -112,49 +116,125 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
 @click.option("--date", callback=_date, help="Local date to audit, YYYY-MM-DD.")
 @click.option("--left", type=_STORE, default="legacy", show_default=True)
 @click.option("--right", type=_STORE, default="shadow", show_default=True)
-@click.option("--truth", default="none", show_default=True, callback=_truth,
-              help="FILE of hydrated events (JSON Lines), 'kafka' (the topic, bounded to the "
-                   "date), or 'none'.")
+@click.option(
+    "--truth",
+    default="none",
+    show_default=True,
+    callback=_truth,
+    help="FILE of hydrated events (JSON Lines), 'kafka' (the topic, bounded to the "
+    "date), or 'none'.",
+)
 @click.option("--company", "companies", multiple=True, help="Only this company (repeatable).")
-@click.option("--statistic", "statistics", multiple=True,
-              help="Only this statistic (repeatable).")
+@click.option("--statistic", "statistics", multiple=True, help="Only this statistic (repeatable).")
 @click.option("--level", type=_LEVEL, default="both", show_default=True)
 @click.option("--include-month", is_flag=True, help="Also compare the date's month buckets.")
-@click.option("--tolerance", "tolerances", multiple=True, metavar="MEASURE=N[%][,N%]",
-              help="Per measure (count, uniques): absolute N and/or relative N%; repeatable. "
-                   "Default: exact.")
-@click.option("--allow-redeliveries", is_flag=True,
-              help="Do not fail on a store that counts redeliveries when the other one "
-                   "matches the truth (legacy does not de-duplicate).")
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="MEASURE=N[%][,N%]",
+    help="Per measure (count, uniques): absolute N and/or relative N%; repeatable. Default: exact.",
+)
+@click.option(
+    "--allow-redeliveries",
+    is_flag=True,
+    help="Do not fail on a store that counts redeliveries when the other one "
+    "matches the truth (legacy does not de-duplicate).",
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report here (default: stdout).")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Attribution rows per dimension.")
-@click.option("--resume", "resume_id", default=None, metavar="AUDIT_ID", callback=_audit_id,
-              help="Carry on with an interrupted audit (its parameters are stored).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Cassandra queries in flight.")
-@click.option("--max-rps", type=click.FloatRange(min=0), default=5000, show_default=True,
-              help="Cassandra queries per second at most (0: unlimited).")
-@click.option("--chunk-units", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Index units read per chunk (a chunk is the unit of resume).")
-@click.option("--settle-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Wait before re-reading a mismatch, so writes in flight are not defects.")
-@click.option("--kafka-skew-s", type=click.IntRange(min=0), default=3600, show_default=True,
-              help="With --truth kafka: read records this much older than the date can be.")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".abacus/audits"), show_default=True,
-              help="Where audits keep their plan, progress and detail.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report here (default: stdout).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Attribution rows per dimension.",
+)
+@click.option(
+    "--resume",
+    "resume_id",
+    default=None,
+    metavar="AUDIT_ID",
+    callback=_audit_id,
+    help="Carry on with an interrupted audit (its parameters are stored).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Cassandra queries in flight.",
+)
+@click.option(
+    "--max-rps",
+    type=click.FloatRange(min=0),
+    default=5000,
+    show_default=True,
+    help="Cassandra queries per second at most (0: unlimited).",
+)
+@click.option(
+    "--chunk-units",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Index units read per chunk (a chunk is the unit of resume).",
+)
+@click.option(
+    "--settle-s",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Wait before re-reading a mismatch, so writes in flight are not defects.",
+)
+@click.option(
+    "--kafka-skew-s",
+    type=click.IntRange(min=0),
+    default=3600,
+    show_default=True,
+    help="With --truth kafka: read records this much older than the date can be.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".abacus/audits"),
+    show_default=True,
+    help="Where audits keep their plan, progress and detail.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
 @click.pass_obj
-def compare(settings: Settings, date: str | None, left: str, right: str, truth: str,
-            companies: tuple[str, ...], statistics: tuple[str, ...], level: str,
-            include_month: bool, tolerances: tuple[str, ...], allow_redeliveries: bool,
-            fmt: str, out: Path | None, top: int, resume_id: str | None, concurrency: int,
-            max_rps: float, chunk_units: int, settle_s: float, kafka_skew_s: int,
-            work_dir: Path, progress: bool | None) -> None:
+def compare(
+    settings: Settings,
+    date: str | None,
+    left: str,
+    right: str,
+    truth: str,
+    companies: tuple[str, ...],
+    statistics: tuple[str, ...],
+    level: str,
+    include_month: bool,
+    tolerances: tuple[str, ...],
+    allow_redeliveries: bool,
+    fmt: str,
+    out: Path | None,
+    top: int,
+    resume_id: str | None,
+    concurrency: int,
+    max_rps: float,
+    chunk_units: int,
+    settle_s: float,
+    kafka_skew_s: int,
+    work_dir: Path,
+    progress: bool | None,
+) -> None:
     """Audit a date: two count stores against each other and the truth.
 
     Exit code 0 when every difference is within tolerance, 1 when not, 2 on error.
@@ -167,8 +247,13 @@ def compare(settings: Settings, date: str | None, left: str, right: str, truth: 
         tolerance = Tolerance.parse(tolerances)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tolerance") from None
-    options = RunOptions(concurrency=concurrency, max_rps=max_rps, chunk_units=chunk_units,
-                         settle_s=settle_s, work_dir=work_dir)
+    options = RunOptions(
+        concurrency=concurrency,
+        max_rps=max_rps,
+        chunk_units=chunk_units,
+        settle_s=settle_s,
+        work_dir=work_dir,
+    )
     update, bar = _progress(sys.stderr.isatty() if progress is None else progress)
     with _failures():
         if bar is not None:
@@ -179,10 +264,22 @@ def compare(settings: Settings, date: str | None, left: str, right: str, truth: 
             else:
                 assert date is not None
                 result = run_audit(
-                    settings, date, left, right, truth, level=level, companies=companies,
-                    statistics=statistics, include_month=include_month, tolerance=tolerance,
-                    allow_redeliveries=allow_redeliveries, top=top, kafka_skew_s=kafka_skew_s,
-                    options=options, progress=update)
+                    settings,
+                    date,
+                    left,
+                    right,
+                    truth,
+                    level=level,
+                    companies=companies,
+                    statistics=statistics,
+                    include_month=include_month,
+                    tolerance=tolerance,
+                    allow_redeliveries=allow_redeliveries,
+                    top=top,
+                    kafka_skew_s=kafka_skew_s,
+                    options=options,
+                    progress=update,
+                )
         finally:
             if bar is not None:
                 bar.stop()
@@ -199,16 +296,26 @@ def _emit(result: AuditResult, fmt: str, out: Path | None) -> None:
 
 @click.command()
 @click.option("--store", type=_STORE, required=True)
-@click.option("--date", callback=_date, help="Only this local date (through its index); "
-              "default: every counter of the store (a full scan).")
+@click.option(
+    "--date",
+    callback=_date,
+    help="Only this local date (through its index); "
+    "default: every counter of the store (a full scan).",
+)
 @click.option("--level", type=_LEVEL, default="both", show_default=True)
 @click.option("--include-month", is_flag=True, help="With --date: also its month buckets.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.pass_obj
-def dump(settings: Settings, store: str, date: str | None, level: str, include_month: bool,
-         fmt: str, out: Path | None) -> None:
+def dump(
+    settings: Settings,
+    store: str,
+    date: str | None,
+    level: str,
+    include_month: bool,
+    fmt: str,
+    out: Path | None,
+) -> None:
     """A count store's counters in the exchange format (the lines `abacus recount` prints)."""
     from compare.dump import dump_store
     from counting import to_line
@@ -228,8 +335,9 @@ def audits() -> None:
 @audits.command("list")
 @click.option("--date", callback=_date, help="Only audits of this date.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_obj
 def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> None:
     """Audits, newest first."""
@@ -240,8 +348,11 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
         session = connect(settings.cassandra)
         try:
             store = AuditStore(Prepared(session), settings.cassandra)
-            records = store.of_date(date) if date else sorted(
-                store.all(), key=lambda r: r.started_at, reverse=True)
+            records = (
+                store.of_date(date)
+                if date
+                else sorted(store.all(), key=lambda r: r.started_at, reverse=True)
+            )
         finally:
             session.cluster.shutdown()
     from compare.audits import narrowed_by
@@ -249,23 +360,53 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
     rows = []
     for r in records[:limit]:
         s = r.summary or {}
-        rows.append({**{k: v for k, v in r.to_dict().items() if k != "params"},
-                     "keys_compared": s.get("keys_compared"), "mismatched": s.get("mismatched"),
-                     "defects": s.get("defects"), "narrowed_by": narrowed_by(r)})
+        rows.append(
+            {
+                **{k: v for k, v in r.to_dict().items() if k != "params"},
+                "keys_compared": s.get("keys_compared"),
+                "mismatched": s.get("mismatched"),
+                "defects": s.get("defects"),
+                "narrowed_by": narrowed_by(r),
+            }
+        )
     if fmt == "json":
         click.echo(json.dumps(rows, indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("audit_id", "date", "left", "right", "truth", "outcome", "started_at",
-                  "compared", "mismatched", "defects", "scope (gates count full only)")
+    table = Table(
+        "audit_id",
+        "date",
+        "left",
+        "right",
+        "truth",
+        "outcome",
+        "started_at",
+        "compared",
+        "mismatched",
+        "defects",
+        "scope (gates count full only)",
+    )
     for row in rows:
-        table.add_row(*(term(row[k]) if row[k] is not None else "-" for k in
-                        ("audit_id", "date", "left", "right", "truth", "outcome", "started_at",
-                         "keys_compared", "mismatched", "defects")),
-                      term("narrowed: " + ", ".join(row["narrowed_by"])
-                           if row["narrowed_by"] else "full"))
+        table.add_row(
+            *(
+                term(row[k]) if row[k] is not None else "-"
+                for k in (
+                    "audit_id",
+                    "date",
+                    "left",
+                    "right",
+                    "truth",
+                    "outcome",
+                    "started_at",
+                    "keys_compared",
+                    "mismatched",
+                    "defects",
+                )
+            ),
+            term("narrowed: " + ", ".join(row["narrowed_by"]) if row["narrowed_by"] else "full"),
+        )
     Console().print(table)
 
 
@@ -273,9 +414,13 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
 @click.argument("audit_id", callback=_audit_id)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".abacus/audits"), show_default=True,
-              help="Where the audit kept its detail.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".abacus/audits"),
+    show_default=True,
+    help="Where the audit kept its detail.",
+)
 @click.pass_obj
 def show(settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir: Path) -> None:
     """One audit's report (the detail when its work directory is on this machine)."""
@@ -292,16 +437,33 @@ def show(settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir
 @click.option("--right", type=_STORE, required=True)
 @click.option("--days", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--until", callback=_date, help="Last date (default: yesterday, UTC).")
-@click.option("--tolerance", "tolerances", multiple=True, metavar="MEASURE=N[%][,N%]",
-              help="The tolerance the gate accepts (default: exact); an audit run with a "
-                   "looser one does not count.")
-@click.option("--allow-redeliveries", is_flag=True,
-              help="Count audits run with --allow-redeliveries (default: they do not count).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="MEASURE=N[%][,N%]",
+    help="The tolerance the gate accepts (default: exact); an audit run with a "
+    "looser one does not count.",
+)
+@click.option(
+    "--allow-redeliveries",
+    is_flag=True,
+    help="Count audits run with --allow-redeliveries (default: they do not count).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.pass_obj
-def gate(settings: Settings, left: str, right: str, days: int, until: str | None,
-         tolerances: tuple[str, ...], allow_redeliveries: bool, fmt: str) -> None:
+def gate(
+    settings: Settings,
+    left: str,
+    right: str,
+    days: int,
+    until: str | None,
+    tolerances: tuple[str, ...],
+    allow_redeliveries: bool,
+    fmt: str,
+) -> None:
     """Were the last N days clean? Exit 0 if so, 1 if not.
 
     Only full-scope audits decide a day: both levels, a truth, no --company or --statistic
@@ -317,15 +479,28 @@ def gate(settings: Settings, left: str, right: str, days: int, until: str | None
     with _failures():
         verdict = last_clean_days(settings, left, right, days, until, scope)
     if fmt == "json":
-        click.echo(json.dumps({"clean": verdict.clean, "left": left, "right": right,
-                               "days": [d.to_dict() for d in verdict.days]}, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "clean": verdict.clean,
+                    "left": left,
+                    "right": right,
+                    "days": [d.to_dict() for d in verdict.days],
+                },
+                indent=1,
+            )
+        )
     else:
         for day in verdict.days:
-            click.echo(f"{day.date} {day.outcome or 'no finished full-scope audit'} "
-                       f"{day.audit_id or ''}".rstrip())
+            click.echo(
+                f"{day.date} {day.outcome or 'no finished full-scope audit'} "
+                f"{day.audit_id or ''}".rstrip()
+            )
             for n in day.narrowed:
-                click.echo(visible(f"  not counted: {n.audit_id} {n.outcome} "
-                                   f"({', '.join(n.reasons)})"))
-        click.echo(f"{'clean' if verdict.clean else 'NOT clean'}: last {days} days of "
-                   f"{left} vs {right}")
+                click.echo(
+                    visible(f"  not counted: {n.audit_id} {n.outcome} ({', '.join(n.reasons)})")
+                )
+        click.echo(
+            f"{'clean' if verdict.clean else 'NOT clean'}: last {days} days of {left} vs {right}"
+        )
     sys.exit(0 if verdict.clean else 1)

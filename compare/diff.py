@@ -134,8 +134,10 @@ class Tolerance:
         return cls(**bounds)
 
     def to_dict(self) -> dict[str, dict[str, float]]:
-        return {m: {"abs": b.abs, "rel": b.rel} for m, b in (("count", self.count),
-                                                              ("uniques", self.uniques))}
+        return {
+            m: {"abs": b.abs, "rel": b.rel}
+            for m, b in (("count", self.count), ("uniques", self.uniques))
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, float]]) -> Tolerance:
@@ -165,10 +167,8 @@ class Mismatch:
     def to_record(self) -> dict[str, Any]:
         """The documented JSON record (compare/README.md, "Mismatch records")."""
         account = isinstance(self.key, AccountKey)
-        record: dict[str, Any] = {"class": self.kind,
-                                  "level": "account" if account else "customer"}
-        record.update(zip(_ACCOUNT_FIELDS if account else _CUSTOMER_FIELDS, self.key,
-                          strict=True))
+        record: dict[str, Any] = {"class": self.kind, "level": "account" if account else "customer"}
+        record.update(zip(_ACCOUNT_FIELDS if account else _CUSTOMER_FIELDS, self.key, strict=True))
         left, right = self.left or (0, 0), self.right or (0, 0)
         for measure, i in (("count", 0), ("uniques", 1)):
             if measure == "uniques" and not account:
@@ -221,9 +221,13 @@ class Tally:
             self.truth_total -= m.truth[0] if m.truth else 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"compared": self.compared, "matched": self.matched,
-                "left_total": self.left_total, "right_total": self.right_total,
-                "truth_total": self.truth_total}
+        return {
+            "compared": self.compared,
+            "matched": self.matched,
+            "left_total": self.left_total,
+            "right_total": self.right_total,
+            "truth_total": self.truth_total,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, int]) -> Tally:
@@ -240,9 +244,16 @@ def _tagged(items: Iterable[Counted], tag: int) -> Iterator[tuple[SortKey, int, 
         yield order(counted), tag, value_of(counted)
 
 
-def classify(key: Key, left: Value | None, right: Value | None, truth: Value | None,
-             redelivered: Value | None, has_truth: bool, tolerance: Tolerance = EXACT,
-             allow_redeliveries: bool = False) -> Mismatch | None:
+def classify(
+    key: Key,
+    left: Value | None,
+    right: Value | None,
+    truth: Value | None,
+    redelivered: Value | None,
+    has_truth: bool,
+    tolerance: Tolerance = EXACT,
+    allow_redeliveries: bool = False,
+) -> Mismatch | None:
     """The record of one key, or None when there is nothing to report."""
     lv, rv = left or (0, 0), right or (0, 0)
     if lv == rv:
@@ -257,8 +268,15 @@ def classify(key: Key, left: Value | None, right: Value | None, truth: Value | N
     if has_truth:
         tv = truth or (0, 0)
         left_ok, right_ok = lv == tv, rv == tv
-        supports = ("both" if left_ok and right_ok else "left" if left_ok
-                    else "right" if right_ok else "neither")
+        supports = (
+            "both"
+            if left_ok and right_ok
+            else "left"
+            if left_ok
+            else "right"
+            if right_ok
+            else "neither"
+        )
         if redelivered is not None:
             # a redelivery repeats its event: it adds to the count, never a new customer
             deliveries = (tv[0] + redelivered[0], tv[1] if truth is not None else redelivered[1])
@@ -278,10 +296,16 @@ def classify(key: Key, left: Value | None, right: Value | None, truth: Value | N
     return Mismatch(kind, key, left, right, truth, deliveries, supports, redelivery, defect)
 
 
-def diff(left: Iterable[Counted], right: Iterable[Counted],
-         truth: Iterable[Counted] | None = None, redelivered: Iterable[Counted] | None = None,
-         *, tolerance: Tolerance = EXACT, allow_redeliveries: bool = False,
-         tally: Tally | None = None) -> Iterator[Mismatch]:
+def diff(
+    left: Iterable[Counted],
+    right: Iterable[Counted],
+    truth: Iterable[Counted] | None = None,
+    redelivered: Iterable[Counted] | None = None,
+    *,
+    tolerance: Tolerance = EXACT,
+    allow_redeliveries: bool = False,
+    tally: Tally | None = None,
+) -> Iterator[Mismatch]:
     """Merge the sides (each sorted by `order`) and yield what disagrees, in key order.
 
     `truth` is the reference count of the keys (None: no truth); `redelivered` the counts of
@@ -310,10 +334,17 @@ def diff(left: Iterable[Counted], right: Iterable[Counted],
             yield mismatch
 
 
-def diff_rows(unit: Unit, left: Sequence[Row], right: Sequence[Row],
-              truth: Sequence[Row] | None = None, redelivered: Sequence[Row] | None = None,
-              *, tolerance: Tolerance = EXACT, allow_redeliveries: bool = False,
-              tally: Tally | None = None) -> list[Mismatch]:
+def diff_rows(
+    unit: Unit,
+    left: Sequence[Row],
+    right: Sequence[Row],
+    truth: Sequence[Row] | None = None,
+    redelivered: Sequence[Row] | None = None,
+    *,
+    tolerance: Tolerance = EXACT,
+    allow_redeliveries: bool = False,
+    tally: Tally | None = None,
+) -> list[Mismatch]:
     """`diff` of one unit whose sides are rows (`Row`; `row_of` for the truth's counters):
     the records in key order.
 
@@ -326,17 +357,27 @@ def diff_rows(unit: Unit, left: Sequence[Row], right: Sequence[Row],
     if left == right and (truth is None or truth == left):
         _tally_agreed(tally, left, has_truth)
         return []
-    agreed = set(left).intersection(right, truth) if truth is not None \
-        else set(left).intersection(right)
+    agreed = (
+        set(left).intersection(right, truth) if truth is not None else set(left).intersection(right)
+    )
     _tally_agreed(tally, agreed, has_truth)
-    ls, rs, ts = ({r[:4]: r for r in rows if r not in agreed}
-                  for rows in (left, right, truth or ()))
+    ls, rs, ts = (
+        {r[:4]: r for r in rows if r not in agreed} for rows in (left, right, truth or ())
+    )
     ds = {r[:4]: r for r in redelivered or ()}
     out = []
     for sub in ls.keys() | rs.keys() | ts.keys():
-        mismatch = _judge(tally, key_of_row(unit, sub), _row_value(ls.get(sub)),
-                          _row_value(rs.get(sub)), _row_value(ts.get(sub)),
-                          _row_value(ds.get(sub)), has_truth, tolerance, allow_redeliveries)
+        mismatch = _judge(
+            tally,
+            key_of_row(unit, sub),
+            _row_value(ls.get(sub)),
+            _row_value(rs.get(sub)),
+            _row_value(ts.get(sub)),
+            _row_value(ds.get(sub)),
+            has_truth,
+            tolerance,
+            allow_redeliveries,
+        )
         if mismatch is not None:
             out.append(mismatch)
     out.sort(key=_key)
@@ -356,9 +397,17 @@ def _tally_agreed(tally: Tally, rows: Iterable[Row], has_truth: bool) -> None:
     tally.truth_total += total if has_truth else 0
 
 
-def _judge(tally: Tally, key: Key, lv: Value | None, rv: Value | None, tv: Value | None,
-           dv: Value | None, has_truth: bool, tolerance: Tolerance,
-           allow_redeliveries: bool) -> Mismatch | None:
+def _judge(
+    tally: Tally,
+    key: Key,
+    lv: Value | None,
+    rv: Value | None,
+    tv: Value | None,
+    dv: Value | None,
+    has_truth: bool,
+    tolerance: Tolerance,
+    allow_redeliveries: bool,
+) -> Mismatch | None:
     """Tally one compared key; its record, if any."""
     tally.compared += 1
     tally.left_total += lv[0] if lv else 0

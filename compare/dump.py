@@ -10,9 +10,16 @@ from settings import Settings
 from storage import CounterStore, Prepared, connect
 
 
-def dump_store(settings: Settings, store: str, levels: Sequence[str], date: str | None = None,
-               include_month: bool = False, concurrency: int = 64, max_rps: float = 0,
-               chunk_units: int = 512) -> Iterator[Counted]:
+def dump_store(
+    settings: Settings,
+    store: str,
+    levels: Sequence[str],
+    date: str | None = None,
+    include_month: bool = False,
+    concurrency: int = 64,
+    max_rps: float = 0,
+    chunk_units: int = 512,
+) -> Iterator[Counted]:
     """Every counter of a store (a full scan), or of one date (through its index, read in
     parallel), level by level."""
     session = connect(settings.cassandra)
@@ -24,12 +31,13 @@ def dump_store(settings: Settings, store: str, levels: Sequence[str], date: str 
             for level in levels:
                 yield from counters.scan(level)
             return
-        reader = StoreReader(prepared, settings.cassandra, store,
-                             Fetcher(session, concurrency, max_rps))
+        reader = StoreReader(
+            prepared, settings.cassandra, store, Fetcher(session, concurrency, max_rps)
+        )
         for level in levels:
             units = sorted(reader.units(date, (level,)))
             for i in range(0, len(units), chunk_units):
-                chunk = units[i:i + chunk_units]
+                chunk = units[i : i + chunk_units]
                 (rows,) = read_stores([reader], chunk, date, include_month)
                 for unit in chunk:
                     yield from sorted((counted_of_row(unit, r) for r in rows[unit]), key=order)

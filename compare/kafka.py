@@ -31,13 +31,25 @@ def earliest_instant_ms(date: str, include_month: bool, skew_s: int) -> int:
 
 
 def _consumer(settings: KafkaSettings, group: str) -> Consumer:
-    return Consumer({**settings.client_config(), "group.id": group,
-                     "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                     "enable.partition.eof": True})
+    return Consumer(
+        {
+            **settings.client_config(),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
 
 
-def bounds(settings: KafkaSettings, date: str, include_month: bool, skew_s: int,
-           group: str, timeout_s: float = 30.0) -> Bounds:
+def bounds(
+    settings: KafkaSettings,
+    date: str,
+    include_month: bool,
+    skew_s: int,
+    group: str,
+    timeout_s: float = 30.0,
+) -> Bounds:
     """The offsets to read for a date, per partition of settings.topic."""
     consumer = _consumer(settings, group)
     try:
@@ -51,7 +63,8 @@ def bounds(settings: KafkaSettings, date: str, include_month: bool, skew_s: int,
         out: Bounds = {}
         for tp in found:
             _, end = consumer.get_watermark_offsets(
-                TopicPartition(settings.topic, tp.partition), timeout=timeout_s)
+                TopicPartition(settings.topic, tp.partition), timeout=timeout_s
+            )
             first = end if tp.offset in (OFFSET_END, -1) or tp.offset < 0 else tp.offset
             out[tp.partition] = (first, end)
         return out
@@ -59,23 +72,31 @@ def bounds(settings: KafkaSettings, date: str, include_month: bool, skew_s: int,
         consumer.close()
 
 
-def raw_events(settings: KafkaSettings, offsets: Bounds, group: str,
-               poll_s: float = 1.0, idle_limit_s: float = 60.0) -> Iterator[bytes]:
+def raw_events(
+    settings: KafkaSettings,
+    offsets: Bounds,
+    group: str,
+    poll_s: float = 1.0,
+    idle_limit_s: float = 60.0,
+) -> Iterator[bytes]:
     """The record values within the bounds, partition by partition interleaved."""
     todo = {p: (first, end) for p, (first, end) in offsets.items() if first < end}
     if not todo:
         return
     consumer = _consumer(settings, group)
     try:
-        consumer.assign([TopicPartition(settings.topic, p, first)
-                         for p, (first, _) in todo.items()])
+        consumer.assign(
+            [TopicPartition(settings.topic, p, first) for p, (first, _) in todo.items()]
+        )
         idle = 0.0
         while todo:
             batch = consumer.consume(num_messages=2000, timeout=poll_s)
             idle = idle + poll_s if not batch else 0.0
             if idle >= idle_limit_s:
-                raise TimeoutError(f"no records from {settings.topic!r} for {idle_limit_s:.0f}s "
-                                   f"with partitions {sorted(todo)} unfinished")
+                raise TimeoutError(
+                    f"no records from {settings.topic!r} for {idle_limit_s:.0f}s "
+                    f"with partitions {sorted(todo)} unfinished"
+                )
             for msg in batch:
                 p = msg.partition()
                 err = msg.error()

@@ -32,15 +32,24 @@ def unit_order(unit: Unit) -> tuple[int, tuple[str, ...]]:
     return (LEVELS.index(unit[0]), unit[1])
 
 
-def select(units: Iterable[Unit], levels: Iterable[str], companies: Iterable[str],
-           statistics: Iterable[str]) -> list[Unit]:
+def select(
+    units: Iterable[Unit],
+    levels: Iterable[str],
+    companies: Iterable[str],
+    statistics: Iterable[str],
+) -> list[Unit]:
     """The units an audit covers (its level, companies and statistics), in plan order."""
     levels, companies, statistics = set(levels), set(companies), set(statistics)
-    return sorted((u for u in units
-                   if u[0] in levels
-                   and (not companies or u[1][0] in companies)
-                   and (not statistics or u[1][-1] in statistics)),
-                  key=unit_order)
+    return sorted(
+        (
+            u
+            for u in units
+            if u[0] in levels
+            and (not companies or u[1][0] in companies)
+            and (not statistics or u[1][-1] in statistics)
+        ),
+        key=unit_order,
+    )
 
 
 @dataclass
@@ -61,8 +70,10 @@ class Plan:
         return cls([(level, tuple(ids)) for level, ids in data["units"]], data["complete"])
 
     def save(self, path: Path) -> None:
-        write_json(path, {"units": [[level, list(ids)] for level, ids in self.units],
-                          "complete": self.complete})
+        write_json(
+            path,
+            {"units": [[level, list(ids)] for level, ids in self.units], "complete": self.complete},
+        )
 
     def extend(self, extra: list[Unit], path: Path) -> None:
         """Append the truth's own units (from `extra_units`) and record the plan complete."""
@@ -71,8 +82,13 @@ class Plan:
         self.save(path)
 
 
-def extra_units(plan: list[Unit], truth_units: Iterable[Unit], levels: Iterable[str],
-                companies: Iterable[str], statistics: Iterable[str]) -> list[Unit]:
+def extra_units(
+    plan: list[Unit],
+    truth_units: Iterable[Unit],
+    levels: Iterable[str],
+    companies: Iterable[str],
+    statistics: Iterable[str],
+) -> list[Unit]:
     """The truth's units of the date the plan lacks, selected, in plan order."""
     planned = set(plan)
     return select((u for u in truth_units if u not in planned), levels, companies, statistics)

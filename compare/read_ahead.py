@@ -32,8 +32,15 @@ class ReadAhead:
     rows per unit of the chunk before, so that no chunk is most of the date, which would
     leave nothing to read while it is diffed."""
 
-    def __init__(self, read: Callable[[list[Unit]], Sides], plan: Plan, start: int, size: int,
-                 max_rows: int, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(
+        self,
+        read: Callable[[list[Unit]], Sides],
+        plan: Plan,
+        start: int,
+        size: int,
+        max_rows: int,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> None:
         self._read, self._plan, self._size, self._max_rows = read, plan, size, max_rows
         self._chunk_rows = chunk_rows
         self._units = min(size, FIRST_UNITS)  # units of the next chunk
@@ -43,8 +50,9 @@ class ReadAhead:
         self._finished = False
         self._stopped = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(start,),
-                                         name="compare-read", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(start,), name="compare-read", daemon=True
+        )
         self._thread.start()
 
     def extend(self, extra: list[Unit], path: Path) -> None:
@@ -87,7 +95,7 @@ class ReadAhead:
                 if start >= len(units) and self._plan.complete:
                     return None
                 if start < len(units) and (not self._ready or self._rows < self._max_rows):
-                    return units[start:start + self._units]
+                    return units[start : start + self._units]
                 self._cond.wait()
             return None
 
@@ -96,8 +104,7 @@ class ReadAhead:
             while (units := self._next_units(start)) is not None:
                 sides = self._read(units)
                 read = sum(len(r) for side in sides for r in side.values())
-                self._units = max(1, min(self._size, self._chunk_rows * len(units)
-                                         // max(1, read)))
+                self._units = max(1, min(self._size, self._chunk_rows * len(units) // max(1, read)))
                 rows = _share_equal(sides)
                 with self._cond:
                     self._ready.append(((start, units, sides), rows))

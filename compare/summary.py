@@ -30,9 +30,13 @@ class _Error:
         self.max_rel = max(self.max_rel, rel)
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"max_abs": self.max_abs, "mean_abs": _round(self.sum_abs / self.n if self.n else 0),
-                "sum_abs": self.sum_abs, "max_rel": _round(self.max_rel),
-                "mean_rel": _round(self.sum_rel / self.n if self.n else 0.0)}
+        return {
+            "max_abs": self.max_abs,
+            "mean_abs": _round(self.sum_abs / self.n if self.n else 0),
+            "sum_abs": self.sum_abs,
+            "max_rel": _round(self.max_rel),
+            "mean_rel": _round(self.sum_rel / self.n if self.n else 0.0),
+        }
 
 
 def _round(x: float) -> float:
@@ -50,8 +54,11 @@ class Summary:
         self.redeliveries: Counter[str] = Counter()
         self.levels: Counter[str] = Counter()
         self.errors = {"count": _Error(), "uniques": _Error()}
-        self.by: dict[str, Counter[str]] = {"company_id": Counter(), "statistic_id": Counter(),
-                                            "hour": Counter()}
+        self.by: dict[str, Counter[str]] = {
+            "company_id": Counter(),
+            "statistic_id": Counter(),
+            "hour": Counter(),
+        }
         self.delta_by: dict[str, Counter[str]] = {k: Counter() for k in self.by}
         self.hours = {"left": [0] * 24, "right": [0] * 24}
 
@@ -69,13 +76,18 @@ class Summary:
         if kind != "match":
             self.errors["count"].add(left_c, right_c)
             if record["level"] == "account":
-                self.errors["uniques"].add(record["left_uniques"] or 0,
-                                           record["right_uniques"] or 0)
+                self.errors["uniques"].add(
+                    record["left_uniques"] or 0, record["right_uniques"] or 0
+                )
         hour = record["bucket"] if record["resolution"] == "hour" else None
-        delta = abs(right_c - left_c) if kind != "match" else abs(
-            (record["truth_count"] or 0) - left_c)
-        for name, label in (("company_id", record["company_id"]),
-                            ("statistic_id", record["statistic_id"]), ("hour", hour)):
+        delta = (
+            abs(right_c - left_c) if kind != "match" else abs((record["truth_count"] or 0) - left_c)
+        )
+        for name, label in (
+            ("company_id", record["company_id"]),
+            ("statistic_id", record["statistic_id"]),
+            ("hour", hour),
+        ):
             if label is not None:
                 self.by[name][label] += 1
                 self.delta_by[name][label] += delta
@@ -101,14 +113,22 @@ class Summary:
 
     def to_dict(self, tally: Tally) -> dict[str, Any]:
         attribution = {
-            name: [{"label": label, "mismatches": n, "abs_delta_count": self.delta_by[name][label],
-                    "share": _round(n / self.records)}
-                   for label, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
-                   [: self.top]]
+            name: [
+                {
+                    "label": label,
+                    "mismatches": n,
+                    "abs_delta_count": self.delta_by[name][label],
+                    "share": _round(n / self.records),
+                }
+                for label, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top]
+            ]
             for name, counter in self.by.items()
         }
-        chart_meaning = ("records where the side differs from the truth" if self.has_truth
-                         else "records where the side has the larger value")
+        chart_meaning = (
+            "records where the side differs from the truth"
+            if self.has_truth
+            else "records where the side has the larger value"
+        )
         return {
             "keys_compared": tally.compared,
             "matched": tally.matched,
@@ -116,16 +136,25 @@ class Summary:
             "defects": self.defects,
             "classes": {c: self.classes[c] for c in CLASSES},
             "levels": {lv: self.levels[lv] for lv in ("account", "customer")},
-            "truth_supports": ({v: self.verdicts[v] for v in VERDICTS}
-                               if self.has_truth else None),
-            "redeliveries": ({s: self.redeliveries[s] for s in ("left", "right")}
-                             if self.has_truth else None),
+            "truth_supports": ({v: self.verdicts[v] for v in VERDICTS} if self.has_truth else None),
+            "redeliveries": (
+                {s: self.redeliveries[s] for s in ("left", "right")} if self.has_truth else None
+            ),
             "errors": {m: e.to_dict() for m, e in self.errors.items()},
-            "totals": {"left_count": tally.left_total, "right_count": tally.right_total,
-                       "truth_count": tally.truth_total if self.has_truth else None},
-            "attribution": {"companies": attribution["company_id"],
-                            "statistics": attribution["statistic_id"],
-                            "hours": attribution["hour"]},
-            "hour_chart": {"meaning": chart_meaning, "hours": [f"{h:02d}" for h in range(24)],
-                           "left": self.hours["left"], "right": self.hours["right"]},
+            "totals": {
+                "left_count": tally.left_total,
+                "right_count": tally.right_total,
+                "truth_count": tally.truth_total if self.has_truth else None,
+            },
+            "attribution": {
+                "companies": attribution["company_id"],
+                "statistics": attribution["statistic_id"],
+                "hours": attribution["hour"],
+            },
+            "hour_chart": {
+                "meaning": chart_meaning,
+                "hours": [f"{h:02d}" for h in range(24)],
+                "left": self.hours["left"],
+                "right": self.hours["right"],
+            },
         }

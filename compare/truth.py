@@ -65,13 +65,16 @@ class Truth:
         return set(self.units_on_date)
 
     def stats(self) -> dict[str, Any]:
-        return {"source": self.source, "events_read": self.events_read,
-                "events_counted": self.events_counted, "duplicates": self.duplicates,
-                "rejected": dict(sorted(self.rejected.items()))}
+        return {
+            "source": self.source,
+            "events_read": self.events_read,
+            "events_counted": self.events_counted,
+            "duplicates": self.duplicates,
+            "rejected": dict(sorted(self.rejected.items())),
+        }
 
 
-def truth_of(raws: Iterable[bytes | str], date: str, include_month: bool,
-             source: str) -> Truth:
+def truth_of(raws: Iterable[bytes | str], date: str, include_month: bool, source: str) -> Truth:
     """Recount the events of `raws` that can fall on `date`."""
     firsts, duplicates = Recount(dedup=False), Recount(dedup=False)
     truth = Truth(source)
@@ -82,8 +85,14 @@ def truth_of(raws: Iterable[bytes | str], date: str, include_month: bool,
     return truth
 
 
-def _count(raws: Iterable[bytes | str], date: str, include_month: bool, truth: Truth,
-           firsts: Recount, duplicates: Recount) -> None:
+def _count(
+    raws: Iterable[bytes | str],
+    date: str,
+    include_month: bool,
+    truth: Truth,
+    firsts: Recount,
+    duplicates: Recount,
+) -> None:
     dedup = Dedup()
     month = date[:7]
     for raw in raws:
@@ -104,8 +113,9 @@ def _count(raws: Iterable[bytes | str], date: str, include_month: bool, truth: T
             duplicates.add(event)
 
 
-def _by_unit(recount: Recount, date: str, include_month: bool,
-             units_on_date: set[Unit]) -> dict[Unit, list[Row]]:
+def _by_unit(
+    recount: Recount, date: str, include_month: bool, units_on_date: set[Unit]
+) -> dict[Unit, list[Row]]:
     """The rows of each unit (as `row_of` makes them), sorted; `units_on_date` receives the
     units with a counter on the date itself (month buckets alone do not make one).
 
@@ -123,8 +133,7 @@ def _by_unit(recount: Recount, date: str, include_month: bool,
             found = grouped[(level, ids)] = []
         return found
 
-    for (company, statistic, resolution, bucket, facet, value), count, uniques in (
-            recount.account()):
+    for (company, statistic, resolution, bucket, facet, value), count, uniques in recount.account():
         if resolution == "month":
             if bucket != month:
                 continue

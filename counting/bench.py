@@ -30,8 +30,11 @@ def naive_recount(lines: list[bytes]) -> int:
             continue
         seen.add(event.event_id)
         local = datetime.fromtimestamp(int(event.timestamp), ZoneInfo(event.timezone))
-        labels = (local.strftime("%Y-%m-%dT%H"), local.strftime("%Y-%m-%d"),
-                  local.strftime("%Y-%m"))
+        labels = (
+            local.strftime("%Y-%m-%dT%H"),
+            local.strftime("%Y-%m-%d"),
+            local.strftime("%Y-%m"),
+        )
         for res, bucket in zip(("hour", "day", "month"), labels, strict=True):
             for facet, value in (("", ""), *event.facets):
                 key = (event.company_id, event.statistic_id, res, bucket, facet, value)
@@ -44,8 +47,13 @@ def naive_recount(lines: list[bytes]) -> int:
 @click.command("recount")
 @click.option("--n", "n", type=click.IntRange(min=1000), default=1_000_000, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--baseline-n", type=click.IntRange(min=1000), default=100_000, show_default=True,
-              help="Events the naive baseline runs on (it is slow).")
+@click.option(
+    "--baseline-n",
+    type=click.IntRange(min=1000),
+    default=100_000,
+    show_default=True,
+    help="Events the naive baseline runs on (it is slow).",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def recount(n: int, seed: int, baseline_n: int, fmt: str) -> None:
     """Events/s of `abacus recount` on N generated events (4 facets, 3 time zones), per CPU
@@ -72,20 +80,31 @@ def recount(n: int, seed: int, baseline_n: int, fmt: str) -> None:
     naive_recount(sample)  # with the collector on, as a straightforward program runs
     naive_s = time.process_time() - t0
     figures = {
-        "events": n, "file_mb": round(size_mb, 1), "counter_keys": keys,
-        "count_s": round(counted - start, 2), "rollup_s": round(done - counted, 2),
-        "events_per_s": round(n / (done - start)), "wall_events_per_s": round(n / wall),
-        "naive_events": len(sample), "naive_events_per_s": round(len(sample) / naive_s),
+        "events": n,
+        "file_mb": round(size_mb, 1),
+        "counter_keys": keys,
+        "count_s": round(counted - start, 2),
+        "rollup_s": round(done - counted, 2),
+        "events_per_s": round(n / (done - start)),
+        "wall_events_per_s": round(n / wall),
+        "naive_events": len(sample),
+        "naive_events_per_s": round(len(sample) / naive_s),
     }
     figures["ratio_vs_naive"] = round(figures["events_per_s"] / figures["naive_events_per_s"], 2)
     if fmt == "json":
         click.echo(json.dumps(figures))
         return
-    click.echo(f"recount: {n:,} events ({size_mb:.0f} MB, seed {seed}, 4 facets, 3 zones, "
-               f"1% duplicates, 2% late), {keys:,} counter keys")
-    click.echo(f"  abacus recount  {figures['events_per_s']:>9,} events/CPU-s "
-               f"(count {figures['count_s']} s + roll-up {figures['rollup_s']} s CPU; "
-               f"{figures['wall_events_per_s']:,} events/s wall-clock)")
-    click.echo(f"  naive baseline  {figures['naive_events_per_s']:>9,} events/CPU-s "
-               f"(on the first {len(sample):,} events)")
+    click.echo(
+        f"recount: {n:,} events ({size_mb:.0f} MB, seed {seed}, 4 facets, 3 zones, "
+        f"1% duplicates, 2% late), {keys:,} counter keys"
+    )
+    click.echo(
+        f"  abacus recount  {figures['events_per_s']:>9,} events/CPU-s "
+        f"(count {figures['count_s']} s + roll-up {figures['rollup_s']} s CPU; "
+        f"{figures['wall_events_per_s']:,} events/s wall-clock)"
+    )
+    click.echo(
+        f"  naive baseline  {figures['naive_events_per_s']:>9,} events/CPU-s "
+        f"(on the first {len(sample):,} events)"
+    )
     click.echo(f"  ratio           {figures['ratio_vs_naive']:>9}x")

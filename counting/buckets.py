@@ -62,7 +62,6 @@ def bucket_date(bucket: str) -> str:
     return bucket[:10]
 
 
-
 # An hour label "YYYY-MM-DDTHH" starts with its day label (10 characters) and month label
 # (7): a local hour lies in exactly one local day and month.
 LABEL_WIDTH: dict[str, int] = {"hour": 13, "day": 10, "month": 7}

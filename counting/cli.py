@@ -32,20 +32,37 @@ def rejection_line(rejection: Rejection) -> str:
     is escaped, and the line says so (`"escaped": true`)."""
     event_id, id_escaped = escape(rejection.event_id) if rejection.event_id else (None, False)
     detail, detail_escaped = escape(rejection.detail)
-    record: dict[str, Any] = {"event_id": event_id, "reason": rejection.reason.value,
-                              "detail": detail}
+    record: dict[str, Any] = {
+        "event_id": event_id,
+        "reason": rejection.reason.value,
+        "detail": detail,
+    }
     if id_escaped or detail_escaped:
         record["escaped"] = True
     return json.dumps(record, ensure_ascii=False)
 
 
 @click.command()
-@click.option("--events", "events_file", type=click.File("rb"), required=True,
-              help="JSON Lines file of hydrated events ('-' reads stdin).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "json", "table"]), default="jsonl",
-              show_default=True)
-@click.option("--rejects", type=click.File("w", encoding="utf-8"), default=None,
-              help="Write one JSON line per rejected event (event_id, reason, detail).")
+@click.option(
+    "--events",
+    "events_file",
+    type=click.File("rb"),
+    required=True,
+    help="JSON Lines file of hydrated events ('-' reads stdin).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "json", "table"]),
+    default="jsonl",
+    show_default=True,
+)
+@click.option(
+    "--rejects",
+    type=click.File("w", encoding="utf-8"),
+    default=None,
+    help="Write one JSON line per rejected event (event_id, reason, detail).",
+)
 def recount(events_file: IO[bytes], fmt: str, rejects: IO[str] | None) -> None:
     """The reference counts of a file of hydrated events (SEMANTICS.md), rejects apart."""
     result = Recount()
@@ -55,8 +72,7 @@ def recount(events_file: IO[bytes], fmt: str, rejects: IO[str] | None) -> None:
             rejection = result.add_raw(raw)
             if rejection is not None and rejects is not None:
                 rejects.write(rejection_line(rejection) + "\n")
-        counted: Iterator[AccountCount | CustomerCount] = chain(result.account(),
-                                                                 result.customer())
+        counted: Iterator[AccountCount | CustomerCount] = chain(result.account(), result.customer())
         if fmt == "jsonl":
             for item in counted:
                 out.write(to_line(item) + "\n")
@@ -65,8 +81,10 @@ def recount(events_file: IO[bytes], fmt: str, rejects: IO[str] | None) -> None:
             out.write("\n")
         else:
             _print_table([to_record(c) for c in counted])
-    summary = (f"recount: {result.events} events counted, {result.duplicates} duplicates, "
-               f"{sum(result.rejected.values())} rejected")
+    summary = (
+        f"recount: {result.events} events counted, {result.duplicates} duplicates, "
+        f"{sum(result.rejected.values())} rejected"
+    )
     reasons = ", ".join(f"{r}={n}" for r, n in sorted(result.rejected.items()))
     click.echo(summary + (f" ({reasons})" if reasons else ""), err=True)
 
@@ -77,13 +95,36 @@ def _print_table(records: list[dict[str, Any]]) -> None:
 
     from settings.output import term
 
-    table = Table("level", "company", "customer", "statistic", "res", "bucket", "facet",
-                  "value", "count", "uniques")
+    table = Table(
+        "level",
+        "company",
+        "customer",
+        "statistic",
+        "res",
+        "bucket",
+        "facet",
+        "value",
+        "count",
+        "uniques",
+    )
     for r in sorted(records, key=lambda r: tuple(str(v) for v in r.values())):
-        table.add_row(*(term(v) for v in (
-            r["level"], r["company_id"], r.get("customer_id", ""), r["statistic_id"],
-            r["resolution"], r["bucket"], r.get("facet", ""), r.get("value", ""),
-            r["count"], r.get("uniques", ""))))
+        table.add_row(
+            *(
+                term(v)
+                for v in (
+                    r["level"],
+                    r["company_id"],
+                    r.get("customer_id", ""),
+                    r["statistic_id"],
+                    r["resolution"],
+                    r["bucket"],
+                    r.get("facet", ""),
+                    r.get("value", ""),
+                    r["count"],
+                    r.get("uniques", ""),
+                )
+            )
+        )
     Console().print(table)
 
 
@@ -102,29 +143,64 @@ def _parse_start(value: str) -> int:
 @click.option("--customers", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True)
-@click.option("--timezones", default=",".join(DEFAULT_TIMEZONES), show_default=True,
-              help="Comma-separated IANA names, one per company in turn.")
-@click.option("--duplicates", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Share of redeliveries (same event_id).")
-@click.option("--late", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Share of events hours to days late.")
+@click.option(
+    "--timezones",
+    default=",".join(DEFAULT_TIMEZONES),
+    show_default=True,
+    help="Comma-separated IANA names, one per company in turn.",
+)
+@click.option(
+    "--duplicates",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of redeliveries (same event_id).",
+)
+@click.option(
+    "--late",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of events hours to days late.",
+)
 @click.option("--start", default="2025-12-01", show_default=True, help="UTC start of the span.")
 @click.option("--span-s", type=click.IntRange(min=1), default=86_400, show_default=True)
-def generate(n: int, seed: int, out: IO[str], companies: int, customers: int, statistics: int,
-             facets: int, timezones: str, duplicates: float, late: float, start: str,
-             span_s: int) -> None:
+def generate(
+    n: int,
+    seed: int,
+    out: IO[str],
+    companies: int,
+    customers: int,
+    statistics: int,
+    facets: int,
+    timezones: str,
+    duplicates: float,
+    late: float,
+    start: str,
+    span_s: int,
+) -> None:
     """Write hydrated events as JSON Lines, deterministic for a seed."""
     from counting.events import known_timezones
 
     zones = tuple(z.strip() for z in timezones.split(",") if z.strip())
     unknown = [z for z in zones if z not in known_timezones()]
     if unknown or not zones:
-        raise click.BadParameter(f"unknown time zone(s): {', '.join(unknown) or '(none given)'}",
-                                 param_hint="--timezones")
+        raise click.BadParameter(
+            f"unknown time zone(s): {', '.join(unknown) or '(none given)'}",
+            param_hint="--timezones",
+        )
     config = GeneratorConfig(
-        n=n, seed=seed, companies=companies, customers=customers, statistics=statistics,
-        facets=facets, timezones=zones, duplicate_share=duplicates, late_share=late,
-        start_ts=_parse_start(start), span_s=span_s,
+        n=n,
+        seed=seed,
+        companies=companies,
+        customers=customers,
+        statistics=statistics,
+        facets=facets,
+        timezones=zones,
+        duplicate_share=duplicates,
+        late_share=late,
+        start_ts=_parse_start(start),
+        span_s=span_s,
     )
     for event in generate_events(config):
         out.write(json.dumps(event, ensure_ascii=False) + "\n")

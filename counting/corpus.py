@@ -119,8 +119,10 @@ def invalid_lines() -> list[tuple[str, str]]:
         (variant(18, properties={"": 1}), "bad_property_key"),
         (variant(19, properties={"k" * 65: 1}), "bad_property_key"),
         # valid JSON, but nested past the parser's limit (3 KB): rejected, never a crash
-        (variant(20)[:-1] + ', "properties": {"deep": ' + "[" * 1500 + "]" * 1500 + "}}",
-         "not_json"),
+        (
+            variant(20)[:-1] + ', "properties": {"deep": ' + "[" * 1500 + "]" * 1500 + "}}",
+            "not_json",
+        ),
     ]
 
 
@@ -145,8 +147,14 @@ def tricky_lines() -> list[str]:
 
 
 def _poison_event(n: int, **fields: Any) -> dict[str, Any]:
-    return {"event_id": f"poison-{n:02d}", "company_id": "COM-P", "customer_id": f"CUS-P{n % 4}",
-            "statistic_id": "poisoned", "timestamp": 1_700_000_000 + 7 * n, **fields}
+    return {
+        "event_id": f"poison-{n:02d}",
+        "company_id": "COM-P",
+        "customer_id": f"CUS-P{n % 4}",
+        "statistic_id": "poisoned",
+        "timestamp": 1_700_000_000 + 7 * n,
+        **fields,
+    }
 
 
 def _json(event: dict[str, Any]) -> bytes:
@@ -170,62 +178,99 @@ def poison_lines() -> list[tuple[str, bytes]]:
     big = "9" * 5000  # over Python's integer-conversion limit (4,300 digits)
     lines: list[tuple[str, bytes]] = []
     lone = "\ud800"
-    for n, where in enumerate(("event_id", "company_id", "customer_id", "statistic_id",
-                               "timezone"), start=1):
+    for n, where in enumerate(
+        ("event_id", "company_id", "customer_id", "statistic_id", "timezone"), start=1
+    ):
         lines.append((f"lone surrogate in {where}", _json_ascii(_poison_event(n, **{where: lone}))))
     lines += [
         ("lone low surrogate in event_id", _json_ascii(_poison_event(6, event_id="x\udfff"))),
         ("lone surrogate in a property key", _json_ascii(_poison_event(7, properties={lone: 1}))),
-        ("lone surrogate in a property value",
-         _json_ascii(_poison_event(8, properties={"k": "a" + lone}))),
+        (
+            "lone surrogate in a property value",
+            _json_ascii(_poison_event(8, properties={"k": "a" + lone})),
+        ),
         ("invalid UTF-8 byte", _json(_poison_event(9)).replace(b"COM-P", b"COM-\xff")),
         ("UTF-8-encoded surrogate", _json(_poison_event(10)).replace(b"COM-P", b"\xed\xa0\x80")),
         ("surrogate pair (valid)", _json_ascii(_poison_event(11, customer_id="\U0001f600"))),
-        ("NUL in ids and values (valid)",
-         _json(_poison_event(12, customer_id="a\x00b", properties={"n\x00": "v\x00"}))),
-        ("bidi controls (valid)",
-         _json(_poison_event(13, customer_id="\u202egnp.exe", properties={"b": "\u2067x\u2069"}))),
-        ("rich markup (valid)",
-         _json(_poison_event(14, customer_id="[/bold]", properties={"m": "[link=https://x]y"}))),
+        (
+            "NUL in ids and values (valid)",
+            _json(_poison_event(12, customer_id="a\x00b", properties={"n\x00": "v\x00"})),
+        ),
+        (
+            "bidi controls (valid)",
+            _json(
+                _poison_event(13, customer_id="\u202egnp.exe", properties={"b": "\u2067x\u2069"})
+            ),
+        ),
+        (
+            "rich markup (valid)",
+            _json(_poison_event(14, customer_id="[/bold]", properties={"m": "[link=https://x]y"})),
+        ),
         ("terminal escape (valid)", _json(_poison_event(15, customer_id="\x1b[31mred\x1b]8;;"))),
-        ("spreadsheet formula (valid)",
-         _json(_poison_event(16, customer_id="=cmd|' /C calc'!A0", properties={"f": "+1-2"}))),
-        ("event_id of 128 four-byte characters (valid)",
-         _json(_poison_event(17, event_id="\U0001f4a9" * 128))),
+        (
+            "spreadsheet formula (valid)",
+            _json(_poison_event(16, customer_id="=cmd|' /C calc'!A0", properties={"f": "+1-2"})),
+        ),
+        (
+            "event_id of 128 four-byte characters (valid)",
+            _json(_poison_event(17, event_id="\U0001f4a9" * 128)),
+        ),
         ("event_id of 129 characters", _json(_poison_event(18, event_id="e" * 129))),
         ("event_id of 2 MiB", _json(_poison_event(19, event_id="e" * (2 * 1024 * 1024)))),
-        ("a 5,000-digit integer property (valid)",
-         _json(_poison_event(20)).replace(b'"timestamp"', b'"properties": {"n": ' + big.encode()
-                                          + b'}, "timestamp"')),
-        ("a 5,000-digit timestamp",
-         _json(_poison_event(21)).replace(b"1700000147", big.encode())),
-        ("a 1,000,000-digit integer",
-         _json(_poison_event(22)).replace(b'"timestamp"', b'"n": ' + b"7" * 1_000_000
-                                          + b', "timestamp"')),
+        (
+            "a 5,000-digit integer property (valid)",
+            _json(_poison_event(20)).replace(
+                b'"timestamp"', b'"properties": {"n": ' + big.encode() + b'}, "timestamp"'
+            ),
+        ),
+        ("a 5,000-digit timestamp", _json(_poison_event(21)).replace(b"1700000147", big.encode())),
+        (
+            "a 1,000,000-digit integer",
+            _json(_poison_event(22)).replace(
+                b'"timestamp"', b'"n": ' + b"7" * 1_000_000 + b', "timestamp"'
+            ),
+        ),
         ("4 MiB of digits", b'{"event_id": "poison-23", "n": ' + b"1" * (4 * 1024 * 1024) + b"}"),
         ("1e400 timestamp", _json(_poison_event(24)).replace(b"1700000168", b"1e400")),
-        ("NaN property", _json(_poison_event(25)).replace(
-            b'"timestamp"', b'"properties": {"x": NaN}, "timestamp"')),
-        ("deep nesting in a property (100,000 levels)",
-         _json(_poison_event(26)).replace(b'"timestamp"', b'"p": ' + b"[" * 100_000
-                                          + b"]" * 100_000 + b', "timestamp"')),
-        ("nesting of 500 levels (valid)",
-         _json(_poison_event(27)).replace(b'"timestamp"', b'"properties": {"d": '
-                                          + b"[" * 500 + b"]" * 500 + b'}, "timestamp"')),
-        ("duplicate keys: the last wins (valid)",
-         _json(_poison_event(28)).replace(b'{"event_id": "poison-28"',
-                                          b'{"event_id": "dup-first", "event_id": "poison-28"')),
+        (
+            "NaN property",
+            _json(_poison_event(25)).replace(
+                b'"timestamp"', b'"properties": {"x": NaN}, "timestamp"'
+            ),
+        ),
+        (
+            "deep nesting in a property (100,000 levels)",
+            _json(_poison_event(26)).replace(
+                b'"timestamp"', b'"p": ' + b"[" * 100_000 + b"]" * 100_000 + b', "timestamp"'
+            ),
+        ),
+        (
+            "nesting of 500 levels (valid)",
+            _json(_poison_event(27)).replace(
+                b'"timestamp"',
+                b'"properties": {"d": ' + b"[" * 500 + b"]" * 500 + b'}, "timestamp"',
+            ),
+        ),
+        (
+            "duplicate keys: the last wins (valid)",
+            _json(_poison_event(28)).replace(
+                b'{"event_id": "poison-28"', b'{"event_id": "dup-first", "event_id": "poison-28"'
+            ),
+        ),
         ("byte order mark", b"\xef\xbb\xbf" + _json(_poison_event(29))),
         ("empty", b""),
         ("whitespace", b" \n\t "),
         ("null", b"null"),
         ("trailing garbage", _json(_poison_event(30)) + b" x"),
         ("path in timezone", _json(_poison_event(31, timezone="../../../etc/passwd"))),
-        ("CQL in ids (valid)",
-         _json(_poison_event(32, company_id="COM-P'; DROP KEYSPACE abacus_ops; --"))),
-        ("HTML in ids (valid)",
-         _json(_poison_event(33, customer_id="<script>alert(1)</script>"))),
-        ("50 properties with long keys (valid)",
-         _json(_poison_event(34, properties={f"{i:02d}" + "k" * 62: i for i in range(50)}))),
+        (
+            "CQL in ids (valid)",
+            _json(_poison_event(32, company_id="COM-P'; DROP KEYSPACE abacus_ops; --")),
+        ),
+        ("HTML in ids (valid)", _json(_poison_event(33, customer_id="<script>alert(1)</script>"))),
+        (
+            "50 properties with long keys (valid)",
+            _json(_poison_event(34, properties={f"{i:02d}" + "k" * 62: i for i in range(50)})),
+        ),
     ]
     return lines

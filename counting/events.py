@@ -56,6 +56,7 @@ def _canonical_default(value: Any) -> Any:
         return "0" * (len(value.digits) - 2)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
+
 # The canonical encoding of a parsed input is never more than 5 times the input's size
 # (the worst growth is a short float such as `1e15` -> `1000000000000000.0`); inputs below
 # this size therefore cannot exceed the canonical limit and skip its (costly) computation.
@@ -70,8 +71,7 @@ def known_timezones() -> frozenset[str]:
 
 def canonical_size(event: Any) -> int:
     """UTF-8 size of the event's canonical JSON encoding (the transport-independent size)."""
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"),
-                      default=_canonical_default)
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=_canonical_default)
     return len(text.encode("utf-8"))
 
 
@@ -121,8 +121,7 @@ def nesting_depth(data: bytes) -> int:
 def too_deep(data: bytes) -> bool:
     """Whether arrays/objects nest deeper than MAX_NESTING (checked before parsing)."""
     # counting brackets is C-fast; the exact depth is measured only when it could be over
-    return (data.count(b"[") + data.count(b"{") > MAX_NESTING
-            and nesting_depth(data) > MAX_NESTING)
+    return data.count(b"[") + data.count(b"{") > MAX_NESTING and nesting_depth(data) > MAX_NESTING
 
 
 def _event_id_of(obj: Any) -> str | None:
@@ -154,8 +153,9 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event | Rejection:
     if len(data) > MAX_INPUT_BYTES:
         return Rejection(Reason.TOO_LARGE, None, f"input is {len(data)} bytes, over 1 MiB")
     if len(data) > MAX_NESTING and too_deep(data):  # a shorter text cannot nest deeper
-        return Rejection(Reason.NOT_JSON, None,
-                         f"arrays/objects nested deeper than {MAX_NESTING} levels")
+        return Rejection(
+            Reason.NOT_JSON, None, f"arrays/objects nested deeper than {MAX_NESTING} levels"
+        )
     try:
         obj = loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -184,8 +184,12 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
     tz = obj.get("timezone", "UTC")
     properties = obj.get("properties", _EMPTY)
 
-    if not (type(event_id) is str and type(company_id) is str and type(customer_id) is str
-            and type(statistic_id) is str):
+    if not (
+        type(event_id) is str
+        and type(company_id) is str
+        and type(customer_id) is str
+        and type(statistic_id) is str
+    ):
         name = next(n for n in ID_FIELDS if type(obj[n]) is not str)
         return _reject(Reason.BAD_TYPE, obj, f"{name} must be a string")
     if type(ts) is not int and type(ts) is not float and type(ts) is not BigInt:
@@ -207,21 +211,29 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
             try:
                 text = facet_value(value)
             except NonFiniteFloat:
-                return _reject(Reason.BAD_TYPE, obj,
-                               f"property {item[0][:64]!r} is a non-finite float")
+                return _reject(
+                    Reason.BAD_TYPE, obj, f"property {item[0][:64]!r} is a non-finite float"
+                )
             if text is not None:
                 facets.append((item[0], text))
 
-    if not (0 < len(event_id) <= 128 and 0 < len(company_id) <= 64
-            and 0 < len(customer_id) <= 64 and 0 < len(statistic_id) <= 64):
+    if not (
+        0 < len(event_id) <= 128
+        and 0 < len(company_id) <= 64
+        and 0 < len(customer_id) <= 64
+        and 0 < len(statistic_id) <= 64
+    ):
         name, limit = next((n, m) for n, m in ID_FIELDS.items() if not 0 < len(obj[n]) <= m)
         return _reject(Reason.BAD_LENGTH, obj, f"{name} must be 1..{limit} characters")
     if not tz:
         return _reject(Reason.BAD_LENGTH, obj, "timezone must not be empty")
 
     if not (TS_MIN_S <= ts < TS_MAX_S):  # NaN compares False: not finite fails here too
-        return _reject(Reason.BAD_TIMESTAMP, obj, f"timestamp {ts!r} is not finite or out of "
-                       f"range [{TS_MIN_S}, {TS_MAX_S})")
+        return _reject(
+            Reason.BAD_TIMESTAMP,
+            obj,
+            f"timestamp {ts!r} is not finite or out of range [{TS_MIN_S}, {TS_MAX_S})",
+        )
 
     if tz not in _TIMEZONES:
         return _reject(Reason.BAD_TIMEZONE, obj, f"unknown time zone {tz[:64]!r}")
@@ -229,13 +241,22 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
     if len(properties) > MAX_PROPERTIES:
         return _reject(Reason.TOO_MANY_PROPERTIES, obj, f"{len(properties)} properties, max 50")
 
-    if properties and ("" in properties
-                       or max(map(len, properties)) > MAX_PROPERTY_KEY_CHARS):
+    if properties and ("" in properties or max(map(len, properties)) > MAX_PROPERTY_KEY_CHARS):
         return _reject(Reason.BAD_PROPERTY_KEY, obj, "property keys must be 1..64 characters")
 
     # tuple.__new__ builds the NamedTuple in C (its own __new__ is Python code)
-    return _new(Event, (event_id, company_id, customer_id, statistic_id, ts, tz,  # type: ignore[no-any-return]
-                        tuple(facets)))
+    return _new(
+        Event,
+        (
+            event_id,
+            company_id,
+            customer_id,
+            statistic_id,
+            ts,
+            tz,  # type: ignore[no-any-return]
+            tuple(facets),
+        ),
+    )
 
 
 _REQUIRED = frozenset(REQUIRED_FIELDS)

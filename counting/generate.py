@@ -18,8 +18,16 @@ from typing import Any
 DEFAULT_TIMEZONES: tuple[str, ...] = ("UTC", "America/New_York", "Asia/Kolkata")
 BROWSERS = ("Safari 12.0.1", "Chrome 120.0", "Firefox 121.0", "Edge 119.0", "Outlook 16.0")
 TYPES = ("open", "click", "bounce", "unsubscribe")
-STATISTICS = ("email_opened", "email_clicked", "email_bounced", "placed_order",
-              "viewed_product", "started_checkout", "sms_sent", "unsubscribed")
+STATISTICS = (
+    "email_opened",
+    "email_clicked",
+    "email_bounced",
+    "placed_order",
+    "viewed_product",
+    "started_checkout",
+    "sms_sent",
+    "unsubscribed",
+)
 
 
 @dataclass(frozen=True, slots=True)

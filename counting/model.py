@@ -60,7 +60,6 @@ class BigInt:
         return not self.digits.startswith("-")
 
 
-
 class Event(NamedTuple):
     """A valid hydrated event, reduced to what is counted (a NamedTuple, like the keys: it
     is built once per event on the hot path, and a frozen dataclass costs 3x more)."""

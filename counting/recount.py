@@ -125,9 +125,14 @@ class Recount:
             day = hour[:10]
             total = ((TOTAL, (sum(customers.values()), customers)),)
             for (facet, value), (count, seen) in chain(total, by_facet.items()):
-                yield _new(AccountCount, (
-                    _new(AccountKey, (company, statistic, "hour", hour, facet, value)),
-                    count, len(seen)))
+                yield _new(
+                    AccountCount,
+                    (
+                        _new(AccountKey, (company, statistic, "hour", hour, facet, value)),
+                        count,
+                        len(seen),
+                    ),
+                )
                 rkey = (company, statistic, "day", day, facet, value)
                 entry = days.get(rkey)
                 if entry is None:
@@ -160,8 +165,10 @@ class Recount:
         for (company, statistic, hour), (customers, _) in self._groups.items():
             day = hour[:10]
             for customer, count in customers.items():
-                yield _new(CustomerCount, (
-                    _new(CustomerKey, (company, customer, statistic, "hour", hour)), count))
+                yield _new(
+                    CustomerCount,
+                    (_new(CustomerKey, (company, customer, statistic, "hour", hour)), count),
+                )
                 rkey = (company, customer, statistic, "day", day)
                 days[rkey] = days.get(rkey, 0) + count
         months: dict[tuple[str, ...], int] = {}

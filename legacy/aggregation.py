@@ -67,15 +67,20 @@ STATS_RETRY = RetryPolicy(budget_s=30.0)  # stats are not worth holding a task l
 
 def redis_client(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
     """A Redis client whose every call has a timeout (socket and connect)."""
-    return redis.Redis(**settings.redis.client_kwargs(), socket_keepalive=True,
-                       socket_timeout=timeout_s,
-                       socket_connect_timeout=min(timeout_s, REDIS_CONNECT_TIMEOUT_S),
-                       health_check_interval=30)
+    return redis.Redis(
+        **settings.redis.client_kwargs(),
+        socket_keepalive=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, REDIS_CONNECT_TIMEOUT_S),
+        health_check_interval=30,
+    )
 
 
-def count_stats(client: redis.Redis, keys: RedisKeys, fields: dict[str, int],
-                policy: RetryPolicy = STATS_RETRY) -> None:
+def count_stats(
+    client: redis.Redis, keys: RedisKeys, fields: dict[str, int], policy: RetryPolicy = STATS_RETRY
+) -> None:
     """Add to legacy's stats counters (retried on transient errors; logged if it cannot)."""
+
     def write() -> None:
         pipe = client.pipeline(transaction=False)
         for name, n in fields.items():
@@ -117,15 +122,20 @@ class Aggregator(LegacyClients):
     """Per worker process: validates, checks uniques, adds to Big Bertha, writes the
     customer counters; retries a failed step, dead-letters what it cannot count."""
 
-    def __init__(self, settings: Settings, chaos: Chaos, dead_letter: DeadLetterSink,
-                 trace: Trace, retry: RetryPolicy | None = None,
-                 redis_timeout_s: float = REDIS_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        chaos: Chaos,
+        dead_letter: DeadLetterSink,
+        trace: Trace,
+        retry: RetryPolicy | None = None,
+        redis_timeout_s: float = REDIS_TIMEOUT_S,
+    ) -> None:
         super().__init__(settings, redis_timeout_s)
         self._settings, self._chaos, self._dead_letter = settings, chaos, dead_letter
         self._trace = trace
         self._retry = retry or RetryPolicy()
-        self._stats_retry = RetryPolicy(budget_s=min(self._retry.budget_s,
-                                                     STATS_RETRY.budget_s))
+        self._stats_retry = RetryPolicy(budget_s=min(self._retry.budget_s, STATS_RETRY.budget_s))
         self._ttl_s = settings.redis.uniques_ttl_s
         self._slots = threading.local()
 
@@ -136,8 +146,9 @@ class Aggregator(LegacyClients):
             slot = self._slots.key = self._keys.slot(uuid.uuid4().hex)
         return str(slot)
 
-    def aggregate(self, raw_event: str, task_id: str | None = None,
-                  redelivered: bool = False) -> Outcome:
+    def aggregate(
+        self, raw_event: str, task_id: str | None = None, redelivered: bool = False
+    ) -> Outcome:
         parsed = parse_event(raw_event)
         if isinstance(parsed, Rejection):
             self.reject(parsed.reason.value, parsed.detail, raw_event, parsed.event_id, task_id)
@@ -152,8 +163,14 @@ class Aggregator(LegacyClients):
                 retries["retried"] += 1
                 if step == "cassandra" and ambiguous(exc):
                     retries["retried_ambiguous"] += 1
-                log.warning("legacy task %s: %s step failed (%s: %s); retrying", task_id, step,
-                            type(exc).__name__, str(exc)[:200])
+                log.warning(
+                    "legacy task %s: %s step failed (%s: %s); retrying",
+                    task_id,
+                    step,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+
             return note
 
         step = "redis"
@@ -161,23 +178,26 @@ class Aggregator(LegacyClients):
             # Check Uniques and Big Bertha: one atomic script, one round trip
             uniques = self._keys.uniques(event.company_id, event.customer_id)
             slot = self._slot()
-            self._retry.run(lambda: self._bertha.count_event(uniques, self._ttl_s, slot,
-                                                             delivery, encoded),
-                            on_retry(step))
+            self._retry.run(
+                lambda: self._bertha.count_event(uniques, self._ttl_s, slot, delivery, encoded),
+                on_retry(step),
+            )
             t_bertha = time.time()
             if not redelivered and self._chaos.crashes(event.event_id):
                 os._exit(CRASH_EXIT_CODE)  # chaos: the process dies between Redis and Cassandra
             # customer level: straight to Cassandra counters, one request per partition
             step = "cassandra"
-            pending = dict(enumerate(partitions(
-                [(key, (1,)) for key in customer_keys(event)], _customer_partition)))
+            pending = dict(
+                enumerate(
+                    partitions([(key, (1,)) for key in customer_keys(event)], _customer_partition)
+                )
+            )
             self._retry.run(lambda: self._write_customer(pending), on_retry(step))
         except Exception as exc:
             self._give_up(step, exc, raw_event, event.event_id, task_id, dict(retries))
             return Outcome.DEAD_LETTERED
         if retries:
-            count_stats(self._redis, self._keys, {**retries, "recovered": 1},
-                        self._stats_retry)
+            count_stats(self._redis, self._keys, {**retries, "recovered": 1}, self._stats_retry)
         if task_id is not None:
             self._trace.task(task_id, t_bertha, time.time())
         if not redelivered and self._chaos.redelivers(event.event_id):
@@ -185,8 +205,7 @@ class Aggregator(LegacyClients):
             return Outcome.REDELIVER
         return Outcome.COUNTED
 
-    def _write_customer(self, pending: dict[int, list[tuple[CustomerKey, tuple[int]]]]
-                        ) -> None:
+    def _write_customer(self, pending: dict[int, list[tuple[CustomerKey, tuple[int]]]]) -> None:
         """Write each partition's rows, all in flight at once; a confirmed partition leaves
         `pending` at once, so a retry writes only the rest."""
         outcome = self._customers.write(pending)  # type: ignore[arg-type]
@@ -195,33 +214,59 @@ class Aggregator(LegacyClients):
         if outcome.error is not None:
             raise outcome.error
 
-    def _give_up(self, step: str, exc: BaseException, raw_event: str, event_id: str,
-                 task_id: str | None, retries: dict[str, int]) -> None:
+    def _give_up(
+        self,
+        step: str,
+        exc: BaseException,
+        raw_event: str,
+        event_id: str,
+        task_id: str | None,
+        retries: dict[str, int],
+    ) -> None:
         module = type(exc).__module__.split(".")[0]
-        reason = {"redis": deadletter.REDIS_ERROR, "cassandra": deadletter.CASSANDRA_ERROR
-                  }.get(module, deadletter.TASK_ERROR)
+        reason = {"redis": deadletter.REDIS_ERROR, "cassandra": deadletter.CASSANDRA_ERROR}.get(
+            module, deadletter.TASK_ERROR
+        )
         counted = "nothing" if step == "redis" else "account level (Big Bertha)"
-        detail = (f"{step} step failed after {retries.get('retried', 0)} retries: "
-                  f"{type(exc).__name__}: {exc}")
+        detail = (
+            f"{step} step failed after {retries.get('retried', 0)} retries: "
+            f"{type(exc).__name__}: {exc}"
+        )
         log.error("legacy task %s: gave up (%s); dead-lettered as %s", task_id, detail, reason)
-        self._dead_letter(deadletter.record(
-            reason, detail, body=_task_body(raw_event, task_id), event_id=event_id,
-            task_id=task_id,
-            content_type="application/json",
-            extra={"failed_step": step, "already_counted": counted}))
+        self._dead_letter(
+            deadletter.record(
+                reason,
+                detail,
+                body=_task_body(raw_event, task_id),
+                event_id=event_id,
+                task_id=task_id,
+                content_type="application/json",
+                extra={"failed_step": step, "already_counted": counted},
+            )
+        )
         stats = {**retries, "failed": 1, "dead_lettered": 1, "dead:" + reason: 1}
         if step != "redis":
             stats["failed_partial"] = 1
         count_stats(self._redis, self._keys, stats, self._stats_retry)
 
-    def reject(self, reason: str, detail: str, raw_event: Any, event_id: str | None,
-               task_id: str | None) -> None:
+    def reject(
+        self, reason: str, detail: str, raw_event: Any, event_id: str | None, task_id: str | None
+    ) -> None:
         """Dead-letter an event (or a malformed task) with its reason; counted in stats."""
         body = _task_body(raw_event, task_id) if isinstance(raw_event, str) else repr(raw_event)
-        self._dead_letter(deadletter.record(reason, detail, body=body, event_id=event_id,
-                                            task_id=task_id, content_type="application/json"))
-        count_stats(self._redis, self._keys, {"dead_lettered": 1, "dead:" + reason: 1},
-                    self._stats_retry)
+        self._dead_letter(
+            deadletter.record(
+                reason,
+                detail,
+                body=body,
+                event_id=event_id,
+                task_id=task_id,
+                content_type="application/json",
+            )
+        )
+        count_stats(
+            self._redis, self._keys, {"dead_lettered": 1, "dead:" + reason: 1}, self._stats_retry
+        )
 
 
 def _task_body(raw_event: str, task_id: str | None) -> bytes | str:

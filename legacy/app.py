@@ -73,10 +73,13 @@ class Runtime:
             with self._lock:
                 if self._pid != os.getpid():
                     self._aggregator = Aggregator(
-                        self.settings, self.options.chaos, self.dead_letter,
+                        self.settings,
+                        self.options.chaos,
+                        self.dead_letter,
                         Trace(self.options.trace_dir, "worker"),
                         RetryPolicy(budget_s=self.options.retry_budget_s),
-                        self.options.redis_timeout_s)
+                        self.options.redis_timeout_s,
+                    )
                     self._pid = os.getpid()
         assert self._aggregator is not None
         return self._aggregator
@@ -89,14 +92,17 @@ class Runtime:
         try:
             aggregator = self.aggregator()
         except Exception as exc:  # Cassandra unreachable at the process's first task
-            log.exception("legacy task %s: cannot open the counter store; requeued",
-                          request.id)
+            log.exception("legacy task %s: cannot open the counter store; requeued", request.id)
             time.sleep(1.0)
             raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
         if len(args) != 1 or kwargs or not isinstance(args[0], str):
-            aggregator.reject(deadletter.BAD_TASK_MESSAGE,
-                              "the task takes one argument, the raw event text",
-                              args, None, request.id)
+            aggregator.reject(
+                deadletter.BAD_TASK_MESSAGE,
+                "the task takes one argument, the raw event text",
+                args,
+                None,
+                request.id,
+            )
             return Outcome.DEAD_LETTERED.value
         redelivered = bool((request.delivery_info or {}).get("redelivered"))
         try:
@@ -104,10 +110,10 @@ class Runtime:
         except Exception as exc:
             # Not even its dead letter could be written (RabbitMQ refused it): requeued, so
             # nothing is acked into oblivion; counted, and slowed down so it cannot spin.
-            log.exception("legacy task %s: could not count nor dead-letter it; requeued",
-                          request.id)
-            count_stats(aggregator.redis, aggregator.keys, {"requeued": 1},
-                        RetryPolicy(budget_s=0))
+            log.exception(
+                "legacy task %s: could not count nor dead-letter it; requeued", request.id
+            )
+            count_stats(aggregator.redis, aggregator.keys, {"requeued": 1}, RetryPolicy(budget_s=0))
             time.sleep(1.0)
             raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
         if outcome is Outcome.REDELIVER:
@@ -130,8 +136,11 @@ class BigBerthaFlushStep(bootsteps.StartStopStep):
         options = runtime.options
         if options.flush_interval_s > 0:
             self._thread, self._stop = start_flush_thread(
-                runtime.settings, options.flush_interval_s, options.chaos,
-                Trace(options.trace_dir, "flusher"))
+                runtime.settings,
+                options.flush_interval_s,
+                options.chaos,
+                Trace(options.trace_dir, "flusher"),
+            )
 
     def stop(self, worker: Any) -> None:
         if self._stop is not None and self._thread is not None:

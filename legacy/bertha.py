@@ -119,8 +119,15 @@ class BigBertha:
 
     # -- the worker side ------------------------------------------------------------------
 
-    def count_event(self, uniques_key: str, ttl_s: int, slot_key: str, delivery: str,
-                    encoded_keys: Sequence[str], stat: str = "processed") -> int:
+    def count_event(
+        self,
+        uniques_key: str,
+        ttl_s: int,
+        slot_key: str,
+        delivery: str,
+        encoded_keys: Sequence[str],
+        stat: str = "processed",
+    ) -> int:
         """One event's Check Uniques and increments (count of every key, uniques of the
         first-time ones) and the `stat` counter, in one atomic script. Returns how many keys
         were first-time, or -1 when this delivery was already applied (a retry)."""
@@ -133,16 +140,21 @@ class BigBertha:
         """Atomically take the pending increments as a new batch leased to `token`; None
         when there are none."""
         batch_id = uuid.uuid4().hex
-        keys = [self._keys.pending, self._keys.batch(batch_id), self._keys.batches,
-                self._keys.lease(batch_id)]
+        keys = [
+            self._keys.pending,
+            self._keys.batch(batch_id),
+            self._keys.batches,
+            self._keys.lease(batch_id),
+        ]
         taken = self._take(keys=keys, args=[time.time(), batch_id, token, _ms(lease_s)])
         return batch_id if taken else None
 
     def claim(self, token: str, lease_s: float = DEFAULT_LEASE_S) -> list[str]:
         """Unfinished batches whose lease expired (their flusher died), now leased to
         `token`."""
-        ids = self._claim(keys=[self._keys.batches],
-                          args=[self._keys.lease_prefix, token, _ms(lease_s)])
+        ids = self._claim(
+            keys=[self._keys.batches], args=[self._keys.lease_prefix, token, _ms(lease_s)]
+        )
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     def renew(self, batch_id: str, token: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
@@ -152,20 +164,26 @@ class BigBertha:
     def read(self, batch_id: str) -> list[tuple[AccountKey, int, int]]:
         """The (key, count, uniques) increments of a batch."""
         totals: dict[str, list[int]] = {}
-        for field, value in self._client.hscan_iter(self._keys.batch(batch_id),
-                                                    count=_SCAN_COUNT):
+        for field, value in self._client.hscan_iter(self._keys.batch(batch_id), count=_SCAN_COUNT):
             text = field.decode("utf-8")
             entry = totals.setdefault(text[1:], [0, 0])
             entry[0 if text[0] == "c" else 1] += int(value)
         return [(decode_key(k), c, u) for k, (c, u) in totals.items()]
 
-    def confirm(self, batch_id: str, token: str, encoded_keys: Sequence[str],
-                lease_s: float = DEFAULT_LEASE_S) -> None:
+    def confirm(
+        self,
+        batch_id: str,
+        token: str,
+        encoded_keys: Sequence[str],
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
         """These keys' increments are in Cassandra: delete them from the batch (and renew
         the lease). Raises LeaseLost when `token` no longer holds the batch."""
         fields = [p + e for e in encoded_keys for p in ("c", "u")]
-        ok = self._confirm(keys=[self._keys.batch(batch_id), self._keys.lease(batch_id)],
-                           args=[token, _ms(lease_s), *fields])
+        ok = self._confirm(
+            keys=[self._keys.batch(batch_id), self._keys.lease(batch_id)],
+            args=[token, _ms(lease_s), *fields],
+        )
         if not ok:
             raise LeaseLost(f"batch {batch_id}: lease lost")
 

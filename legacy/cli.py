@@ -32,26 +32,41 @@ def _servers(what: str) -> Iterator[None]:
 
     try:
         yield
-    except (OperationalError, ConnectionError, OSError, redis.RedisError,
-            NoHostAvailable) as exc:
+    except (OperationalError, ConnectionError, OSError, redis.RedisError, NoHostAvailable) as exc:
         raise click.ClickException(
             f"{what}: cannot reach a server ({type(exc).__name__}: {str(exc)[:200]}); "
-            "is `abacus services status` all running?") from None
+            "is `abacus services status` all running?"
+        ) from None
 
 
-def _generated(n: int, seed: int, companies: int, customers: int, statistics: int,
-               facets: int, duplicates: float, late: float, out: IO[str]) -> Iterator[str]:
-    config = GeneratorConfig(n=n, seed=seed, companies=companies, customers=customers,
-                             statistics=statistics, facets=facets, duplicate_share=duplicates,
-                             late_share=late)
+def _generated(
+    n: int,
+    seed: int,
+    companies: int,
+    customers: int,
+    statistics: int,
+    facets: int,
+    duplicates: float,
+    late: float,
+    out: IO[str],
+) -> Iterator[str]:
+    config = GeneratorConfig(
+        n=n,
+        seed=seed,
+        companies=companies,
+        customers=customers,
+        statistics=statistics,
+        facets=facets,
+        duplicate_share=duplicates,
+        late_share=late,
+    )
     for event in generate(config):
         line = json.dumps(event, ensure_ascii=False)
         out.write(line + "\n")
         yield line
 
 
-def _with_progress(total: int | None, show: bool, run: Callable[[Callable[[int], None]], T]
-                   ) -> T:
+def _with_progress(total: int | None, show: bool, run: Callable[[Callable[[int], None]], T]) -> T:
     if not show:
         return run(lambda _n: None)
     from rich.progress import (
@@ -64,70 +79,127 @@ def _with_progress(total: int | None, show: bool, run: Callable[[Callable[[int],
         TimeRemainingColumn,
     )
 
-    columns = [TextColumn("publishing"), BarColumn(), MofNCompleteColumn(),
-               TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("publishing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("publish", total=total)
         return run(lambda n: progress.advance(task, n))
 
 
 @click.command()
-@click.option("--events", "events_file", type=click.File("rb"), default=None,
-              help="JSON Lines file of hydrated events ('-' reads stdin).")
-@click.option("--generate", "n", type=click.IntRange(min=0), default=None,
-              help="Generate N events instead (needs --events-out).")
-@click.option("--events-out", type=click.File("w", encoding="utf-8"), default=None,
-              help="With --generate: write the generated events here, to recount the run.")
+@click.option(
+    "--events",
+    "events_file",
+    type=click.File("rb"),
+    default=None,
+    help="JSON Lines file of hydrated events ('-' reads stdin).",
+)
+@click.option(
+    "--generate",
+    "n",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Generate N events instead (needs --events-out).",
+)
+@click.option(
+    "--events-out",
+    type=click.File("w", encoding="utf-8"),
+    default=None,
+    help="With --generate: write the generated events here, to recount the run.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--companies", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--customers", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True)
-@click.option("--duplicates", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Share of redeliveries (same event_id) generated.")
-@click.option("--late", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Share of late events generated.")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Events per second (0: as fast as the broker confirms).")
+@click.option(
+    "--duplicates",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of redeliveries (same event_id) generated.",
+)
+@click.option(
+    "--late",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of late events generated.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Events per second (0: as fast as the broker confirms).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.pass_obj
-def produce(settings: Settings, events_file: IO[bytes] | None, n: int | None,
-            events_out: IO[str] | None, seed: int, companies: int, customers: int,
-            statistics: int, facets: int, duplicates: float, late: float, rate: float,
-            progress: bool, fmt: str) -> None:
+def produce(
+    settings: Settings,
+    events_file: IO[bytes] | None,
+    n: int | None,
+    events_out: IO[str] | None,
+    seed: int,
+    companies: int,
+    customers: int,
+    statistics: int,
+    facets: int,
+    duplicates: float,
+    late: float,
+    rate: float,
+    progress: bool,
+    fmt: str,
+) -> None:
     """Publish hydrated events as `legacy.aggregate` Celery task messages (JSON)."""
     from legacy.producer import publish_lines
 
     if (events_file is None) == (n is None):
         raise click.UsageError("give exactly one of --events FILE or --generate N")
     if n is not None and events_out is None:
-        raise click.UsageError("--generate needs --events-out FILE, so the run can be "
-                               "recounted")
+        raise click.UsageError("--generate needs --events-out FILE, so the run can be recounted")
     if events_file is not None:
         lines: Any = read_lines(events_file)
         total = None
     else:
         assert events_out is not None
-        lines = _generated(n or 0, seed, companies, customers, statistics, facets, duplicates,
-                           late, events_out)
+        lines = _generated(
+            n or 0, seed, companies, customers, statistics, facets, duplicates, late, events_out
+        )
         total = n
     with _servers("produce"):
-        report = _with_progress(total, progress,
-                                lambda advance: publish_lines(settings.rabbitmq, lines, rate,
-                                                              advance))
-    summary = {**report.summary(), "exchange": settings.rabbitmq.exchange,
-               "routing_key": settings.rabbitmq.routing_key}
+        report = _with_progress(
+            total, progress, lambda advance: publish_lines(settings.rabbitmq, lines, rate, advance)
+        )
+    summary = {
+        **report.summary(),
+        "exchange": settings.rabbitmq.exchange,
+        "routing_key": settings.rabbitmq.routing_key,
+    }
     if fmt == "json":
         click.echo(json.dumps(summary))
     else:
-        click.echo(f"published {report.published} task messages ({report.bytes:,} bytes) to "
-                   f"exchange {summary['exchange']!r} key {summary['routing_key']!r} in "
-                   f"{report.elapsed_s:.1f} s ({report.rate:,.0f}/s"
-                   + (f", target {rate:g}/s" if rate else "") + ")"
-                   + (f"; {report.dead_lettered} not-UTF-8 lines dead-lettered"
-                      if report.dead_lettered else ""))
+        click.echo(
+            f"published {report.published} task messages ({report.bytes:,} bytes) to "
+            f"exchange {summary['exchange']!r} key {summary['routing_key']!r} in "
+            f"{report.elapsed_s:.1f} s ({report.rate:,.0f}/s"
+            + (f", target {rate:g}/s" if rate else "")
+            + ")"
+            + (
+                f"; {report.dead_lettered} not-UTF-8 lines dead-lettered"
+                if report.dead_lettered
+                else ""
+            )
+        )
 
 
 @click.group()
@@ -138,56 +210,119 @@ def legacy() -> None:
 @legacy.command()
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True)
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=16,
-              show_default=True)
-@click.option("--flush-interval-s", type=click.FloatRange(min=0), default=DEFAULT_INTERVAL_S,
-              show_default=True, help="Big Bertha flush period in this worker (0: none).")
-@click.option("--chaos-redeliver", type=_share, default=0.0, show_default=True,
-              help="Share of tasks requeued after counting (counted twice).")
-@click.option("--chaos-crash", type=_share, default=0.0, show_default=True,
-              help="Share of tasks whose process dies between Redis and Cassandra.")
-@click.option("--chaos-drop-flush", type=_share, default=0.0, show_default=True,
-              help="Share of Big Bertha flushes lost.")
-@click.option("--trace-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Write timing traces here (benchmarks).")
-@click.option("--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                                              case_sensitive=False), default="WARNING",
-              show_default=True)
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--flush-interval-s",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_INTERVAL_S,
+    show_default=True,
+    help="Big Bertha flush period in this worker (0: none).",
+)
+@click.option(
+    "--chaos-redeliver",
+    type=_share,
+    default=0.0,
+    show_default=True,
+    help="Share of tasks requeued after counting (counted twice).",
+)
+@click.option(
+    "--chaos-crash",
+    type=_share,
+    default=0.0,
+    show_default=True,
+    help="Share of tasks whose process dies between Redis and Cassandra.",
+)
+@click.option(
+    "--chaos-drop-flush",
+    type=_share,
+    default=0.0,
+    show_default=True,
+    help="Share of Big Bertha flushes lost.",
+)
+@click.option(
+    "--trace-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write timing traces here (benchmarks).",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+)
 @click.option("--hostname", default=None, help="Celery node name (default: unique).")
-@click.option("--retry-budget-s", type=click.FloatRange(min=0), default=300.0,
-              show_default=True, help="How long a task retries a step on transient "
-              "Redis/Cassandra errors before it dead-letters the event.")
-@click.option("--redis-timeout-s", type=click.FloatRange(min=0.01), default=5.0,
-              show_default=True, help="Socket timeout of every Redis call.")
+@click.option(
+    "--retry-budget-s",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="How long a task retries a step on transient "
+    "Redis/Cassandra errors before it dead-letters the event.",
+)
+@click.option(
+    "--redis-timeout-s",
+    type=click.FloatRange(min=0.01),
+    default=5.0,
+    show_default=True,
+    help="Socket timeout of every Redis call.",
+)
 @click.pass_obj
-def worker(settings: Settings, concurrency: int, pool: str, prefetch_multiplier: int,
-           flush_interval_s: float, chaos_redeliver: float, chaos_crash: float,
-           chaos_drop_flush: float, trace_dir: Path | None, loglevel: str,
-           hostname: str | None, retry_budget_s: float, redis_timeout_s: float) -> None:
+def worker(
+    settings: Settings,
+    concurrency: int,
+    pool: str,
+    prefetch_multiplier: int,
+    flush_interval_s: float,
+    chaos_redeliver: float,
+    chaos_crash: float,
+    chaos_drop_flush: float,
+    trace_dir: Path | None,
+    loglevel: str,
+    hostname: str | None,
+    retry_budget_s: float,
+    redis_timeout_s: float,
+) -> None:
     """Run a Celery worker of the aggregation task (Ctrl-C: warm shutdown)."""
     from legacy.worker import run_worker
 
     options = WorkerOptions(
-        concurrency=concurrency, pool=pool, prefetch_multiplier=prefetch_multiplier,
+        concurrency=concurrency,
+        pool=pool,
+        prefetch_multiplier=prefetch_multiplier,
         flush_interval_s=flush_interval_s,
-        chaos=Chaos(chaos_redeliver, chaos_crash, chaos_drop_flush), trace_dir=trace_dir,
-        loglevel=loglevel.upper(), hostname=hostname, retry_budget_s=retry_budget_s,
-        redis_timeout_s=redis_timeout_s)
+        chaos=Chaos(chaos_redeliver, chaos_crash, chaos_drop_flush),
+        trace_dir=trace_dir,
+        loglevel=loglevel.upper(),
+        hostname=hostname,
+        retry_budget_s=retry_budget_s,
+        redis_timeout_s=redis_timeout_s,
+    )
     with _servers("legacy worker"):
         code = run_worker(settings, options)
     raise SystemExit(code)
 
 
 @legacy.command()
-@click.option("--interval-s", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL_S,
-              show_default=True)
+@click.option(
+    "--interval-s", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL_S, show_default=True
+)
 @click.option("--once", is_flag=True, help="Flush once and exit.")
 @click.option("--chaos-drop-flush", type=_share, default=0.0, show_default=True)
-@click.option("--trace-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Write timing traces here (benchmarks).")
+@click.option(
+    "--trace-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write timing traces here (benchmarks).",
+)
 @click.pass_obj
-def flush(settings: Settings, interval_s: float, once: bool, chaos_drop_flush: float,
-          trace_dir: Path | None) -> None:
+def flush(
+    settings: Settings,
+    interval_s: float,
+    once: bool,
+    chaos_drop_flush: float,
+    trace_dir: Path | None,
+) -> None:
     """Write Big Bertha's pre-aggregated increments to Cassandra counters, periodically
     (SIGTERM or Ctrl-C: one last flush, then exit)."""
     import signal
@@ -198,8 +333,7 @@ def flush(settings: Settings, interval_s: float, once: bool, chaos_drop_flush: f
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _servers("legacy flush"):
-        flusher = Flusher(settings, Chaos(drop_flush=chaos_drop_flush),
-                          Trace(trace_dir, "flusher"))
+        flusher = Flusher(settings, Chaos(drop_flush=chaos_drop_flush), Trace(trace_dir, "flusher"))
         try:
             if once:
                 result = flusher.flush_once()
@@ -210,15 +344,23 @@ def flush(settings: Settings, interval_s: float, once: bool, chaos_drop_flush: f
                     result = flusher.flush_once()
         finally:
             flusher.close()
-    click.echo(f"flushed {result.batches} batch(es), {result.keys} counter keys"
-               + (f", {result.dropped} dropped (chaos)" if result.dropped else ""))
+    click.echo(
+        f"flushed {result.batches} batch(es), {result.keys} counter keys"
+        + (f", {result.dropped} dropped (chaos)" if result.dropped else "")
+    )
 
 
 @legacy.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
-@click.option("--sample-s", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Measure the processing rate over this interval (0: skip).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--sample-s",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Measure the processing rate over this interval (0: skip).",
+)
 @click.pass_obj
 def status(settings: Settings, fmt: str, sample_s: float) -> None:
     """Queue depths, unacked tasks, pending pre-aggregates, processed and dead-lettered."""
@@ -238,21 +380,39 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
     stats = current.stats
     rows = [
         (f"queue {current.queue}", f"{current.ready} ready, {current.consumers} consumers"),
-        ("unacked (asked of workers)", "unknown" if current.unacked is None
-         else str(current.unacked)),
+        (
+            "unacked (asked of workers)",
+            "unknown" if current.unacked is None else str(current.unacked),
+        ),
         (f"dead-letter queue {current.dead_letter_queue}", str(current.dead_letters)),
-        ("Big Bertha pending increments", f"{current.pending_fields} in "
-         f"{current.batches} unfinished batch(es) + pending"),
+        (
+            "Big Bertha pending increments",
+            f"{current.pending_fields} in {current.batches} unfinished batch(es) + pending",
+        ),
         ("processed", str(stats.get("processed", 0))),
-        ("dead-lettered", ", ".join([str(stats.get("dead_lettered", 0))] + [
-            f"{k[5:]}={v}" for k, v in sorted(stats.items()) if k.startswith("dead:")])),
-        ("failed to count (dead-lettered)", f"{stats.get('failed', 0)} "
-         f"({stats.get('failed_partial', 0)} after their account increments)"),
-        ("retried (transient errors)", f"{stats.get('retried', 0)} retries, "
-         f"{stats.get('recovered', 0)} tasks recovered, "
-         f"{stats.get('retried_ambiguous', 0)} after a Cassandra timeout"),
-        ("flushes", f"{stats.get('flushes', 0)} ({stats.get('flushed_keys', 0)} keys, "
-         f"{stats.get('flush_failures', 0)} failed)"),
+        (
+            "dead-lettered",
+            ", ".join(
+                [str(stats.get("dead_lettered", 0))]
+                + [f"{k[5:]}={v}" for k, v in sorted(stats.items()) if k.startswith("dead:")]
+            ),
+        ),
+        (
+            "failed to count (dead-lettered)",
+            f"{stats.get('failed', 0)} "
+            f"({stats.get('failed_partial', 0)} after their account increments)",
+        ),
+        (
+            "retried (transient errors)",
+            f"{stats.get('retried', 0)} retries, "
+            f"{stats.get('recovered', 0)} tasks recovered, "
+            f"{stats.get('retried_ambiguous', 0)} after a Cassandra timeout",
+        ),
+        (
+            "flushes",
+            f"{stats.get('flushes', 0)} ({stats.get('flushed_keys', 0)} keys, "
+            f"{stats.get('flush_failures', 0)} failed)",
+        ),
         ("rate", "-" if current.rate is None else f"{current.rate:,.1f} tasks/s"),
         ("drained", "yes" if current.drained else "no"),
     ]
@@ -264,8 +424,9 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
 
 @legacy.command("dead-letters")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True
+)
 @click.pass_obj
 def dead_letters(settings: Settings, limit: int, fmt: str) -> None:
     """Show the oldest dead letters (left in their queue)."""
@@ -279,5 +440,9 @@ def dead_letters(settings: Settings, limit: int, fmt: str) -> None:
         if fmt == "jsonl":  # ASCII: a dead letter's bidi controls or lone surrogates stay escaped
             click.echo(json.dumps(letter))
         else:
-            click.echo(visible(f"{letter['reason']:<20} {letter.get('event_id') or '-':<24} "
-                               f"{letter['detail'][:100]}"))
+            click.echo(
+                visible(
+                    f"{letter['reason']:<20} {letter.get('event_id') or '-':<24} "
+                    f"{letter['detail'][:100]}"
+                )
+            )

@@ -59,16 +59,27 @@ def _header_problem(headers: dict[str, Any]) -> str | None:
             return f"legacy tasks carry no {name} header, got {str(headers[name])[:80]!r}"
     limits = headers.get("timelimit")
     if limits is not None and not (
-            isinstance(limits, list | tuple) and len(limits) == 2
-            and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool))
-                    for v in limits)):
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits
+        )
+    ):
         return f"the timelimit header must be [soft, hard] seconds, got {str(limits)[:80]!r}"
     for name in ("retries",):
         value = headers.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             return f"the {name} header must be an integer, got {type(value).__name__}"
-    for name in ("root_id", "parent_id", "group", "shadow", "argsrepr", "kwargsrepr",
-                 "origin", "lang"):
+    for name in (
+        "root_id",
+        "parent_id",
+        "group",
+        "shadow",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "lang",
+    ):
         value = headers.get(name)
         if value is not None and not isinstance(value, str):
             return f"the {name} header must be a string, got {type(value).__name__}"
@@ -80,11 +91,15 @@ def screen(message: Any) -> tuple[str, str] | None:
     raw = message.body
     size = len(raw) if isinstance(raw, bytes | str) else 0
     if size > MAX_TASK_BODY_BYTES:
-        return deadletter.TOO_LARGE, (f"task body is {size} bytes, over {MAX_TASK_BODY_BYTES}: "
-                                      "it cannot hold an event of at most 1 MiB")
+        return deadletter.TOO_LARGE, (
+            f"task body is {size} bytes, over {MAX_TASK_BODY_BYTES}: "
+            "it cannot hold an event of at most 1 MiB"
+        )
     if message.content_type != CONTENT_TYPE:  # JSON only; kombu passes a typeless body raw
-        return deadletter.CONTENT_DISALLOWED, f"content type {message.content_type!r}, " \
-            f"only {CONTENT_TYPE!r} is accepted"
+        return (
+            deadletter.CONTENT_DISALLOWED,
+            f"content type {message.content_type!r}, only {CONTENT_TYPE!r} is accepted",
+        )
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         body = loads(text)
@@ -98,15 +113,22 @@ def screen(message: Any) -> tuple[str, str] | None:
         return deadletter.UNKNOWN_TASK, f"task header {task!r}, expected {TASK_NAME!r}"
     if problem := _header_problem(headers):
         return deadletter.BAD_TASK_MESSAGE, problem
-    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
-            and isinstance(body[1], dict) and (body[2] is None or isinstance(body[2], dict))):
+    if not (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and isinstance(body[1], dict)
+        and (body[2] is None or isinstance(body[2], dict))
+    ):
         return deadletter.BAD_TASK_MESSAGE, "body is not a Celery protocol-2 [args, kwargs, embed]"
     args, kwargs = body[0], body[1]
     if len(args) != 1 or kwargs or not isinstance(args[0], str):
         return deadletter.BAD_TASK_MESSAGE, "the task takes one argument, the raw event text"
     if _huge_int(body[2]):
-        return deadletter.BAD_TASK_MESSAGE, "the body's embed holds an integer longer than " \
-            "Python converts"
+        return (
+            deadletter.BAD_TASK_MESSAGE,
+            "the body's embed holds an integer longer than Python converts",
+        )
     return None
 
 
@@ -132,17 +154,24 @@ class DeadLetteringConsumer(Consumer):
                 if getattr(message, "acknowledged", False):
                     log.exception("a task message failed after it was acked")
                     return None
-                return self._dead_letter(message, deadletter.BAD_TASK_MESSAGE,
-                                         f"Celery could not run it: {type(exc).__name__}: "
-                                         f"{exc}")
+                return self._dead_letter(
+                    message,
+                    deadletter.BAD_TASK_MESSAGE,
+                    f"Celery could not run it: {type(exc).__name__}: {exc}",
+                )
 
         return on_task_received
 
     def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
         runtime = self.app.abacus_runtime
         headers = message.headers or {}
-        letter = deadletter.record(reason, detail, body=message.body,
-                                   task_id=headers.get("id"), content_type=message.content_type)
+        letter = deadletter.record(
+            reason,
+            detail,
+            body=message.body,
+            task_id=headers.get("id"),
+            content_type=message.content_type,
+        )
         try:
             runtime.dead_letter(letter)
         except Exception:
@@ -152,11 +181,14 @@ class DeadLetteringConsumer(Consumer):
         message.ack()
         log.warning("dead-lettered a message: %s (%s)", reason, detail)
         if self._stats_client is None:
-            self._stats_client = redis_client(runtime.settings,
-                                              runtime.options.redis_timeout_s)
+            self._stats_client = redis_client(runtime.settings, runtime.options.redis_timeout_s)
         # the main process: never blocks the event loop for long on Redis
-        count_stats(self._stats_client, RedisKeys.of(runtime.settings.redis),
-                    {"dead_lettered": 1, "dead:" + reason: 1}, RetryPolicy(budget_s=0))
+        count_stats(
+            self._stats_client,
+            RedisKeys.of(runtime.settings.redis),
+            {"dead_lettered": 1, "dead:" + reason: 1},
+            RetryPolicy(budget_s=0),
+        )
 
     # Celery's own paths for bad messages, in case one gets past the screen.
     def on_decode_error(self, message: Any, exc: Exception) -> None:

@@ -51,9 +51,11 @@ AMQP_TIMEOUT_S = 30.0  # a broker that stops answering (or blocks publishers) fa
 def connection(settings: RabbitSettings) -> Connection:
     """A kombu connection whose connect, socket reads and writes all time out: a hung
     broker, or a memory alarm blocking publishers, fails the call instead of hanging it."""
-    return Connection(settings.url(), connect_timeout=10,
-                      transport_options={"read_timeout": AMQP_TIMEOUT_S,
-                                         "write_timeout": AMQP_TIMEOUT_S})
+    return Connection(
+        settings.url(),
+        connect_timeout=10,
+        transport_options={"read_timeout": AMQP_TIMEOUT_S, "write_timeout": AMQP_TIMEOUT_S},
+    )
 
 
 def dead_letter_queue(settings: RabbitSettings) -> Queue:
@@ -71,9 +73,16 @@ def _text(value: Any, escaped: list[bool]) -> str | None:
     return text
 
 
-def record(reason: str, detail: str, *, body: bytes | str | None, event_id: Any = None,
-           task_id: Any = None, content_type: Any = None,
-           extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def record(
+    reason: str,
+    detail: str,
+    *,
+    body: bytes | str | None,
+    event_id: Any = None,
+    task_id: Any = None,
+    content_type: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The dead letter of one message: the original task body, reason, detail, event_id;
     writable whatever the input (see the module's docstring)."""
     escaped = [False]
@@ -115,9 +124,9 @@ def encode(letter: Mapping[str, Any]) -> bytes:
 
 def amqp_message(letter: Mapping[str, Any]) -> amqp.Message:
     """A dead letter as a persistent py-amqp message (for publishers without kombu)."""
-    return amqp.Message(encode(letter),
-                        content_type="application/json", content_encoding="utf-8",
-                        delivery_mode=2)
+    return amqp.Message(
+        encode(letter), content_type="application/json", content_encoding="utf-8", delivery_mode=2
+    )
 
 
 def publish(producer: Producer, settings: RabbitSettings, letter: Mapping[str, Any]) -> None:
@@ -132,7 +141,8 @@ def publish(producer: Producer, settings: RabbitSettings, letter: Mapping[str, A
         declare=[dead_letter_queue(settings)],
         retry=True,
         retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5},
-        timeout=PUBLISH_TIMEOUT_S, confirm_timeout=PUBLISH_TIMEOUT_S,
+        timeout=PUBLISH_TIMEOUT_S,
+        confirm_timeout=PUBLISH_TIMEOUT_S,
     )
 
 

@@ -42,16 +42,22 @@ class FlushResult:
     dropped: int = 0  # batches lost on purpose (chaos)
 
     def __add__(self, other: FlushResult) -> FlushResult:
-        return FlushResult(self.batches + other.batches, self.keys + other.keys,
-                           self.dropped + other.dropped)
+        return FlushResult(
+            self.batches + other.batches, self.keys + other.keys, self.dropped + other.dropped
+        )
 
 
 class Flusher(LegacyClients):
     """Takes Big Bertha's pending increments and writes them to the legacy counters."""
 
-    def __init__(self, settings: Settings, chaos: Chaos | None = None,
-                 trace: Trace | None = None, lease_s: float = DEFAULT_LEASE_S,
-                 redis_timeout_s: float = REDIS_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        chaos: Chaos | None = None,
+        trace: Trace | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        redis_timeout_s: float = REDIS_TIMEOUT_S,
+    ) -> None:
         super().__init__(settings, redis_timeout_s)
         self._chaos, self._lease_s = chaos or Chaos(), lease_s
         self._trace = trace or Trace(None, "flusher")
@@ -96,8 +102,9 @@ class Flusher(LegacyClients):
         with Renewal(self._bertha, batch, self._token, self._lease_s) as lease:
             self._write(batch, rows, lease)
             lease.check()
-            if not self._confirm_retry.run(lambda: self._bertha.done(batch, self._token),
-                                           lambda _exc: None):
+            if not self._confirm_retry.run(
+                lambda: self._bertha.done(batch, self._token), lambda _exc: None
+            ):
                 raise LeaseLost(f"batch {batch}: lease lost before it was done")
         self._trace.flush(batch, t_taken or time.time(), time.time())
         count_stats(self._redis, self._keys, {"flushes": 1, "flushed_keys": len(rows)})
@@ -112,7 +119,7 @@ class Flusher(LegacyClients):
         failed = 0
         for start in range(0, len(parts), self._concurrency):
             lease.check()
-            window = dict(enumerate(parts[start:start + self._concurrency], start))
+            window = dict(enumerate(parts[start : start + self._concurrency], start))
             outcome = self._accounts.write(window)
             written = [k for part in outcome.written for k, _ in window[part]]  # type: ignore[index]
             if written:
@@ -121,17 +128,27 @@ class Flusher(LegacyClients):
                 error = error or outcome.error
                 failed += len(window) - len(outcome.written)
         if error is not None:
-            log.warning("Big Bertha batch %s: %d of %d chunks failed; the written ones left "
-                        "the batch", batch, failed, len(parts))
+            log.warning(
+                "Big Bertha batch %s: %d of %d chunks failed; the written ones left the batch",
+                batch,
+                failed,
+                len(parts),
+            )
             raise error
 
     def _confirm(self, batch: str, fields: list[str]) -> None:
         def retrying(exc: BaseException) -> None:
-            log.warning("Big Bertha batch %s: confirming %d written keys failed (%s: %s); "
-                        "retrying", batch, len(fields), type(exc).__name__, exc)
+            log.warning(
+                "Big Bertha batch %s: confirming %d written keys failed (%s: %s); retrying",
+                batch,
+                len(fields),
+                type(exc).__name__,
+                exc,
+            )
 
         self._confirm_retry.run(
-            lambda: self._bertha.confirm(batch, self._token, fields, self._lease_s), retrying)
+            lambda: self._bertha.confirm(batch, self._token, fields, self._lease_s), retrying
+        )
 
     def pending_fields(self) -> int:
         return self._bertha.pending_fields()
@@ -149,8 +166,7 @@ class Flusher(LegacyClients):
         except Exception:  # a Redis or Cassandra hiccup: what was not written stays, released
             log.exception("Big Bertha flush failed; what it did not write is flushed again")
             with contextlib.suppress(Exception):
-                count_stats(self._redis, self._keys, {"flush_failures": 1},
-                            RetryPolicy(budget_s=0))
+                count_stats(self._redis, self._keys, {"flush_failures": 1}, RetryPolicy(budget_s=0))
             return FlushResult()
 
 
@@ -192,9 +208,9 @@ class Renewal:
             raise LeaseLost(f"batch {self._batch}: lease lost")
 
 
-
-def start_flush_thread(settings: Settings, interval_s: float, chaos: Chaos | None = None,
-                       trace: Trace | None = None) -> tuple[threading.Thread, threading.Event]:
+def start_flush_thread(
+    settings: Settings, interval_s: float, chaos: Chaos | None = None, trace: Trace | None = None
+) -> tuple[threading.Thread, threading.Event]:
     """A daemon thread flushing every `interval_s`; set the event to stop it (it flushes
     once more before it ends)."""
     stop = threading.Event()

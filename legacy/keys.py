@@ -37,8 +37,11 @@ class RedisKeys:
 
     def uniques(self, company_id: str, customer_id: str) -> str:
         """Check Uniques: the set of account keys this customer already counted for."""
-        return self.prefix + "u:" + json.dumps([company_id, customer_id], ensure_ascii=False,
-                                               separators=(",", ":"))
+        return (
+            self.prefix
+            + "u:"
+            + json.dumps([company_id, customer_id], ensure_ascii=False, separators=(",", ":"))
+        )
 
     @property
     def pending(self) -> str:

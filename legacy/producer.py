@@ -42,8 +42,11 @@ _FIRST_BACKOFF_S, _MAX_BACKOFF_S = 0.2, 5.0
 # the broker went away or the connection broke (socket errors are OSErrors); a socket
 # *timeout* while waiting for confirms is not one of them (nothing arrived yet)
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError,
-    OSError, EOFError)
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.RecoverableConnectionError,
+    OSError,
+    EOFError,
+)
 
 Pending = tuple[amqp.Message, str, str]
 
@@ -65,11 +68,16 @@ class PublishReport:
         return self.published / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def summary(self) -> dict[str, float | int]:
-        return {"published": self.published, "dead_lettered": self.dead_lettered,
-                "republished": self.republished, "reconnects": self.reconnects,
-                "bytes": self.bytes,
-                "elapsed_s": round(self.elapsed_s, 3), "rate": round(self.rate, 1),
-                "rate_target": self.rate_target}
+        return {
+            "published": self.published,
+            "dead_lettered": self.dead_lettered,
+            "republished": self.republished,
+            "reconnects": self.reconnects,
+            "bytes": self.bytes,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rate": round(self.rate, 1),
+            "rate_target": self.rate_target,
+        }
 
 
 class _Confirms:
@@ -121,8 +129,10 @@ class _Confirms:
         deadline = time.monotonic() + timeout_s
         while len(self.outstanding) > limit:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the broker did not confirm {len(self.outstanding)} "
-                                   f"messages within {timeout_s:.0f} s")
+                raise TimeoutError(
+                    f"the broker did not confirm {len(self.outstanding)} "
+                    f"messages within {timeout_s:.0f} s"
+                )
             try:
                 self._conn.drain_events(timeout=1.0)
             except TimeoutError:
@@ -133,8 +143,9 @@ class _Link:
     """The connection, its channel and its confirms; a broken connection is made again
     (with backoff, within the budget) and every unsettled message published again."""
 
-    def __init__(self, settings: RabbitSettings, report: PublishReport,
-                 reconnect_budget_s: float) -> None:
+    def __init__(
+        self, settings: RabbitSettings, report: PublishReport, reconnect_budget_s: float
+    ) -> None:
         self._settings, self._report, self._budget_s = settings, report, reconnect_budget_s
         self._conn: Connection | None = None
         self.confirms = self._open([])
@@ -156,9 +167,13 @@ class _Link:
         deadline = time.monotonic() + self._budget_s
         backoff = _FIRST_BACKOFF_S
         self._report.reconnects += 1
-        log.warning("publisher: the connection to RabbitMQ broke (%s: %s); reconnecting, "
-                    "%d unconfirmed messages will be published again", type(exc).__name__,
-                    str(exc)[:200], len(self.confirms.unsettled()))
+        log.warning(
+            "publisher: the connection to RabbitMQ broke (%s: %s); reconnecting, "
+            "%d unconfirmed messages will be published again",
+            type(exc).__name__,
+            str(exc)[:200],
+            len(self.confirms.unsettled()),
+        )
         while True:
             resend = self.confirms.unsettled()
             self._close()
@@ -169,7 +184,8 @@ class _Link:
                 if time.monotonic() + backoff > deadline:
                     raise ConnectionError(
                         f"could not reconnect to RabbitMQ within {self._budget_s:.0f} s: "
-                        f"{type(again).__name__}: {again}") from again
+                        f"{type(again).__name__}: {again}"
+                    ) from again
                 # what the failed attempt had already re-sent stays unsettled
                 self.confirms = _Unsent(resend)  # type: ignore[assignment]
                 time.sleep(backoff)
@@ -250,10 +266,15 @@ class Pacer:
         self._n += 1
 
 
-def publish_lines(settings: RabbitSettings, lines: Iterable[str | bytes], rate: float = 0.0,
-                  on_progress: Callable[[int], None] | None = None,
-                  window: int = DEFAULT_WINDOW, keep_ids: bool = False,
-                  reconnect_budget_s: float = RECONNECT_BUDGET_S) -> PublishReport:
+def publish_lines(
+    settings: RabbitSettings,
+    lines: Iterable[str | bytes],
+    rate: float = 0.0,
+    on_progress: Callable[[int], None] | None = None,
+    window: int = DEFAULT_WINDOW,
+    keep_ids: bool = False,
+    reconnect_budget_s: float = RECONNECT_BUDGET_S,
+) -> PublishReport:
     """Publish one task message per raw event line; `rate` in events/s (0 = unthrottled).
 
     Lines are published as they are (invalid events included: the worker dead-letters
@@ -274,8 +295,9 @@ def publish_lines(settings: RabbitSettings, lines: Iterable[str | bytes], rate: 
             except UnicodeDecodeError as exc:
                 # A task argument is text: bytes that are not UTF-8 cannot travel as one.
                 # They are what the contract calls not_json; dead-letter them here.
-                letter = deadletter.record("not_json", f"the bytes are not UTF-8: {exc}",
-                                           body=bytes(line))
+                letter = deadletter.record(
+                    "not_json", f"the bytes are not UTF-8: {exc}", body=bytes(line)
+                )
                 link.publish(deadletter.amqp_message(letter), "", settings.dead_letter_queue)
                 report.dead_lettered += 1
             else:
@@ -283,8 +305,9 @@ def publish_lines(settings: RabbitSettings, lines: Iterable[str | bytes], rate: 
                 if keep_ids:
                     report.task_ids.append(task.task_id)
                     report.published_at.append(time.time())
-                message = amqp.Message(task.body, application_headers=task.headers,
-                                       **task.properties)
+                message = amqp.Message(
+                    task.body, application_headers=task.headers, **task.properties
+                )
                 link.publish(message, settings.exchange, settings.routing_key)
                 report.published += 1
                 report.bytes += len(task.body)

@@ -26,13 +26,24 @@ from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessa
 T = TypeVar("T")
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError,  # BusyLoadingError is a ConnectionError
-    NoHostAvailable, ConnectionException, cassandra.OperationTimedOut, cassandra.Unavailable,
-    cassandra.Timeout, OverloadedErrorMessage, IsBootstrappingErrorMessage,
-    ConnectionError, TimeoutError,
+    redis.ConnectionError,
+    redis.TimeoutError,  # BusyLoadingError is a ConnectionError
+    NoHostAvailable,
+    ConnectionException,
+    cassandra.OperationTimedOut,
+    cassandra.Unavailable,
+    cassandra.Timeout,
+    OverloadedErrorMessage,
+    IsBootstrappingErrorMessage,
+    ConnectionError,
+    TimeoutError,
 )
 _AMBIGUOUS: tuple[type[BaseException], ...] = (
-    redis.TimeoutError, cassandra.OperationTimedOut, cassandra.WriteTimeout, TimeoutError)
+    redis.TimeoutError,
+    cassandra.OperationTimedOut,
+    cassandra.WriteTimeout,
+    TimeoutError,
+)
 
 
 def transient(exc: BaseException) -> bool:

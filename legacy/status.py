@@ -44,10 +44,15 @@ class Status:
     def failed_workers(self) -> dict[str, str]:
         """Workers that died of an error, with the reason from their log; a failure older
         than the last worker start is history (someone restarted legacy since)."""
-        started = max((float(d.get("at") or 0) for d in self.workers.values()
-                       if d.get("state") == "running"), default=0.0)
-        return {name: str(doc.get("reason") or "unknown") for name, doc in self.workers.items()
-                if doc.get("state") == "failed" and float(doc.get("at") or 0) >= started}
+        started = max(
+            (float(d.get("at") or 0) for d in self.workers.values() if d.get("state") == "running"),
+            default=0.0,
+        )
+        return {
+            name: str(doc.get("reason") or "unknown")
+            for name, doc in self.workers.items()
+            if doc.get("state") == "failed" and float(doc.get("at") or 0) >= started
+        }
 
     @property
     def problems(self) -> list[str]:
@@ -59,20 +64,26 @@ class Status:
             out.append(f"{self.ready} messages wait in {self.queue} with no consumer")
         failed = self.stats.get("failed", 0)
         if failed:
-            reasons = ", ".join(f"{k[5:]}={v}" for k, v in sorted(self.stats.items())
-                                if k[5:] in FAILURE_REASONS and k.startswith("dead:"))
-            out.append(f"{failed} events failed to count after retries and were "
-                       f"dead-lettered ({reasons})")
+            reasons = ", ".join(
+                f"{k[5:]}={v}"
+                for k, v in sorted(self.stats.items())
+                if k[5:] in FAILURE_REASONS and k.startswith("dead:")
+            )
+            out.append(
+                f"{failed} events failed to count after retries and were dead-lettered ({reasons})"
+            )
         if self.stats.get("requeued", 0):
-            out.append(f"{self.stats['requeued']} tasks could not even be dead-lettered "
-                       "and were requeued")
+            out.append(
+                f"{self.stats['requeued']} tasks could not even be dead-lettered and were requeued"
+            )
         return out
 
     @property
     def drained(self) -> bool:
         """Nothing left to count: queue empty, nothing unacked, Big Bertha empty."""
-        return (self.ready == 0 and self.unacked == 0 and self.pending_fields == 0
-                and self.batches == 0)
+        return (
+            self.ready == 0 and self.unacked == 0 and self.pending_fields == 0 and self.batches == 0
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "drained": self.drained, "problems": self.problems}
@@ -110,10 +121,12 @@ def unacked_tasks(settings: Settings, workers: int, timeout_s: float = 1.0) -> i
         app.close()
 
 
-NO_AOF = ("Redis runs without its append-only file: a restart of it loses Big Bertha's "
-          "pending increments, the Check Uniques sets and these stats (legacy then never "
-          "counts as drained). It was started with another config: drain legacy, then "
-          "restart Redis with the project's (`abacus services down redis`, `up redis`)")
+NO_AOF = (
+    "Redis runs without its append-only file: a restart of it loses Big Bertha's "
+    "pending increments, the Check Uniques sets and these stats (legacy then never "
+    "counts as drained). It was started with another config: drain legacy, then "
+    "restart Redis with the project's (`abacus services down redis`, `up redis`)"
+)
 
 
 def redis_aof(client: Any) -> bool | None:
@@ -160,12 +173,19 @@ def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 
             done = ("processed", "dead_lettered")
             rate = sum(stats.get(k, 0) - before.get(k, 0) for k in done) / sample_s
         return Status(
-            queue=rabbit.legacy_queue, ready=ready, consumers=consumers,
+            queue=rabbit.legacy_queue,
+            ready=ready,
+            consumers=consumers,
             unacked=unacked if unacked is None or unacked >= 0 else None,
-            dead_letter_queue=rabbit.dead_letter_queue, dead_letters=dead,
-            pending_fields=bertha.pending_fields(), batches=len(list(bertha.batch_ids())),
-            stats=stats, rate=rate, workers=_workers(client, keys),
-            redis_aof=redis_aof(client))
+            dead_letter_queue=rabbit.dead_letter_queue,
+            dead_letters=dead,
+            pending_fields=bertha.pending_fields(),
+            batches=len(list(bertha.batch_ids())),
+            stats=stats,
+            rate=rate,
+            workers=_workers(client, keys),
+            redis_aof=redis_aof(client),
+        )
     finally:
         client.close()
 
@@ -174,8 +194,9 @@ def is_drained(settings: Settings) -> bool:
     return read_status(settings).drained
 
 
-def wait_drained(settings: Settings, timeout_s: float = 120.0, poll_s: float = 0.5,
-                 confirmations: int = 2) -> Status:
+def wait_drained(
+    settings: Settings, timeout_s: float = 120.0, poll_s: float = 0.5, confirmations: int = 2
+) -> Status:
     """Wait until legacy has drained (`confirmations` reads in a row); raises TimeoutError
     with the last status when it does not within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -186,6 +207,5 @@ def wait_drained(settings: Settings, timeout_s: float = 120.0, poll_s: float = 0
         if streak >= confirmations:
             return status
         if time.monotonic() > deadline:
-            raise TimeoutError(f"legacy did not drain within {timeout_s:.0f} s: "
-                               f"{status.to_dict()}")
+            raise TimeoutError(f"legacy did not drain within {timeout_s:.0f} s: {status.to_dict()}")
         time.sleep(poll_s)

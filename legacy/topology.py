@@ -24,8 +24,13 @@ def exchange(settings: RabbitSettings) -> Exchange:
 
 
 def legacy_queue(settings: RabbitSettings) -> Queue:
-    return Queue(settings.legacy_queue, exchange(settings), routing_key=settings.routing_key,
-                 durable=True, auto_delete=False)
+    return Queue(
+        settings.legacy_queue,
+        exchange(settings),
+        routing_key=settings.routing_key,
+        durable=True,
+        auto_delete=False,
+    )
 
 
 def declare_topology(channel: Any, settings: RabbitSettings) -> None:

@@ -77,10 +77,16 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     app = make_app(settings, options)
     hostname = options.hostname or f"legacy-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     worker = app.Worker(
-        hostname=hostname, concurrency=options.concurrency, pool=options.pool,
-        loglevel=options.loglevel, queues=[settings.rabbitmq.legacy_queue],
-        without_gossip=True, without_mingle=True, without_heartbeat=True,
-        prefetch_multiplier=options.prefetch_multiplier, optimization="fair",
+        hostname=hostname,
+        concurrency=options.concurrency,
+        pool=options.pool,
+        loglevel=options.loglevel,
+        queues=[settings.rabbitmq.legacy_queue],
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        prefetch_multiplier=options.prefetch_multiplier,
+        optimization="fair",
     )
     registry = WorkerRegistry(settings, hostname)
     catcher = _Unrecoverable(registry)
@@ -92,8 +98,9 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     finally:
         code = int(worker.exitcode or 0)
         if catcher.reason is None:
-            registry.set("stopped" if code == 0 else "failed",
-                         None if code == 0 else f"exit code {code}")
+            registry.set(
+                "stopped" if code == 0 else "failed", None if code == 0 else f"exit code {code}"
+            )
         registry.close()
     return code
 
@@ -156,8 +163,11 @@ class WorkerProcess:
             if "Unrecoverable error" in line:
                 return line.strip()
         for i in range(len(lines) - 1, 0, -1):
-            if lines[i] and not lines[i].startswith((" ", "\t")) and any(
-                    "Traceback" in x for x in lines[:i]):
+            if (
+                lines[i]
+                and not lines[i].startswith((" ", "\t"))
+                and any("Traceback" in x for x in lines[:i])
+            ):
                 return lines[i].strip()
         return None
 
@@ -170,15 +180,30 @@ class WorkerProcess:
 
 
 def worker_args(options: WorkerOptions) -> list[str]:
-    args = ["legacy", "worker", "--concurrency", str(options.concurrency),
-            "--pool", options.pool, "--prefetch-multiplier", str(options.prefetch_multiplier),
-            "--flush-interval-s", str(options.flush_interval_s),
-            "--loglevel", options.loglevel,
-            "--chaos-redeliver", str(options.chaos.redeliver),
-            "--chaos-crash", str(options.chaos.crash),
-            "--chaos-drop-flush", str(options.chaos.drop_flush),
-            "--retry-budget-s", str(options.retry_budget_s),
-            "--redis-timeout-s", str(options.redis_timeout_s)]
+    args = [
+        "legacy",
+        "worker",
+        "--concurrency",
+        str(options.concurrency),
+        "--pool",
+        options.pool,
+        "--prefetch-multiplier",
+        str(options.prefetch_multiplier),
+        "--flush-interval-s",
+        str(options.flush_interval_s),
+        "--loglevel",
+        options.loglevel,
+        "--chaos-redeliver",
+        str(options.chaos.redeliver),
+        "--chaos-crash",
+        str(options.chaos.crash),
+        "--chaos-drop-flush",
+        str(options.chaos.drop_flush),
+        "--retry-budget-s",
+        str(options.retry_budget_s),
+        "--redis-timeout-s",
+        str(options.redis_timeout_s),
+    ]
     if options.trace_dir is not None:
         args += ["--trace-dir", str(options.trace_dir)]
     if options.hostname:
@@ -196,17 +221,33 @@ def _spawn(settings: Settings, args: list[str], log_path: Path) -> WorkerProcess
     env = child_env(settings)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return WorkerProcess(process, log_path)
 
 
-def start_flusher(settings: Settings, log_path: Path, interval_s: float = 1.0,
-                  chaos: Chaos | None = None, trace_dir: Path | None = None) -> WorkerProcess:
+def start_flusher(
+    settings: Settings,
+    log_path: Path,
+    interval_s: float = 1.0,
+    chaos: Chaos | None = None,
+    trace_dir: Path | None = None,
+) -> WorkerProcess:
     """Start `abacus legacy flush` (Big Bertha as its own service, as it ran in production)
     as a child process; `.stop()` makes it flush once more and exit."""
-    args = ["legacy", "flush", "--interval-s", str(interval_s),
-            "--chaos-drop-flush", str((chaos or Chaos()).drop_flush)]
+    args = [
+        "legacy",
+        "flush",
+        "--interval-s",
+        str(interval_s),
+        "--chaos-drop-flush",
+        str((chaos or Chaos()).drop_flush),
+    ]
     if trace_dir is not None:
         args += ["--trace-dir", str(trace_dir)]
     return _spawn(settings, args, log_path)

@@ -44,12 +44,17 @@ class CounterWriter:
         self._indexed: set[tuple[str, ...]] = set()
 
     def _params(self, key: Any, measures: Sequence[int]) -> tuple[Any, ...]:
-        values = [storage.period_of(key.resolution, key.bucket) if name == "period"
-                  else getattr(key, name) for name in self._layout.keys]
+        values = [
+            storage.period_of(key.resolution, key.bucket)
+            if name == "period"
+            else getattr(key, name)
+            for name in self._layout.keys
+        ]
         return (*measures, *values)
 
-    def _index_rows(self, params: Iterable[tuple[Any, ...]], n_measures: int
-                    ) -> list[tuple[Any, ...]]:
+    def _index_rows(
+        self, params: Iterable[tuple[Any, ...]], n_measures: int
+    ) -> list[tuple[Any, ...]]:
         layout, out = self._layout, []
         resolution_at = n_measures + layout.keys.index("resolution")
         bucket_at = n_measures + layout.keys.index("bucket")
@@ -101,10 +106,11 @@ class CounterWriter:
         return outcome
 
 
-def partitions(rows: Iterable[tuple[Any, Sequence[int]]], key_of_partition: Any
-               ) -> list[list[tuple[Any, Sequence[int]]]]:
+def partitions(
+    rows: Iterable[tuple[Any, Sequence[int]]], key_of_partition: Any
+) -> list[list[tuple[Any, Sequence[int]]]]:
     """Rows grouped by partition, each group cut at BATCH_ROWS rows."""
     groups: dict[Any, list[tuple[Any, Sequence[int]]]] = {}
     for row in rows:
         groups.setdefault(key_of_partition(row[0]), []).append(row)
-    return [g[i:i + BATCH_ROWS] for g in groups.values() for i in range(0, len(g), BATCH_ROWS)]
+    return [g[i : i + BATCH_ROWS] for g in groups.values() for i in range(0, len(g), BATCH_ROWS)]

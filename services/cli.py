@@ -80,8 +80,10 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
             bar.update(
                 tasks[result.name],
                 completed=1,
-                description=visible(f"{result.name}: {what}, pid {result.pid}, "
-                                    f"version {result.version} ({result.seconds:.1f} s)"),
+                description=visible(
+                    f"{result.name}: {what}, pid {result.pid}, "
+                    f"version {result.version} ({result.seconds:.1f} s)"
+                ),
             )
     console.print(f"all serving after {time.monotonic() - began:.1f} s")
 

@@ -90,5 +90,6 @@ def install_jars(settings: Settings, say: Say = print) -> None:
         say(f"mvn: build the jobs' java code ({JVM_SOURCE}) -> {built}")
         for old in built.parent.glob("abacus-jvm-*.jar"):
             old.unlink()
-        maven.package(JVM_SOURCE, data_dir(settings) / "build" / "abacus-jvm",
-                      "abacus-jvm-1.jar", built)
+        maven.package(
+            JVM_SOURCE, data_dir(settings) / "build" / "abacus-jvm", "abacus-jvm-1.jar", built
+        )

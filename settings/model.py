@@ -60,9 +60,11 @@ class KafkaSettings(_Model):
     @model_validator(mode="after")
     def _insync_within_replicas(self) -> KafkaSettings:
         if self.min_insync_replicas > self.replication_factor:
-            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) is above "
-                             f"replication_factor ({self.replication_factor}): every write "
-                             "with acks=all would fail")
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) is above "
+                f"replication_factor ({self.replication_factor}): every write "
+                "with acks=all would fail"
+            )
         return self
 
     def client_config(self) -> dict[str, Any]:

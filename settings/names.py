@@ -37,24 +37,32 @@ def check_keyspace(name: str) -> str:
     """A keyspace name as CQL takes it unquoted: a letter, then letters, digits, `_`;
     at most 48 characters."""
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-        raise ValueError(f"keyspace name {shown(name)} is not a CQL identifier "
-                         "(a letter, then letters, digits or _)")
+        raise ValueError(
+            f"keyspace name {shown(name)} is not a CQL identifier "
+            "(a letter, then letters, digits or _)"
+        )
     if len(name) > KEYSPACE_MAX:
-        raise ValueError(f"keyspace name {shown(name)} is {len(name)} characters long, "
-                         f"more than Cassandra's {KEYSPACE_MAX}: shorten "
-                         "cassandra.keyspace_prefix")
+        raise ValueError(
+            f"keyspace name {shown(name)} is {len(name)} characters long, "
+            f"more than Cassandra's {KEYSPACE_MAX}: shorten "
+            "cassandra.keyspace_prefix"
+        )
     return name
 
 
 def check_keyspace_prefix(prefix: str) -> str:
     """Empty, or an identifier start short enough for every keyspace it prefixes."""
     if not _PREFIX.fullmatch(prefix):
-        raise ValueError(f"{shown(prefix)} is not allowed: letters, digits and _ only, "
-                         "starting with a letter (or empty)")
+        raise ValueError(
+            f"{shown(prefix)} is not allowed: letters, digits and _ only, "
+            "starting with a letter (or empty)"
+        )
     room = KEYSPACE_MAX - LONGEST_LOGICAL
     if len(prefix) > room:
-        raise ValueError(f"{shown(prefix)} is {len(prefix)} characters long: at most {room}, "
-                         f"so every keyspace name stays within {KEYSPACE_MAX}")
+        raise ValueError(
+            f"{shown(prefix)} is {len(prefix)} characters long: at most {room}, "
+            f"so every keyspace name stays within {KEYSPACE_MAX}"
+        )
     return prefix
 
 
@@ -64,8 +72,10 @@ def _factor(key: str, value: Any) -> int:
     elif isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if not isinstance(value, int) or value < 1:
-        raise ValueError(f"replication {shown(key)}: the factor must be a positive integer, "
-                         f"not {shown(value, 20)}")
+        raise ValueError(
+            f"replication {shown(key)}: the factor must be a positive integer, "
+            f"not {shown(value, 20)}"
+        )
     return value
 
 
@@ -74,24 +84,28 @@ def check_replication(replication: Mapping[str, Any]) -> dict[str, Any]:
     class name, every other key `replication_factor` or a data-centre name, every factor a
     positive integer."""
     if not isinstance(replication, Mapping):
-        raise ValueError("must be a table such as {class = \"SimpleStrategy\", "
-                         "replication_factor = 1}")
+        raise ValueError(
+            'must be a table such as {class = "SimpleStrategy", replication_factor = 1}'
+        )
     strategy = replication.get("class")
     if not isinstance(strategy, str) or not (
-            strategy in STRATEGIES or _JAVA_CLASS.fullmatch(strategy)):
-        raise ValueError(f"class {shown(strategy)}: one of {', '.join(STRATEGIES)} or a Java "
-                         "class name")
+        strategy in STRATEGIES or _JAVA_CLASS.fullmatch(strategy)
+    ):
+        raise ValueError(
+            f"class {shown(strategy)}: one of {', '.join(STRATEGIES)} or a Java class name"
+        )
     checked: dict[str, Any] = {"class": strategy}
     for key, value in replication.items():
         if key == "class":
             continue
         if not isinstance(key, str) or not _DC.fullmatch(key):
-            raise ValueError(f"key {shown(key)}: replication_factor or a data-centre name "
-                             "(letters, digits, _ . -)")
+            raise ValueError(
+                f"key {shown(key)}: replication_factor or a data-centre name "
+                "(letters, digits, _ . -)"
+            )
         checked[key] = _factor(key, value)
     if len(checked) == 1:
-        raise ValueError(f"class {strategy}: give replication_factor or a factor per "
-                         "data centre")
+        raise ValueError(f"class {strategy}: give replication_factor or a factor per data centre")
     return checked
 
 
@@ -101,6 +115,8 @@ def check_file_name(value: str, empty_ok: bool = False) -> str:
     if value == "" and empty_ok:
         return value
     if not _FILE_NAME.fullmatch(value):
-        raise ValueError(f"{shown(value)} is not allowed: letters, digits and _ . - "
-                         "only, not starting with . or -, at most 100 characters")
+        raise ValueError(
+            f"{shown(value)} is not allowed: letters, digits and _ . - "
+            "only, not starting with . or -, at most 100 characters"
+        )
     return value

@@ -32,8 +32,7 @@ if TYPE_CHECKING:  # rich is imported where it renders: settings stay light for 
 # overrides and isolates (Trojan Source), line/paragraph separators, lone surrogates (which
 # no terminal encoding can write: printing one raises UnicodeEncodeError)
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-    "\ud800-\udfff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -66,8 +65,7 @@ def term(value: Any, style: str = "") -> Text:
 
 def csv_cell(value: Any) -> Any:
     """A CSV cell that no spreadsheet evaluates: formula-like strings get a leading `'`."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START) \
-            and not _NUMBER.fullmatch(value):
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
 

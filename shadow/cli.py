@@ -22,51 +22,120 @@ def shadow() -> None:
 
 
 @shadow.command("run")
-@click.option("--events", "events_file", type=click.Path(path_type=Path, dir_okay=False,
-                                                         exists=True),
-              default=None, help="JSON Lines file of hydrated events to publish.")
-@click.option("--generate", "n", type=click.IntRange(min=1), default=None,
-              help="Publish N generated events (a day, the generator's default mix).")
+@click.option(
+    "--events",
+    "events_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="JSON Lines file of hydrated events to publish.",
+)
+@click.option(
+    "--generate",
+    "n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Publish N generated events (a day, the generator's default mix).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="With --generate.")
-@click.option("--rate", type=click.FloatRange(min=0), default=50.0, show_default=True,
-              help="Events per second published (0: as fast as the broker confirms).")
-@click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=None,
-              help="Stop publishing after this many seconds (the event log holds what was "
-                   "published).")
-@click.option("--chaos", is_flag=True,
-              help="Legacy's flaws on: redeliveries 2%, crashes after the Redis step 0.2%, "
-                   "dropped Big Bertha flushes 5% (override with --chaos-*).")
-@click.option("--chaos-redeliver", type=_share, default=None,
-              help="Share of tasks requeued after counting.")
-@click.option("--chaos-crash", type=_share, default=None,
-              help="Share of tasks whose worker dies between Redis and Cassandra.")
-@click.option("--chaos-drop-flush", type=_share, default=None,
-              help="Share of Big Bertha flushes lost.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Legacy worker pool processes.")
-@click.option("--probes-per-s", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Latency probes published per second (0: none).")
-@click.option("--window-ms", type=click.IntRange(10), default=None,
-              help="Abacus counting window (default: flink.window_ms).")
-@click.option("--html-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to write the HTML audit reports (default: the run's directory).")
-@click.option("--keep", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Earlier runs kept for inspection; older ones are removed.")
-@click.option("--drain-timeout-s", type=click.FloatRange(min=10), default=600.0,
-              show_default=True)
-@click.option("--services/--no-services", default=None,
-              help="Start the local servers first (default: yes, unless the settings point "
-                   "at remote ones).")
-@click.option("--live/--no-live", default=None,
-              help="Live view (default: when stderr is a terminal).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=50.0,
+    show_default=True,
+    help="Events per second published (0: as fast as the broker confirms).",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop publishing after this many seconds (the event log holds what was published).",
+)
+@click.option(
+    "--chaos",
+    is_flag=True,
+    help="Legacy's flaws on: redeliveries 2%, crashes after the Redis step 0.2%, "
+    "dropped Big Bertha flushes 5% (override with --chaos-*).",
+)
+@click.option(
+    "--chaos-redeliver", type=_share, default=None, help="Share of tasks requeued after counting."
+)
+@click.option(
+    "--chaos-crash",
+    type=_share,
+    default=None,
+    help="Share of tasks whose worker dies between Redis and Cassandra.",
+)
+@click.option(
+    "--chaos-drop-flush", type=_share, default=None, help="Share of Big Bertha flushes lost."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Legacy worker pool processes.",
+)
+@click.option(
+    "--probes-per-s",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Latency probes published per second (0: none).",
+)
+@click.option(
+    "--window-ms",
+    type=click.IntRange(10),
+    default=None,
+    help="Abacus counting window (default: flink.window_ms).",
+)
+@click.option(
+    "--html-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where to write the HTML audit reports (default: the run's directory).",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Earlier runs kept for inspection; older ones are removed.",
+)
+@click.option("--drain-timeout-s", type=click.FloatRange(min=10), default=600.0, show_default=True)
+@click.option(
+    "--services/--no-services",
+    default=None,
+    help="Start the local servers first (default: yes, unless the settings point at remote ones).",
+)
+@click.option(
+    "--live/--no-live", default=None, help="Live view (default: when stderr is a terminal)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_obj
-def run(settings: Settings, events_file: Path | None, n: int | None, seed: int, rate: float,
-        duration_s: float | None, chaos: bool, chaos_redeliver: float | None,
-        chaos_crash: float | None, chaos_drop_flush: float | None, concurrency: int,
-        probes_per_s: float, window_ms: int | None, html_dir: Path | None, keep: int,
-        drain_timeout_s: float, services: bool | None, live: bool | None, fmt: str) -> None:
+def run(
+    settings: Settings,
+    events_file: Path | None,
+    n: int | None,
+    seed: int,
+    rate: float,
+    duration_s: float | None,
+    chaos: bool,
+    chaos_redeliver: float | None,
+    chaos_crash: float | None,
+    chaos_drop_flush: float | None,
+    concurrency: int,
+    probes_per_s: float,
+    window_ms: int | None,
+    html_dir: Path | None,
+    keep: int,
+    drain_timeout_s: float,
+    services: bool | None,
+    live: bool | None,
+    fmt: str,
+) -> None:
     """Run legacy and Abacus side by side on the same events, wait until both drained,
     audit every date touched (legacy vs Abacus vs the truth). Exit 0 when every audit is
     clean, 1 when one is not, 2 on error. Ctrl-C stops what the run started."""
@@ -92,13 +161,29 @@ def run(settings: Settings, events_file: Path | None, n: int | None, seed: int, 
             yield from generated(n or 0, seed)
 
     preset = CHAOS_PRESET if chaos else {}
-    knobs = Chaos(*(given if given is not None else preset.get(name, 0.0) for name, given in
-                    (("redeliver", chaos_redeliver), ("crash", chaos_crash),
-                     ("drop_flush", chaos_drop_flush))))
-    config = RunConfig(lines=lines, rate=rate, duration_s=duration_s, chaos=knobs,
-                       concurrency=concurrency, probes_per_s=probes_per_s, html_dir=html_dir,
-                       keep=keep, drain_timeout_s=drain_timeout_s,
-                       jobs=JobOptions(window_ms=window_ms), services=services)
+    knobs = Chaos(
+        *(
+            given if given is not None else preset.get(name, 0.0)
+            for name, given in (
+                ("redeliver", chaos_redeliver),
+                ("crash", chaos_crash),
+                ("drop_flush", chaos_drop_flush),
+            )
+        )
+    )
+    config = RunConfig(
+        lines=lines,
+        rate=rate,
+        duration_s=duration_s,
+        chaos=knobs,
+        concurrency=concurrency,
+        probes_per_s=probes_per_s,
+        html_dir=html_dir,
+        keep=keep,
+        drain_timeout_s=drain_timeout_s,
+        jobs=JobOptions(window_ms=window_ms),
+        services=services,
+    )
     err = Console(stderr=True)
     live = err.is_terminal if live is None else live
     signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the components like Ctrl-C
@@ -109,14 +194,20 @@ def run(settings: Settings, events_file: Path | None, n: int | None, seed: int, 
         else:
             result = run_shadow(settings, config, LogView(err), total=n)
     except KeyboardInterrupt:
-        click.echo("shadow run: interrupted; every component it started is stopped "
-                   "(the servers keep running)", err=True)
+        click.echo(
+            "shadow run: interrupted; every component it started is stopped "
+            "(the servers keep running)",
+            err=True,
+        )
         sys.exit(130)
     except Exception as exc:  # a server unreachable, a failed audit: one line, exit 2
         from settings.output import visible
 
-        failure = click.ClickException(visible(
-            f"shadow run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        failure = click.ClickException(
+            visible(
+                f"shadow run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
+        )
         failure.exit_code = 2
         raise failure from None
     if fmt == "json":

@@ -42,8 +42,13 @@ class Restart:
     pid: int | None = None  # the new process
 
     def to_dict(self) -> dict[str, object]:
-        return {"component": self.component, "at": self.at, "exit": self.exit,
-                "reason": self.reason, "pid": self.pid}
+        return {
+            "component": self.component,
+            "at": self.at,
+            "exit": self.exit,
+            "reason": self.reason,
+            "pid": self.pid,
+        }
 
 
 def describe_exit(code: int | None) -> str:
@@ -79,8 +84,7 @@ class Components:
         return once every component consumes: legacy worker and bridge on their queues,
         both jobs RUNNING."""
         s, inst = self.inst.settings, self.inst
-        options = manager.RunOptions(prefix=inst.job_prefix, window_ms=jobs.window_ms,
-                                     resume=False)
+        options = manager.RunOptions(prefix=inst.job_prefix, window_ms=jobs.window_ms, resume=False)
         self._options = (chaos, concurrency, jobs)
         launched = []
         for kind in KINDS:
@@ -105,12 +109,14 @@ class Components:
         return start_worker(
             self.inst.settings,
             WorkerOptions(concurrency=concurrency, flush_interval_s=0, chaos=chaos),
-            self.inst.log_path("legacy-worker"))
+            self.inst.log_path("legacy-worker"),
+        )
 
     def _start_flusher(self) -> WorkerProcess:
         assert self._options is not None
-        return start_flusher(self.inst.settings, self.inst.log_path("legacy-flusher"), 1.0,
-                             self._options[0])
+        return start_flusher(
+            self.inst.settings, self.inst.log_path("legacy-flusher"), 1.0, self._options[0]
+        )
 
     def supervise(self) -> list[Restart]:
         """Start again every component that died (legacy worker, flusher, bridge, each
@@ -118,17 +124,24 @@ class Components:
         times each; the restarts done now. Raise StartFailure naming a component that died
         once more than its budget, with the reason from its log."""
         done: list[Restart] = []
-        for attr, what in (("worker", "legacy worker"), ("flusher", "Big Bertha flusher"),
-                           ("bridge", "bridge")):
+        for attr, what in (
+            ("worker", "legacy worker"),
+            ("flusher", "Big Bertha flusher"),
+            ("bridge", "bridge"),
+        ):
             process: WorkerProcess | None = getattr(self, attr)
             if process is None or process.alive():
                 continue
             code = process.process.returncode
             last = process.log_tail(1).strip()
-            reason = process.failure() or (f"no error in its log (last line: {last})"
-                                           if last else "no error in its log")
-            self._spend(what, f"the {what} exited ({describe_exit(code)}): {reason}; "
-                              f"{process.log_path}:\n{process.log_tail(15)}")
+            reason = process.failure() or (
+                f"no error in its log (last line: {last})" if last else "no error in its log"
+            )
+            self._spend(
+                what,
+                f"the {what} exited ({describe_exit(code)}): {reason}; "
+                f"{process.log_path}:\n{process.log_tail(15)}",
+            )
             if attr == "worker":
                 new = self._start_worker()
             elif attr == "flusher":
@@ -136,15 +149,15 @@ class Components:
             else:
                 new = _start_bridge(self.inst)
             setattr(self, attr, new)
-            done.append(Restart(what, time.time(), describe_exit(code), reason,
-                                new.process.pid))
+            done.append(Restart(what, time.time(), describe_exit(code), reason, new.process.pid))
         for kind, name in self.jobs.items():
             if (restart := self._supervise_job(kind, name)) is not None:
                 done.append(restart)
         if done:
             self.restarts.extend(done)
-            self.inst.record(pids=self.pids(), jobs=self.jobs,
-                             restarts=[r.to_dict() for r in self.restarts])
+            self.inst.record(
+                pids=self.pids(), jobs=self.jobs, restarts=[r.to_dict() for r in self.restarts]
+            )
         return done
 
     def _supervise_job(self, kind: str, name: str) -> Restart | None:
@@ -164,9 +177,12 @@ class Components:
             reason = f"job {name} exited before starting"
         self._spend(what, f"Abacus {reason} (`abacus job logs {name}`)")
         assert self._options is not None
-        options = manager.RunOptions(prefix=self.inst.job_prefix,
-                                     window_ms=self._options[2].window_ms,
-                                     resume=True, keep_progress=True)
+        options = manager.RunOptions(
+            prefix=self.inst.job_prefix,
+            window_ms=self._options[2].window_ms,
+            resume=True,
+            keep_progress=True,
+        )
         _name, new_pid = manager.launch(s, kind, TARGET, options)
         self._job_pids[kind] = new_pid
         return Restart(what, time.time(), describe_exit(code), reason, new_pid)
@@ -174,8 +190,10 @@ class Components:
     def _spend(self, what: str, failure: str) -> None:
         used = sum(1 for r in self.restarts if r.component == what)
         if used >= self.budget:
-            raise StartFailure(f"{failure} (after {used} restart(s) of the {what}: the "
-                               f"restart budget is {self.budget} per component)")
+            raise StartFailure(
+                f"{failure} (after {used} restart(s) of the {what}: the "
+                f"restart budget is {self.budget} per component)"
+            )
 
     def restarted(self, component: str) -> bool:
         return any(r.component == component for r in self.restarts)
@@ -209,28 +227,39 @@ class Components:
                 raise StartFailure(
                     f"not consuming after {timeout_s:.0f} s: legacy worker consumers "
                     f"{legacy_consumers}, bridge connected {bool(bridge.get('connected'))}; "
-                    f"logs in {self.inst.run_dir / 'logs'}")
+                    f"logs in {self.inst.run_dir / 'logs'}"
+                )
             time.sleep(0.5)
 
     def check_alive(self) -> None:
         """Raise StartFailure naming the first component that died, with its log's tail."""
-        for what, process in (("legacy worker", self.worker),
-                              ("Big Bertha flusher", self.flusher), ("bridge", self.bridge)):
+        for what, process in (
+            ("legacy worker", self.worker),
+            ("Big Bertha flusher", self.flusher),
+            ("bridge", self.bridge),
+        ):
             if process is not None and not process.alive():
-                raise StartFailure(f"the {what} exited ({process.process.returncode}); "
-                                   f"{process.log_path}:\n{process.log_tail(15)}")
+                raise StartFailure(
+                    f"the {what} exited ({process.process.returncode}); "
+                    f"{process.log_path}:\n{process.log_tail(15)}"
+                )
         for name in self.jobs.values():
             state = manager.status(self.inst.settings, name)
             if state is not None and state.status in {"FAILED", "LOST", "CANCELED"}:
-                raise StartFailure(f"Abacus job {name} is {state.status}: "
-                                   f"{state.error or ''} (`abacus job logs {name}`)")
+                raise StartFailure(
+                    f"Abacus job {name} is {state.status}: "
+                    f"{state.error or ''} (`abacus job logs {name}`)"
+                )
 
     def stop(self) -> list[str]:
         """Stop everything this run started (best effort, each independently); what failed."""
         problems: list[str] = []
         # legacy first: a warm shutdown finishes its tasks; then the flusher's last flush
-        for what, process in (("legacy worker", self.worker), ("bridge", self.bridge),
-                              ("Big Bertha flusher", self.flusher)):
+        for what, process in (
+            ("legacy worker", self.worker),
+            ("bridge", self.bridge),
+            ("Big Bertha flusher", self.flusher),
+        ):
             if process is not None:
                 try:
                     process.stop(timeout_s=60)
@@ -267,8 +296,20 @@ def _start_bridge(inst: Installation) -> WorkerProcess:
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(Path(log_path).open("ab"))
         process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run", "--mode", "shadow",
-             "--status-file", str(inst.bridge_status_path)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parent.parent)
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "run",
+                "--mode",
+                "shadow",
+                "--status-file",
+                str(inst.bridge_status_path),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     return WorkerProcess(process, log_path)

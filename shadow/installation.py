@@ -26,8 +26,13 @@ import storage
 from services.paths import data_dir
 from settings import Settings
 
-RABBIT_NAMES = ("exchange", "legacy_queue", "shadow_queue", "mirror_overflow_queue",
-                "dead_letter_queue")
+RABBIT_NAMES = (
+    "exchange",
+    "legacy_queue",
+    "shadow_queue",
+    "mirror_overflow_queue",
+    "dead_letter_queue",
+)
 KEYSPACES = ("legacy", "shadow", storage.OPS)  # the stores a shadow run writes and audits
 TARGET = "shadow"  # the Abacus jobs write the shadow store
 
@@ -53,9 +58,12 @@ def overrides(settings: Settings, run_id: str) -> dict[str, dict[str, str]]:
 
 
 def apply(settings: Settings, changes: dict[str, dict[str, str]]) -> Settings:
-    return settings.model_copy(update={
-        section: getattr(settings, section).model_copy(update=values)
-        for section, values in changes.items()})
+    return settings.model_copy(
+        update={
+            section: getattr(settings, section).model_copy(update=values)
+            for section, values in changes.items()
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,11 @@ class Installation:
     def record(self, **extra: Any) -> None:
         """Write run.json: what this run created (for prune) and its processes."""
         path = self.run_dir / "run.json"
-        doc = _read_json(path) or {"run_id": self.run_id, "overrides": self.changes,
-                                   "owner_pid": os.getpid()}
+        doc = _read_json(path) or {
+            "run_id": self.run_id,
+            "overrides": self.changes,
+            "owner_pid": os.getpid(),
+        }
         doc.update(extra)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -143,7 +154,7 @@ def prune(settings: Settings, keep: int) -> list[str]:
         if "stopped_at" not in doc:
             _stop_leftovers(settings, path.name, doc)
         finished.append((path, doc))
-    doomed = finished[:max(0, len(finished) - keep)]
+    doomed = finished[: max(0, len(finished) - keep)]
     for path, doc in doomed:
         remove(settings, path.name, doc["overrides"])
         shutil.rmtree(path, ignore_errors=True)
@@ -194,8 +205,9 @@ def remove(settings: Settings, run_id: str, changes: dict[str, dict[str, str]]) 
     session = storage.connect(s.cassandra)
     try:
         for name in KEYSPACES:
-            session.execute(f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(s.cassandra, name)}",
-                            timeout=120)
+            session.execute(
+                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(s.cassandra, name)}", timeout=120
+            )
     finally:
         session.cluster.shutdown()
     admin = AdminClient(s.kafka.client_config())
@@ -204,8 +216,12 @@ def remove(settings: Settings, run_id: str, changes: dict[str, dict[str, str]]) 
             future.result()
     rabbit = s.rabbitmq
     with Connection(rabbit.url()) as conn:
-        for queue in (rabbit.legacy_queue, rabbit.shadow_queue, rabbit.mirror_overflow_queue,
-                      rabbit.dead_letter_queue):
+        for queue in (
+            rabbit.legacy_queue,
+            rabbit.shadow_queue,
+            rabbit.mirror_overflow_queue,
+            rabbit.dead_letter_queue,
+        ):
             with contextlib.suppress(Exception):
                 conn.channel().queue_delete(queue)
         for exchange in (rabbit.exchange, control_exchange(s) + ".pidbox"):

@@ -49,8 +49,9 @@ class Sample:
         return sum(j.get("written") or 0 for j in self.jobs.values())
 
 
-def sample(inst: Installation, jobs: dict[str, str], published: int,
-           ask_workers: bool = False) -> Sample:
+def sample(
+    inst: Installation, jobs: dict[str, str], published: int, ask_workers: bool = False
+) -> Sample:
     """One reading of every stage; a server that does not answer is an error in the sample,
     not an exception."""
     s = inst.settings
@@ -61,14 +62,22 @@ def sample(inst: Installation, jobs: dict[str, str], published: int,
         out.errors.append(f"legacy status: {type(exc).__name__}: {exc}")
     doc = read_bridge_status(inst.bridge_status_path) or {}
     depth = rabbit.queue_depth(s.rabbitmq, s.rabbitmq.shadow_queue)
-    out.bridge = {"running": bool(doc.get("running")), "in_flight": doc.get("in_flight", 0),
-                  **doc.get("totals", {}), "ready": None if depth is None else depth[0]}
+    out.bridge = {
+        "running": bool(doc.get("running")),
+        "in_flight": doc.get("in_flight", 0),
+        **doc.get("totals", {}),
+        "ready": None if depth is None else depth[0],
+    }
     for kind, name in jobs.items():
         try:
             state = manager.status(s, name)
             drain = manager.drain_status(s, name)
-            out.jobs[kind] = {"status": state.status if state else "unknown", "lag": drain.lag,
-                              "fanned": drain.fanned, "written": drain.written}
+            out.jobs[kind] = {
+                "status": state.status if state else "unknown",
+                "lag": drain.lag,
+                "fanned": drain.fanned,
+                "written": drain.written,
+            }
         except Exception as exc:
             out.errors.append(f"job {name}: {type(exc).__name__}: {exc}")
     out.dlq_records = topic_end_offsets(s.kafka, s.kafka.dlq_topic, timeout_s=3.0)
@@ -106,17 +115,22 @@ def bridge_drained(x: Sample, published: int, restarted: bool = False) -> bool:
     queue empty and the new bridge balanced is the test, not consumed >= published."""
     b = x.bridge
     consumed = b.get("consumed", 0)
-    return (b.get("ready") == 0 and b.get("in_flight") == 0
-            and (restarted or consumed >= published)
-            and b.get("produced", 0) + b.get("dead_lettered", 0) == consumed
-            and b.get("acked", 0) == consumed)
+    return (
+        b.get("ready") == 0
+        and b.get("in_flight") == 0
+        and (restarted or consumed >= published)
+        and b.get("produced", 0) + b.get("dead_lettered", 0) == consumed
+        and b.get("acked", 0) == consumed
+    )
 
 
 def abacus_drained(x: Sample) -> bool:
     return bool(x.jobs) and all(
-        j.get("status") == "RUNNING" and j["lag"] == 0
+        j.get("status") == "RUNNING"
+        and j["lag"] == 0
         and (j["fanned"] is None or j["fanned"] == j["written"])
-        for j in x.jobs.values())
+        for j in x.jobs.values()
+    )
 
 
 @dataclass

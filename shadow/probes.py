@@ -27,9 +27,16 @@ POLL_S = 0.1
 
 
 def probe_line(run_id: str, i: int, ts_s: int) -> str:
-    return json.dumps({"event_id": f"probe-{run_id}-{i}", "company_id": PROBE_COMPANY,
-                       "customer_id": f"probe-{i}", "statistic_id": _statistic(i),
-                       "timestamp": ts_s, "timezone": "UTC"})
+    return json.dumps(
+        {
+            "event_id": f"probe-{run_id}-{i}",
+            "company_id": PROBE_COMPANY,
+            "customer_id": f"probe-{i}",
+            "statistic_id": _statistic(i),
+            "timestamp": ts_s,
+            "timezone": "UTC",
+        }
+    )
 
 
 def _statistic(i: int) -> str:
@@ -93,8 +100,13 @@ class ProbeWatcher:
             seen = dict(self.seen[store])
         counted = [i for i in published if i not in self.warmup]
         lat = [(seen[i] - published[i]) * 1000 for i in counted if i in seen]
-        return Latency(len(counted), len(lat), _round(percentile(lat, 0.50)),
-                       _round(percentile(lat, 0.99)), _round(max(lat, default=None)))
+        return Latency(
+            len(counted),
+            len(lat),
+            _round(percentile(lat, 0.50)),
+            _round(percentile(lat, 0.99)),
+            _round(max(lat, default=None)),
+        )
 
     def _run(self) -> None:
         try:
@@ -104,8 +116,10 @@ class ProbeWatcher:
             return
         try:
             prepared = storage.Prepared(session)
-            stores = {name: storage.CounterStore(prepared, self._settings.cassandra, name)
-                      for name in STORES}
+            stores = {
+                name: storage.CounterStore(prepared, self._settings.cassandra, name)
+                for name in STORES
+            }
             while not self._stop.is_set():
                 self._poll(stores)
                 self._stop.wait(POLL_S)
@@ -116,12 +130,14 @@ class ProbeWatcher:
 
     def _poll(self, stores: dict[str, storage.CounterStore]) -> None:
         with self._lock:
-            todo = {name: [i for i in self.published if i not in self.seen[name]]
-                    for name in STORES}
+            todo = {
+                name: [i for i in self.published if i not in self.seen[name]] for name in STORES
+            }
         for name, probes in todo.items():
             for i in probes:
-                rows = stores[name].read_account_range(PROBE_COMPANY, _statistic(i), "day",
-                                                       self._day, self._day)
+                rows = stores[name].read_account_range(
+                    PROBE_COMPANY, _statistic(i), "day", self._day, self._day
+                )
                 if any(r.count > 0 for r in rows):
                     with self._lock:
                         self.seen[name][i] = time.time()

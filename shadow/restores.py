@@ -64,8 +64,7 @@ def _written(directory: Path) -> dict[int, dict[int, tuple[int, int]]]:
 
 
 def _process_dirs(root: Path) -> list[Path]:
-    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] \
-        if root.is_dir() else []
+    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
     return sorted(dirs, key=lambda p: int(p.name))
 
 

@@ -90,26 +90,36 @@ class RunResult:
         if not self.reapplied and not self.uncertain:
             return None
         over = sum(max(0, drift(a)["abacus_minus_truth"]) for a in self.audits)
-        per_job = ", ".join(f"{k} {i.reapplied} re-applied + {i.uncertain} uncertain"
-                            for k, i in sorted(self.increments.items())
-                            if i.reapplied or i.uncertain)
-        return (f"Abacus restores wrote {self.reapplied} count increments again and "
-                f"{self.uncertain} more of unknown fate ({per_job}): milestone 1 is "
-                f"at-least-once, so the shadow store is expected over the truth by "
-                f"{self.reapplied} to {self.reapplied + self.uncertain} increments (both "
-                f"levels, every resolution); the audits show Abacus {over:+} against the "
-                f"truth")
+        per_job = ", ".join(
+            f"{k} {i.reapplied} re-applied + {i.uncertain} uncertain"
+            for k, i in sorted(self.increments.items())
+            if i.reapplied or i.uncertain
+        )
+        return (
+            f"Abacus restores wrote {self.reapplied} count increments again and "
+            f"{self.uncertain} more of unknown fate ({per_job}): milestone 1 is "
+            f"at-least-once, so the shadow store is expected over the truth by "
+            f"{self.reapplied} to {self.reapplied + self.uncertain} increments (both "
+            f"levels, every resolution); the audits show Abacus {over:+} against the "
+            f"truth"
+        )
 
     @property
     def clean(self) -> bool:
-        return self.error is None and bool(self.audits) and all(
-            a.result.outcome == "clean" for a in self.audits)
+        return (
+            self.error is None
+            and bool(self.audits)
+            and all(a.result.outcome == "clean" for a in self.audits)
+        )
 
     @property
     def exit_code(self) -> int:
         """0 every audit clean, 1 some audit dirty, 2 the run or an audit failed."""
-        if self.error is not None or not self.audits or any(
-                a.result.exit_code == 2 for a in self.audits):
+        if (
+            self.error is not None
+            or not self.audits
+            or any(a.result.exit_code == 2 for a in self.audits)
+        ):
             return 2
         return 0 if self.clean else 1
 
@@ -119,18 +129,27 @@ class View:
 
     def phase(self, text: str) -> None: ...
 
-    def update(self, sample: monitor.Sample, stream: Stream, total: int | None,
-               watcher: ProbeWatcher | None) -> None: ...
+    def update(
+        self,
+        sample: monitor.Sample,
+        stream: Stream,
+        total: int | None,
+        watcher: ProbeWatcher | None,
+    ) -> None: ...
 
 
 def uses_local_servers(settings: Settings) -> bool:
-    return (set(settings.cassandra.hosts) <= LOCAL_HOSTS
-            and settings.kafka.bootstrap_servers.rsplit(":", 1)[0] in LOCAL_HOSTS
-            and settings.rabbitmq.host in LOCAL_HOSTS and settings.redis.host in LOCAL_HOSTS)
+    return (
+        set(settings.cassandra.hosts) <= LOCAL_HOSTS
+        and settings.kafka.bootstrap_servers.rsplit(":", 1)[0] in LOCAL_HOSTS
+        and settings.rabbitmq.host in LOCAL_HOSTS
+        and settings.redis.host in LOCAL_HOSTS
+    )
 
 
-def run_shadow(settings: Settings, config: RunConfig, view: View | None = None,
-               total: int | None = None) -> RunResult:
+def run_shadow(
+    settings: Settings, config: RunConfig, view: View | None = None, total: int | None = None
+) -> RunResult:
     """Run both pipelines on `config.lines()`, drain, audit; the result (never raises for a
     component or drain failure: `result.error` says what happened; KeyboardInterrupt stops
     everything this run started and propagates)."""
@@ -157,12 +176,24 @@ def run_shadow(settings: Settings, config: RunConfig, view: View | None = None,
         watcher.start()
         view.phase("warm-up: one probe through both pipelines")
         _warm_up(inst, components, watcher, ts_s, config.jobs.start_timeout_s)
-        every = max(1, round((config.rate or 200.0) / config.probes_per_s)) \
-            if config.probes_per_s > 0 else 0
-        stream = Stream(config.lines(), inst.events_path, inst.run_id, every, ts_s,
-                        watcher if every else None, config.duration_s, first_probe=1)
-        report, throughput = _publish_and_drain(inst, components, stream, config, view,
-                                                total, watcher)
+        every = (
+            max(1, round((config.rate or 200.0) / config.probes_per_s))
+            if config.probes_per_s > 0
+            else 0
+        )
+        stream = Stream(
+            config.lines(),
+            inst.events_path,
+            inst.run_id,
+            every,
+            ts_s,
+            watcher if every else None,
+            config.duration_s,
+            first_probe=1,
+        )
+        report, throughput = _publish_and_drain(
+            inst, components, stream, config, view, total, watcher
+        )
         result.published, result.probes = 1 + report.published, stream.probes
         result.figures["throughput"] = throughput
         view.phase("stopping the components")
@@ -174,8 +205,10 @@ def run_shadow(settings: Settings, config: RunConfig, view: View | None = None,
             watcher.stop(grace_s=0)
         problems = components.stop()
         result.restarts = list(components.restarts)
-        result.increments = {kind: restores.job_increments(inst.settings, name)
-                             for kind, name in components.jobs.items()}
+        result.increments = {
+            kind: restores.job_increments(inst.settings, name)
+            for kind, name in components.jobs.items()
+        }
         inst.record(stopped_at=time.time(), stop_problems=problems)
     view.phase("auditing")
     result.audits = audit_run(inst, config.html_dir or inst.run_dir / "reports", view)
@@ -184,8 +217,9 @@ def run_shadow(settings: Settings, config: RunConfig, view: View | None = None,
     return result
 
 
-def _warm_up(inst: Installation, components: Components, watcher: ProbeWatcher, ts_s: int,
-             timeout_s: float) -> None:
+def _warm_up(
+    inst: Installation, components: Components, watcher: ProbeWatcher, ts_s: int, timeout_s: float
+) -> None:
     """Publish probe 0 alone and wait until both stores show it: a job reported RUNNING may
     still be deploying its tasks, and the figures must not measure that start-up. The probe
     is in the event log like any event (the truth counts it); its latency is left out."""
@@ -201,9 +235,11 @@ def _warm_up(inst: Installation, components: Components, watcher: ProbeWatcher, 
         if watcher.error:
             raise RunFailed(f"warm-up: {watcher.error}")
         if time.monotonic() > deadline:
-            raise RunFailed(f"warm-up: the first event is not counted by both pipelines "
-                            f"after {timeout_s:.0f} s (seen: "
-                            f"{[n for n, seen in watcher.seen.items() if 0 in seen]})")
+            raise RunFailed(
+                f"warm-up: the first event is not counted by both pipelines "
+                f"after {timeout_s:.0f} s (seen: "
+                f"{[n for n, seen in watcher.seen.items() if 0 in seen]})"
+            )
         time.sleep(0.2)
 
 
@@ -216,17 +252,24 @@ def _head(lines: Iterable[str | bytes], n: int) -> list[str | bytes]:
     return out
 
 
-def _publish_and_drain(inst: Installation, components: Components, stream: Stream,
-                       config: RunConfig, view: View, total: int | None,
-                       watcher: ProbeWatcher | None) -> tuple[PublishReport, dict[str, Any]]:
+def _publish_and_drain(
+    inst: Installation,
+    components: Components,
+    stream: Stream,
+    config: RunConfig,
+    view: View,
+    total: int | None,
+    watcher: ProbeWatcher | None,
+) -> tuple[PublishReport, dict[str, Any]]:
     """Publish in a thread while sampling every stage; return once all have drained, with
     each pipeline's sustained events/s (first publish to its last count written)."""
     outcome: dict[str, Any] = {}
 
     def publish() -> None:
         try:
-            outcome["report"] = publish_lines(inst.settings.rabbitmq, stream, config.rate,
-                                              stream.on_progress)
+            outcome["report"] = publish_lines(
+                inst.settings.rabbitmq, stream, config.rate, stream.on_progress
+            )
         except Exception as exc:
             outcome["error"] = exc
 
@@ -240,8 +283,10 @@ def _publish_and_drain(inst: Installation, components: Components, stream: Strea
     try:
         while True:
             for restart in components.supervise():
-                view.phase(f"restarted the {restart.component} ({restart.exit}: "
-                           f"{restart.reason}), pid {restart.pid}")
+                view.phase(
+                    f"restarted the {restart.component} ({restart.exit}: "
+                    f"{restart.reason}), pid {restart.pid}"
+                )
             _note_looping(inst, components, view, looping)
             done = not publisher.is_alive()
             if done and "error" in outcome:
@@ -258,19 +303,24 @@ def _publish_and_drain(inst: Installation, components: Components, stream: Strea
                 if deadline is None:
                     deadline = time.monotonic() + config.drain_timeout_s
                     view.phase("waiting for every pipeline to drain")
-                checks = {"legacy": monitor.legacy_drained(x, published),
-                          "bridge": monitor.bridge_drained(
-                              x, published, restarted=components.restarted("bridge")),
-                          "abacus": monitor.abacus_drained(x)}
+                checks = {
+                    "legacy": monitor.legacy_drained(x, published),
+                    "bridge": monitor.bridge_drained(
+                        x, published, restarted=components.restarted("bridge")
+                    ),
+                    "abacus": monitor.abacus_drained(x),
+                }
                 for name, ok in checks.items():
                     streak[name] = streak[name] + 1 if ok else 0
                 if all(n >= CONFIRMATIONS for n in streak.values()):
                     break
                 if time.monotonic() > deadline:
                     waiting = [n for n, k in streak.items() if k < CONFIRMATIONS]
-                    raise RunFailed(f"not drained after {config.drain_timeout_s:.0f} s: "
-                                    f"{', '.join(waiting)} (last sample: legacy "
-                                    f"{x.legacy}, bridge {x.bridge}, jobs {x.jobs})")
+                    raise RunFailed(
+                        f"not drained after {config.drain_timeout_s:.0f} s: "
+                        f"{', '.join(waiting)} (last sample: legacy "
+                        f"{x.legacy}, bridge {x.bridge}, jobs {x.jobs})"
+                    )
             time.sleep(0.5)
     except BaseException:
         stream.stop.set()
@@ -279,18 +329,20 @@ def _publish_and_drain(inst: Installation, components: Components, stream: Strea
     report: PublishReport = outcome["report"]
     started = stream.started_at or time.time()
     inst.record(published=report.published, publish=report.summary())
-    throughput: dict[str, Any] = {"publish": {"events": report.published,
-                                              "events_per_s": round(report.rate, 1)}}
+    throughput: dict[str, Any] = {
+        "publish": {"events": report.published, "events_per_s": round(report.rate, 1)}
+    }
     for name in monitor.PIPELINES:
         elapsed = finish.last_change.get(name, started) - started
-        throughput[name] = {"events": report.published, "elapsed_s": round(elapsed, 1),
-                            "events_per_s": round(report.published / elapsed, 1)
-                            if elapsed > 0 else None}
+        throughput[name] = {
+            "events": report.published,
+            "elapsed_s": round(elapsed, 1),
+            "events_per_s": round(report.published / elapsed, 1) if elapsed > 0 else None,
+        }
     return report, throughput
 
 
-def _note_looping(inst: Installation, components: Components, view: View,
-                  seen: set[str]) -> None:
+def _note_looping(inst: Installation, components: Components, view: View, seen: set[str]) -> None:
     """A job restart-looping (`abacus.manager.problem`) is shown, not fatal: a recovery
     (a server restarted, a job restored) costs restarts too; a job that keeps failing ends
     FAILED (flink.restart_attempts) and the supervisor's budget ends the run."""
@@ -304,8 +356,7 @@ def _note_looping(inst: Installation, components: Components, view: View,
             view.phase(f"Abacus {found}: not stopping the run (a recovery restarts too)")
 
 
-def audit_run(inst: Installation, html_dir: Path, view: View | None = None
-              ) -> list[DateAudit]:
+def audit_run(inst: Installation, html_dir: Path, view: View | None = None) -> list[DateAudit]:
     """One audit per local date of the run's event log: legacy vs shadow, truth = the log.
     Each also covers the month bucket of its (company, statistic) and (company, customer,
     statistic) units: compare plans a date's units from that date's index, so a unit's month
@@ -316,9 +367,15 @@ def audit_run(inst: Installation, html_dir: Path, view: View | None = None
     for date in dates_touched(inst.events_path):
         if view is not None:
             view.phase(f"auditing {date}")
-        result = compare_audit.run_audit(inst.settings, date, "legacy", "shadow",
-                                         str(inst.events_path), include_month=True,
-                                         options=options)
+        result = compare_audit.run_audit(
+            inst.settings,
+            date,
+            "legacy",
+            "shadow",
+            str(inst.events_path),
+            include_month=True,
+            options=options,
+        )
         html = html_dir / f"{inst.run_id}-{date}.html"
         with html.open("w", encoding="utf-8") as out_file:
             render(result, "html", out_file)
@@ -331,8 +388,11 @@ def _latency_figures(watcher: ProbeWatcher | None) -> dict[str, Any]:
         return {}
     from dataclasses import asdict
 
-    return {"legacy": asdict(watcher.latency("legacy")),
-            "abacus": asdict(watcher.latency("shadow")), "error": watcher.error}
+    return {
+        "legacy": asdict(watcher.latency("legacy")),
+        "abacus": asdict(watcher.latency("shadow")),
+        "error": watcher.error,
+    }
 
 
 def drift(a: DateAudit) -> dict[str, Any]:
@@ -345,26 +405,40 @@ def drift(a: DateAudit) -> dict[str, Any]:
         delta = (record["left_count"] or 0) - (record["truth_count"] or 0)
         over, under = over + max(delta, 0), under + max(-delta, 0)
     return {
-        "date": a.date, "outcome": a.result.outcome, "audit_id": a.result.audit_id,
-        "keys": s.get("keys_compared"), "defects": s.get("defects"),
+        "date": a.date,
+        "outcome": a.result.outcome,
+        "audit_id": a.result.audit_id,
+        "keys": s.get("keys_compared"),
+        "defects": s.get("defects"),
         "legacy_minus_truth": (totals.get("left_count") or 0) - truth,
         "abacus_minus_truth": (totals.get("right_count") or 0) - truth,
-        "legacy_over": over, "legacy_under": under,
+        "legacy_over": over,
+        "legacy_under": under,
         "legacy_wrong_keys": supports.get("right", 0) + supports.get("neither", 0),
         "abacus_wrong_keys": supports.get("left", 0) + supports.get("neither", 0),
-        "attribution": s.get("attribution", {}), "html": str(a.html),
+        "attribution": s.get("attribution", {}),
+        "html": str(a.html),
     }
 
 
 def summary(result: RunResult) -> dict[str, Any]:
     """The run as plain data (`--format json`, and run.json)."""
-    return {"run_id": result.run_id, "run_dir": str(result.run_dir),
-            "events": str(result.events_path), "published": result.published,
-            "probes": result.probes, "error": result.error, "exit_code": result.exit_code,
-            "clean": result.clean, "audits": [drift(a) for a in result.audits],
-            "figures": result.figures,
-            "restarts": [r.to_dict() for r in result.restarts],
-            "abacus_increments": {
-                "reapplied": result.reapplied, "uncertain": result.uncertain,
-                "jobs": {k: i.to_dict() for k, i in sorted(result.increments.items())}},
-            "explanation": result.explanation}
+    return {
+        "run_id": result.run_id,
+        "run_dir": str(result.run_dir),
+        "events": str(result.events_path),
+        "published": result.published,
+        "probes": result.probes,
+        "error": result.error,
+        "exit_code": result.exit_code,
+        "clean": result.clean,
+        "audits": [drift(a) for a in result.audits],
+        "figures": result.figures,
+        "restarts": [r.to_dict() for r in result.restarts],
+        "abacus_increments": {
+            "reapplied": result.reapplied,
+            "uncertain": result.uncertain,
+            "jobs": {k: i.to_dict() for k, i in sorted(result.increments.items())},
+        },
+        "explanation": result.explanation,
+    }

@@ -36,9 +36,17 @@ def probe_timestamp(first_lines: Iterable[str | bytes]) -> int:
 
 
 class Stream:
-    def __init__(self, lines: Iterable[str | bytes], log_path: Path, run_id: str,
-                 probe_every: int, probe_ts_s: int, watcher: ProbeWatcher | None,
-                 duration_s: float | None, first_probe: int = 0) -> None:
+    def __init__(
+        self,
+        lines: Iterable[str | bytes],
+        log_path: Path,
+        run_id: str,
+        probe_every: int,
+        probe_ts_s: int,
+        watcher: ProbeWatcher | None,
+        duration_s: float | None,
+        first_probe: int = 0,
+    ) -> None:
         self._lines, self._log_path, self._run_id = lines, log_path, run_id
         self._probe_every, self._probe_ts_s = probe_every, probe_ts_s
         self._watcher, self._duration_s = watcher, duration_s
@@ -53,8 +61,9 @@ class Stream:
         start = time.monotonic()
         with self._log_path.open("ab") as log:
             for n, line in enumerate(self._lines):
-                if self.stop.is_set() or (self._duration_s is not None
-                                          and time.monotonic() - start >= self._duration_s):
+                if self.stop.is_set() or (
+                    self._duration_s is not None and time.monotonic() - start >= self._duration_s
+                ):
                     return
                 if self._watcher is not None and self._probe_every and n % self._probe_every == 0:
                     self._probe_at[self.handed] = self.probes

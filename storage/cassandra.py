@@ -25,10 +25,12 @@ def connect(settings: CassandraSettings) -> Session:
         )
         kwargs["ssl_context"] = context
     policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc))
-    profile = ExecutionProfile(load_balancing_policy=policy,
-                               request_timeout=settings.request_timeout_s)
-    cluster = Cluster(execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                      protocol_version=5, **kwargs)
+    profile = ExecutionProfile(
+        load_balancing_policy=policy, request_timeout=settings.request_timeout_s
+    )
+    cluster = Cluster(
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile}, protocol_version=5, **kwargs
+    )
     return cluster.connect()
 
 

@@ -32,5 +32,6 @@ def apply(settings: Settings) -> None:
     except NoHostAvailable as exc:
         raise click.ClickException(
             f"cannot reach Cassandra at {','.join(settings.cassandra.hosts)}:"
-            f"{settings.cassandra.port}: {type(exc).__name__}") from None
+            f"{settings.cassandra.port}: {type(exc).__name__}"
+        ) from None
     click.echo(f"schema applied: {count} statements (existing tables left as they are)")

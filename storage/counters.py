@@ -36,7 +36,7 @@ PERIOD_WIDTH = {"hour": 7, "day": 7, "month": 4}
 
 
 def period_of(resolution: str, bucket: str) -> str:
-    return bucket[:PERIOD_WIDTH[resolution]]
+    return bucket[: PERIOD_WIDTH[resolution]]
 
 
 # Key columns in the order the write statements bind them (after the measures).
@@ -46,16 +46,19 @@ _KEY = {
 }
 _MEASURES = {"account": ("count", "uniques"), "customer": ("count",)}
 # Index rows: (date, shard, *fields); the shard hashes the first SHARD_FIELDS of them.
-_INDEX_FIELDS = {"account": ("company_id", "statistic_id"),
-                 "customer": ("company_id", "customer_id", "statistic_id")}
+_INDEX_FIELDS = {
+    "account": ("company_id", "statistic_id"),
+    "customer": ("company_id", "customer_id", "statistic_id"),
+}
 _SHARD_FIELDS = {"account": 1, "customer": 2}
 
 
 def _update_cql(ks: str, kind: str, level: str) -> str:
     table = f"{ks}.{level}_counts"
     where = " AND ".join(f"{c} = ?" for c in _KEY[level])
-    sets = ", ".join(f"{m} = {m} + ?" if kind == "counter" else f"{m} = ?"
-                     for m in _MEASURES[level])
+    sets = ", ".join(
+        f"{m} = {m} + ?" if kind == "counter" else f"{m} = ?" for m in _MEASURES[level]
+    )
     return f"UPDATE {table} SET {sets} WHERE {where}"
 
 
@@ -89,10 +92,15 @@ def sink_layout(settings: CassandraSettings, store: str, level: str) -> SinkLayo
     ks = keyspace_of(settings, store)
     keys = _KEY[level]
     return SinkLayout(
-        update=_update_cql(ks, "counter", level), index=_index_cql(ks, level), keys=keys,
-        measures=_MEASURES[level], partition_keys=3,
+        update=_update_cql(ks, "counter", level),
+        index=_index_cql(ks, level),
+        keys=keys,
+        measures=_MEASURES[level],
+        partition_keys=3,
         index_fields=tuple(keys.index(f) for f in _INDEX_FIELDS[level]),
-        shard_fields=tuple(range(_SHARD_FIELDS[level])), shards=SHARDS)
+        shard_fields=tuple(range(_SHARD_FIELDS[level])),
+        shards=SHARDS,
+    )
 
 
 def shard_of(*parts: str) -> int:
@@ -130,40 +138,54 @@ class CounterStore:
         cols = ", ".join(ACCOUNT_COLUMNS)
         self._read_account = prepared(
             f"SELECT {cols} FROM {ks}.account_counts WHERE company_id = ? AND statistic_id = ? "
-            "AND period = ? AND bucket >= ? AND bucket < ?")
+            "AND period = ? AND bucket >= ? AND bucket < ?"
+        )
         self._read_customer = prepared(
             f"SELECT bucket, resolution, count FROM {ks}.customer_counts WHERE company_id = ? "
             "AND customer_id = ? AND period = ? AND statistic_id = ? AND bucket >= ? "
-            "AND bucket < ?")
+            "AND bucket < ?"
+        )
         self._read_customers = prepared(
             f"SELECT {', '.join(CUSTOMER_COLUMNS)} FROM {ks}.customer_counts "
             "WHERE company_id = ? AND customer_id IN ? AND period = ? AND statistic_id IN ? "
-            "AND bucket >= ? AND bucket < ?")
+            "AND bucket >= ? AND bucket < ?"
+        )
         self._read_account_keys = prepared(
             f"SELECT {cols} FROM {ks}.account_counts WHERE company_id = ? AND statistic_id = ? "
-            "AND period = ? AND (bucket, resolution, facet, value) IN ?")
+            "AND period = ? AND (bucket, resolution, facet, value) IN ?"
+        )
         self._read_customer_keys = prepared(
             f"SELECT {', '.join(CUSTOMER_COLUMNS)} FROM {ks}.customer_counts "
             "WHERE company_id = ? AND customer_id = ? AND period = ? "
-            "AND (statistic_id, bucket, resolution) IN ?")
+            "AND (statistic_id, bucket, resolution) IN ?"
+        )
         self._account_keys = prepared(
             f"SELECT company_id, statistic_id FROM {ks}.account_keys_by_date "
-            "WHERE date = ? AND shard = ?")
+            "WHERE date = ? AND shard = ?"
+        )
         self._customer_keys = prepared(
             f"SELECT company_id, customer_id, statistic_id FROM {ks}.customer_keys_by_date "
-            "WHERE date = ? AND shard = ?")
-        self._scan_account = prepared(f"SELECT company_id, statistic_id, {cols} "
-                                      f"FROM {ks}.account_counts")
+            "WHERE date = ? AND shard = ?"
+        )
+        self._scan_account = prepared(
+            f"SELECT company_id, statistic_id, {cols} FROM {ks}.account_counts"
+        )
         self._scan_customer = prepared(
             f"SELECT company_id, customer_id, statistic_id, bucket, resolution, count "
-            f"FROM {ks}.customer_counts")
+            f"FROM {ks}.customer_counts"
+        )
         self._indexed: set[tuple[str, ...]] = set()
         self._batch_type = BatchType.COUNTER if self.kind == "counter" else BatchType.UNLOGGED
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _run(self, statement: Any, params: Iterable[tuple[Any, ...]], partition: slice,
-             batch_type: BatchType | None = None) -> None:
+    def _run(
+        self,
+        statement: Any,
+        params: Iterable[tuple[Any, ...]],
+        partition: slice,
+        batch_type: BatchType | None = None,
+    ) -> None:
         """Execute statement for every row of params in batches of up to `BATCH_ROWS` rows
         spanning up to `batch_partitions` partitions (a partition's rows stay together when
         they fit), `write_concurrency` requests in flight: one request per batch instead of
@@ -187,17 +209,17 @@ class CounterStore:
 
         for rows in groups.values():
             for i in range(0, len(rows), BATCH_ROWS):
-                chunk = rows[i:i + BATCH_ROWS]
-                if (len(pending) + len(chunk) > BATCH_ROWS
-                        or partitions >= self._batch_partitions):
+                chunk = rows[i : i + BATCH_ROWS]
+                if len(pending) + len(chunk) > BATCH_ROWS or partitions >= self._batch_partitions:
                     flush()
                     partitions = 0
                 pending.extend(chunk)
                 partitions += 1
         flush()
         if requests:
-            execute_concurrent(self._session, requests, concurrency=self._concurrency,
-                               raise_on_first_error=True)
+            execute_concurrent(
+                self._session, requests, concurrency=self._concurrency, raise_on_first_error=True
+            )
 
     def _index(self, rows: Iterable[tuple[str, ...]], statement: Any) -> None:
         """Index rows are (date, company, [customer,] statistic); the shard spreads a date
@@ -205,8 +227,12 @@ class CounterStore:
         new = [r for r in dict.fromkeys(rows) if r not in self._indexed]
         if not new:
             return
-        self._run(statement, [(r[0], shard_of(*r[1:-1]), *r[1:]) for r in new], slice(0, 2),
-                  BatchType.UNLOGGED)
+        self._run(
+            statement,
+            [(r[0], shard_of(*r[1:-1]), *r[1:]) for r in new],
+            slice(0, 2),
+            BatchType.UNLOGGED,
+        )
         if len(self._indexed) > _INDEX_CACHE_MAX:
             self._indexed.clear()
         self._indexed.update(new)
@@ -214,20 +240,59 @@ class CounterStore:
     def write_account(self, rows: Iterable[tuple[AccountKey, int, int]]) -> None:
         """Counter stores add (count, uniques) increments; bigint stores set final values."""
         rows = list(rows)
-        self._index(((bucket_date(k.bucket), k.company_id, k.statistic_id)
-                     for k, _, _ in rows if k.resolution == "hour"), self._account_index)
-        self._run(self._account, [
-            (count, uniques, k.company_id, k.statistic_id, period_of(k.resolution, k.bucket),
-             k.bucket, k.resolution, k.facet, k.value) for k, count, uniques in rows],
-            slice(2, 5))
+        self._index(
+            (
+                (bucket_date(k.bucket), k.company_id, k.statistic_id)
+                for k, _, _ in rows
+                if k.resolution == "hour"
+            ),
+            self._account_index,
+        )
+        self._run(
+            self._account,
+            [
+                (
+                    count,
+                    uniques,
+                    k.company_id,
+                    k.statistic_id,
+                    period_of(k.resolution, k.bucket),
+                    k.bucket,
+                    k.resolution,
+                    k.facet,
+                    k.value,
+                )
+                for k, count, uniques in rows
+            ],
+            slice(2, 5),
+        )
 
     def write_customer(self, rows: Iterable[tuple[CustomerKey, int]]) -> None:
         rows = list(rows)
-        self._index(((bucket_date(k.bucket), k.company_id, k.customer_id, k.statistic_id)
-                     for k, _ in rows if k.resolution == "hour"), self._customer_index)
-        self._run(self._customer, [
-            (count, k.company_id, k.customer_id, period_of(k.resolution, k.bucket),
-             k.statistic_id, k.bucket, k.resolution) for k, count in rows], slice(1, 4))
+        self._index(
+            (
+                (bucket_date(k.bucket), k.company_id, k.customer_id, k.statistic_id)
+                for k, _ in rows
+                if k.resolution == "hour"
+            ),
+            self._customer_index,
+        )
+        self._run(
+            self._customer,
+            [
+                (
+                    count,
+                    k.company_id,
+                    k.customer_id,
+                    period_of(k.resolution, k.bucket),
+                    k.statistic_id,
+                    k.bucket,
+                    k.resolution,
+                )
+                for k, count in rows
+            ],
+            slice(1, 4),
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -240,20 +305,31 @@ class CounterStore:
         statement = self._account_keys if level == "account" else self._customer_keys
         return [(statement, (date, shard)) for shard in range(SHARDS)]
 
-    def account_requests(self, company: str, statistic: str, date: str,
-                         include_month: bool = False) -> list[Request]:
+    def account_requests(
+        self, company: str, statistic: str, date: str, include_month: bool = False
+    ) -> list[Request]:
         """The counters of one (company, statistic) on the date: rows `ACCOUNT_COLUMNS`, in
         clustering order (bucket, resolution, facet, value)."""
-        return [(self._read_account, (company, statistic, period, low, high))
-                for period, low, high in date_slices(date, include_month)]
+        return [
+            (self._read_account, (company, statistic, period, low, high))
+            for period, low, high in date_slices(date, include_month)
+        ]
 
-    def customer_requests(self, company: str, customers: list[str], statistics: list[str],
-                          date: str, include_month: bool = False) -> list[Request]:
+    def customer_requests(
+        self,
+        company: str,
+        customers: list[str],
+        statistics: list[str],
+        date: str,
+        include_month: bool = False,
+    ) -> list[Request]:
         """The counters of every (customer, statistic) pair of one company on the date, in
         one query per slice (the pairs' partitions read together): rows `CUSTOMER_COLUMNS`,
         each partition's in clustering order (statistic, bucket, resolution)."""
-        return [(self._read_customers, (company, customers, period, statistics, low, high))
-                for period, low, high in date_slices(date, include_month)]
+        return [
+            (self._read_customers, (company, customers, period, statistics, low, high))
+            for period, low, high in date_slices(date, include_month)
+        ]
 
     def key_requests(self, keys: Iterable[AccountKey | CustomerKey]) -> list[Request]:
         """These counters only (a re-read of a few keys): one request per partition, rows
@@ -261,47 +337,60 @@ class CounterStore:
         parts: dict[tuple[str, ...], list[tuple[str, ...]]] = defaultdict(list)
         for k in keys:
             if isinstance(k, AccountKey):
-                parts[("a", k.company_id, k.statistic_id, period_of(k.resolution, k.bucket))
-                      ].append((k.bucket, k.resolution, k.facet, k.value))
+                parts[
+                    ("a", k.company_id, k.statistic_id, period_of(k.resolution, k.bucket))
+                ].append((k.bucket, k.resolution, k.facet, k.value))
             else:
-                parts[("c", k.company_id, k.customer_id, period_of(k.resolution, k.bucket))
-                      ].append((k.statistic_id, k.bucket, k.resolution))
-        return [(self._read_account_keys if part[0] == "a" else self._read_customer_keys,
-                 (*part[1:], clustering)) for part, clustering in parts.items()]
+                parts[("c", k.company_id, k.customer_id, period_of(k.resolution, k.bucket))].append(
+                    (k.statistic_id, k.bucket, k.resolution)
+                )
+        return [
+            (
+                self._read_account_keys if part[0] == "a" else self._read_customer_keys,
+                (*part[1:], clustering),
+            )
+            for part, clustering in parts.items()
+        ]
 
     def keys_of_date(self, date: str, level: str) -> Iterator[tuple[str, ...]]:
         for statement, params in self.index_requests(date, level):
             for row in self._session.execute(statement, params):
                 yield tuple(row)
 
-    def read_date(self, date: str, level: str, include_month: bool = False
-                  ) -> Iterator[AccountCount | CustomerCount]:
+    def read_date(
+        self, date: str, level: str, include_month: bool = False
+    ) -> Iterator[AccountCount | CustomerCount]:
         """Every counter of one local date: its day and hour buckets (and its month's)."""
         for ids in self.keys_of_date(date, level):
             for period, lo, hi in date_slices(date, include_month):
                 if level == "account":
                     company, statistic = ids
-                    for r in self._session.execute(self._read_account,
-                                                   (company, statistic, period, lo, hi)):
-                        key = AccountKey(company, statistic, r.resolution, r.bucket, r.facet,
-                                         r.value)
+                    for r in self._session.execute(
+                        self._read_account, (company, statistic, period, lo, hi)
+                    ):
+                        key = AccountKey(
+                            company, statistic, r.resolution, r.bucket, r.facet, r.value
+                        )
                         yield AccountCount(key, r.count or 0, r.uniques or 0)
                 else:
                     company, customer, statistic = ids
                     for r in self._session.execute(
-                            self._read_customer, (company, customer, period, statistic, lo, hi)):
+                        self._read_customer, (company, customer, period, statistic, lo, hi)
+                    ):
                         ckey = CustomerKey(company, customer, statistic, r.resolution, r.bucket)
                         yield CustomerCount(ckey, r.count or 0)
 
-    def read_account_range(self, company: str, statistic: str, resolution: str,
-                           first: str, last: str) -> Iterator[AccountCount]:
+    def read_account_range(
+        self, company: str, statistic: str, resolution: str, first: str, last: str
+    ) -> Iterator[AccountCount]:
         """The serving query: one partition per period spanned by [first, last]."""
         periods = sorted({period_of(resolution, first), period_of(resolution, last)})
         if resolution != "month" and periods[0] != periods[-1]:
             periods = _months_between(periods[0], periods[-1])
         for period in periods:
-            for r in self._session.execute(self._read_account,
-                                           (company, statistic, period, first, last + "\x00")):
+            for r in self._session.execute(
+                self._read_account, (company, statistic, period, first, last + "\x00")
+            ):
                 if r.resolution == resolution:
                     key = AccountKey(company, statistic, resolution, r.bucket, r.facet, r.value)
                     yield AccountCount(key, r.count or 0, r.uniques or 0)
@@ -310,13 +399,15 @@ class CounterStore:
         """Every counter of the store (a full table scan: for dumps of small stores)."""
         if level == "account":
             for r in self._session.execute(self._scan_account):
-                key = AccountKey(r.company_id, r.statistic_id, r.resolution, r.bucket, r.facet,
-                                 r.value)
+                key = AccountKey(
+                    r.company_id, r.statistic_id, r.resolution, r.bucket, r.facet, r.value
+                )
                 yield AccountCount(key, r.count or 0, r.uniques or 0)
         else:
             for r in self._session.execute(self._scan_customer):
-                ckey = CustomerKey(r.company_id, r.customer_id, r.statistic_id, r.resolution,
-                                   r.bucket)
+                ckey = CustomerKey(
+                    r.company_id, r.customer_id, r.statistic_id, r.resolution, r.bucket
+                )
                 yield CustomerCount(ckey, r.count or 0)
 
 

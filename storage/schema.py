@@ -109,8 +109,9 @@ def apply_schema(settings: CassandraSettings, names: list[str] | None = None) ->
     from storage.cassandra import connect
 
     keyspaces = None if names is None else {keyspace_of(settings, n) for n in names}
-    todo = [cql for cql in statements(settings)
-            if keyspaces is None or _keyspace_in(cql) in keyspaces]
+    todo = [
+        cql for cql in statements(settings) if keyspaces is None or _keyspace_in(cql) in keyspaces
+    ]
     session = connect(settings)
     try:
         for cql in todo:

@@ -17,10 +17,30 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 def test_bench_abacus_prints_every_figure(services_up: object) -> None:
     abacus = Path(sys.executable).parent / "abacus"
     done = subprocess.run(
-        [str(abacus), "bench", "abacus", "--events", "400", "--warmup", "100",
-         "--latency-events", "300", "--latency-rate", "100", "--probes-per-s", "5",
-         "--legacy-events", "150", "--format", "json"],
-        capture_output=True, text=True, timeout=600, check=False)
+        [
+            str(abacus),
+            "bench",
+            "abacus",
+            "--events",
+            "400",
+            "--warmup",
+            "100",
+            "--latency-events",
+            "300",
+            "--latency-rate",
+            "100",
+            "--probes-per-s",
+            "5",
+            "--legacy-events",
+            "150",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
 

@@ -43,18 +43,35 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_ctrl_c_stops_every_component(services_up: object, settings: Settings,
-                                      tmp_path: Path) -> None:
+def test_ctrl_c_stops_every_component(
+    services_up: object, settings: Settings, tmp_path: Path
+) -> None:
     config = tmp_path / "abacus.toml"
     config.write_text('[cassandra]\nkeyspace_prefix = "e2eint_"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
     env["ABACUS_CONFIG"] = str(config)
     abacus = Path(sys.executable).parent / "abacus"
     process = subprocess.Popen(
-        [str(abacus), "shadow", "run", "--generate", "100000", "--rate", "20",
-         "--no-services", "--no-live", "--keep", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            str(abacus),
+            "shadow",
+            "run",
+            "--generate",
+            "100000",
+            "--rate",
+            "20",
+            "--no-services",
+            "--no-live",
+            "--keep",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def started() -> dict[str, Any] | None:
             assert process.poll() is None, process.communicate()[1][-3000:]
             doc = run_doc(settings, process.pid)
@@ -72,8 +89,9 @@ def test_ctrl_c_stops_every_component(services_up: object, settings: Settings,
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=300)
         assert process.returncode == 130, err[-3000:]
-        wait_for(lambda: not any(procs.alive(pid) for pid in children), 60,
-                 "every component to exit")
+        wait_for(
+            lambda: not any(procs.alive(pid) for pid in children), 60, "every component to exit"
+        )
         for name in doc["jobs"].values():
             state = manager.status(settings, name)
             assert state is not None and state.status not in manager.RUNNING, state

@@ -82,10 +82,29 @@ def start(config: Path, events: Path, *extra: str) -> subprocess.Popen[str]:
     env["ABACUS_CONFIG"] = str(config)
     abacus = Path(sys.executable).parent / "abacus"
     return subprocess.Popen(
-        [str(abacus), "shadow", "run", "--events", str(events), "--rate", "20",
-         "--probes-per-s", "1", "--keep", "2", "--no-services", "--no-live",
-         "--format", "json", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            str(abacus),
+            "shadow",
+            "run",
+            "--events",
+            str(events),
+            "--rate",
+            "20",
+            "--probes-per-s",
+            "1",
+            "--keep",
+            "2",
+            "--no-services",
+            "--no-live",
+            "--format",
+            "json",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> Outcome:
@@ -95,20 +114,24 @@ def finish(process: subprocess.Popen[str]) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def runs(services_up: object, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[dict[str, Outcome]]:
+def runs(
+    services_up: object, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Outcome]]:
     tmp = tmp_path_factory.mktemp("shadow")
     config = tmp / "abacus.toml"
     # own base names (runs of other bases are never pruned by these); checkpoints every 2 s
     # so the jobs commit their offsets (the drain signal) sooner
-    config.write_text('[cassandra]\nkeyspace_prefix = "e2e_"\n'
-                      '[flink]\ncheckpoint_interval_ms = 2000\n')
+    config.write_text(
+        '[cassandra]\nkeyspace_prefix = "e2e_"\n[flink]\ncheckpoint_interval_ms = 2000\n'
+    )
     events = tmp / "corpus.jsonl"
     events.write_text("\n".join(first_deliveries(tricky_lines())) + "\n", encoding="utf-8")
     poisoned = tmp / "poisoned.jsonl"
     poisoned.write_bytes(events.read_bytes() + b"\n".join(POISON) + b"\n")
-    processes = {"clean": start(config, poisoned),
-                 "chaos": start(config, events, "--chaos-redeliver", str(REDELIVER))}
+    processes = {
+        "clean": start(config, poisoned),
+        "chaos": start(config, events, "--chaos-redeliver", str(REDELIVER)),
+    }
     try:
         yield {name: finish(p) for name, p in processes.items()}
     finally:
@@ -136,22 +159,28 @@ def test_clean_run_legacy_equals_abacus_equals_truth(runs: dict[str, Outcome]) -
 
 
 def _key(record: dict[str, Any]) -> tuple[Any, ...]:
-    fields = (["company_id", "customer_id", "statistic_id", "resolution", "bucket"]
-              if record["level"] == "customer"
-              else ["company_id", "statistic_id", "resolution", "bucket", "facet", "value"])
+    fields = (
+        ["company_id", "customer_id", "statistic_id", "resolution", "bucket"]
+        if record["level"] == "customer"
+        else ["company_id", "statistic_id", "resolution", "bucket", "facet", "value"]
+    )
     return (record["level"], *(record[f] for f in fields))
 
 
 def test_chaos_legacy_drifts_by_the_redeliveries_abacus_stays_exact(
-        runs: dict[str, Outcome]) -> None:
+    runs: dict[str, Outcome],
+) -> None:
     run = runs["chaos"]
     assert run.code == 1, run.stderr[-3000:]
     assert run.doc["error"] is None and not run.doc["clean"]
     # what legacy was made to count twice: every valid event of the run's log hit by chaos
     chaos = Chaos(redeliver=REDELIVER)
     log = (run.run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    redelivered = [line for line in log if isinstance(e := parse_event(line), Event)
-                   and chaos.redelivers(e.event_id)]
+    redelivered = [
+        line
+        for line in log
+        if isinstance(e := parse_event(line), Event) and chaos.redelivers(e.event_id)
+    ]
     assert len(redelivered) >= 5
     extra = Recount(dedup=False)
     for line in redelivered:
@@ -181,8 +210,9 @@ def test_chaos_legacy_drifts_by_the_redeliveries_abacus_stays_exact(
 
 
 def _reasons(lines: list[bytes]) -> Counter[str]:
-    return Counter(p.reason.value for line in lines
-                   if isinstance(p := parse_event(line), Rejection))
+    return Counter(
+        p.reason.value for line in lines if isinstance(p := parse_event(line), Rejection)
+    )
 
 
 def _utf8(line: bytes) -> bool:
@@ -197,13 +227,21 @@ def _dlq_records(settings: Settings, topic: str) -> list[Any]:
     """Every record of a finished run's DLQ topic (all partitions, to their end offsets)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"e2e-{topic}",
-                         "enable.auto.commit": False, "fetch.max.bytes": 16 * 1024 * 1024,
-                         "max.partition.fetch.bytes": 16 * 1024 * 1024})
+    consumer = Consumer(
+        {
+            **settings.kafka.client_config(),
+            "group.id": f"e2e-{topic}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                for p in partitions}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in partitions
+        }
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         read = dict.fromkeys(partitions, 0)
         out: list[Any] = []
@@ -220,13 +258,13 @@ def _dlq_records(settings: Settings, topic: str) -> list[Any]:
 
 
 def test_poison_is_dead_lettered_by_every_pipeline_with_its_reason(
-        runs: dict[str, Outcome], settings: Settings) -> None:
+    runs: dict[str, Outcome], settings: Settings
+) -> None:
     run = runs["clean"]
     assert run.code == 0, run.stderr[-3000:]
     names = json.loads((run.run_dir / "run.json").read_text())["overrides"]
     log = (run.run_dir / "events.jsonl").read_bytes().split(b"\n")
-    invalid = [line for line in log if line.strip()
-               and isinstance(parse_event(line), Rejection)]
+    invalid = [line for line in log if line.strip() and isinstance(parse_event(line), Rejection)]
     assert _reasons(POISON) <= _reasons(invalid)  # the poison was published
 
     # legacy: every invalid line is a dead letter with the contract's reason (lines that
@@ -248,6 +286,7 @@ def test_poison_is_dead_lettered_by_every_pipeline_with_its_reason(
         assert Counter(dict(m.headers())["reason"].decode() for m in got) == _reasons(forwarded)
         assert sorted(m.value() for m in got) == sorted(forwarded)
     too_big = [line for line in invalid if _utf8(line) and len(line) > MAX_INPUT_BYTES]
-    bridged = [m for source, ms in by_source.items() if not source.startswith("abacus-")
-               for m in ms]
+    bridged = [
+        m for source, ms in by_source.items() if not source.startswith("abacus-") for m in ms
+    ]
     assert len(bridged) == len(too_big)

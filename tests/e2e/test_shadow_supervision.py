@@ -18,8 +18,9 @@ from shadow import components as comp
 from shadow.restores import increments
 
 
-def _counter(directory: Path, kind: str, attempt: int, subtask: int, value: int,
-             total: int = 0, pid: int = 1) -> None:
+def _counter(
+    directory: Path, kind: str, attempt: int, subtask: int, value: int, total: int = 0, pid: int = 1
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{kind}-a{attempt}-s{subtask}-{pid}-abcd1234"
     path.write_bytes(struct.pack("<qq", value, total))

@@ -32,9 +32,11 @@ def fault_settings() -> Settings:
     settings = load_settings()
     shared = settings.services.data_dir.expanduser().resolve() == DEFAULT_DATA_DIR
     if shared and not os.environ.get("CI"):
-        pytest.skip("the fault suite kills servers: outside CI it runs only on a private "
-                    "server set (ABACUS_SERVICES__DATA_DIR and the ports; see "
-                    "tests/faults/conftest.py)")
+        pytest.skip(
+            "the fault suite kills servers: outside CI it runs only on a private "
+            "server set (ABACUS_SERVICES__DATA_DIR and the ports; see "
+            "tests/faults/conftest.py)"
+        )
     return settings
 
 

@@ -61,15 +61,19 @@ def statistic_job(settings: Settings, tag: str) -> Iterator[Job]:
 
     import storage
 
-    private = settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic": f"test.{tag}.events",
-                                                   "dlq_topic": f"test.{tag}.dlq"}),
-        "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
-        "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000}),
-    })
+    private = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"topic": f"test.{tag}.events", "dlq_topic": f"test.{tag}.dlq"}
+            ),
+            "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
+            "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000}),
+        }
+    )
     admin = AdminClient(private.kafka.client_config())
-    for future in admin.create_topics([NewTopic(private.kafka.topic, 4, 1),
-                                       NewTopic(private.kafka.dlq_topic, 1, 1)]).values():
+    for future in admin.create_topics(
+        [NewTopic(private.kafka.topic, 4, 1), NewTopic(private.kafka.dlq_topic, 1, 1)]
+    ).values():
         future.result()
     session = storage.connect(private.cassandra)
     for cql in storage.statements(private.cassandra):
@@ -87,11 +91,12 @@ def statistic_job(settings: Settings, tag: str) -> Iterator[Job]:
         session.cluster.shutdown()  # it lived through the kill: a fresh one drops
         session = storage.connect(private.cassandra)
         for keyspace in [*storage.STORES, storage.OPS]:
-            session.execute(f"DROP KEYSPACE IF EXISTS "
-                            f"{storage.keyspace_of(private.cassandra, keyspace)}", timeout=120)
+            session.execute(
+                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(private.cassandra, keyspace)}",
+                timeout=120,
+            )
         session.cluster.shutdown()
-        for future in admin.delete_topics([private.kafka.topic,
-                                           private.kafka.dlq_topic]).values():
+        for future in admin.delete_topics([private.kafka.topic, private.kafka.dlq_topic]).values():
             future.result()
 
 
@@ -111,15 +116,17 @@ class Traffic(threading.Thread):
 
         try:
             producer = Producer(self.settings.kafka.client_config())
-            config = GeneratorConfig(n=100_000, seed=self.seed, companies=6, customers=300,
-                                     duplicate_share=0.1)
+            config = GeneratorConfig(
+                n=100_000, seed=self.seed, companies=6, customers=300, duplicate_share=0.1
+            )
             began = time.monotonic()
             for event in generate(config):
                 if self.halt.is_set():
                     break
                 line = json.dumps(event)
-                producer.produce(self.settings.kafka.topic, value=line.encode(),
-                                 key=key_of(line) or None)
+                producer.produce(
+                    self.settings.kafka.topic, value=line.encode(), key=key_of(line) or None
+                )
                 self.lines.append(line)
                 producer.poll(0)
                 ahead = len(self.lines) / self.rate - (time.monotonic() - began)
@@ -145,8 +152,9 @@ def test_cassandra_killed_and_restarted_drains_and_measures_its_excess(
 
     (cassandra,) = services.services(fault_settings, ["cassandra"])
     with statistic_job(fault_settings, f"f{uuid.uuid4().hex[:8]}") as job:
-        manager.start(job.settings, "statistic", "shadow",
-                      RunOptions(prefix=job.prefix, window_ms=500))
+        manager.start(
+            job.settings, "statistic", "shadow", RunOptions(prefix=job.prefix, window_ms=500)
+        )
         traffic = Traffic(job.settings, rate=40, seed=11)
         traffic.start()
         try:
@@ -156,8 +164,12 @@ def test_cassandra_killed_and_restarted_drains_and_measures_its_excess(
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             # the sink's retries give up, the job fails and Flink restarts it
-            _wait("the job restarts", lambda: job.progress().attempt >= 1, 180,
-                  lambda: (job.progress(), manager.status(job.settings, job.name)))
+            _wait(
+                "the job restarts",
+                lambda: job.progress().attempt >= 1,
+                180,
+                lambda: (job.progress(), manager.status(job.settings, job.name)),
+            )
             (back,) = services.ensure_up(fault_settings, ["cassandra"])
             assert back.restarted and back.stale_pid == pid, back
             down_s = time.monotonic() - killed
@@ -165,9 +177,15 @@ def test_cassandra_killed_and_restarted_drains_and_measures_its_excess(
             traffic.halt.set()
             traffic.join(120)
         assert traffic.error is None, traffic.error
-        _wait("the job drains", lambda: manager.drained(job.settings, job.name), 600,
-              lambda: (manager.drain_status(job.settings, job.name),
-                       manager.status(job.settings, job.name)))
+        _wait(
+            "the job drains",
+            lambda: manager.drained(job.settings, job.name),
+            600,
+            lambda: (
+                manager.drain_status(job.settings, job.name),
+                manager.status(job.settings, job.name),
+            ),
+        )
         state = manager.status(job.settings, job.name)
         assert state is not None and state.status in manager.RUNNING, state
 
@@ -179,8 +197,9 @@ def test_cassandra_killed_and_restarted_drains_and_measures_its_excess(
 
         session = storage.connect(job.settings.cassandra)  # the old one may still back off
         try:
-            store = storage.CounterStore(storage.Prepared(session), job.settings.cassandra,
-                                         "shadow")
+            store = storage.CounterStore(
+                storage.Prepared(session), job.settings.cassandra, "shadow"
+            )
             got = {c.key: (c.count, c.uniques) for c in store.scan("account")}
         finally:
             session.cluster.shutdown()
@@ -190,8 +209,10 @@ def test_cassandra_killed_and_restarted_drains_and_measures_its_excess(
         excess = sum(got[k][0] - truth[k][0] for k in truth)
         uniques_excess = sum(got[k][1] - truth[k][1] for k in truth)
         measured = job.progress()
-        print(f"\nCassandra SIGKILL under the statistic job ({len(traffic.lines)} events, "
-              f"down {down_s:.0f} s, {measured.attempt} restart(s)): excess {excess} count "
-              f"increments; re-applied since the restore point {measured.reapplied}; "
-              f"writes of unknown fate {measured.uncertain}; uniques excess {uniques_excess}")
+        print(
+            f"\nCassandra SIGKILL under the statistic job ({len(traffic.lines)} events, "
+            f"down {down_s:.0f} s, {measured.attempt} restart(s)): excess {excess} count "
+            f"increments; re-applied since the restore point {measured.reapplied}; "
+            f"writes of unknown fate {measured.uncertain}; uniques excess {uniques_excess}"
+        )
         assert measured.reapplied <= excess <= measured.reapplied + measured.uncertain

@@ -50,8 +50,13 @@ EVENTS, RATE = 400, 20.0
 DEADLINE_S = 300.0
 
 
-def wait_for(what: str, condition: Callable[[], object], observe: Callable[[], object],
-             timeout_s: float = DEADLINE_S, poll_s: float = 0.3) -> None:
+def wait_for(
+    what: str,
+    condition: Callable[[], object],
+    observe: Callable[[], object],
+    timeout_s: float = DEADLINE_S,
+    poll_s: float = 0.3,
+) -> None:
     """Until `condition()` holds; on timeout, fail saying what was observed last."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -78,13 +83,22 @@ class Env:
 def env(fault_settings: Settings, tmp_path: Path) -> Iterator[Env]:
     manager.ensure_up(fault_settings, SERVERS)
     tag = uuid.uuid4().hex[:8]
-    s = fault_settings.model_copy(update={
-        "cassandra": fault_settings.cassandra.model_copy(update={"keyspace_prefix": f"tf{tag}_"}),
-        "redis": fault_settings.redis.model_copy(update={"prefix": f"testf:{tag}:"}),
-        "rabbitmq": fault_settings.rabbitmq.model_copy(update={
-            "exchange": f"testf.{tag}.events", "legacy_queue": f"testf.{tag}.legacy",
-            "shadow_queue": f"testf.{tag}.shadow", "dead_letter_queue": f"testf.{tag}.dead"}),
-    })
+    s = fault_settings.model_copy(
+        update={
+            "cassandra": fault_settings.cassandra.model_copy(
+                update={"keyspace_prefix": f"tf{tag}_"}
+            ),
+            "redis": fault_settings.redis.model_copy(update={"prefix": f"testf:{tag}:"}),
+            "rabbitmq": fault_settings.rabbitmq.model_copy(
+                update={
+                    "exchange": f"testf.{tag}.events",
+                    "legacy_queue": f"testf.{tag}.legacy",
+                    "shadow_queue": f"testf.{tag}.shadow",
+                    "dead_letter_queue": f"testf.{tag}.dead",
+                }
+            ),
+        }
+    )
     session = storage.connect(s.cassandra)
     keyspace = storage.keyspace_of(s.cassandra, "legacy")
     for cql in storage.statements(s.cassandra):
@@ -127,8 +141,13 @@ class Publisher(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.report = publish_lines(self._env.settings.rabbitmq, self._lines, rate=RATE,
-                                        on_progress=self._progress, keep_ids=True)
+            self.report = publish_lines(
+                self._env.settings.rabbitmq,
+                self._lines,
+                rate=RATE,
+                on_progress=self._progress,
+                keep_ids=True,
+            )
         except BaseException as exc:  # reported by the test
             self.error = exc
 
@@ -146,13 +165,15 @@ def _status(env: Env) -> str:
 
 
 def test_legacy_counts_every_event_through_a_redis_restart(
-        fault_settings: Settings, env: Env) -> None:
+    fault_settings: Settings, env: Env
+) -> None:
     batch = lines(EVENTS, seed=11)
     truth = Recount(dedup=True)
     for line in batch:
         truth.add_raw(line)
-    worker = start_worker(env.settings, WorkerOptions(concurrency=2, flush_interval_s=0),
-                          env.tmp / "worker.log")
+    worker = start_worker(
+        env.settings, WorkerOptions(concurrency=2, flush_interval_s=0), env.tmp / "worker.log"
+    )
     flusher = start_flusher(env.settings, env.tmp / "flusher.log", interval_s=0.5)
     procs: list[WorkerProcess] = [worker, flusher]
 
@@ -162,8 +183,12 @@ def test_legacy_counts_every_event_through_a_redis_restart(
     try:
         publisher = Publisher(env, batch)
         publisher.start()
-        wait_for("a third of the events published", lambda: publisher.published >= EVENTS // 3,
-                 lambda: publisher.published, timeout_s=120)
+        wait_for(
+            "a third of the events published",
+            lambda: publisher.published >= EVENTS // 3,
+            lambda: publisher.published,
+            timeout_s=120,
+        )
         restart(fault_settings, "redis")
         publisher.join(DEADLINE_S)
         assert publisher.error is None, f"publishing failed: {publisher.error!r}"
@@ -175,31 +200,41 @@ def test_legacy_counts_every_event_through_a_redis_restart(
             done = status.stats.get("processed", 0) + status.stats.get("dead_lettered", 0)
             return status.drained and done >= EVENTS
 
-        wait_for("legacy to drain after the Redis restart", drained,
-                 lambda: f"{_status(env)}\n{logs()}")
+        wait_for(
+            "legacy to drain after the Redis restart", drained, lambda: f"{_status(env)}\n{logs()}"
+        )
         wait_for("legacy to stay drained", drained, lambda: f"{_status(env)}\n{logs()}")
     finally:
         for p in procs:
             p.stop()
     stats = read_status(env.settings, ask_workers=False).stats
-    assert stats.get("dead_lettered", 0) == 0, (stats, deadletter.read(
-        env.settings.rabbitmq, limit=20, ack=False))
+    assert stats.get("dead_lettered", 0) == 0, (
+        stats,
+        deadletter.read(env.settings.rabbitmq, limit=20, ack=False),
+    )
     assert stats["processed"] == EVENTS, stats
-    customer = {c.key: c.count for c in env.store.scan("customer")
-                if isinstance(c, CustomerCount)}
-    account = {c.key: (c.count, c.uniques) for c in env.store.scan("account")
-               if isinstance(c, AccountCount)}
+    customer = {c.key: c.count for c in env.store.scan("customer") if isinstance(c, CustomerCount)}
+    account = {
+        c.key: (c.count, c.uniques)
+        for c in env.store.scan("account")
+        if isinstance(c, AccountCount)
+    }
     assert customer == {c.key: c.count for c in truth.customer()}
     assert account == {c.key: (c.count, c.uniques) for c in truth.account()}
 
 
 def test_publish_lines_goes_on_through_a_rabbitmq_restart(
-        fault_settings: Settings, env: Env) -> None:
+    fault_settings: Settings, env: Env
+) -> None:
     batch = lines(EVENTS, seed=12)
     publisher = Publisher(env, batch)
     publisher.start()
-    wait_for("a third of the events published", lambda: publisher.published >= EVENTS // 3,
-             lambda: publisher.published, timeout_s=120)
+    wait_for(
+        "a third of the events published",
+        lambda: publisher.published >= EVENTS // 3,
+        lambda: publisher.published,
+        timeout_s=120,
+    )
     restart(fault_settings, "rabbitmq")
     publisher.join(DEADLINE_S)
     assert not publisher.is_alive(), f"publish_lines did not return ({publisher.published})"
@@ -224,8 +259,7 @@ def test_publish_lines_goes_on_through_a_rabbitmq_restart(
     print(f"\n{report.summary()}; extra copies in the queue: {extra}")
 
 
-def test_the_worker_reconnects_after_a_rabbitmq_restart(
-        fault_settings: Settings, env: Env) -> None:
+def test_the_worker_reconnects_after_a_rabbitmq_restart(fault_settings: Settings, env: Env) -> None:
     """Celery's consumer reconnects by itself; tasks delivered and not acked when the
     broker went are redelivered and count again (legacy's documented flaw): nothing is
     under the recount, and legacy drains."""
@@ -233,8 +267,9 @@ def test_the_worker_reconnects_after_a_rabbitmq_restart(
     truth = Recount(dedup=True)
     for line in batch:
         truth.add_raw(line)
-    worker = start_worker(env.settings, WorkerOptions(concurrency=2, flush_interval_s=0),
-                          env.tmp / "worker.log")
+    worker = start_worker(
+        env.settings, WorkerOptions(concurrency=2, flush_interval_s=0), env.tmp / "worker.log"
+    )
     flusher = start_flusher(env.settings, env.tmp / "flusher.log", interval_s=0.5)
     procs: list[WorkerProcess] = [worker, flusher]
 
@@ -244,8 +279,12 @@ def test_the_worker_reconnects_after_a_rabbitmq_restart(
     try:
         publisher = Publisher(env, batch)
         publisher.start()
-        wait_for("a third of the events published", lambda: publisher.published >= EVENTS // 3,
-                 lambda: publisher.published, timeout_s=120)
+        wait_for(
+            "a third of the events published",
+            lambda: publisher.published >= EVENTS // 3,
+            lambda: publisher.published,
+            timeout_s=120,
+        )
         restart(fault_settings, "rabbitmq")
         publisher.join(DEADLINE_S)
         assert publisher.error is None, f"publishing failed: {publisher.error!r}"
@@ -258,16 +297,18 @@ def test_the_worker_reconnects_after_a_rabbitmq_restart(
             done = status.stats.get("processed", 0) + status.stats.get("dead_lettered", 0)
             return status.drained and done >= EVENTS
 
-        wait_for("legacy to drain after the RabbitMQ restart", drained,
-                 lambda: f"{_status(env)}\n{logs()}")
+        wait_for(
+            "legacy to drain after the RabbitMQ restart",
+            drained,
+            lambda: f"{_status(env)}\n{logs()}",
+        )
         wait_for("legacy to stay drained", drained, lambda: f"{_status(env)}\n{logs()}")
     finally:
         for p in procs:
             p.stop()
     stats = read_status(env.settings, ask_workers=False).stats
     assert stats.get("dead_lettered", 0) == 0, stats
-    customer = {c.key: c.count for c in env.store.scan("customer")
-                if isinstance(c, CustomerCount)}
+    customer = {c.key: c.count for c in env.store.scan("customer") if isinstance(c, CustomerCount)}
     want = {c.key: c.count for c in truth.customer()}
     under = {k: (customer.get(k, 0), n) for k, n in want.items() if customer.get(k, 0) < n}
     assert not under, f"{len(under)} keys under the recount, e.g. {list(under.items())[:5]}"
@@ -322,6 +363,9 @@ def test_a_flush_whose_confirm_meets_redis_down_writes_nothing_twice(env: Env) -
         aggregator.close()
         flusher.close()
     assert not letters, letters
-    account = {c.key: (c.count, c.uniques) for c in env.store.scan("account")
-               if isinstance(c, AccountCount)}
+    account = {
+        c.key: (c.count, c.uniques)
+        for c in env.store.scan("account")
+        if isinstance(c, AccountCount)
+    }
     assert account == {c.key: (c.count, c.uniques) for c in truth.account()}

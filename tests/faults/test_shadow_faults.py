@@ -21,8 +21,7 @@ EVENTS, RATE = 450, 20.0
 def test_cassandra_killed_mid_stream_every_pipeline_drains(
     fault_settings: Settings, fault_services: list[StartResult]
 ) -> None:
-    row = run_fault(fault_settings, "cassandra-kill", EVENTS, RATE, seed=3,
-                    drain_timeout_s=300)
+    row = run_fault(fault_settings, "cassandra-kill", EVENTS, RATE, seed=3, drain_timeout_s=300)
     print(f"\n{row}")
     assert "restarted, stale pid cleaned" in row.injected, row.injected
     assert row.error is None and row.exit_code in (0, 1), row  # drained, audited

@@ -49,8 +49,7 @@ def test_bridge_killed_is_restarted_and_loses_nothing(
 def test_statistic_job_killed_is_restored_and_its_excess_reported(
     fault_settings: Settings, fault_services: list[StartResult]
 ) -> None:
-    row = run_fault(fault_settings, "statistic-job-kill", EVENTS, RATE, seed=7,
-                    drain_timeout_s=300)
+    row = run_fault(fault_settings, "statistic-job-kill", EVENTS, RATE, seed=7, drain_timeout_s=300)
     print(f"\n{row}")
     assert row.error is None and row.exit_code in (0, 1), row  # drained, audited
     result = _result(fault_settings, row)
@@ -59,8 +58,10 @@ def test_statistic_job_killed_is_restored_and_its_excess_reported(
     increments = result["abacus_increments"]
     statistic = increments["jobs"]["statistic"]
     excess = row.abacus["excess"]
-    print(f"restart: {restart}\nincrements: {increments}\nexcess {excess} count increments; "
-          f"explanation: {result['explanation']}")
+    print(
+        f"restart: {restart}\nincrements: {increments}\nexcess {excess} count increments; "
+        f"explanation: {result['explanation']}"
+    )
     assert statistic["processes"] == 2, statistic
     assert row.abacus["under"] == 0, row.abacus
     # over the truth by at least what was recorded written again, at most that plus the

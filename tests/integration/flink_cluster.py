@@ -94,26 +94,37 @@ class FlinkCluster:
         config = _config(self.rest_port, free_port(), self.slots)
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(config))
         self.lib_dir.mkdir(exist_ok=True)
-        for jar in [*(FLINK_HOME / "lib").glob("*.jar"),
-                    *(FLINK_HOME / "opt").glob("flink-python-*.jar")]:
+        for jar in [
+            *(FLINK_HOME / "lib").glob("*.jar"),
+            *(FLINK_HOME / "opt").glob("flink-python-*.jar"),
+        ]:
             (self.lib_dir / jar.name).symlink_to(jar)
-        for name in ("log4j-console.properties", "log4j-cli.properties",
-                     "logback-console.xml"):
+        for name in ("log4j-console.properties", "log4j-cli.properties", "logback-console.xml"):
             (self.conf_dir / name).write_bytes((FLINK_HOME / "conf" / name).read_bytes())
         bin_dir = str(Path(sys.executable).parent)
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"JVM_ARGS", "FLINK_ENV_JAVA_OPTS"} and not k.startswith("ABACUS_")}
-        env.update(FLINK_CONF_DIR=str(self.conf_dir), FLINK_LIB_DIR=str(self.lib_dir),
-                   FLINK_LOG_DIR=str(self.log_dir),
-                   FLINK_PID_DIR=str(self.root),
-                   # thread mode: the workers' python must be this virtualenv's, first on PATH
-                   PATH=bin_dir + os.pathsep + env.get("PATH", ""))
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"JVM_ARGS", "FLINK_ENV_JAVA_OPTS"} and not k.startswith("ABACUS_")
+        }
+        env.update(
+            FLINK_CONF_DIR=str(self.conf_dir),
+            FLINK_LIB_DIR=str(self.lib_dir),
+            FLINK_LOG_DIR=str(self.log_dir),
+            FLINK_PID_DIR=str(self.root),
+            # thread mode: the workers' python must be this virtualenv's, first on PATH
+            PATH=bin_dir + os.pathsep + env.get("PATH", ""),
+        )
         for role in ("jobmanager", "taskmanager"):
             with open(self.log_dir / f"{role}.out", "ab") as out:
                 self.procs[role] = subprocess.Popen(
                     ["bash", str(FLINK_HOME / "bin" / f"{role}.sh"), "start-foreground"],
-                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                    cwd=self.root)
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    cwd=self.root,
+                )
         try:
             self._wait_ready()
         except BaseException:
@@ -135,14 +146,18 @@ class FlinkCluster:
             if seen and seen.get("taskmanagers", 0) >= 1 and seen.get("slots-available", 0) >= 1:
                 return
             time.sleep(1)
-        raise ClusterError(f"flink cluster at {self.address} not ready after "
-                           f"{START_TIMEOUT_S}s (overview {seen})\n{self.log_tail()}")
+        raise ClusterError(
+            f"flink cluster at {self.address} not ready after "
+            f"{START_TIMEOUT_S}s (overview {seen})\n{self.log_tail()}"
+        )
 
     def job_errors(self, job_id: str) -> list[str]:
         """The exceptions the cluster recorded for a job (restarts included), newest first."""
         history = self.rest(f"/jobs/{job_id}/exceptions").get("exceptionHistory", {})
-        return [f"{e.get('exceptionName')}: {e.get('stacktrace', '')[:600]}"
-                for e in history.get("entries", [])]
+        return [
+            f"{e.get('exceptionName')}: {e.get('stacktrace', '')[:600]}"
+            for e in history.get("entries", [])
+        ]
 
     def log_tail(self, lines: int = 30) -> str:
         out = []
@@ -165,8 +180,9 @@ class FlinkCluster:
     def __enter__(self) -> FlinkCluster:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

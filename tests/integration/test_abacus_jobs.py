@@ -73,8 +73,9 @@ class Run:
         straight to the topic, past the bridge's checks."""
         from confluent_kafka import Producer
 
-        producer = Producer({**self.settings.kafka.client_config(),
-                             "message.max.bytes": MAX_MESSAGE + 64 * 1024})
+        producer = Producer(
+            {**self.settings.kafka.client_config(), "message.max.bytes": MAX_MESSAGE + 64 * 1024}
+        )
         for line in lines:
             raw = line.encode("utf-8") if isinstance(line, str) else line
             parsed = parse_event(raw)
@@ -87,8 +88,9 @@ class Run:
     def store(self) -> Any:
         import storage
 
-        return storage.CounterStore(storage.Prepared(self.session), self.settings.cassandra,
-                                    "shadow")
+        return storage.CounterStore(
+            storage.Prepared(self.session), self.settings.cassandra, "shadow"
+        )
 
 
 def _truth(lines: list[str] | list[str | bytes]) -> Recount:
@@ -107,30 +109,44 @@ def _customers(counts: Any) -> dict[Any, int]:
 
 
 def _diff(got: dict[Any, Any], want: dict[Any, Any]) -> list[Any]:
-    return sorted(((k, got.get(k), want.get(k)) for k in got.keys() | want.keys()
-                   if got.get(k) != want.get(k)), key=str)[:5]
+    return sorted(
+        (
+            (k, got.get(k), want.get(k))
+            for k in got.keys() | want.keys()
+            if got.get(k) != want.get(k)
+        ),
+        key=str,
+    )[:5]
 
 
 @contextlib.contextmanager
-def isolated_run(settings: Settings, tag: str, dlq_max_message: int = MAX_DLQ_MESSAGE,
-                 **flink: Any) -> Iterator[Run]:
+def isolated_run(
+    settings: Settings, tag: str, dlq_max_message: int = MAX_DLQ_MESSAGE, **flink: Any
+) -> Iterator[Run]:
     """A Run with its own topics, keyspaces, job names and groups (flink settings changed by
     `flink`); on exit its jobs are stopped and everything it made is removed."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     import storage
 
-    private = settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic": f"test.{tag}.events",
-                                                   "dlq_topic": f"test.{tag}.dlq"}),
-        "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
-        "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, **flink}),
-    })
+    private = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"topic": f"test.{tag}.events", "dlq_topic": f"test.{tag}.dlq"}
+            ),
+            "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
+            "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, **flink}),
+        }
+    )
     admin = AdminClient(private.kafka.client_config())
-    futures = admin.create_topics([
-        NewTopic(private.kafka.topic, 4, 1, config={"max.message.bytes": str(MAX_MESSAGE)}),
-        NewTopic(private.kafka.dlq_topic, 1, 1,
-                 config={"max.message.bytes": str(dlq_max_message)})])
+    futures = admin.create_topics(
+        [
+            NewTopic(private.kafka.topic, 4, 1, config={"max.message.bytes": str(MAX_MESSAGE)}),
+            NewTopic(
+                private.kafka.dlq_topic, 1, 1, config={"max.message.bytes": str(dlq_max_message)}
+            ),
+        ]
+    )
     for future in futures.values():
         future.result()
     session = storage.connect(private.cassandra)
@@ -149,11 +165,12 @@ def isolated_run(settings: Settings, tag: str, dlq_max_message: int = MAX_DLQ_ME
             for path in manager.jobs_dir(private).glob(f"{name}.*"):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         for keyspace in [*storage.STORES, storage.OPS]:
-            session.execute(f"DROP KEYSPACE IF EXISTS "
-                            f"{storage.keyspace_of(private.cassandra, keyspace)}", timeout=120)
+            session.execute(
+                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(private.cassandra, keyspace)}",
+                timeout=120,
+            )
         session.cluster.shutdown()
-        for future in admin.delete_topics([private.kafka.topic,
-                                           private.kafka.dlq_topic]).values():
+        for future in admin.delete_topics([private.kafka.topic, private.kafka.dlq_topic]).values():
             future.result()
 
 
@@ -171,14 +188,27 @@ def _exact(run: Run, kinds: tuple[str, ...] = ("statistic", "customer")) -> None
     if "statistic" in kinds:
         got, want = _accounts(store.scan("account")), _accounts(truth.account())
         assert got == want, _diff(got, want)
-        _check_index(run, "account", {(bucket_date(k.bucket), k.company_id, k.statistic_id)
-                                       for k in want if k.resolution == "hour"})
+        _check_index(
+            run,
+            "account",
+            {
+                (bucket_date(k.bucket), k.company_id, k.statistic_id)
+                for k in want
+                if k.resolution == "hour"
+            },
+        )
     if "customer" in kinds:
         got_c, want_c = _customers(store.scan("customer")), _customers(truth.customer())
         assert got_c == want_c, _diff(got_c, want_c)
-        _check_index(run, "customer", {
-            (bucket_date(k.bucket), k.company_id, k.customer_id, k.statistic_id)
-            for k in want_c if k.resolution == "hour"})
+        _check_index(
+            run,
+            "customer",
+            {
+                (bucket_date(k.bucket), k.company_id, k.customer_id, k.statistic_id)
+                for k in want_c
+                if k.resolution == "hour"
+            },
+        )
 
 
 def _check_index(run: Run, level: str, want: set[tuple[str, ...]]) -> None:
@@ -205,9 +235,15 @@ def _dlq_records(run: Run) -> list[Any]:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     topic = run.settings.kafka.dlq_topic
-    consumer = Consumer({**run.settings.kafka.client_config(), "group.id": f"{run.prefix}dlq",
-                         "enable.auto.commit": False, "fetch.max.bytes": 16 * 1024 * 1024,
-                         "max.partition.fetch.bytes": 16 * 1024 * 1024})
+    consumer = Consumer(
+        {
+            **run.settings.kafka.client_config(),
+            "group.id": f"{run.prefix}dlq",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        }
+    )
     try:
         end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -232,7 +268,7 @@ def _expected_dead_letter(raw: bytes, rejection: Rejection) -> tuple[bytes, dict
         escaped |= changed
         if len(text) > MAX_HEADER_CHARS[name]:
             truncated.append(f"{name}={len(text)}")
-        headers[name] = text[:MAX_HEADER_CHARS[name]]
+        headers[name] = text[: MAX_HEADER_CHARS[name]]
     if escaped:
         headers["escaped"] = "1"
     if truncated:
@@ -265,8 +301,10 @@ def test_invalid_events_reach_the_dlq_with_reasons(run: Run) -> None:
         unmatched = Counter(map(_canonical, want))
         unmatched.subtract(map(_canonical, got))
         wrong = {k: n for k, n in unmatched.items() if n}
-        assert not wrong, f"{source}: {len(wrong)} dead letters differ (-1: unexpected), e.g. " \
-                          f"{[(k[0][:80], k[1], n) for k, n in list(wrong.items())[:3]]}"
+        assert not wrong, (
+            f"{source}: {len(wrong)} dead letters differ (-1: unexpected), e.g. "
+            f"{[(k[0][:80], k[1], n) for k, n in list(wrong.items())[:3]]}"
+        )
     for kind in ("statistic", "customer"):
         state = manager.status(run.settings, run.name(kind))
         assert state is not None and state.status == "RUNNING", state
@@ -292,8 +330,9 @@ def test_stopping_one_job_leaves_the_other_counting(run: Run) -> None:
 def test_restart_from_savepoint_is_exact(run: Run) -> None:
     savepoint = manager.status(run.settings, run.name("customer")).savepoint  # type: ignore[union-attr]
     assert savepoint
-    state = manager.start(run.settings, "customer", "shadow",
-                          run.options(from_savepoint=Path(savepoint)))
+    state = manager.start(
+        run.settings, "customer", "shadow", run.options(from_savepoint=Path(savepoint))
+    )
     assert state.restored_from == savepoint
     run.produce(_events(seed=2, n=300))
     manager.wait_drained(run.settings, [run.name("statistic"), run.name("customer")], 300)
@@ -306,8 +345,11 @@ def test_crash_after_write_before_checkpoint_reapplies_increments(run: Run) -> N
     stopped = manager.stop(run.settings, name, savepoint=True)
     assert stopped.savepoint
     # no checkpoint in this run: everything it writes is after its restore point
-    slow = run.settings.model_copy(update={"flink": run.settings.flink.model_copy(
-        update={"checkpoint_interval_ms": 3_600_000})})
+    slow = run.settings.model_copy(
+        update={
+            "flink": run.settings.flink.model_copy(update={"checkpoint_interval_ms": 3_600_000})
+        }
+    )
     state = manager.start(slow, "statistic", "shadow", run.options())
     assert state.restored_from == stopped.savepoint
     batch = _events(seed=3, n=200)
@@ -334,8 +376,10 @@ def test_crash_after_write_before_checkpoint_reapplies_increments(run: Run) -> N
     under = [k for k in truth if got[k][0] < truth[k][0] or got[k][1] < truth[k][1]]
     assert not under, under[:5]
     excess = sum(got[k][0] - truth[k][0] for k in truth)
-    print(f"\nmilestone-1 crash excess: {excess} count increments re-applied "
-          f"({increments} written between the restore point and the crash)")
+    print(
+        f"\nmilestone-1 crash excess: {excess} count increments re-applied "
+        f"({increments} written between the restore point and the crash)"
+    )
     assert excess == increments
 
 
@@ -349,7 +393,8 @@ def _closed_port() -> int:
 
 
 def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
-        settings: Settings, services_up: object) -> None:
+    settings: Settings, services_up: object
+) -> None:
     """Its sink cannot reach Cassandra: every start fails (after the sink's minute of
     connection retries). After its one restart the job ends FAILED, and `job status`,
     its log and what `shadow run` checks on every sample (`monitor.job_problem`) all say so
@@ -362,11 +407,17 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
     from cli import root
     from shadow import monitor
 
-    with isolated_run(settings, f"f{uuid.uuid4().hex[:8]}", restart_attempts=1,
-                      restart_delay_s=2.0, restart_max_delay_s=2.0) as run:
+    with isolated_run(
+        settings,
+        f"f{uuid.uuid4().hex[:8]}",
+        restart_attempts=1,
+        restart_delay_s=2.0,
+        restart_max_delay_s=2.0,
+    ) as run:
         port = _closed_port()
-        broken = run.settings.model_copy(update={"cassandra": run.settings.cassandra.model_copy(
-            update={"port": port})})
+        broken = run.settings.model_copy(
+            update={"cassandra": run.settings.cassandra.model_copy(update={"port": port})}
+        )
         name = run.name("customer")
         manager.launch(broken, "customer", "shadow", run.options())
         seen: list[str] = []
@@ -382,18 +433,19 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
                 shadow_saw.append(stop)
             if state is not None and state.status in manager.ENDED:
                 break
-            assert time.monotonic() < deadline, f"not FAILED after 900 s; seen {seen}, " \
-                                                f"log: {manager.logs(broken, name, 20)}"
+            assert time.monotonic() < deadline, (
+                f"not FAILED after 900 s; seen {seen}, log: {manager.logs(broken, name, 20)}"
+            )
             time.sleep(0.2)
         assert state.status == "FAILED", (seen, state)
         assert state.restarts <= 1, (seen, state)
-        assert state.error and (str(port) in state.error or "contact point" in state.error), \
-            state
+        assert state.error and (str(port) in state.error or "contact point" in state.error), state
         problem = manager.problem(state)
         assert problem is not None and problem.startswith(f"job {name} is FAILED")
         assert problem.endswith(f": {state.error}"), problem
-        assert shadow_saw and shadow_saw[-1] == f"Abacus {problem} (`abacus job logs {name}`)", \
+        assert shadow_saw and shadow_saw[-1] == f"Abacus {problem} (`abacus job logs {name}`)", (
             shadow_saw[-1:]
+        )
         assert state.error in manager.logs(broken, name, 50)  # the reason is in its log
 
         doc = CliRunner().invoke(root, ["job", "status", "--format", "json"])
@@ -404,24 +456,34 @@ def test_a_job_that_keeps_failing_is_reported_failed_with_its_reason(
 
 
 def test_a_dead_letter_the_dlq_refuses_fails_the_job_with_its_reason(
-        settings: Settings, services_up: object) -> None:
+    settings: Settings, services_up: object
+) -> None:
     """The one per-record failure left: a DLQ topic that refuses even the dead letter's head
     (max.message.bytes 1,000 here). The record is not dropped: the job fails on it, once
     restarted, then ends FAILED with the Python operator's error as its reason."""
-    with isolated_run(settings, f"d{uuid.uuid4().hex[:8]}", dlq_max_message=1000,
-                      restart_attempts=1, restart_delay_s=1.0, restart_max_delay_s=1.0) as run:
+    with isolated_run(
+        settings,
+        f"d{uuid.uuid4().hex[:8]}",
+        dlq_max_message=1000,
+        restart_attempts=1,
+        restart_delay_s=1.0,
+        restart_max_delay_s=1.0,
+    ) as run:
         name = run.name("customer")
         run.produce([b'{"event_id": "big", "pad": "' + b"x" * (DLQ_FALLBACK_BYTES + 1) + b'"}'])
         manager.launch(run.settings, "customer", "shadow", run.options())
         deadline = time.monotonic() + 300
-        while (state := manager.status(run.settings, name)) is None \
-                or state.status not in manager.ENDED:
-            assert time.monotonic() < deadline, f"not ended after 300 s: {state}; log: " \
-                                                f"{manager.logs(run.settings, name, 20)}"
+        while (
+            state := manager.status(run.settings, name)
+        ) is None or state.status not in manager.ENDED:
+            assert time.monotonic() < deadline, (
+                f"not ended after 300 s: {state}; log: {manager.logs(run.settings, name, 20)}"
+            )
             time.sleep(0.2)
         # the restart count is sampled while the MiniCluster runs (CI saw 0 of 1): not exact
         assert state.status == "FAILED" and state.restarts <= 1, state
         assert state.error and state.error.startswith(
-            f"RuntimeError: dead-letter publish to {run.settings.kafka.dlq_topic} failed: "), state
+            f"RuntimeError: dead-letter publish to {run.settings.kafka.dlq_topic} failed: "
+        ), state
         assert "MSG_SIZE_TOO_LARGE" in state.error, state
         print(f"\nreason: {state.error}")

@@ -37,10 +37,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
 
 
 @pytest.fixture(scope="module")
-def run(settings: Settings, services_up: object, cluster: FlinkCluster,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    with isolated_run(settings, f"r{uuid.uuid4().hex[:8]}", jobmanager=cluster.address,
-                      checkpoint_dir=tmp_path_factory.mktemp("checkpoints")) as state:
+def run(
+    settings: Settings,
+    services_up: object,
+    cluster: FlinkCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Run]:
+    with isolated_run(
+        settings,
+        f"r{uuid.uuid4().hex[:8]}",
+        jobmanager=cluster.address,
+        checkpoint_dir=tmp_path_factory.mktemp("checkpoints"),
+    ) as state:
         yield state
 
 
@@ -48,8 +56,9 @@ def _options(run: Run, **changes: Any) -> RunOptions:
     return RunOptions(prefix=run.prefix, window_ms=500, **changes)
 
 
-def _wait_exact(run: Run, cluster: FlinkCluster, kinds: tuple[str, ...],
-                timeout_s: float = 300) -> None:
+def _wait_exact(
+    run: Run, cluster: FlinkCluster, kinds: tuple[str, ...], timeout_s: float = 300
+) -> None:
     """Drain on a remote cluster is the consumer lag alone, so poll the store itself; a job
     that failed or restarted on the cluster fails the test at once, with the cluster's error."""
     truth = _truth(run.lines)
@@ -57,8 +66,10 @@ def _wait_exact(run: Run, cluster: FlinkCluster, kinds: tuple[str, ...],
     deadline = time.monotonic() + timeout_s
     while True:
         store = run.store()
-        got = {"statistic": _accounts(store.scan("account")),
-               "customer": _customers(store.scan("customer"))}
+        got = {
+            "statistic": _accounts(store.scan("account")),
+            "customer": _customers(store.scan("customer")),
+        }
         wrong = {kind: _diff(got[kind], want[kind]) for kind in kinds if got[kind] != want[kind]}
         if not wrong:
             return
@@ -67,7 +78,9 @@ def _wait_exact(run: Run, cluster: FlinkCluster, kinds: tuple[str, ...],
         for kind, state in states.items():
             assert state is not None and state.status in manager.RUNNING, (kind, state)
             assert state.job_id and not cluster.job_errors(state.job_id), (
-                kind, cluster.job_errors(state.job_id)[:1])
+                kind,
+                cluster.job_errors(state.job_id)[:1],
+            )
         time.sleep(1)
 
 
@@ -87,8 +100,7 @@ def test_jobs_submitted_to_the_cluster_equal_recount(run: Run, cluster: FlinkClu
         assert cluster.rest(f"/jobs/{now.job_id}")["state"] == "RUNNING"
 
 
-def test_stop_with_savepoint_returns_an_existing_savepoint(run: Run,
-                                                            cluster: FlinkCluster) -> None:
+def test_stop_with_savepoint_returns_an_existing_savepoint(run: Run, cluster: FlinkCluster) -> None:
     for kind in KINDS:
         stopped = manager.stop(run.settings, run.name(kind), savepoint=True)
         assert stopped.status == "STOPPED" and stopped.savepoint, stopped

@@ -70,12 +70,14 @@ class Env:
     tmp: Path
 
     def account(self) -> dict[object, tuple[int, int]]:
-        return {c.key: (c.count, c.uniques) for c in self.store.scan("account")
-                if isinstance(c, AccountCount)}
+        return {
+            c.key: (c.count, c.uniques)
+            for c in self.store.scan("account")
+            if isinstance(c, AccountCount)
+        }
 
     def customer(self) -> dict[object, int]:
-        return {c.key: c.count for c in self.store.scan("customer")
-                if isinstance(c, CustomerCount)}
+        return {c.key: c.count for c in self.store.scan("customer") if isinstance(c, CustomerCount)}
 
     def stats(self) -> dict[str, int]:
         return read_status(self.settings, ask_workers=False).stats
@@ -84,13 +86,20 @@ class Env:
 @pytest.fixture
 def env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env]:
     tag = uuid.uuid4().hex[:8]
-    isolated = settings.model_copy(update={
-        "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"tl{tag}_"}),
-        "redis": settings.redis.model_copy(update={"prefix": f"test:{tag}:"}),
-        "rabbitmq": settings.rabbitmq.model_copy(update={
-            "exchange": f"test.{tag}.events", "legacy_queue": f"test.{tag}.legacy",
-            "shadow_queue": f"test.{tag}.shadow", "dead_letter_queue": f"test.{tag}.dead"}),
-    })
+    isolated = settings.model_copy(
+        update={
+            "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"tl{tag}_"}),
+            "redis": settings.redis.model_copy(update={"prefix": f"test:{tag}:"}),
+            "rabbitmq": settings.rabbitmq.model_copy(
+                update={
+                    "exchange": f"test.{tag}.events",
+                    "legacy_queue": f"test.{tag}.legacy",
+                    "shadow_queue": f"test.{tag}.shadow",
+                    "dead_letter_queue": f"test.{tag}.dead",
+                }
+            ),
+        }
+    )
     session = storage.connect(isolated.cassandra)
     keyspace = storage.keyspace_of(isolated.cassandra, "legacy")
     for cql in storage.statements(isolated.cassandra):
@@ -124,7 +133,8 @@ def wait_done(env: Env, process: WorkerProcess, tasks: int) -> None:
     while streak < 2:
         assert process.alive(), f"the worker died:\n{process.log_tail()}"
         assert time.monotonic() < deadline, (
-            f"legacy did not drain: {read_status(env.settings).to_dict()}\n{process.log_tail()}")
+            f"legacy did not drain: {read_status(env.settings).to_dict()}\n{process.log_tail()}"
+        )
         status = read_status(env.settings)
         done = status.stats.get("processed", 0) + status.stats.get("dead_lettered", 0)
         streak = streak + 1 if status.drained and done >= tasks else 0
@@ -182,8 +192,11 @@ def test_each_event_once_equals_the_recount(env: Env) -> None:
     for level, rows in (("account", list(truth.account())), ("customer", list(truth.customer()))):
         dates = {c.key.bucket[:10] for c in rows if c.key.resolution != "month"}
         for date in dates:
-            want = {c.key: c.count for c in rows if c.key.resolution != "month"
-                    and c.key.bucket[:10] == date}
+            want = {
+                c.key: c.count
+                for c in rows
+                if c.key.resolution != "month" and c.key.bucket[:10] == date
+            }
             got = {c.key: c.count for c in env.store.read_date(date, level)}
             assert got == want, (level, date)
 
@@ -205,8 +218,9 @@ def test_redelivered_events_count_twice_and_only_they(env: Env) -> None:
     lines = corpus(200, seed=4)  # includes the corpus' own redeliveries of an event_id
     chaos = Chaos(redeliver=0.15)
     # each valid message hit by chaos is requeued once after it was counted
-    redelivered = [line for line in lines
-                   if (e := event_of(line)) is not None and chaos.redelivers(e.event_id)]
+    redelivered = [
+        line for line in lines if (e := event_of(line)) is not None and chaos.redelivers(e.event_id)
+    ]
     assert len(redelivered) > 10
     deliveries = lines + redelivered
     process = worker(env, chaos=chaos)
@@ -238,8 +252,9 @@ def test_redelivered_events_count_twice_and_only_they(env: Env) -> None:
     untouched = set(true_account) - set(extra_account)
     assert len(untouched) > len(extra_account)
     assert all(legacy_account[k] == true_account[k] for k in untouched)
-    assert all(legacy_customer[k] == true_customer[k]
-               for k in set(true_customer) - set(extra_customer))
+    assert all(
+        legacy_customer[k] == true_customer[k] for k in set(true_customer) - set(extra_customer)
+    )
     assert env.stats()["chaos_redelivered"] == len(redelivered)
 
 
@@ -260,8 +275,7 @@ def _publish_raw(env: Env, messages: list[amqp.Message]) -> None:
         declare_topology(channel, rabbit)
         channel.confirm_select()
         for message in messages:
-            channel.basic_publish(message, exchange=rabbit.exchange,
-                                  routing_key=rabbit.routing_key)
+            channel.basic_publish(message, exchange=rabbit.exchange, routing_key=rabbit.routing_key)
 
 
 def test_invalid_and_undecodable_messages_are_dead_lettered(env: Env) -> None:
@@ -269,23 +283,34 @@ def test_invalid_and_undecodable_messages_are_dead_lettered(env: Env) -> None:
     good = task_message(valid)
     marker = env.tmp / "unpickled"
 
-    def message(body: bytes, content_type: str = "application/json",
-                headers: dict[str, object] | None = None) -> amqp.Message:
-        return amqp.Message(body, content_type=content_type, content_encoding="utf-8",
-                            application_headers=good.headers if headers is None else headers,
-                            delivery_mode=2)
+    def message(
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, object] | None = None,
+    ) -> amqp.Message:
+        return amqp.Message(
+            body,
+            content_type=content_type,
+            content_encoding="utf-8",
+            application_headers=good.headers if headers is None else headers,
+            delivery_mode=2,
+        )
 
     def body(args: list[object]) -> bytes:
         return json.dumps([args, {}, {}]).encode()
 
     bad_messages = [
-        (message(pickle.dumps(((_Trap(marker),), {}, {})), "application/x-python-serialize"),
-         deadletter.CONTENT_DISALLOWED),
+        (
+            message(pickle.dumps(((_Trap(marker),), {}, {})), "application/x-python-serialize"),
+            deadletter.CONTENT_DISALLOWED,
+        ),
         (message(good.body[:-7]), deadletter.UNDECODABLE),
         (message(b"\xff\xfe not utf-8"), deadletter.UNDECODABLE),
         (message(good.body, headers={}), deadletter.UNKNOWN_TASK),
-        (message(good.body, headers={**good.headers, "task": "other.task"}),
-         deadletter.UNKNOWN_TASK),
+        (
+            message(good.body, headers={**good.headers, "task": "other.task"}),
+            deadletter.UNKNOWN_TASK,
+        ),
         (message(body([valid, valid])), deadletter.BAD_TASK_MESSAGE),
         (message(body([json.loads(valid)])), deadletter.BAD_TASK_MESSAGE),
         (message(b'{"not": "a task body"}'), deadletter.BAD_TASK_MESSAGE),
@@ -336,8 +361,9 @@ def test_a_crash_between_redis_and_cassandra_doubles_big_bertha(env: Env) -> Non
     doubled = {c.key: c.count for c in recount(crashed, dedup=False).account()}
     # the crashed tasks ran their Redis steps twice: Big Bertha counted them twice, Check
     # Uniques recognised the customer the second time, the customer counters wrote once
-    assert env.account() == {c.key: (c.count + doubled.get(c.key, 0), c.uniques)
-                             for c in truth.account()}
+    assert env.account() == {
+        c.key: (c.count + doubled.get(c.key, 0), c.uniques) for c in truth.account()
+    }
     assert env.customer() == {c.key: c.count for c in truth.customer()}
 
 
@@ -368,15 +394,23 @@ def test_a_dropped_flush_loses_the_account_counts(env: Env) -> None:
     # that Check Uniques had not seen in the lost batch
     before = {c.key: c.uniques for c in recount(lines[:10]).account()}
     later = {c.key: c.count for c in recount(lines[10:]).account()}
-    assert env.account() == {c.key: (later[c.key], c.uniques - before.get(c.key, 0))
-                             for c in recount(lines).account() if c.key in later}
+    assert env.account() == {
+        c.key: (later[c.key], c.uniques - before.get(c.key, 0))
+        for c in recount(lines).account()
+        if c.key in later
+    }
 
 
 # -- no input stops legacy, no fault loses an event silently ----------------------------
 
 
-def wait_for(what: str, condition: Callable[[], object], observe: Callable[[], object],
-             timeout_s: float = DRAIN_TIMEOUT_S, poll_s: float = 0.2) -> None:
+def wait_for(
+    what: str,
+    condition: Callable[[], object],
+    observe: Callable[[], object],
+    timeout_s: float = DRAIN_TIMEOUT_S,
+    poll_s: float = 0.2,
+) -> None:
     """Until `condition()` holds; on timeout, fail saying what was observed last."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -399,9 +433,12 @@ class PrivateRedis:
         from services.redis import RedisService
 
         self.port = _free_port()
-        self.settings = settings.model_copy(update={
-            "services": settings.services.model_copy(update={"data_dir": tmp / "redis-data"}),
-            "redis": settings.redis.model_copy(update={"port": self.port, "password": None})})
+        self.settings = settings.model_copy(
+            update={
+                "services": settings.services.model_copy(update={"data_dir": tmp / "redis-data"}),
+                "redis": settings.redis.model_copy(update={"port": self.port, "password": None}),
+            }
+        )
         self.service = RedisService(self.settings)
         self.service.dir.mkdir(parents=True, exist_ok=True)
         self.service.configure()
@@ -409,11 +446,16 @@ class PrivateRedis:
 
     def start(self) -> None:
         log = (self.service.dir / "redis.out").open("ab")
-        self.process = subprocess.Popen(self.service.command(), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.service.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         client = self.client()
-        wait_for(f"redis-server on port {self.port}", lambda: _pings(client),
-                 lambda: (self.service.dir / "redis.out").read_text()[-500:], timeout_s=30)
+        wait_for(
+            f"redis-server on port {self.port}",
+            lambda: _pings(client),
+            lambda: (self.service.dir / "redis.out").read_text()[-500:],
+            timeout_s=30,
+        )
 
     def client(self) -> redis.Redis:
         return redis.Redis(**self.settings.redis.client_kwargs(), socket_timeout=5)
@@ -438,8 +480,7 @@ def private_redis(env: Env) -> Iterator[PrivateRedis]:
     server.kill()
 
 
-def test_redis_keeps_big_berthas_increments_through_a_crash(private_redis: PrivateRedis
-                                                            ) -> None:
+def test_redis_keeps_big_berthas_increments_through_a_crash(private_redis: PrivateRedis) -> None:
     """The config `abacus services up` writes: AOF synced every second, so a SIGKILL of
     Redis loses at most the last second (here: nothing that was synced)."""
     private_redis.start()
@@ -448,10 +489,16 @@ def test_redis_keeps_big_berthas_increments_through_a_crash(private_redis: Priva
     assert client.config_get("appendfsync")["appendfsync"] == "everysec"
     client.hincrby("bb:pending", "c-key", 41)
     client.hincrby("bb:pending", "c-key", 1)
-    wait_for("the AOF to be synced", lambda: client.info("persistence")
-             ["aof_last_write_status"] == "ok" and not client.info("persistence")
-             ["aof_pending_bio_fsync"] and _aof_holds(private_redis, b"c-key"),
-             lambda: client.info("persistence"), timeout_s=30)
+    wait_for(
+        "the AOF to be synced",
+        lambda: (
+            client.info("persistence")["aof_last_write_status"] == "ok"
+            and not client.info("persistence")["aof_pending_bio_fsync"]
+            and _aof_holds(private_redis, b"c-key")
+        ),
+        lambda: client.info("persistence"),
+        timeout_s=30,
+    )
     private_redis.kill()
     private_redis.start()
     assert private_redis.client().hget("bb:pending", "c-key") == b"42"
@@ -469,14 +516,21 @@ def test_the_poison_corpus_is_counted_exactly_or_dead_lettered(env: Env) -> None
     valid = [raw for name, raw in poison if isinstance(expected[name], Event)]
     invalid = Counter(r.reason.value for r in expected.values() if isinstance(r, Rejection))
     assert valid and invalid
-    huge = amqp.Message(b'[["' + b"x" * (7 * 1024 * 1024) + b'"], {}, {}]',
-                        content_type="application/json", content_encoding="utf-8",
-                        application_headers=task_message("{}").headers, delivery_mode=2)
+    huge = amqp.Message(
+        b'[["' + b"x" * (7 * 1024 * 1024) + b'"], {}, {}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers=task_message("{}").headers,
+        delivery_mode=2,
+    )
     # a task argument that itself holds a lone surrogate (escaped at the envelope's level)
-    surrogate_arg = amqp.Message(b'[["\\ud800{\\"event_id\\": \\"x\\"}"], {}, {}]',
-                                 content_type="application/json", content_encoding="utf-8",
-                                 application_headers=task_message("{}").headers,
-                                 delivery_mode=2)
+    surrogate_arg = amqp.Message(
+        b'[["\\ud800{\\"event_id\\": \\"x\\"}"], {}, {}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers=task_message("{}").headers,
+        delivery_mode=2,
+    )
     process = worker(env)
     try:
         report = publish_lines(env.settings.rabbitmq, [raw for _, raw in poison])
@@ -511,14 +565,23 @@ def test_a_message_that_kills_the_worker_is_reported_at_once(env: Env) -> None:
     keep). `legacy status` names the dead worker and why, from the worker itself."""
     process = worker(env)
     try:
-        wait_for("the worker to consume", lambda: read_status(
-            env.settings, ask_workers=False).consumers > 0,
-            lambda: (read_status(env.settings, ask_workers=False), process.log_tail()))
-        _publish_raw(env, [amqp.Message(task_message("{}").body, message_id=b"\xff\xfe",
-                                        content_type="application/json",
-                                        application_headers=task_message("{}").headers)])
-        wait_for("the worker to die", lambda: not process.alive(), process.log_tail,
-                 timeout_s=60)
+        wait_for(
+            "the worker to consume",
+            lambda: read_status(env.settings, ask_workers=False).consumers > 0,
+            lambda: (read_status(env.settings, ask_workers=False), process.log_tail()),
+        )
+        _publish_raw(
+            env,
+            [
+                amqp.Message(
+                    task_message("{}").body,
+                    message_id=b"\xff\xfe",
+                    content_type="application/json",
+                    application_headers=task_message("{}").headers,
+                )
+            ],
+        )
+        wait_for("the worker to die", lambda: not process.alive(), process.log_tail, timeout_s=60)
     finally:
         process.stop()
     status = read_status(env.settings, ask_workers=False)
@@ -529,12 +592,18 @@ def test_a_message_that_kills_the_worker_is_reported_at_once(env: Env) -> None:
     assert "UnicodeDecodeError" in (process.failure() or ""), process.log_tail()
 
 
-def test_transient_redis_errors_are_retried_then_counted(env: Env,
-                                                         private_redis: PrivateRedis) -> None:
+def test_transient_redis_errors_are_retried_then_counted(
+    env: Env, private_redis: PrivateRedis
+) -> None:
     """Redis refuses connections (down), then stalls every write (CLIENT PAUSE: each call
     times out): the tasks retry with backoff and every event is counted exactly once."""
-    settings = env.settings.model_copy(update={"redis": private_redis.settings.redis.model_copy(
-        update={"prefix": env.settings.redis.prefix})})
+    settings = env.settings.model_copy(
+        update={
+            "redis": private_redis.settings.redis.model_copy(
+                update={"prefix": env.settings.redis.prefix}
+            )
+        }
+    )
     env = Env(settings, env.session, env.store, env.tmp)
     config = GeneratorConfig(n=40, seed=8, companies=2, customers=10, facets=2)
     lines = [json.dumps(e) for e in generate(config)]
@@ -542,8 +611,12 @@ def test_transient_redis_errors_are_retried_then_counted(env: Env,
     process = worker(env, redis_timeout_s=0.5, retry_budget_s=120.0)
     try:
         publish_lines(env.settings.rabbitmq, first)  # Redis is not running yet
-        wait_for("a task to retry", lambda: "retrying" in process.log_tail(400),
-                 process.log_tail, timeout_s=60)
+        wait_for(
+            "a task to retry",
+            lambda: "retrying" in process.log_tail(400),
+            process.log_tail,
+            timeout_s=60,
+        )
         private_redis.start()
         wait_done(env, process, len(first))
         stats = env.stats()
@@ -565,30 +638,42 @@ def test_transient_redis_errors_are_retried_then_counted(env: Env,
 
 
 def test_an_event_that_cannot_be_counted_is_dead_lettered_with_its_reason(
-        env: Env, private_redis: PrivateRedis) -> None:
+    env: Env, private_redis: PrivateRedis
+) -> None:
     """Redis stays down past the retry budget: each event is dead-lettered as redis_error
     (nothing counted, nothing acked into oblivion); once Redis is back, counting resumes."""
-    settings = env.settings.model_copy(update={"redis": private_redis.settings.redis.model_copy(
-        update={"prefix": env.settings.redis.prefix})})
+    settings = env.settings.model_copy(
+        update={
+            "redis": private_redis.settings.redis.model_copy(
+                update={"prefix": env.settings.redis.prefix}
+            )
+        }
+    )
     env = Env(settings, env.session, env.store, env.tmp)
     lines = [json.dumps(e) for e in generate(GeneratorConfig(n=4, seed=9, companies=1))]
     process = worker(env, redis_timeout_s=0.5, retry_budget_s=1.0)
     try:
         publish_lines(env.settings.rabbitmq, lines[:3])
-        wait_for("three dead letters", lambda: _dead_count(env) >= 3,
-                 lambda: (_dead_count(env), process.log_tail()), timeout_s=120)
+        wait_for(
+            "three dead letters",
+            lambda: _dead_count(env) >= 3,
+            lambda: (_dead_count(env), process.log_tail()),
+            timeout_s=120,
+        )
         private_redis.start()
         publish_lines(env.settings.rabbitmq, lines[3:])
-        wait_for("the last event counted", lambda: env.stats().get("processed") == 1,
-                 lambda: (env.stats(), process.log_tail()))
+        wait_for(
+            "the last event counted",
+            lambda: env.stats().get("processed") == 1,
+            lambda: (env.stats(), process.log_tail()),
+        )
         wait_done(env, process, 1)
     finally:
         process.stop()
     letters = deadletter.read(env.settings.rabbitmq, limit=10, ack=True)
     assert [d["reason"] for d in letters] == ["redis_error"] * 3
     assert {d["event_id"] for d in letters} == {json.loads(x)["event_id"] for x in lines[:3]}
-    assert all(d["failed_step"] == "redis" and d["already_counted"] == "nothing"
-               for d in letters)
+    assert all(d["failed_step"] == "redis" and d["already_counted"] == "nothing" for d in letters)
     assert json.loads(letters[0]["body"])[0][0] in lines[:3]  # the task, to publish again
     truth = recount(lines[3:])
     assert env.customer() == {c.key: c.count for c in truth.customer()}
@@ -605,14 +690,15 @@ class _FailingParts:
     and fail as a Cassandra that lost its replicas would (a fault injected in front of real
     writes; the others are written as usual)."""
 
-    def __init__(self, writer: CounterWriter, fails: Callable[[object], bool],
-                 times: int = 1_000_000) -> None:
+    def __init__(
+        self, writer: CounterWriter, fails: Callable[[object], bool], times: int = 1_000_000
+    ) -> None:
         self._writer, self._fails, self._times = writer, fails, times
         self.failed = 0
 
     def write(self, parts: dict[object, list[tuple[object, object]]]) -> WriteOutcome:
         failing = {p for p, rows in parts.items() if any(self._fails(k) for k, _ in rows)}
-        failing = set(list(failing)[:max(0, self._times - self.failed)])
+        failing = set(list(failing)[: max(0, self._times - self.failed)])
         outcome = self._writer.write({p: r for p, r in parts.items() if p not in failing})  # type: ignore[arg-type]
         if failing:
             self.failed += len(failing)
@@ -621,8 +707,7 @@ class _FailingParts:
 
 
 def test_a_partly_failed_flush_writes_only_the_rest_next_time(env: Env) -> None:
-    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=60, seed=10, companies=3,
-                                                             facets=3))]
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=60, seed=10, companies=3, facets=3))]
     companies = sorted({json.loads(x)["company_id"] for x in lines})
     assert len(companies) == 3
     aggregator = Aggregator(env.settings, Chaos(), lambda _l: None, Trace(None, "test"))
@@ -630,8 +715,7 @@ def test_a_partly_failed_flush_writes_only_the_rest_next_time(env: Env) -> None:
     try:
         for line in lines:
             assert aggregator.aggregate(line) is Outcome.COUNTED
-        injected = _FailingParts(failing._accounts,
-                                 lambda k: k.company_id == companies[0])  # type: ignore[attr-defined]
+        injected = _FailingParts(failing._accounts, lambda k: k.company_id == companies[0])  # type: ignore[attr-defined]
         failing._accounts = injected  # type: ignore[assignment]
         with pytest.raises(NoHostAvailable):
             failing.flush_once()
@@ -639,7 +723,8 @@ def test_a_partly_failed_flush_writes_only_the_rest_next_time(env: Env) -> None:
         # what was written left the batch; the rest waits, released for the next flush
         rest = {c.key for c in recount(lines).account() if c.key.company_id == companies[0]}
         assert flusher.pending_fields() == sum(
-            1 + (c.uniques > 0) for c in recount(lines).account() if c.key in rest)
+            1 + (c.uniques > 0) for c in recount(lines).account() if c.key in rest
+        )
         written = env.account()
         assert written and all(k.company_id != companies[0] for k in written)
         result = flusher.flush_once()  # claims the released batch at once, no lease wait
@@ -666,13 +751,21 @@ def test_only_one_flusher_works_a_batch_until_its_lease_expires(env: Env) -> Non
         assert batch is not None
         # the slow flusher works on, renewing its lease for well over its length
         with Renewal(slow._bertha, batch, slow.token, 1.0) as renewal:
-            wait_for("five renewals (over a lease and a half)", lambda: renewal.renewals >= 5,
-                     lambda: renewal.renewals, timeout_s=30)
+            wait_for(
+                "five renewals (over a lease and a half)",
+                lambda: renewal.renewals >= 5,
+                lambda: renewal.renewals,
+                timeout_s=30,
+            )
             assert other.flush_once().batches == 0  # its lease holds: not claimed
             assert client.exists(keys.batch(batch))
         # the slow flusher stops renewing (as if it died): the lease expires, then it's claimed
-        wait_for("the lease to expire", lambda: not client.exists(keys.lease(batch)),
-                 lambda: client.pttl(keys.lease(batch)), timeout_s=30)
+        wait_for(
+            "the lease to expire",
+            lambda: not client.exists(keys.lease(batch)),
+            lambda: client.pttl(keys.lease(batch)),
+            timeout_s=30,
+        )
         result = other.flush_once()
         assert result.batches == 1
         with pytest.raises(LeaseLost):  # the old holder can no longer finish it
@@ -752,11 +845,11 @@ def test_a_cassandra_outage_is_retried_then_counted_exactly(env: Env) -> None:
     step is done once, their customer write retried with backoff until Cassandra is back;
     Big Bertha's flushes fail and are written later; every count exact, none lost."""
     proxy = CuttableProxy((env.settings.cassandra.hosts[0], env.settings.cassandra.port))
-    settings = env.settings.model_copy(update={"cassandra": env.settings.cassandra.model_copy(
-        update={"port": proxy.port})})
+    settings = env.settings.model_copy(
+        update={"cassandra": env.settings.cassandra.model_copy(update={"port": proxy.port})}
+    )
     env = Env(settings, env.session, env.store, env.tmp)
-    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=30, seed=12, companies=2,
-                                                             facets=2))]
+    lines = [json.dumps(e) for e in generate(GeneratorConfig(n=30, seed=12, companies=2, facets=2))]
     before, during = lines[:10], lines[10:]
     process = worker(env, retry_budget_s=180.0)
     try:
@@ -764,9 +857,12 @@ def test_a_cassandra_outage_is_retried_then_counted_exactly(env: Env) -> None:
         wait_done(env, process, len(before))  # nothing in flight to Cassandra now
         proxy.cut()
         publish_lines(env.settings.rabbitmq, during)
-        wait_for("a customer write to be retried",
-                 lambda: "cassandra step failed" in process.log_tail(400),
-                 process.log_tail, timeout_s=120)
+        wait_for(
+            "a customer write to be retried",
+            lambda: "cassandra step failed" in process.log_tail(400),
+            process.log_tail,
+            timeout_s=120,
+        )
         proxy.restore()
         wait_done(env, process, len(lines))
     finally:
@@ -789,8 +885,13 @@ def test_each_step_of_a_retried_task_is_applied_once(env: Env) -> None:
     event = event_of(lines[0])
     assert event is not None
     keys = RedisKeys.of(env.settings.redis)
-    aggregator = Aggregator(env.settings, Chaos(), lambda _l: None, Trace(None, "test"),
-                            RetryPolicy(budget_s=30.0, first_backoff_s=0.01))
+    aggregator = Aggregator(
+        env.settings,
+        Chaos(),
+        lambda _l: None,
+        Trace(None, "test"),
+        RetryPolicy(budget_s=30.0, first_backoff_s=0.01),
+    )
     flusher = Flusher(env.settings)
     try:
         bertha = aggregator._bertha
@@ -804,8 +905,7 @@ def test_each_step_of_a_retried_task_is_applied_once(env: Env) -> None:
         twice = {c.key: (2 * c.count, c.uniques) for c in recount(lines[:1]).account()}
         assert env.account() == twice
         # the customer write: the month partition fails once, the rest is written once
-        flaky = _FailingParts(aggregator._customers,
-                              lambda k: k.resolution == "month", times=1)  # type: ignore[attr-defined]
+        flaky = _FailingParts(aggregator._customers, lambda k: k.resolution == "month", times=1)  # type: ignore[attr-defined]
         aggregator._customers = flaky  # type: ignore[assignment]
         assert aggregator.aggregate(lines[1]) is Outcome.COUNTED
         assert flaky.failed == 1  # the month partition, once; hour+day written once
@@ -824,10 +924,16 @@ def test_hostile_headers_are_dead_lettered_not_dropped(env: Env) -> None:
 
     valid = tricky_lines()[0]
     good = task_message(valid)
-    messages = [amqp.Message(good.body, content_type="application/json",
-                             content_encoding="utf-8", delivery_mode=2,
-                             application_headers={**good.headers, name: value})
-                for name, value in HOSTILE_HEADERS]
+    messages = [
+        amqp.Message(
+            good.body,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            application_headers={**good.headers, name: value},
+        )
+        for name, value in HOSTILE_HEADERS
+    ]
     process = worker(env)
     try:
         _publish_raw(env, messages)

@@ -50,18 +50,30 @@ def test_validate_is_parse_event(line: str) -> None:
         side, row = out[0]  # type: ignore[misc]
         assert isinstance(side, _Tag)
         assert (bytes(row[0]), row[1], row[2], row[3]) == (
-            line.encode(), parsed.reason.value, parsed.detail, parsed.event_id or "")
+            line.encode(),
+            parsed.reason.value,
+            parsed.detail,
+            parsed.event_id or "",
+        )
     else:
         event_id, company, customer, statistic, *labels, facets, values = out[0]  # type: ignore[misc]
         assert (event_id, company, customer, statistic) == (
-            parsed.event_id, parsed.company_id, parsed.customer_id, parsed.statistic_id)
+            parsed.event_id,
+            parsed.company_id,
+            parsed.customer_id,
+            parsed.statistic_id,
+        )
         # what the SQL forms from the row (every label with every facet pair) are the
         # contract's keys, in its order
-        assert [AccountKey(company, statistic, r, b, f, v)
-                for r, b in zip(RESOLUTIONS, labels, strict=True)
-                for f, v in zip(facets, values, strict=True)] == account_keys(parsed)
-        assert [CustomerKey(company, customer, statistic, r, b)
-                for r, b in zip(RESOLUTIONS, labels, strict=True)] == customer_keys(parsed)
+        assert [
+            AccountKey(company, statistic, r, b, f, v)
+            for r, b in zip(RESOLUTIONS, labels, strict=True)
+            for f, v in zip(facets, values, strict=True)
+        ] == account_keys(parsed)
+        assert [
+            CustomerKey(company, customer, statistic, r, b)
+            for r, b in zip(RESOLUTIONS, labels, strict=True)
+        ] == customer_keys(parsed)
     # the customer job's Validate: the same rejection, or the same row up to the labels
     customer = _validated(line, facets=False)
     assert len(customer) == 1
@@ -73,7 +85,7 @@ def test_validate_is_parse_event(line: str) -> None:
 
 def test_every_reason_goes_to_the_side_output() -> None:
     for line, reason in invalid_lines():
-        (_, row), = _validated(line)  # type: ignore[misc]
+        ((_, row),) = _validated(line)  # type: ignore[misc]
         assert row[1] == reason
 
 
@@ -99,8 +111,9 @@ def test_job_names_and_groups() -> None:
 
 def test_latest_restore_point_is_the_newest(tmp_path: Path) -> None:
     settings = load_settings()
-    settings = settings.model_copy(update={"flink": settings.flink.model_copy(
-        update={"checkpoint_dir": tmp_path})})
+    settings = settings.model_copy(
+        update={"flink": settings.flink.model_copy(update={"checkpoint_dir": tmp_path})}
+    )
     assert latest_checkpoint(settings, "statistic") is None
     old = tmp_path / "statistic" / "abc" / "chk-3"
     new = tmp_path / "statistic" / "savepoints" / "savepoint-abc-1"
@@ -125,12 +138,15 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     assert json.loads(file.path.read_text())["status"] == "RUNNING"
 
 
-@pytest.mark.parametrize("args", [
-    ["job", "run", "nope"],
-    ["job", "run", "statistic", "--target", "legacy"],
-    ["job", "run", "statistic", "--fresh", "--from-savepoint", "/x"],
-    ["job", "run", "statistic", "--window-ms", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["job", "run", "nope"],
+        ["job", "run", "statistic", "--target", "legacy"],
+        ["job", "run", "statistic", "--fresh", "--from-savepoint", "/x"],
+        ["job", "run", "statistic", "--window-ms", "0"],
+    ],
+)
 def test_wrong_arguments_exit_non_zero_with_a_hint(args: list[str]) -> None:
     from cli import root
 
@@ -148,15 +164,14 @@ def test_stop_of_an_unknown_job_says_what_to_do(tmp_path: Path) -> None:
     assert "abacus job status" in result.output
 
 
-
-
 # -- no record fails a job; dead letters are writable for any input --------------------------
+
 
 def _dead_letter(raw: bytes) -> tuple[Any, list[tuple[str, bytes]]]:
     """Validate's side-output row for `raw` and the DLQ headers DeadLetter writes for it."""
     from abacus.operators import dead_letter_headers
 
-    (tag, row), = list(Validate(_Tag(), True).process_element(raw, None))  # type: ignore[misc,arg-type]
+    ((tag, row),) = list(Validate(_Tag(), True).process_element(raw, None))  # type: ignore[misc,arg-type]
     assert isinstance(tag, _Tag)
     return row, dead_letter_headers(row, "abacus-statistic")
 
@@ -177,7 +192,7 @@ def test_every_poison_line_is_counted_or_dead_lettered_writably(name: str, raw: 
     assert got["reason"] == parsed.reason.value
     event_id = parsed.event_id or ""
     text, escaped = escape(event_id)
-    assert got["event_id"] == text[:MAX_HEADER_CHARS["event_id"]]
+    assert got["event_id"] == text[: MAX_HEADER_CHARS["event_id"]]
     assert ("escaped" in got) == (escaped or escape(parsed.detail)[1])
     if len(text) > MAX_HEADER_CHARS["event_id"]:
         assert f"event_id={len(text)}" in got["truncated"].split(",")
@@ -185,8 +200,10 @@ def test_every_poison_line_is_counted_or_dead_lettered_writably(name: str, raw: 
 
 
 def test_a_lone_surrogate_event_id_is_escaped_and_said_so() -> None:
-    raw = b'{"event_id": "\\ud800", "company_id": "C", "customer_id": "U", ' \
-          b'"statistic_id": "S", "timestamp": 1700000000}'
+    raw = (
+        b'{"event_id": "\\ud800", "company_id": "C", "customer_id": "U", '
+        b'"statistic_id": "S", "timestamp": 1700000000}'
+    )
     _, headers = _dead_letter(raw)
     got = dict(headers)
     assert got["event_id"] == b"\\ud800" and got["escaped"] == b"1"
@@ -234,21 +251,30 @@ def test_an_operator_error_dead_letters_the_record(monkeypatch: pytest.MonkeyPat
 
 # -- bounded restarts; a failing job is reported at once, with its reason --------------------
 
+
 def test_the_restart_strategy_is_bounded() -> None:
     from abacus.environment import restart_strategy
 
     settings = load_settings()
-    flink = settings.flink.model_copy(update={"restart_attempts": 3, "restart_delay_s": 5,
-                                              "restart_max_delay_s": 60,
-                                              "restart_reset_s": 600})
+    flink = settings.flink.model_copy(
+        update={
+            "restart_attempts": 3,
+            "restart_delay_s": 5,
+            "restart_max_delay_s": 60,
+            "restart_reset_s": 600,
+        }
+    )
     conf = restart_strategy(settings.model_copy(update={"flink": flink}))
     prefix = "restart-strategy.exponential-delay."
     assert conf["restart-strategy.type"] == "exponential-delay"
     assert conf[prefix + "attempts-before-reset-backoff"] == "3"
     assert (conf[prefix + "initial-backoff"], conf[prefix + "max-backoff"]) == (
-        "5000 ms", "60000 ms")
-    none = restart_strategy(settings.model_copy(update={
-        "flink": flink.model_copy(update={"restart_attempts": 0})}))
+        "5000 ms",
+        "60000 ms",
+    )
+    none = restart_strategy(
+        settings.model_copy(update={"flink": flink.model_copy(update={"restart_attempts": 0})})
+    )
     assert none == {"restart-strategy.type": "none"}
 
 
@@ -266,21 +292,33 @@ def test_the_reason_is_the_root_exception_line() -> None:
     from abacus.remote import error_line, root_cause
 
     assert root_cause(_TRACE) == "ValueError: boom on \\ud800 record 3"
-    assert root_cause("org.x.AllNodesFailedException: Could not reach any contact point\n"
-                      "\tat x") == "org.x.AllNodesFailedException: Could not reach any " \
-                                   "contact point"
+    assert (
+        root_cause("org.x.AllNodesFailedException: Could not reach any contact point\n\tat x")
+        == "org.x.AllNodesFailedException: Could not reach any "
+        "contact point"
+    )
     assert root_cause("") == "no reason given"
     assert root_cause("Caused by: X: \ud800") == "X: \\ud800"  # always encodable
     assert error_line("INFO all is well\nINFO job running") is None
-    assert error_line("Traceback (most recent call last):\n  File x\nOSError: gone\n") == \
-        "OSError: gone"
+    assert (
+        error_line("Traceback (most recent call last):\n  File x\nOSError: gone\n")
+        == "OSError: gone"
+    )
 
 
 def _state(status: str, failures_ago_s: tuple[float, ...] = (), **changes: object) -> JobState:
     now_ms = time.time() * 1000
-    return JobState("t-statistic", "statistic", "shadow", 1, status, 1.0, restarts=len(
-        failures_ago_s), failure_times_ms=[int(now_ms - s * 1000) for s in failures_ago_s],
-        **changes)  # type: ignore[arg-type]
+    return JobState(
+        "t-statistic",
+        "statistic",
+        "shadow",
+        1,
+        status,
+        1.0,
+        restarts=len(failures_ago_s),
+        failure_times_ms=[int(now_ms - s * 1000) for s in failures_ago_s],
+        **changes,
+    )  # type: ignore[arg-type]
 
 
 def test_a_failed_or_restart_looping_job_is_a_problem_with_its_reason() -> None:
@@ -294,14 +332,17 @@ def test_a_failed_or_restart_looping_job_is_a_problem_with_its_reason() -> None:
     old = _state("RUNNING", (300, 200, 100), error="X: long ago")
     assert manager.problem(old) is None and manager.describe(old) == "RUNNING"
     looping = _state("RESTARTING", (50, 20, 2), error="X: again")
-    assert manager.describe(looping) == \
-        "RESTARTING (restart-looping: 3 restarts in the last minute)"
-    assert manager.problem(looping) == ("job t-statistic is restart-looping (RESTARTING, 3 "
-                                        "restarts in the last minute): X: again")
+    assert (
+        manager.describe(looping) == "RESTARTING (restart-looping: 3 restarts in the last minute)"
+    )
+    assert manager.problem(looping) == (
+        "job t-statistic is restart-looping (RESTARTING, 3 restarts in the last minute): X: again"
+    )
     failed = _state("FAILED", (50, 20, 2), error="AllNodesFailedException: no Cassandra")
     assert manager.describe(failed) == "FAILED"
-    assert manager.problem(failed) == ("job t-statistic is FAILED after 3 restart(s): "
-                                       "AllNodesFailedException: no Cassandra")
+    assert manager.problem(failed) == (
+        "job t-statistic is FAILED after 3 restart(s): AllNodesFailedException: no Cassandra"
+    )
     assert manager.problem(_state("STOPPED")) is None
 
 
@@ -313,8 +354,9 @@ def test_job_status_and_shadow_runs_report_a_failing_job(tmp_path: Path) -> None
     from shadow import monitor
 
     settings = load_settings()
-    settings = settings.model_copy(update={"services": settings.services.model_copy(
-        update={"data_dir": tmp_path})})
+    settings = settings.model_copy(
+        update={"services": settings.services.model_copy(update={"data_dir": tmp_path})}
+    )
     failed = _state("FAILED", (5, 3, 1), error="pemja: ValueError: [/bold] \u202e")
     manager.state_file(settings, "t-statistic").write(failed)
     running = _state("RUNNING").replace(name="t-customer", pid=None, remote=None)
@@ -344,35 +386,48 @@ def test_a_lost_job_gets_the_error_its_runner_logged_since_it_started(tmp_path: 
     from abacus.state import start_line
 
     settings = load_settings()
-    settings = settings.model_copy(update={"services": settings.services.model_copy(
-        update={"data_dir": tmp_path})})
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    settings = settings.model_copy(
+        update={"services": settings.services.model_copy(update={"data_dir": tmp_path})}
+    )
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pid = int(gone.stdout)  # a process that has exited
     manager.state_file(settings, "t-customer").write(
-        JobState("t-customer", "customer", "shadow", pid, "RUNNING", 1.0))
+        JobState("t-customer", "customer", "shadow", pid, "RUNNING", 1.0)
+    )
     log = manager.log_path(settings, "t-customer")
-    log.write_text(f"INFO {start_line('t-customer', 1)}\nOSError: an earlier run's error\n"
-                   f"INFO {start_line('t-customer', pid)}\nINFO job t-customer running\n")
+    log.write_text(
+        f"INFO {start_line('t-customer', 1)}\nOSError: an earlier run's error\n"
+        f"INFO {start_line('t-customer', pid)}\nINFO job t-customer running\n"
+    )
     assert manager.status(settings, "t-customer").error is None  # type: ignore[union-attr]
     with log.open("a") as f:
-        f.write("Traceback (most recent call last):\n  File x\n"
-                "java.lang.OutOfMemoryError: Java heap space\n")
+        f.write(
+            "Traceback (most recent call last):\n  File x\n"
+            "java.lang.OutOfMemoryError: Java heap space\n"
+        )
     state = manager.status(settings, "t-customer")
     assert state is not None and state.status == "LOST"
     assert state.error == "java.lang.OutOfMemoryError: Java heap space"
-    assert manager.problem(state) == ("job t-customer is LOST: java.lang.OutOfMemoryError: "
-                                      "Java heap space")
+    assert manager.problem(state) == (
+        "job t-customer is LOST: java.lang.OutOfMemoryError: Java heap space"
+    )
 
 
 def test_waiting_for_a_drain_stops_at_once_on_a_failed_job(tmp_path: Path) -> None:
     from abacus import manager
 
     settings = load_settings()
-    settings = settings.model_copy(update={"services": settings.services.model_copy(
-        update={"data_dir": tmp_path})})
+    settings = settings.model_copy(
+        update={"services": settings.services.model_copy(update={"data_dir": tmp_path})}
+    )
     manager.state_file(settings, "t-statistic").write(
-        _state("FAILED", (3, 2, 1), error="X: the sink gave up"))
+        _state("FAILED", (3, 2, 1), error="X: the sink gave up")
+    )
     # the job's problem, not "not drained after 600 s" (nor a server asked for its lag)
     with pytest.raises(manager.JobError, match=r"is FAILED after 3 restart.*X: the sink gave"):
         manager.wait_drained(settings, ["t-statistic"], timeout_s=600)

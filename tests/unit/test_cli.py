@@ -14,11 +14,18 @@ from counting.corpus import invalid_lines, tricky_lines
 ABACUS = [sys.executable, "-c", "import cli; cli.main()"]
 
 
-def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ABACUS, *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd,
-                          check=False)
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ABACUS, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
+    )
 
 
 def test_recount_prints_the_exchange_format_and_rejects_apart(tmp_path: Path) -> None:
@@ -39,8 +46,10 @@ def test_recount_prints_the_exchange_format_and_rejects_apart(tmp_path: Path) ->
 
 
 def test_recount_reads_stdin_and_json_format() -> None:
-    line = ('{"event_id":"e","company_id":"C","customer_id":"U","statistic_id":"S",'
-            '"timestamp":1544153562}')
+    line = (
+        '{"event_id":"e","company_id":"C","customer_id":"U","statistic_id":"S",'
+        '"timestamp":1544153562}'
+    )
     done = run("recount", "--events", "-", "--format", "json", stdin=line + "\n" + line)
     assert done.returncode == 0, done.stderr
     records = json.loads(done.stdout)
@@ -59,8 +68,12 @@ def test_generate_is_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def test_a_wrong_argument_is_one_line_and_exit_2() -> None:
-    for args in (["generate", "--n", "many"], ["generate", "--timezones", "Mars/Base"],
-                 ["recount", "--events", "/nonexistent/file"], ["nope"]):
+    for args in (
+        ["generate", "--n", "many"],
+        ["generate", "--timezones", "Mars/Base"],
+        ["recount", "--events", "/nonexistent/file"],
+        ["nope"],
+    ):
         done = run(*args)
         assert done.returncode == 2, args
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -69,10 +82,18 @@ def test_a_wrong_argument_is_one_line_and_exit_2() -> None:
 
 def test_config_show_masks_secrets_from_toml_and_env(tmp_path: Path) -> None:
     config = tmp_path / "abacus.toml"
-    config.write_text('[kafka]\nsasl_username = "svc"\nsasl_password = "toml-secret"\n'
-                      '[cassandra]\nport = 9142\n')
-    done = run("--config", str(config), "config", "show", "--format", "json",
-               env={"ABACUS_REDIS__PASSWORD": "env-secret", "ABACUS_RABBITMQ__PORT": "5999"})
+    config.write_text(
+        '[kafka]\nsasl_username = "svc"\nsasl_password = "toml-secret"\n[cassandra]\nport = 9142\n'
+    )
+    done = run(
+        "--config",
+        str(config),
+        "config",
+        "show",
+        "--format",
+        "json",
+        env={"ABACUS_REDIS__PASSWORD": "env-secret", "ABACUS_RABBITMQ__PORT": "5999"},
+    )
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["cassandra"]["port"] == 9142

@@ -24,10 +24,10 @@ from counting import AccountCount, AccountKey, CustomerCount, CustomerKey, Recou
 from counting.generate import GeneratorConfig, generate
 
 
-def acc(company: str, hour: str, count: int, uniques: int, facet: str = "",
-        value: str = "") -> AccountCount:
-    return AccountCount(AccountKey(company, "opened", "hour", hour, facet, value), count,
-                        uniques)
+def acc(
+    company: str, hour: str, count: int, uniques: int, facet: str = "", value: str = ""
+) -> AccountCount:
+    return AccountCount(AccountKey(company, "opened", "hour", hour, facet, value), count, uniques)
 
 
 def cus(company: str, customer: str, hour: str, count: int) -> CustomerCount:
@@ -39,11 +39,17 @@ H = "2025-12-01T03"
 
 def run(left, right, truth=None, redelivered=None, **kw):
     tally = Tally()
-    records = [m.to_record() for m in diff(sorted(left, key=order), sorted(right, key=order),
-                                           None if truth is None else sorted(truth, key=order),
-                                           None if redelivered is None
-                                           else sorted(redelivered, key=order),
-                                           tally=tally, **kw)]
+    records = [
+        m.to_record()
+        for m in diff(
+            sorted(left, key=order),
+            sorted(right, key=order),
+            None if truth is None else sorted(truth, key=order),
+            None if redelivered is None else sorted(redelivered, key=order),
+            tally=tally,
+            **kw,
+        )
+    ]
     return records, tally
 
 
@@ -90,8 +96,13 @@ def test_redelivery_is_named_and_can_be_allowed() -> None:
 
 
 def test_not_a_redelivery_when_the_value_does_not_match_deliveries() -> None:
-    (record,), _ = run([acc("A", H, 6, 2)], [acc("A", H, 3, 2)], [acc("A", H, 3, 2)],
-                       [acc("A", H, 1, 1)], allow_redeliveries=True)
+    (record,), _ = run(
+        [acc("A", H, 6, 2)],
+        [acc("A", H, 3, 2)],
+        [acc("A", H, 3, 2)],
+        [acc("A", H, 1, 1)],
+        allow_redeliveries=True,
+    )
     assert record["redelivery"] is None and record["defect"] is True
 
 
@@ -109,8 +120,9 @@ def test_tolerance_parse_and_bounds() -> None:
 
 
 def test_tolerated_differences_are_reported_but_not_defects() -> None:
-    records, _ = run([acc("A", H, 100, 10)], [acc("A", H, 101, 10)],
-                     tolerance=Tolerance.parse(["count=1"]))
+    records, _ = run(
+        [acc("A", H, 100, 10)], [acc("A", H, 101, 10)], tolerance=Tolerance.parse(["count=1"])
+    )
     assert records[0]["defect"] is False
     records, _ = run([acc("A", H, 100, 10)], [acc("A", H, 101, 10)], tolerance=EXACT)
     assert records[0]["defect"] is True
@@ -165,8 +177,9 @@ def test_diff_finds_exactly_the_perturbed_keys(seed: int, changes: int) -> None:
 
 
 def test_classify_absent_equals_zero() -> None:
-    assert classify(AccountKey("A", "s", "hour", H, "", ""), (0, 0), None, None, None,
-                    False) is None
+    assert (
+        classify(AccountKey("A", "s", "hour", H, "", ""), (0, 0), None, None, None, False) is None
+    )
 
 
 def _by_unit(items):
@@ -179,8 +192,12 @@ def _by_unit(items):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=20),
-       st.booleans(), st.booleans())
+@given(
+    st.integers(min_value=0, max_value=10_000),
+    st.integers(min_value=0, max_value=20),
+    st.booleans(),
+    st.booleans(),
+)
 def test_diff_rows_equals_diff(seed: int, changes: int, with_truth: bool, shuffle: bool) -> None:
     """The audit's row diff (per unit, whole-row shortcuts) says what the streaming diff
     says: same records, same tally, whatever the row order and whichever side differs."""
@@ -201,9 +218,16 @@ def test_diff_rows_equals_diff(seed: int, changes: int, with_truth: bool, shuffl
     left, right, truth = sides
     redelivered = [c._replace(count=1) for c in base[::7]]
     tally_a = Tally()
-    expected = [m.to_record() for m in diff(left, right, truth if with_truth else None,
-                                            redelivered if with_truth else None,
-                                            tally=tally_a)]
+    expected = [
+        m.to_record()
+        for m in diff(
+            left,
+            right,
+            truth if with_truth else None,
+            redelivered if with_truth else None,
+            tally=tally_a,
+        )
+    ]
     tally_b = Tally()
     got = []
     sides_rows = [_by_unit(s) for s in (left, right, truth, redelivered)]
@@ -213,9 +237,17 @@ def test_diff_rows_equals_diff(seed: int, changes: int, with_truth: bool, shuffl
         if shuffle:
             for r in rows:
                 rng.shuffle(r)
-        got += [m.to_record() for m in diff_rows(
-            unit, rows[0], rows[1], rows[2] if with_truth else None,
-            rows[3] if with_truth else None, tally=tally_b)]
+        got += [
+            m.to_record()
+            for m in diff_rows(
+                unit,
+                rows[0],
+                rows[1],
+                rows[2] if with_truth else None,
+                rows[3] if with_truth else None,
+                tally=tally_b,
+            )
+        ]
     assert got == expected
     assert tally_b == tally_a
 
@@ -238,8 +270,13 @@ def test_truth_rows_are_the_date_counters_of_the_recount(include_month: bool) ->
     a redelivered duplicate is counted apart."""
     from compare.truth import on_date, truth_of, unit_of
 
-    events = list(generate(GeneratorConfig(n=300, seed=3, companies=3, customers=40,
-                                           span_s=3 * 86_400, duplicate_share=0.1)))
+    events = list(
+        generate(
+            GeneratorConfig(
+                n=300, seed=3, companies=3, customers=40, span_s=3 * 86_400, duplicate_share=0.1
+            )
+        )
+    )
     date = "2025-12-02"
     truth = truth_of(events, date, include_month, "test")
     expected: dict = {}

@@ -16,12 +16,21 @@ DAY = "2025-11-02"
 T0 = datetime(2025, 11, 3, 6, tzinfo=UTC)
 
 
-def record(outcome: str, minutes: int, truth: str = "kafka", state: str = "done",
-           **params: Any) -> AuditRecord:
+def record(
+    outcome: str, minutes: int, truth: str = "kafka", state: str = "done", **params: Any
+) -> AuditRecord:
     p = AuditParams(DAY, "legacy", "shadow", truth=truth, **params).to_dict()
-    return AuditRecord(f"{DAY}-{outcome}-{minutes}", DAY, "legacy", "shadow", truth, p,
-                       state=state, outcome=outcome,
-                       started_at=T0 + timedelta(minutes=minutes))
+    return AuditRecord(
+        f"{DAY}-{outcome}-{minutes}",
+        DAY,
+        "legacy",
+        "shadow",
+        truth,
+        p,
+        state=state,
+        outcome=outcome,
+        started_at=T0 + timedelta(minutes=minutes),
+    )
 
 
 class Store:
@@ -29,8 +38,9 @@ class Store:
         self.records = records
 
     def of_date(self, date: str) -> list[AuditRecord]:
-        return sorted((r for r in self.records if r.date == date),
-                      key=lambda r: r.started_at, reverse=True)
+        return sorted(
+            (r for r in self.records if r.date == date), key=lambda r: r.started_at, reverse=True
+        )
 
 
 def gate(*records: AuditRecord, scope: GateScope = EXACT_GATE) -> Any:
@@ -53,12 +63,14 @@ def test_a_full_audit_is_full_scope() -> None:
     assert narrowed_by(record("clean", 0)) == []
     assert narrowed_by(record("clean", 0, include_month=True)) == []
     assert narrowed_by(AuditRecord("x", DAY, "legacy", "shadow", "kafka", {})) == [
-        "parameters unknown"]
+        "parameters unknown"
+    ]
 
 
 @pytest.mark.parametrize(("change", "reason"), NARROWED)
 def test_a_later_narrowed_clean_audit_cannot_hide_a_dirty_full_one(
-        change: dict[str, Any], reason: str) -> None:
+    change: dict[str, Any], reason: str
+) -> None:
     truth = change.pop("truth", "kafka")
     narrowed = record("clean", 10, truth=truth, **change)
     assert any(r.startswith(reason) for r in narrowed_by(narrowed)), narrowed_by(narrowed)
@@ -76,8 +88,11 @@ def test_the_latest_full_audit_decides() -> None:
     assert gate(record("dirty", 0), record("clean", 5)).clean
     assert not gate(record("clean", 0), record("dirty", 5)).clean
     # unfinished audits decide nothing
-    assert gate(record("clean", 0), record("error", 5, state="failed"),
-                record("running", 7, state="running")).clean
+    assert gate(
+        record("clean", 0),
+        record("error", 5, state="failed"),
+        record("running", 7, state="running"),
+    ).clean
 
 
 def test_the_gate_may_accept_a_tolerance_and_redeliveries() -> None:
@@ -98,5 +113,10 @@ def test_the_day_reports_what_was_not_counted() -> None:
     verdict = gate(record("clean", 0), record("dirty", 5, companies=("a",), level="account"))
     day = verdict.days[0].to_dict()
     assert verdict.clean and day["outcome"] == "clean"
-    assert day["not_counted"] == [{"audit_id": f"{DAY}-dirty-5", "outcome": "dirty",
-                                   "narrowed_by": ["level account only", "company filter"]}]
+    assert day["not_counted"] == [
+        {
+            "audit_id": f"{DAY}-dirty-5",
+            "outcome": "dirty",
+            "narrowed_by": ["level account only", "company filter"],
+        }
+    ]

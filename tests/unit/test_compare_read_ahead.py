@@ -66,8 +66,7 @@ def test_chunks_in_plan_order_then_the_truths_units(tmp_path: Path, start: int) 
     assert [u for c in got for u in c[1]] == units[start:]
     # each chunk says where it starts (a chunk read before the extension ends with the
     # stores' part, one read after may cross it)
-    assert [c[0] for c in got] == [start + sum(len(c[1]) for c in got[:i])
-                                   for i in range(len(got))]
+    assert [c[0] for c in got] == [start + sum(len(c[1]) for c in got[:i]) for i in range(len(got))]
     assert all(len(c[1]) <= 4 for c in got)
     assert Plan.load(path) == Plan(units, complete=True)
     for _, chunk_units, (left, right) in got:
@@ -93,12 +92,10 @@ def test_chunks_aim_at_a_number_of_rows_whatever_the_units_hold() -> None:
     units = _units(300)
 
     def read(chunk: list[Unit]) -> Sides:
-        rows = {u: [(u[1][0], i) for i in range(1000 if u in units[:40] else 1)]
-                for u in chunk}
+        rows = {u: [(u[1][0], i) for i in range(1000 if u in units[:40] else 1)] for u in chunk}
         return [rows, {u: list(r) for u, r in rows.items()}]
 
-    chunks = ReadAhead(read, Plan(units, complete=True), 0, 64, max_rows=10**9,
-                       chunk_rows=4000)
+    chunks = ReadAhead(read, Plan(units, complete=True), 0, 64, max_rows=10**9, chunk_rows=4000)
     try:
         sizes = [len(c[1]) for c in chunks]
     finally:

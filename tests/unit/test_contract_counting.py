@@ -77,9 +77,19 @@ def test_fractional_second_never_rounds_into_the_next_hour() -> None:
 @given(
     second=st.integers(min_value=946684800, max_value=4102444799),
     frac=st.floats(min_value=0, max_value=0.999),
-    zone=st.sampled_from(["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata",
-                          "Asia/Kathmandu", "Australia/Lord_Howe", "Pacific/Chatham",
-                          "America/St_Johns", "Africa/Casablanca"]),
+    zone=st.sampled_from(
+        [
+            "UTC",
+            "America/New_York",
+            "Europe/Berlin",
+            "Asia/Kolkata",
+            "Asia/Kathmandu",
+            "Australia/Lord_Howe",
+            "Pacific/Chatham",
+            "America/St_Johns",
+            "Africa/Casablanca",
+        ]
+    ),
 )
 def test_a_bucket_contains_its_timestamp(second: int, frac: float, zone: str) -> None:
     hour, day, month = bucket_labels(second + frac, zone)
@@ -89,10 +99,26 @@ def test_a_bucket_contains_its_timestamp(second: int, frac: float, zone: str) ->
 
 
 FACETS = [
-    ("s", "s"), ("", ""), ("x" * 256, "x" * 256), ("x" * 257, None), ("café ☕", "café ☕"),
-    (True, "true"), (False, "false"), (3, "3"), (-7, "-7"), (0, "0"),
-    (10**20, "100000000000000000000"), (12.5, "12.5"), (2.0, "2.0"), (1e-07, "1e-07"),
-    (1e16, "1e+16"), (0.1, "0.1"), (None, None), ([1], None), ({"a": 1}, None), ([], None),
+    ("s", "s"),
+    ("", ""),
+    ("x" * 256, "x" * 256),
+    ("x" * 257, None),
+    ("café ☕", "café ☕"),
+    (True, "true"),
+    (False, "false"),
+    (3, "3"),
+    (-7, "-7"),
+    (0, "0"),
+    (10**20, "100000000000000000000"),
+    (12.5, "12.5"),
+    (2.0, "2.0"),
+    (1e-07, "1e-07"),
+    (1e16, "1e+16"),
+    (0.1, "0.1"),
+    (None, None),
+    ([1], None),
+    ({"a": 1}, None),
+    ([], None),
 ]
 
 
@@ -102,18 +128,29 @@ def test_facet_value(value: object, text: str | None) -> None:
 
 
 def test_facets_from_json_keep_text_of_every_kind() -> None:
-    raw = ('{"event_id":"e","company_id":"c","customer_id":"u","statistic_id":"s",'
-           '"timestamp":1544153562,"properties":{"ip":"","b":true,"i":3,"f":12.50,'
-           '"n":null,"l":[1],"o":{},"e":1E2}}')
+    raw = (
+        '{"event_id":"e","company_id":"c","customer_id":"u","statistic_id":"s",'
+        '"timestamp":1544153562,"properties":{"ip":"","b":true,"i":3,"f":12.50,'
+        '"n":null,"l":[1],"o":{},"e":1E2}}'
+    )
     event = parse_event(raw)
     assert isinstance(event, Event)
     assert dict(event.facets) == {"ip": "", "b": "true", "i": "3", "f": "12.5", "e": "100.0"}
 
 
 def seed_event(**props: object) -> Event:
-    event = parse_event(json.dumps({
-        "event_id": "e", "company_id": "COM123", "customer_id": "CUS123",
-        "statistic_id": "STA123", "timestamp": 1544153562, "properties": props}))
+    event = parse_event(
+        json.dumps(
+            {
+                "event_id": "e",
+                "company_id": "COM123",
+                "customer_id": "CUS123",
+                "statistic_id": "STA123",
+                "timestamp": 1544153562,
+                "properties": props,
+            }
+        )
+    )
     assert isinstance(event, Event)
     return event
 
@@ -132,8 +169,9 @@ def test_fan_out_of_the_seed_example() -> None:
     ]
 
 
-def naive_counts(lines: list[str]) -> tuple[dict[tuple[str, ...], tuple[int, int]],
-                                             Counter[tuple[str, ...]]]:
+def naive_counts(
+    lines: list[str],
+) -> tuple[dict[tuple[str, ...], tuple[int, int]], Counter[tuple[str, ...]]]:
     """SEMANTICS §4 straight from its text: for comparison with the optimised recount."""
     seen: set[str] = set()
     counts: Counter[tuple[str, ...]] = Counter()
@@ -152,8 +190,9 @@ def naive_counts(lines: list[str]) -> tuple[dict[tuple[str, ...], tuple[int, int
     return {k: (n, len(customers[k])) for k, n in counts.items()}, ccounts
 
 
-def recount_counts(lines: list[str]) -> tuple[dict[tuple[str, ...], tuple[int, int]],
-                                               Counter[tuple[str, ...]]]:
+def recount_counts(
+    lines: list[str],
+) -> tuple[dict[tuple[str, ...], tuple[int, int]], Counter[tuple[str, ...]]]:
     result = recount(lines)
     account = {tuple(c.key): (c.count, c.uniques) for c in result.account()}
     customer = Counter({tuple(c.key): c.count for c in result.customer()})
@@ -166,9 +205,15 @@ def test_recount_of_the_tricky_corpus_equals_the_naive_definition() -> None:
 
 
 def test_recount_of_generated_events_equals_the_naive_definition() -> None:
-    config = GeneratorConfig(n=3000, seed=5, companies=7, customers=300, duplicate_share=0.05,
-                             late_share=0.1, timezones=("UTC", "Asia/Kathmandu",
-                                                        "America/New_York"))
+    config = GeneratorConfig(
+        n=3000,
+        seed=5,
+        companies=7,
+        customers=300,
+        duplicate_share=0.05,
+        late_share=0.1,
+        timezones=("UTC", "Asia/Kathmandu", "America/New_York"),
+    )
     lines = [json.dumps(e) for e in generate(config)]
     assert recount_counts(lines) == naive_counts(lines)
 
@@ -184,22 +229,34 @@ def test_duplicates_count_nowhere_and_the_first_delivery_wins() -> None:
 
 
 def test_uniques_count_distinct_customers() -> None:
-    base = {"company_id": "C", "statistic_id": "S", "timestamp": 1544153562,
-            "properties": {"k": "v"}}
-    lines = [json.dumps({**base, "event_id": f"e{i}", "customer_id": cust})
-             for i, cust in enumerate(["a", "a", "b", "a", "c"])]
-    counts = {(c.key.resolution, c.key.facet): (c.count, c.uniques)
-              for c in recount(lines).account()}
+    base = {
+        "company_id": "C",
+        "statistic_id": "S",
+        "timestamp": 1544153562,
+        "properties": {"k": "v"},
+    }
+    lines = [
+        json.dumps({**base, "event_id": f"e{i}", "customer_id": cust})
+        for i, cust in enumerate(["a", "a", "b", "a", "c"])
+    ]
+    counts = {
+        (c.key.resolution, c.key.facet): (c.count, c.uniques) for c in recount(lines).account()
+    }
     assert counts[("hour", "")] == (5, 3)
     assert counts[("month", "k")] == (5, 3)
 
 
 def test_day_uniques_are_distinct_across_hours() -> None:
     base = {"company_id": "C", "statistic_id": "S", "customer_id": "a"}
-    lines = [json.dumps({**base, "event_id": f"e{i}", "timestamp": 1544153562 + 3600 * i})
-             for i in range(3)]
-    by_res = {c.key.resolution: (c.count, c.uniques) for c in recount(lines).account()
-              if c.key.resolution != "hour"}
+    lines = [
+        json.dumps({**base, "event_id": f"e{i}", "timestamp": 1544153562 + 3600 * i})
+        for i in range(3)
+    ]
+    by_res = {
+        c.key.resolution: (c.count, c.uniques)
+        for c in recount(lines).account()
+        if c.key.resolution != "hour"
+    }
     assert by_res == {"day": (3, 1), "month": (3, 1)}
 
 

@@ -111,14 +111,20 @@ def test_loads_keeps_over_long_integers_as_their_digits():
     digits = "-" + "7" * 5000
     obj = loads(f'{{"n": {digits}, "m": [1, {digits[1:]}]}}')
     assert obj == {"n": BigInt(digits), "m": [1, BigInt(digits[1:])]}
-    assert canonical_size(obj) == len(json.dumps({"n": 1, "m": [1, 1]}, separators=(",", ":"))) \
-        + 2 * 4999 + 1
+    assert (
+        canonical_size(obj)
+        == len(json.dumps({"n": 1, "m": [1, 1]}, separators=(",", ":"))) + 2 * 4999 + 1
+    )
     with pytest.raises(ValueError):
         loads('{"n": 1')
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
-                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
 def test_loads_equals_json_loads(value):
     text = json.dumps(value)
     assert loads(text) == json.loads(text)

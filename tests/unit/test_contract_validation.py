@@ -41,8 +41,11 @@ CASES = [
     ("largest timestamp", json.dumps(with_(timestamp=4102444799.999)), None),
     ("other top-level fields ignored", json.dumps(with_(extra={"x": 1}, ip=None)), None),
     ("event_id of 128 chars", json.dumps(with_(event_id="e" * 128)), None),
-    ("ids of 64 chars", json.dumps(with_(company_id="c" * 64, customer_id="u" * 64,
-                                         statistic_id="s" * 64)), None),
+    (
+        "ids of 64 chars",
+        json.dumps(with_(company_id="c" * 64, customer_id="u" * 64, statistic_id="s" * 64)),
+        None,
+    ),
     ("50 properties", json.dumps(with_(properties={f"p{i}": i for i in range(50)})), None),
     ("property key of 64 chars", json.dumps(with_(properties={"k" * 64: 1})), None),
     ("non-ASCII ids count characters", json.dumps(with_(company_id="é" * 64)), None),
@@ -56,10 +59,16 @@ CASES = [
     ("a list", "[]", "not_an_object"),
     ("null", "null", "not_an_object"),
     ("a number", "3", "not_an_object"),
-    ("canonical over 64 KiB",
-     json.dumps(with_(properties={f"k{i}": "v" * 1400 for i in range(48)})), "too_large"),
-    ("whitespace padding does not count in the canonical size",
-     json.dumps(OK, indent=40000 // 7), None),
+    (
+        "canonical over 64 KiB",
+        json.dumps(with_(properties={f"k{i}": "v" * 1400 for i in range(48)})),
+        "too_large",
+    ),
+    (
+        "whitespace padding does not count in the canonical size",
+        json.dumps(OK, indent=40000 // 7),
+        None,
+    ),
     ("missing customer_id", json.dumps(with_(customer_id=DROP)), "missing_field"),
     ("missing timestamp", json.dumps(with_(timestamp=DROP)), "missing_field"),
     ("missing event_id", json.dumps(with_(event_id=DROP)), "missing_field"),
@@ -72,8 +81,11 @@ CASES = [
     ("timezone a number", json.dumps(with_(timezone=0)), "bad_type"),
     ("NaN property", json.dumps(with_(properties={"x": float("nan")})), "bad_type"),
     ("-Infinity property", json.dumps(with_(properties={"x": float("-inf")})), "bad_type"),
-    ("1e999 property overflows to infinity", json.dumps(with_()).replace(
-        '"timestamp"', '"properties": {"x": 1e999}, "timestamp"'), "bad_type"),
+    (
+        "1e999 property overflows to infinity",
+        json.dumps(with_()).replace('"timestamp"', '"properties": {"x": 1e999}, "timestamp"'),
+        "bad_type",
+    ),
     ("empty company_id", json.dumps(with_(company_id="")), "bad_length"),
     ("event_id of 129 chars", json.dumps(with_(event_id="e" * 129)), "bad_length"),
     ("statistic_id of 65 chars", json.dumps(with_(statistic_id="s" * 65)), "bad_length"),
@@ -85,11 +97,13 @@ CASES = [
     ("unknown zone", json.dumps(with_(timezone="Mars/Base")), "bad_timezone"),
     ("zone names are case-sensitive", json.dumps(with_(timezone="utc")), "bad_timezone"),
     ("a path is no zone", json.dumps(with_(timezone="../../etc/passwd")), "bad_timezone"),
-    ("51 properties", json.dumps(with_(properties={f"p{i}": None for i in range(51)})),
-     "too_many_properties"),
+    (
+        "51 properties",
+        json.dumps(with_(properties={f"p{i}": None for i in range(51)})),
+        "too_many_properties",
+    ),
     ("empty property key", json.dumps(with_(properties={"": "x"})), "bad_property_key"),
-    ("property key of 65 chars", json.dumps(with_(properties={"k" * 65: "x"})),
-     "bad_property_key"),
+    ("property key of 65 chars", json.dumps(with_(properties={"k" * 65: "x"})), "bad_property_key"),
 ]
 
 
@@ -100,26 +114,43 @@ def test_reason(raw: object, expected: str | None) -> None:
 
 ORDER = [
     # two faults at once: the earlier reason in the table wins
-    ("not_an_object before too_large (canonical)", "[" + '"x",' * 30000 + '"x"]',
-     "not_an_object"),
-    ("too_large before missing_field",
-     json.dumps({"properties": {f"k{i}": "v" * 1400 for i in range(48)}}), "too_large"),
-    ("missing_field before bad_type", json.dumps(with_(customer_id=DROP, timestamp="x")),
-     "missing_field"),
-    ("bad_type before bad_length", json.dumps(with_(company_id="", timestamp=False)),
-     "bad_type"),
-    ("bad_type (property) before bad_length",
-     json.dumps(with_(event_id="", properties={"x": float("nan")})), "bad_type"),
-    ("bad_length before bad_timestamp", json.dumps(with_(company_id="", timestamp=5)),
-     "bad_length"),
-    ("bad_timestamp before bad_timezone", json.dumps(with_(timestamp=5, timezone="X/Y")),
-     "bad_timestamp"),
-    ("bad_timezone before too_many_properties",
-     json.dumps(with_(timezone="X/Y", properties={f"p{i}": 1 for i in range(60)})),
-     "bad_timezone"),
-    ("too_many_properties before bad_property_key",
-     json.dumps(with_(properties={"": 1, **{f"p{i}": 1 for i in range(60)}})),
-     "too_many_properties"),
+    ("not_an_object before too_large (canonical)", "[" + '"x",' * 30000 + '"x"]', "not_an_object"),
+    (
+        "too_large before missing_field",
+        json.dumps({"properties": {f"k{i}": "v" * 1400 for i in range(48)}}),
+        "too_large",
+    ),
+    (
+        "missing_field before bad_type",
+        json.dumps(with_(customer_id=DROP, timestamp="x")),
+        "missing_field",
+    ),
+    ("bad_type before bad_length", json.dumps(with_(company_id="", timestamp=False)), "bad_type"),
+    (
+        "bad_type (property) before bad_length",
+        json.dumps(with_(event_id="", properties={"x": float("nan")})),
+        "bad_type",
+    ),
+    (
+        "bad_length before bad_timestamp",
+        json.dumps(with_(company_id="", timestamp=5)),
+        "bad_length",
+    ),
+    (
+        "bad_timestamp before bad_timezone",
+        json.dumps(with_(timestamp=5, timezone="X/Y")),
+        "bad_timestamp",
+    ),
+    (
+        "bad_timezone before too_many_properties",
+        json.dumps(with_(timezone="X/Y", properties={f"p{i}": 1 for i in range(60)})),
+        "bad_timezone",
+    ),
+    (
+        "too_many_properties before bad_property_key",
+        json.dumps(with_(properties={"": 1, **{f"p{i}": 1 for i in range(60)}})),
+        "too_many_properties",
+    ),
 ]
 
 
@@ -130,8 +161,16 @@ def test_reason_order(raw: str, expected: str) -> None:
 
 def test_reasons_table_order_is_the_enum_order() -> None:
     assert [r.value for r in Reason] == [
-        "too_large", "not_json", "not_an_object", "missing_field", "bad_type", "bad_length",
-        "bad_timestamp", "bad_timezone", "too_many_properties", "bad_property_key",
+        "too_large",
+        "not_json",
+        "not_an_object",
+        "missing_field",
+        "bad_type",
+        "bad_length",
+        "bad_timestamp",
+        "bad_timezone",
+        "too_many_properties",
+        "bad_property_key",
     ]
 
 
@@ -172,17 +211,21 @@ def test_lone_surrogate_is_not_utf8() -> None:
 
 # -- nesting: a fixed parser limit, never a RecursionError ----------------------------------
 
+
 def _nested(depth: int) -> str:
     """A valid event whose one property holds arrays nested so that the whole text is
     `depth` levels deep (the event object itself is level 1, properties level 2)."""
     inner = depth - 2
-    return ('{"event_id":"deep","company_id":"c","customer_id":"u","statistic_id":"s",'
-            '"timestamp":1764547200,"properties":{"a":' + "[" * inner + "]" * inner + "}}")
+    return (
+        '{"event_id":"deep","company_id":"c","customer_id":"u","statistic_id":"s",'
+        '"timestamp":1764547200,"properties":{"a":' + "[" * inner + "]" * inner + "}}"
+    )
 
 
-@pytest.mark.parametrize(("depth", "reason"), [
-    (MAX_NESTING, None), (MAX_NESTING + 1, "not_json"), (1500, "not_json"),
-    (200_000, "not_json")])
+@pytest.mark.parametrize(
+    ("depth", "reason"),
+    [(MAX_NESTING, None), (MAX_NESTING + 1, "not_json"), (1500, "not_json"), (200_000, "not_json")],
+)
 def test_nesting_limit(depth: int, reason: str | None) -> None:
     line = _nested(depth)
     assert nesting_depth(line.encode()) == depth
@@ -203,17 +246,26 @@ def test_deep_dict_input_is_rejected_not_raised() -> None:
     value: list[object] = []
     for _ in range(5000):
         value = [value]
-    event = {"event_id": "d", "company_id": "c", "customer_id": "u", "statistic_id": "s",
-             "timestamp": 1764547200, "properties": {"a": value}}
+    event = {
+        "event_id": "d",
+        "company_id": "c",
+        "customer_id": "u",
+        "statistic_id": "s",
+        "timestamp": 1764547200,
+        "properties": {"a": value},
+    }
     result = parse_event(event)
     assert isinstance(result, Rejection) and result.reason.value == "not_json"
 
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab'),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=3), children, max_size=3),
-    max_leaves=20)
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=3), children, max_size=3)
+    ),
+    max_leaves=20,
+)
 
 
 def _depth(value: object) -> int:

@@ -34,8 +34,9 @@ from settings.model import Settings
 
 ABACUS = [sys.executable, "-c", "import cli; cli.main()"]
 
-keys = st.builds(AccountKey, *[st.text(max_size=8, alphabet=st.sampled_from("ab\x1f\"\\é,[]"))
-                               for _ in range(6)])
+keys = st.builds(
+    AccountKey, *[st.text(max_size=8, alphabet=st.sampled_from('ab\x1f"\\é,[]')) for _ in range(6)]
+)
 
 
 @given(keys, keys)
@@ -70,11 +71,17 @@ def test_chaos_selection_is_deterministic_and_proportional() -> None:
 ACCEPT = prepare_accept_content(["json"])
 
 
-def message(body: bytes, content_type: str = "application/json",
-            headers: dict[str, object] | None = None) -> Message:
+def message(
+    body: bytes, content_type: str = "application/json", headers: dict[str, object] | None = None
+) -> Message:
     good = task_message(tricky_lines()[0])
-    return Message(body=body, content_type=content_type, content_encoding="utf-8",
-                   headers=good.headers if headers is None else headers, accept=ACCEPT)
+    return Message(
+        body=body,
+        content_type=content_type,
+        content_encoding="utf-8",
+        headers=good.headers if headers is None else headers,
+        accept=ACCEPT,
+    )
 
 
 class _Trap:
@@ -93,18 +100,24 @@ def test_screen_passes_a_task_and_names_what_is_wrong_with_the_rest(tmp_path: Pa
     marker = tmp_path / "unpickled"
     pickled = pickle.dumps(((_Trap(marker),), {}, {}))
     cases = {
-        deadletter.CONTENT_DISALLOWED: [message(pickled, "application/x-python-serialize"),
-                                        message(good, "application/x-yaml"),
-                                        message(good, None)],  # type: ignore[arg-type]
+        deadletter.CONTENT_DISALLOWED: [
+            message(pickled, "application/x-python-serialize"),
+            message(good, "application/x-yaml"),
+            message(good, None),
+        ],  # type: ignore[arg-type]
         deadletter.UNDECODABLE: [message(good[:-3]), message(b"\xff\xfe")],
-        deadletter.UNKNOWN_TASK: [message(good, headers={}),
-                                  message(good, headers={"task": "celery.ping"})],
+        deadletter.UNKNOWN_TASK: [
+            message(good, headers={}),
+            message(good, headers={"task": "celery.ping"}),
+        ],
         deadletter.BAD_TASK_MESSAGE: [
-            message(b"{}"), message(json.dumps([[raw, raw], {}, {}]).encode()),
+            message(b"{}"),
+            message(json.dumps([[raw, raw], {}, {}]).encode()),
             message(json.dumps([[], {}, {}]).encode()),
             message(json.dumps([[1], {}, {}]).encode()),
             message(json.dumps([[raw], {"x": 1}, {}]).encode()),
-            message(json.dumps([[raw], {}]).encode())],
+            message(json.dumps([[raw], {}]).encode()),
+        ],
     }
     for reason, messages in cases.items():
         for m in messages:
@@ -117,8 +130,13 @@ def test_screen_passes_a_task_and_names_what_is_wrong_with_the_rest(tmp_path: Pa
 def test_dead_letter_records_keep_the_body() -> None:
     text = deadletter.record("not_json", "x" * 5000, body=b'[["{"], {}, {}]', event_id=None)
     assert text["body"] == '[["{"], {}, {}]' and len(text["detail"]) == 2000
-    binary = deadletter.record(deadletter.CONTENT_DISALLOWED, "pickle", body=b"\x80\x04.",
-                               task_id="t1", content_type="application/x-python-serialize")
+    binary = deadletter.record(
+        deadletter.CONTENT_DISALLOWED,
+        "pickle",
+        body=b"\x80\x04.",
+        task_id="t1",
+        content_type="application/x-python-serialize",
+    )
     assert binary["body"] == "\\x80\x04." and binary["body_b64"] == "gAQu"
     assert binary["escaped"] is True and "escaped" not in text
     assert json.loads(json.dumps(binary)) == binary
@@ -128,9 +146,15 @@ def test_dead_letter_records_keep_the_body() -> None:
 def test_a_dead_letter_can_be_written_for_any_input(value: str | bytes) -> None:
     """Lone surrogates and invalid UTF-8 in any field: the letter encodes, says it escaped."""
     text = value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
-    letter = deadletter.record("not_json", "detail " + text, body=value, event_id=text,
-                               task_id=text, content_type=text,
-                               extra={"failed_step": text, "n": 3})
+    letter = deadletter.record(
+        "not_json",
+        "detail " + text,
+        body=value,
+        event_id=text,
+        task_id=text,
+        content_type=text,
+        extra={"failed_step": text, "n": 3},
+    )
     encoded = deadletter.encode(letter)
     assert json.loads(encoded.decode("utf-8")) == letter
     assert deadletter.amqp_message(letter).body == encoded
@@ -205,10 +229,12 @@ def test_a_dead_worker_says_why_from_its_log(tmp_path: Path) -> None:
     from legacy.worker import WorkerProcess
 
     log = tmp_path / "w.log"
-    log.write_text("noise\n[2026-11-27 10:00:00,000: CRITICAL/MainProcess] Unrecoverable error: "
-                   "UnicodeDecodeError('utf-8', b'\\xff', 0, 1, 'invalid start byte')\n"
-                   "Traceback (most recent call last):\n  File \"x\", line 1\n"
-                   "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff\n")
+    log.write_text(
+        "noise\n[2026-11-27 10:00:00,000: CRITICAL/MainProcess] Unrecoverable error: "
+        "UnicodeDecodeError('utf-8', b'\\xff', 0, 1, 'invalid start byte')\n"
+        'Traceback (most recent call last):\n  File "x", line 1\n'
+        "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff\n"
+    )
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
     reason = WorkerProcess(done, log).failure()
@@ -222,8 +248,9 @@ def test_a_dead_worker_says_why_from_its_log(tmp_path: Path) -> None:
 def test_redis_runs_with_an_append_only_file_synced_every_second(tmp_path: Path) -> None:
     from services.redis import RedisService
 
-    settings = Settings().model_copy(update={"services": Settings().services.model_copy(
-        update={"data_dir": tmp_path})})
+    settings = Settings().model_copy(
+        update={"services": Settings().services.model_copy(update={"data_dir": tmp_path})}
+    )
     service = RedisService(settings)
     service.dir.mkdir(parents=True, exist_ok=True)
     service.configure()
@@ -233,7 +260,8 @@ def test_redis_runs_with_an_append_only_file_synced_every_second(tmp_path: Path)
 
 def test_visible_time_is_the_customer_write_and_the_next_flush(tmp_path: Path) -> None:
     (tmp_path / "worker-1.trace").write_text(
-        "task a 10.0 10.5\ntask b 10.9 11.0\ntask c 12.5 12.6\ntask a 30.0 30.1\ntask d 1")
+        "task a 10.0 10.5\ntask b 10.9 11.0\ntask c 12.5 12.6\ntask a 30.0 30.1\ntask d 1"
+    )
     (tmp_path / "flusher-1.trace").write_text("flush x 11.0 11.2\nflush y 12.0 12.3\n")
     traces = Traces.read(tmp_path)
     visible = traces.visible_at()
@@ -244,10 +272,14 @@ def test_visible_time_is_the_customer_write_and_the_next_flush(tmp_path: Path) -
 
 
 def test_settings_travel_whole_to_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Settings().model_copy(update={
-        "rabbitmq": Settings().rabbitmq.model_copy(update={"legacy_queue": "q.x",
-                                                           "password": SecretStr("s3cr3t")}),
-        "redis": Settings().redis.model_copy(update={"prefix": "t:1:"})})
+    original = Settings().model_copy(
+        update={
+            "rabbitmq": Settings().rabbitmq.model_copy(
+                update={"legacy_queue": "q.x", "password": SecretStr("s3cr3t")}
+            ),
+            "redis": Settings().redis.model_copy(update={"prefix": "t:1:"}),
+        }
+    )
     for name, value in settings_env(original).items():
         monkeypatch.setenv(name, value)
     child = Settings()
@@ -257,17 +289,29 @@ def test_settings_travel_whole_to_a_child_process(monkeypatch: pytest.MonkeyPatc
 
 
 def test_worker_arguments_parse_back_to_the_same_options(tmp_path: Path) -> None:
-    options = WorkerOptions(concurrency=3, pool="threads", prefetch_multiplier=4,
-                            flush_interval_s=0.5, chaos=Chaos(0.1, 0.2, 0.3),
-                            trace_dir=tmp_path, loglevel="INFO", hostname="w1@h",
-                            retry_budget_s=2.5, redis_timeout_s=0.75)
+    options = WorkerOptions(
+        concurrency=3,
+        pool="threads",
+        prefetch_multiplier=4,
+        flush_interval_s=0.5,
+        chaos=Chaos(0.1, 0.2, 0.3),
+        trace_dir=tmp_path,
+        loglevel="INFO",
+        hostname="w1@h",
+        retry_budget_s=2.5,
+        redis_timeout_s=0.75,
+    )
     args = worker_args(options)
     assert args[:2] == ["legacy", "worker"]
     worker_command = legacy_group.commands["worker"]
     ctx = worker_command.make_context("worker", args[2:])
     p = ctx.params
     assert (p["concurrency"], p["pool"], p["prefetch_multiplier"], p["flush_interval_s"]) == (
-        3, "threads", 4, 0.5)
+        3,
+        "threads",
+        4,
+        0.5,
+    )
     assert Chaos(p["chaos_redeliver"], p["chaos_crash"], p["chaos_drop_flush"]) == options.chaos
     assert p["trace_dir"] == tmp_path and p["hostname"] == "w1@h"
     assert (p["retry_budget_s"], p["redis_timeout_s"]) == (2.5, 0.75)
@@ -278,17 +322,21 @@ def test_worker_arguments_parse_back_to_the_same_options(tmp_path: Path) -> None
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ABACUS, *args], capture_output=True, text=True, check=False,
-                          env={**os.environ})
+    return subprocess.run(
+        [*ABACUS, *args], capture_output=True, text=True, check=False, env={**os.environ}
+    )
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["produce"], "exactly one of --events FILE or --generate N"),
-    (["produce", "--generate", "10"], "--generate needs --events-out FILE"),
-    (["produce", "--generate", "10", "--rate", "-1"], "--rate"),
-    (["legacy", "worker", "--pool", "gevent"], "--pool"),
-    (["legacy", "flush", "--interval-s", "0"], "--interval-s"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["produce"], "exactly one of --events FILE or --generate N"),
+        (["produce", "--generate", "10"], "--generate needs --events-out FILE"),
+        (["produce", "--generate", "10", "--rate", "-1"], "--rate"),
+        (["legacy", "worker", "--pool", "gevent"], "--pool"),
+        (["legacy", "flush", "--interval-s", "0"], "--interval-s"),
+    ],
+)
 def test_wrong_arguments_exit_non_zero_with_one_line(args: list[str], says: str) -> None:
     done = run(*args)
     assert done.returncode == 2
@@ -297,9 +345,17 @@ def test_wrong_arguments_exit_non_zero_with_one_line(args: list[str], says: str)
 
 
 HOSTILE_HEADERS: list[tuple[str, object]] = [
-    ("eta", "2020-01-01T00:00:00"), ("eta", "not a date"), ("expires", "2000-01-01T00:00:00"),
-    ("timelimit", "abc"), ("timelimit", [1]), ("timelimit", [True, None]), ("id", 5),
-    ("id", ""), ("retries", "x"), ("root_id", 3), ("argsrepr", ["x"]),
+    ("eta", "2020-01-01T00:00:00"),
+    ("eta", "not a date"),
+    ("expires", "2000-01-01T00:00:00"),
+    ("timelimit", "abc"),
+    ("timelimit", [1]),
+    ("timelimit", [True, None]),
+    ("id", 5),
+    ("id", ""),
+    ("retries", "x"),
+    ("root_id", 3),
+    ("argsrepr", ["x"]),
 ]
 
 
@@ -315,8 +371,17 @@ def test_status_reports_a_worker_failure_until_a_worker_starts_after_it() -> Non
     from legacy.status import Status
 
     def status(workers: dict[str, dict[str, object]]) -> Status:
-        return Status(queue="q", ready=3, consumers=0, unacked=0, dead_letter_queue="d",
-                      dead_letters=0, pending_fields=0, batches=0, workers=workers)
+        return Status(
+            queue="q",
+            ready=3,
+            consumers=0,
+            unacked=0,
+            dead_letter_queue="d",
+            dead_letters=0,
+            pending_fields=0,
+            batches=0,
+            workers=workers,
+        )
 
     died = {"state": "failed", "at": 20.0, "reason": "Unrecoverable error: UnicodeDecodeError"}
     now = status({"a": {"state": "running", "at": 10.0}, "b": died})

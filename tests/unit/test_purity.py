@@ -6,8 +6,22 @@ import subprocess
 import sys
 import textwrap
 
-FORBIDDEN = ["pyflink", "celery", "kombu", "confluent_kafka", "cassandra", "redis", "amqp",
-             "socket", "subprocess", "click", "rich", "pydantic", "requests", "urllib3"]
+FORBIDDEN = [
+    "pyflink",
+    "celery",
+    "kombu",
+    "confluent_kafka",
+    "cassandra",
+    "redis",
+    "amqp",
+    "socket",
+    "subprocess",
+    "click",
+    "rich",
+    "pydantic",
+    "requests",
+    "urllib3",
+]
 
 
 def test_counting_imports_no_io_library() -> None:

@@ -66,15 +66,18 @@ def test_term_is_never_markup_nor_emoji() -> None:
     assert_safe(out.getvalue(), *POISON)
     assert out.getvalue().count(visible(CLOSE)) == 2
     out = io.StringIO()  # a progress bar's description, as `services up` shows it
-    with Progress(TextColumn("{task.description}", markup=False),
-                  console=Console(file=out, width=200)) as bar:
+    with Progress(
+        TextColumn("{task.description}", markup=False), console=Console(file=out, width=200)
+    ) as bar:
         for value in POISON:
             bar.add_task(visible(value), total=1)
     assert_safe(out.getvalue(), *POISON)
 
 
-@pytest.mark.parametrize("value", ["=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
-                                   "\t=1", "\r=1", "=HYPERLINK(\"http://x\")"])
+@pytest.mark.parametrize(
+    "value",
+    ["=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1", "\r=1", '=HYPERLINK("http://x")'],
+)
 def test_formula_cells_are_quoted(value: str) -> None:
     assert csv_cell(value) == "'" + value
 
@@ -86,7 +89,11 @@ def test_plain_cells_and_numbers_stay(value: str) -> None:
 
 def test_numbers_and_none_stay() -> None:
     assert csv_row({"a": -3, "b": None, "c": 2.5, "d": "=x"}) == {
-        "a": -3, "b": None, "c": 2.5, "d": "'=x"}
+        "a": -3,
+        "b": None,
+        "c": 2.5,
+        "d": "'=x",
+    }
 
 
 # -- an audit with poisoned keys ---------------------------------------------------------
@@ -96,22 +103,32 @@ def poisoned_audit(tmp_path: Path) -> AuditResult:
     records = []
     for i, bad in enumerate(POISON):
         key = AccountKey(bad, f"s{i}", "hour", f"2025-10-01T0{i}", "facet", bad)
-        records.append(Mismatch("differs", key, (1, 1), (2, 1), (1, 1), None, "left", None,
-                                True).to_record())
+        records.append(
+            Mismatch("differs", key, (1, 1), (2, 1), (1, 1), None, "left", None, True).to_record()
+        )
     ckey = CustomerKey("=cmd|' /C calc'!A0", LINK, "@stat", "day", "2025-10-01")
-    records.append(Mismatch("only_left", ckey, (3, 0), None, (3, 0), None, "left", None,
-                            True).to_record())
+    records.append(
+        Mismatch("only_left", ckey, (3, 0), None, (3, 0), None, "left", None, True).to_record()
+    )
     detail = tmp_path / "detail.jsonl"
     detail.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     summary = Summary(has_truth=True)
     for r in records:
         summary.add(r)
     tally = Tally(compared=len(records), left_total=10, right_total=11, truth_total=10)
-    record = AuditRecord("2025-10-01-abc", "2025-10-01", "legacy", "shadow", f"t{LINK}.jsonl",
-                         {"level": "both", "companies": [], "statistics": [],
-                          "tolerance": EXACT.to_dict()}, summary.to_dict(tally), "done",
-                         "dirty", datetime(2025, 10, 2, tzinfo=UTC),
-                         datetime(2025, 10, 2, tzinfo=UTC))
+    record = AuditRecord(
+        "2025-10-01-abc",
+        "2025-10-01",
+        "legacy",
+        "shadow",
+        f"t{LINK}.jsonl",
+        {"level": "both", "companies": [], "statistics": [], "tolerance": EXACT.to_dict()},
+        summary.to_dict(tally),
+        "done",
+        "dirty",
+        datetime(2025, 10, 2, tzinfo=UTC),
+        datetime(2025, 10, 2, tzinfo=UTC),
+    )
     return AuditResult(record, detail)
 
 
@@ -141,10 +158,14 @@ def test_shadow_result_renders_poisoned_data(tmp_path: Path, monkeypatch: Any) -
     from shadow.view import print_result
 
     monkeypatch.setenv("COLUMNS", "400")
-    result = RunResult(run_id="r1", run_dir=tmp_path / CLOSE, events_path=tmp_path / "e",
-                       published=7, audits=[DateAudit("2025-10-01", poisoned_audit(tmp_path),
-                                                      tmp_path / f"{LINK}.html")],
-                       error=f"{CLOSE} {ANSI} {BIDI}")
+    result = RunResult(
+        run_id="r1",
+        run_dir=tmp_path / CLOSE,
+        events_path=tmp_path / "e",
+        published=7,
+        audits=[DateAudit("2025-10-01", poisoned_audit(tmp_path), tmp_path / f"{LINK}.html")],
+        error=f"{CLOSE} {ANSI} {BIDI}",
+    )
     out = io.StringIO()
     print_result(result, out)
     assert_safe(out.getvalue(), CLOSE, ANSI, BIDI, LINK)
@@ -165,11 +186,18 @@ def test_bridge_status_renders_poisoned_status(monkeypatch: Any) -> None:
     from bridge import cli as bridge_cli
 
     monkeypatch.setenv("COLUMNS", "400")
-    doc = {"mode": CLOSE, "running": False, "queue": LINK, "topic": ANSI, "dlq_topic": BIDI,
-           "in_flight": 0, "last_error": f"{CLOSE}{EMOJI}",
-           "totals": dict.fromkeys(bridge_cli.COUNTERS, 0),
-           "per_minute": [{"minute": LINK, **dict.fromkeys(bridge_cli.COUNTERS, 1)}],
-           "dead_lettered_by_reason": {ANSI: 1}}
+    doc = {
+        "mode": CLOSE,
+        "running": False,
+        "queue": LINK,
+        "topic": ANSI,
+        "dlq_topic": BIDI,
+        "in_flight": 0,
+        "last_error": f"{CLOSE}{EMOJI}",
+        "totals": dict.fromkeys(bridge_cli.COUNTERS, 0),
+        "per_minute": [{"minute": LINK, **dict.fromkeys(bridge_cli.COUNTERS, 1)}],
+        "dead_lettered_by_reason": {ANSI: 1},
+    }
     runner = CliRunner()
     with runner.isolation(env=WIDE) as (stdout, _, _):
         bridge_cli._render([doc], 5)
@@ -187,9 +215,18 @@ def test_job_status_renders_poisoned_names(monkeypatch: Any) -> None:
     from abacus import manager
     from cli import root
 
-    state = _Anything(name=CLOSE, status=LINK, target=ANSI, pid=1, job_id=BIDI,
-                      started_at=0.0, savepoint=EMOJI, error=None, restarts=0,
-                      restart_times=[])
+    state = _Anything(
+        name=CLOSE,
+        status=LINK,
+        target=ANSI,
+        pid=1,
+        job_id=BIDI,
+        started_at=0.0,
+        savepoint=EMOJI,
+        error=None,
+        restarts=0,
+        restart_times=[],
+    )
     monkeypatch.setattr(manager, "statuses", lambda settings: [state])
     done = CliRunner().invoke(root, ["job", "status"], env=WIDE)
     assert done.exit_code == 0, done.output
@@ -200,10 +237,19 @@ def test_services_status_renders_poisoned_detail(monkeypatch: Any) -> None:
     from cli import root
     from services import manager
 
-    svc = SimpleNamespace(name="kafka", state="dead", address=LINK, pid=1, pids=[1],
-                          version=CLOSE, rss_bytes=1 << 20, detail=f"{ANSI}{BIDI}")
-    report = SimpleNamespace(services=[svc], total_rss_bytes=1 << 20, budget_bytes=1 << 30,
-                             all_running=False)
+    svc = SimpleNamespace(
+        name="kafka",
+        state="dead",
+        address=LINK,
+        pid=1,
+        pids=[1],
+        version=CLOSE,
+        rss_bytes=1 << 20,
+        detail=f"{ANSI}{BIDI}",
+    )
+    report = SimpleNamespace(
+        services=[svc], total_rss_bytes=1 << 20, budget_bytes=1 << 30, all_running=False
+    )
     monkeypatch.setattr(manager, "status", lambda settings, names: report)
     done = CliRunner().invoke(root, ["services", "status"], env=WIDE)
     assert done.exit_code == 3, done.output
@@ -218,9 +264,17 @@ def test_legacy_status_and_dead_letters_render_poisoned_data(monkeypatch: Any) -
     from cli import root
     from legacy import cli as legacy_cli
 
-    status = legacy.status.Status(queue=CLOSE, ready=1, consumers=0, unacked=None,
-                                  dead_letter_queue=LINK, dead_letters=2, pending_fields=0,
-                                  batches=0, stats={f"dead:{ANSI}": 1})
+    status = legacy.status.Status(
+        queue=CLOSE,
+        ready=1,
+        consumers=0,
+        unacked=None,
+        dead_letter_queue=LINK,
+        dead_letters=2,
+        pending_fields=0,
+        batches=0,
+        stats={f"dead:{ANSI}": 1},
+    )
     monkeypatch.setattr(legacy_cli, "_servers", lambda what: nullcontext())
     monkeypatch.setattr(legacy.status, "read_status", lambda *a, **k: status)
     done = CliRunner().invoke(root, ["legacy", "status", "--sample-s", "0"], env=WIDE)
@@ -239,10 +293,18 @@ def test_legacy_status_and_dead_letters_render_poisoned_data(monkeypatch: Any) -
 def test_recount_table_renders_poisoned_ids() -> None:
     from cli import root
 
-    line = json.dumps({"event_id": "e", "company_id": CLOSE, "customer_id": LINK,
-                       "statistic_id": EMOJI, "timestamp": 1544153562})
-    done = CliRunner().invoke(root, ["recount", "--events", "-", "--format", "table"],
-                              input=line + "\n", env=WIDE)
+    line = json.dumps(
+        {
+            "event_id": "e",
+            "company_id": CLOSE,
+            "customer_id": LINK,
+            "statistic_id": EMOJI,
+            "timestamp": 1544153562,
+        }
+    )
+    done = CliRunner().invoke(
+        root, ["recount", "--events", "-", "--format", "table"], input=line + "\n", env=WIDE
+    )
     assert done.exit_code == 0, done.output
     assert_safe(done.stdout, CLOSE, LINK, EMOJI)
 
@@ -256,9 +318,14 @@ def test_error_lines_carry_no_raw_controls(tmp_path: Path) -> None:
 
     def abacus(*args: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
-        return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args],
-                              capture_output=True, text=True, check=False, env=env,
-                              cwd=Path(__file__).parents[2])
+        return subprocess.run(
+            [sys.executable, "-c", "import cli; cli.main()", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            cwd=Path(__file__).parents[2],
+        )
 
     bad_date = abacus("compare", "--date", f"2025{ANSI}{BIDI}")
     config = tmp_path / "abacus.toml"
