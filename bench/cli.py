@@ -14,7 +14,7 @@ _BENCHES: list[tuple[str, str]] = [
     ("counting.bench", "recount"),
     ("legacy.bench", "bench_legacy"),
     ("bridge.bench", "bench_bridge"),
-    ("abacus.bench", "bench_abacus"),
+    ("bench.pipelines", "bench_abacus"),
     ("compare.bench", "bench_compare"),
     ("bench.faults", "bench_faults"),
 ]
