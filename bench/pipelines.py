@@ -36,17 +36,11 @@ from abacus.pipeline import checkpoint_root
 from bridge.decode import key_of
 from counting import Recount
 from counting.generate import GeneratorConfig, generate
+from counting.stats import percentile
 from settings import Settings
 
 PROBE_COMPANY, PROBE_STATISTIC = "PROBE", "probe"
 PROBE_EPOCH_S = 978_307_200  # 2001-01-01T00:00:00Z: probe i counts on the date epoch + i days
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _isolated(settings: Settings, tag: str) -> Settings:
@@ -361,8 +355,8 @@ def _freshness(
     for kind, seen in visible.items():
         lat = [seen[i] - appended[i] for i in seen if i in appended]
         out[kind] = {
-            "p50_ms": _ms(_percentile(lat, 0.5)),
-            "p99_ms": _ms(_percentile(lat, 0.99)),
+            "p50_ms": _ms(percentile(lat, 0.5)),
+            "p99_ms": _ms(percentile(lat, 0.99)),
             "max_ms": _ms(max(lat, default=None)),
             "seen": len(lat),
         }

@@ -24,6 +24,7 @@ from kombu import Connection
 
 import storage
 from counting.generate import GeneratorConfig, generate
+from counting.stats import percentile
 from legacy.app import POOLS, WorkerOptions
 from legacy.keys import RedisKeys
 from legacy.producer import publish_lines
@@ -75,11 +76,8 @@ def _cleanup(settings: Settings) -> None:
         client.close()
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
+def _ms(value_s: float | None) -> float | None:
+    return None if value_s is None else round(value_s * 1000, 1)
 
 
 def _phase(
@@ -112,8 +110,8 @@ def _phase(
         "sustained_events_per_s": round(len(latencies) / (last - first), 1)
         if last > first
         else None,
-        "latency_p50_ms": round(_percentile(latencies, 0.50) * 1000, 1),
-        "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+        "latency_p50_ms": _ms(percentile(latencies, 0.50)),
+        "latency_p99_ms": _ms(percentile(latencies, 0.99)),
         "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
         "untraced": missing,
         "worker_cpu_ms_per_event": round(worker_cpu / len(lines) * 1000, 2),

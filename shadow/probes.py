@@ -12,13 +12,13 @@ the statistic job's window was written.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass
 
 import storage
 from counting import bucket_labels
+from counting.stats import percentile
 from settings import Settings
 
 PROBE_COMPANY = "shadow-probe"
@@ -50,14 +50,6 @@ class Latency:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 1]) of `values`, None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class ProbeWatcher:
