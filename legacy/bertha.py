@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import redis
 
@@ -201,7 +202,7 @@ class BigBertha:
 
     def pending_fields(self) -> int:
         """Hash fields not yet in Cassandra: the pending hash and every unfinished batch."""
-        batches = [b.decode() for b in self._client.zrange(self._keys.batches, 0, -1)]
+        batches = list(self.batch_ids())
         pipe = self._client.pipeline(transaction=False)
         pipe.hlen(self._keys.pending)
         for batch_id in batches:
@@ -209,7 +210,9 @@ class BigBertha:
         return sum(pipe.execute())
 
     def batch_ids(self) -> Iterator[str]:
-        for b in self._client.zrange(self._keys.batches, 0, -1):
+        # redis-py types a reply as sync or awaitable; this client is sync: a list
+        members = cast("list[bytes]", self._client.zrange(self._keys.batches, 0, -1))
+        for b in members:
             yield b.decode()
 
 

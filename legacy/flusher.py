@@ -121,7 +121,7 @@ class Flusher(LegacyClients):
             lease.check()
             window = dict(enumerate(parts[start : start + self._concurrency], start))
             outcome = self._accounts.write(window)
-            written = [k for part in outcome.written for k, _ in window[part]]  # type: ignore[index]
+            written = [k for part in outcome.written for k, _ in window[part]]
             if written:
                 self._confirm(batch, [encode_key(k) for k in written])
             if outcome.error is not None:

@@ -11,7 +11,7 @@ whole or not at all), all in flight at once, and reports which partitions were c
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ _INDEX_CACHE_MAX = 200_000
 class Outcome:
     """Which parts (caller's ids) were written, and the first error of the others."""
 
-    written: list[Hashable] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)
     error: BaseException | None = None
 
 
@@ -59,7 +59,7 @@ class CounterWriter:
         resolution_at = n_measures + layout.keys.index("resolution")
         bucket_at = n_measures + layout.keys.index("bucket")
         for p in params:
-            if p[resolution_at] != "hour":
+            if p[resolution_at] != layout.index_resolution:
                 continue
             fields = tuple(p[n_measures + i] for i in layout.index_fields)
             row = (bucket_date(p[bucket_at]), *fields)
@@ -70,7 +70,7 @@ class CounterWriter:
             self._indexed.add(row)
         return out
 
-    def write(self, parts: dict[Hashable, Sequence[tuple[Any, Sequence[int]]]]) -> Outcome:
+    def write(self, parts: Mapping[int, Sequence[tuple[Any, Sequence[int]]]]) -> Outcome:
         """Write each part: (key, measures) rows of ONE partition (at most BATCH_ROWS rows);
         every part's request is in flight at once. Index rows go first."""
         params = {pid: [self._params(k, m) for k, m in rows] for pid, rows in parts.items()}
