@@ -30,10 +30,12 @@ test: up
 	$(ABACUS) schema apply
 	$(VENV)/bin/pytest
 
+# The gates CI runs before the tests; no server needed. mypy's packages: [tool.mypy] files.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy counting
+	$(VENV)/bin/mypy
 
 # Both pipelines side by side on a generated day of events, then the three-way audit
 # (legacy vs Abacus vs truth) and the HTML reports in out/. CHAOS=1 turns legacy's flaws on
