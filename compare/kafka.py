@@ -12,22 +12,18 @@ duplicates; records produced after the audit started are not read.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+from counting import earliest_instant_s
 from settings import KafkaSettings
 
-EARLIEST_OFFSET_H = 14  # the largest UTC offset of any IANA zone (Pacific/Kiritimati)
 Bounds = dict[int, tuple[int, int]]  # partition -> [first offset, end offset)
 
 
 def earliest_instant_ms(date: str, include_month: bool, skew_s: int) -> int:
     """The earliest instant an event of `date` (or of its month) can have, less the skew."""
-    first_day = date[:8] + "01" if include_month else date
-    start = datetime.fromisoformat(first_day).replace(tzinfo=UTC)
-    start -= timedelta(hours=EARLIEST_OFFSET_H, seconds=skew_s)
-    return int(start.timestamp() * 1000)
+    return (earliest_instant_s(date, include_month) - skew_s) * 1000
 
 
 def _consumer(settings: KafkaSettings, group: str) -> Consumer:
@@ -98,20 +94,22 @@ def raw_events(
                     f"with partitions {sorted(todo)} unfinished"
                 )
             for msg in batch:
-                p = msg.partition()
+                p, offset = msg.partition(), msg.offset()
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        todo.pop(p, None)
+                        if p is not None:
+                            todo.pop(p, None)
                         continue
                     raise KafkaException(err)
-                if p not in todo:
+                # a consumed record always has both; a message without them is not a record
+                if p is None or offset is None or p not in todo:
                     continue
-                if msg.offset() < todo[p][1]:
+                if offset < todo[p][1]:
                     value = msg.value()
                     if value is not None:
                         yield value
-                if msg.offset() >= todo[p][1] - 1:
+                if offset >= todo[p][1] - 1:
                     todo.pop(p)
     finally:
         consumer.close()

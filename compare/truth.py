@@ -21,8 +21,9 @@ from counting import (
     Dedup,
     Recount,
     Rejection,
-    bucket_date,
     bucket_labels,
+    bucket_on_date,
+    labels_on_date,
     parse_event,
 )
 from counting.cli import read_lines
@@ -40,10 +41,7 @@ def unit_of(counted: Counted) -> Unit:
 def on_date(counted: Counted, date: str, include_month: bool) -> bool:
     """Is this counter one of the date's: an hour or day bucket of it, or (with
     include_month) its month bucket."""
-    key = counted.key
-    if key.resolution == "month":
-        return include_month and key.bucket == date[:7]
-    return bucket_date(key.bucket) == date
+    return bucket_on_date(counted.key.resolution, counted.key.bucket, date, include_month)
 
 
 @dataclass
@@ -94,7 +92,6 @@ def _count(
     duplicates: Recount,
 ) -> None:
     dedup = Dedup()
-    month = date[:7]
     for raw in raws:
         truth.events_read += 1
         event = parse_event(raw)
@@ -102,8 +99,7 @@ def _count(
             truth.rejected[event.reason.value] += 1
             continue
         first = dedup.first(event.event_id)
-        _, day, event_month = bucket_labels(event.timestamp, event.timezone)
-        if day != date and not (include_month and event_month == month):
+        if not labels_on_date(bucket_labels(event.timestamp, event.timezone), date, include_month):
             continue
         if first:
             truth.events_counted += 1
@@ -123,7 +119,6 @@ def _by_unit(
     unrolled, and the unit of consecutive counters (Recount yields a unit's together) looked
     up once."""
     grouped: dict[Unit, list[Row]] = {}
-    month = date[:7] if include_month else None
     last: tuple[str, ...] = ()
     rows: list[Row] = []
 
@@ -134,10 +129,7 @@ def _by_unit(
         return found
 
     for (company, statistic, resolution, bucket, facet, value), count, uniques in recount.account():
-        if resolution == "month":
-            if bucket != month:
-                continue
-        elif bucket_date(bucket) != date:
+        if not bucket_on_date(resolution, bucket, date, include_month):
             continue
         if last != (company, statistic):
             last = (company, statistic)
@@ -147,10 +139,7 @@ def _by_unit(
         rows.append((bucket, resolution, facet, value, count, uniques))
     last = ()
     for (company, customer, statistic, resolution, bucket), count in recount.customer():
-        if resolution == "month":
-            if bucket != month:
-                continue
-        elif bucket_date(bucket) != date:
+        if not bucket_on_date(resolution, bucket, date, include_month):
             continue
         if last != (company, customer, statistic):
             last = (company, customer, statistic)

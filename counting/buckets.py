@@ -10,7 +10,7 @@ for a zone that breaks the rule.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -55,13 +55,64 @@ def bucket_label(ts_s: float | int, tz: str, resolution: str) -> str:
     return {"hour": hour, "day": day, "month": month}[resolution]
 
 
+# The labels of a date. A date "YYYY-MM-DD" is its day's label. An hour label "YYYY-MM-DDTHH"
+# starts with its day label and a day label with its month label "YYYY-MM": a local hour lies
+# in exactly one local day and month. So the label of each coarser resolution is a prefix of
+# the finer one, of the width LABEL_WIDTH gives.
+LABEL_WIDTH: dict[str, int] = {"hour": 13, "day": 10, "month": 7}
+DATE_WIDTH = LABEL_WIDTH["day"]  # the date of an hour or day label is its prefix this wide
+MONTH_WIDTH = LABEL_WIDTH["month"]  # the month of a date (or hour, day label): its prefix
+# Resolutions whose labels lie in one date (each starts with it): a date's own counters.
+DATED_RESOLUTIONS: tuple[str, ...] = ("hour", "day")
+# The largest UTC offset of any IANA zone (Pacific/Kiritimati, UTC+14): a local date begins
+# at the earliest 14 hours before the UTC midnight of the same date.
+MAX_UTC_OFFSET_S = 14 * 3600
+# [low, high) label bounds: every label of a date D (D itself and every "DTHH", "T" < "U")
+# sorts at or after D and below D + DATE_END, a month's one label M below M + MONTH_END; the
+# labels of other dates and months sort outside.
+DATE_END = "U"
+MONTH_END = "\x00"
+
+
 def bucket_date(bucket: str) -> str:
     """The local date (YYYY-MM-DD) of an hour or day label; a month label has none."""
-    if len(bucket) < 10:
+    if len(bucket) < DATE_WIDTH:
         raise ValueError(f"a month bucket has no date: {bucket!r}")
-    return bucket[:10]
+    return bucket[:DATE_WIDTH]
 
 
-# An hour label "YYYY-MM-DDTHH" starts with its day label (10 characters) and month label
-# (7): a local hour lies in exactly one local day and month.
-LABEL_WIDTH: dict[str, int] = {"hour": 13, "day": 10, "month": 7}
+def month_of(label: str) -> str:
+    """The month label (YYYY-MM) of a date, or of an hour, day or month label."""
+    return label[:MONTH_WIDTH]
+
+
+def bucket_on_date(resolution: str, bucket: str, date: str, include_month: bool = False) -> bool:
+    """Is the counter of this (resolution, bucket) one of the date's: an hour or day bucket
+    of it, or (with include_month) the month bucket containing it."""
+    if resolution == "month":
+        return include_month and bucket == date[:MONTH_WIDTH]
+    return bucket[:DATE_WIDTH] == date
+
+
+def labels_on_date(labels: Labels, date: str, include_month: bool = False) -> bool:
+    """Does an event with these (hour, day, month) labels count on the date (with
+    include_month: anywhere in its month)?"""
+    return labels[1] == date or (include_month and labels[2] == date[:MONTH_WIDTH])
+
+
+def date_label_range(date: str) -> tuple[str, str]:
+    """[low, high) bounds of the labels of a date: its day label and its hour labels."""
+    return date, date + DATE_END
+
+
+def month_label_range(month: str) -> tuple[str, str]:
+    """[low, high) bounds of the labels of a month: its month label alone."""
+    return month, month + MONTH_END
+
+
+def earliest_instant_s(date: str, include_month: bool = False) -> int:
+    """The earliest epoch second whose label lies on the date (with include_month: in its
+    month) in some time zone: that date's (month's first date's) midnight at UTC+14."""
+    first = month_of(date) + "-01" if include_month else date
+    midnight = datetime.fromisoformat(first).replace(tzinfo=UTC)
+    return int(midnight.timestamp()) - MAX_UTC_OFFSET_S

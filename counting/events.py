@@ -245,7 +245,7 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
         return _reject(Reason.BAD_PROPERTY_KEY, obj, "property keys must be 1..64 characters")
 
     # tuple.__new__ builds the NamedTuple in C (its own __new__ is Python code)
-    return _new(
+    return _new(  # type: ignore[no-any-return]
         Event,
         (
             event_id,
@@ -253,7 +253,7 @@ def validate_object(obj: dict[str, Any]) -> Event | Rejection:
             customer_id,
             statistic_id,
             ts,
-            tz,  # type: ignore[no-any-return]
+            tz,
             tuple(facets),
         ),
     )

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
-from counting.buckets import BLOCK_S, block_labels, bucket_labels
+from counting.buckets import BLOCK_S, DATE_WIDTH, MONTH_WIDTH, block_labels, bucket_labels
 from counting.events import parse_event
 from counting.fanout import TOTAL
 from counting.model import (
@@ -122,7 +122,7 @@ class Recount:
         days: dict[tuple[str, ...], list[Any]] = {}
         rkey: tuple[str, ...]
         for (company, statistic, hour), (customers, by_facet) in self._groups.items():
-            day = hour[:10]
+            day = hour[:DATE_WIDTH]
             total = ((TOTAL, (sum(customers.values()), customers)),)
             for (facet, value), (count, seen) in chain(total, by_facet.items()):
                 yield _new(
@@ -146,7 +146,7 @@ class Recount:
             seen = parts[0] if len(parts) == 1 else set().union(*parts)
             yield _new(AccountCount, (_new(AccountKey, rkey), count, len(seen)))
             company, statistic, _, day, facet, value = rkey
-            mkey = (company, statistic, "month", day[:7], facet, value)
+            mkey = (company, statistic, "month", day[:MONTH_WIDTH], facet, value)
             entry = months.get(mkey)
             if entry is None:
                 months[mkey] = [count, [seen]]
@@ -163,7 +163,7 @@ class Recount:
         days: dict[tuple[str, ...], int] = {}
         rkey: tuple[str, ...]
         for (company, statistic, hour), (customers, _) in self._groups.items():
-            day = hour[:10]
+            day = hour[:DATE_WIDTH]
             for customer, count in customers.items():
                 yield _new(
                     CustomerCount,
@@ -174,7 +174,7 @@ class Recount:
         months: dict[tuple[str, ...], int] = {}
         for rkey, count in days.items():
             yield _new(CustomerCount, (_new(CustomerKey, rkey), count))
-            mkey = (*rkey[:3], "month", rkey[4][:7])
+            mkey = (*rkey[:3], "month", rkey[4][:MONTH_WIDTH])
             months[mkey] = months.get(mkey, 0) + count
         for mkey, count in months.items():
             yield _new(CustomerCount, (_new(CustomerKey, mkey), count))

@@ -16,7 +16,17 @@ from typing import Any
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType
 
-from counting import AccountCount, AccountKey, CustomerCount, CustomerKey, bucket_date
+from counting import (
+    DATE_WIDTH,
+    AccountCount,
+    AccountKey,
+    CustomerCount,
+    CustomerKey,
+    bucket_date,
+    date_label_range,
+    month_label_range,
+    month_of,
+)
 from settings import CassandraSettings
 from storage.cassandra import Prepared
 from storage.schema import SHARDS, STORES, keyspace_of
@@ -51,6 +61,10 @@ _INDEX_FIELDS = {
     "customer": ("company_id", "customer_id", "statistic_id"),
 }
 _SHARD_FIELDS = {"account": 1, "customer": 2}
+# Only hour counters are indexed, each under its date (`counting.bucket_date`: the label's
+# first DATE_WIDTH characters); a date's day counters have the keys of its hours', and its
+# month counter is read with the date (`date_slices`), so neither needs an entry of its own.
+INDEX_RESOLUTION = "hour"
 
 
 def _update_cql(ks: str, kind: str, level: str) -> str:
@@ -74,7 +88,9 @@ class SinkLayout:
     counter store the way CounterStore does: `update` binds the measures, then the key
     fields; the first `partition_keys` key fields form the partition; an hour row's index
     entry is (its local date, shard, the key fields at `index_fields`), its shard
-    `shard_of` the first `shard_fields` of those, mod `shards`."""
+    `shard_of` the first `shard_fields` of those, mod `shards`. Rows of resolution
+    `index_resolution` alone are indexed; a row's date is its bucket label's first
+    `date_width` characters (`counting.bucket_date`)."""
 
     update: str
     index: str
@@ -84,6 +100,8 @@ class SinkLayout:
     index_fields: tuple[int, ...]
     shard_fields: tuple[int, ...]
     shards: int
+    index_resolution: str
+    date_width: int
 
 
 def sink_layout(settings: CassandraSettings, store: str, level: str) -> SinkLayout:
@@ -100,6 +118,8 @@ def sink_layout(settings: CassandraSettings, store: str, level: str) -> SinkLayo
         index_fields=tuple(keys.index(f) for f in _INDEX_FIELDS[level]),
         shard_fields=tuple(range(_SHARD_FIELDS[level])),
         shards=SHARDS,
+        index_resolution=INDEX_RESOLUTION,
+        date_width=DATE_WIDTH,
     )
 
 
@@ -109,16 +129,16 @@ def shard_of(*parts: str) -> int:
 
 def date_slice(date: str) -> tuple[str, str]:
     """Bucket bounds [low, high) that select a date's day bucket and its hour buckets."""
-    return date, date + "U"  # "T" < "U": every "DTHH" sorts below "DU"
+    return date_label_range(date)
 
 
 def date_slices(date: str, include_month: bool = False) -> list[tuple[str, str, str]]:
     """(period, low, high) of each partition slice holding a date's counters: its day and
     hour buckets, and with include_month its month's bucket, in bucket order (a month's
     bucket "YYYY-MM" sorts before its dates')."""
-    low, high = date_slice(date)
-    month = [(date[:4], date[:7], date[:7] + "\x00")] if include_month else []
-    return [*month, (date[:7], low, high)]
+    month = month_of(date)
+    months = [(period_of("month", month), *month_label_range(month))] if include_month else []
+    return [*months, (period_of("day", date), *date_label_range(date))]
 
 
 class CounterStore:
@@ -244,7 +264,7 @@ class CounterStore:
             (
                 (bucket_date(k.bucket), k.company_id, k.statistic_id)
                 for k, _, _ in rows
-                if k.resolution == "hour"
+                if k.resolution == INDEX_RESOLUTION
             ),
             self._account_index,
         )
@@ -273,7 +293,7 @@ class CounterStore:
             (
                 (bucket_date(k.bucket), k.company_id, k.customer_id, k.statistic_id)
                 for k, _ in rows
-                if k.resolution == "hour"
+                if k.resolution == INDEX_RESOLUTION
             ),
             self._customer_index,
         )
