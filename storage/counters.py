@@ -127,6 +127,37 @@ def shard_of(*parts: str) -> int:
     return zlib.crc32("\x1f".join(parts).encode("utf-8")) % SHARDS
 
 
+def batches(
+    rows: Iterable[tuple[Any, ...]],
+    partition: slice,
+    batch_partitions: int,
+    batch_rows: int = BATCH_ROWS,
+) -> list[list[tuple[Any, ...]]]:
+    """Rows grouped into write batches: by partition (`row[partition]`, partitions in the
+    order first seen), a batch holds up to `batch_rows` rows spanning up to
+    `batch_partitions` partitions, a partition's rows staying together when they fit. The
+    JVM sink batches the same way (`abacus.sink.Sums.batches`, checked by its JUnit test)."""
+    groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    for row in rows:
+        groups[row[partition]].append(row)
+    out: list[list[tuple[Any, ...]]] = []
+    pending: list[tuple[Any, ...]] = []
+    partitions = 0
+    for group in groups.values():
+        for i in range(0, len(group), batch_rows):
+            chunk = group[i : i + batch_rows]
+            if len(pending) + len(chunk) > batch_rows or partitions >= batch_partitions:
+                if pending:
+                    out.append(pending)
+                pending = []
+                partitions = 0
+            pending.extend(chunk)
+            partitions += 1
+    if pending:
+        out.append(pending)
+    return out
+
+
 def date_slice(date: str) -> tuple[str, str]:
     """Bucket bounds [low, high) that select a date's day bucket and its hour buckets."""
     return date_label_range(date)
@@ -210,32 +241,15 @@ class CounterStore:
         spanning up to `batch_partitions` partitions (a partition's rows stay together when
         they fit), `write_concurrency` requests in flight: one request per batch instead of
         one per row."""
-        groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
-        for row in params:
-            groups[row[partition]].append(row)
         requests: list[tuple[Any, Any]] = []
-        pending: list[tuple[Any, ...]] = []
-        partitions = 0
-
-        def flush() -> None:
+        for pending in batches(params, partition, self._batch_partitions):
             if len(pending) == 1:
                 requests.append((statement, pending[0]))
-            elif pending:
+            else:
                 batch = BatchStatement(batch_type=batch_type or self._batch_type)
                 for row in pending:
                     batch.add(statement, row)
                 requests.append((batch, None))
-            pending.clear()
-
-        for rows in groups.values():
-            for i in range(0, len(rows), BATCH_ROWS):
-                chunk = rows[i : i + BATCH_ROWS]
-                if len(pending) + len(chunk) > BATCH_ROWS or partitions >= self._batch_partitions:
-                    flush()
-                    partitions = 0
-                pending.extend(chunk)
-                partitions += 1
-        flush()
         if requests:
             execute_concurrent(
                 self._session, requests, concurrency=self._concurrency, raise_on_first_error=True
