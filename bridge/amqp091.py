@@ -6,7 +6,7 @@ header table through a generic, allocation-heavy path. The bridge has to consume
 and produce to Kafka at >= 10k msg/s, so the hot path (buffered frame parsing, a direct
 field-table decoder, batched acks) lives here. The method signatures follow py-amqp's
 (`exchange_declare(exchange, type, durable=...)`, `queue_declare(queue, ...)`,
-`queue_bind(queue, exchange, routing_key)`), so `bridge.rabbit.declare_topology` accepts
+`queue_bind(queue, exchange, routing_key)`), so `wire.topology.declare_topology` accepts
 either client's channel.
 
 Only what the bridge, its tests and its benchmark need is implemented: PLAIN auth, TLS,

@@ -24,8 +24,9 @@ from bridge.amqp091 import Connection
 from bridge.service import Bridge
 from bridge.status import Counts
 from counting.generate import GeneratorConfig, generate
-from legacy.protocol import task_message
 from settings.model import Settings
+from wire.task import task_message
+from wire.topology import declare_topology
 
 TARGET_MSGS_S = 10_000
 TARGET_RATIO = 0.5
@@ -131,7 +132,7 @@ def bench_bridge(settings: Settings, n: int, prefetch: int | None, seed: int, fm
     say = click.echo if fmt == "text" else (lambda *_a, **_k: None)
     conn = rabbit.connect(rmq)
     try:
-        rabbit.declare_topology(conn, rmq)  # queue A: the "legacy" queue of this exchange
+        declare_topology(conn, rmq)  # queue A: the "legacy" queue of this exchange
         rabbit.declare_shadow_queue(conn, rmq)  # queue B: the bridge's
         say(f"publishing {n:,} persistent task messages to 2 durable queues ...")
         t = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from counting.events import MAX_INPUT_BYTES, MAX_NESTING, loads, too_deep
 from counting.text import escape
-from legacy.protocol import MAX_TASK_BODY_BYTES, TASK_NAME
+from wire.task import MAX_TASK_BODY_BYTES, TASK_NAME, envelope_problem
 
 MAX_EVENT_BYTES = MAX_INPUT_BYTES  # 1 MiB: the contract's `too_large`, checked on raw bytes
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a dead letter keeps at most the first 4 MiB of a body
@@ -325,30 +325,9 @@ def decode(msg: Message, received_ms: int) -> Good | Bad:
             )
         return Good(_company_key(parsed), body, record_headers(msg, received_ms, None))
 
-    envelope = parsed
-    if not (
-        isinstance(envelope, list)
-        and len(envelope) == 3
-        and isinstance(envelope[0], list)
-        and isinstance(envelope[1], dict)
-    ):
-        return _bad(
-            Reason.BAD_ENVELOPE,
-            "body is not a Celery protocol-2 [args, kwargs, embed] list",
-            msg,
-            received_ms,
-            task_id,
-        )
-    args, kwargs = envelope[0], envelope[1]
-    if len(args) != 1 or kwargs or not isinstance(args[0], str):
-        return _bad(
-            Reason.BAD_ENVELOPE,
-            f"{TASK_NAME} takes exactly one argument, the raw event text",
-            msg,
-            received_ms,
-            task_id,
-        )
-    raw = args[0]
+    if problem := envelope_problem(parsed):
+        return _bad(Reason.BAD_ENVELOPE, problem, msg, received_ms, task_id)
+    raw: str = parsed[0][0]
     try:
         value = raw.encode("utf-8")
     except UnicodeEncodeError:

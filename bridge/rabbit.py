@@ -1,9 +1,9 @@
-"""RabbitMQ side of the bridge: the topology every party declares, and connecting.
+"""RabbitMQ side of the bridge: its mirror and overflow queues, and connecting.
 
-`declare_topology` is the single definition of the aggregation exchange and the legacy
-queue; the legacy producer and workers may import it so that every declaration carries the
-same arguments (RabbitMQ refuses a re-declaration with different ones). It accepts a
-py-amqp/kombu channel or a `bridge.amqp091.Connection` (same method signatures).
+The aggregation exchange and the legacy queue are `wire.topology`'s `declare_topology`, the
+single definition every party uses (RabbitMQ refuses a re-declaration with different
+arguments); it accepts a py-amqp/kombu channel or a `bridge.amqp091.Connection` (same method
+signatures). The bounded mirror queue and its overflow queue are the bridge's own.
 """
 
 from __future__ import annotations
@@ -12,20 +12,9 @@ from typing import Any, Literal
 
 from bridge.amqp091 import AmqpError, Connection
 from settings.model import RabbitSettings
+from wire.topology import declare_topology
 
 Mode = Literal["shadow", "live"]
-EXCHANGE_TYPE = "direct"
-
-
-def declare_topology(channel: Any, rabbit: RabbitSettings) -> None:
-    """Declare the durable direct exchange and the durable legacy queue bound to it.
-
-    Idempotent; no queue arguments (the design is dead-letter free: the bridge writes
-    undecodable messages to the Kafka DLQ topic, never back to RabbitMQ).
-    """
-    channel.exchange_declare(rabbit.exchange, EXCHANGE_TYPE, durable=True, auto_delete=False)
-    channel.queue_declare(rabbit.legacy_queue, durable=True, exclusive=False, auto_delete=False)
-    channel.queue_bind(rabbit.legacy_queue, rabbit.exchange, rabbit.routing_key)
 
 
 class MirrorQueueMismatch(Exception):

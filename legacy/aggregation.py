@@ -272,7 +272,7 @@ class Aggregator(LegacyClients):
 def _task_body(raw_event: str, task_id: str | None) -> bytes | str:
     """The task message body of an event (a dead letter can be published again as a task);
     text when the event holds a lone surrogate (the dead letter escapes it)."""
-    from legacy.protocol import task_message
+    from wire.task import task_message
 
     try:
         return task_message(raw_event, task_id).body

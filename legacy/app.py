@@ -22,11 +22,11 @@ from legacy import deadletter
 from legacy.aggregation import REDIS_TIMEOUT_S, Aggregator, Outcome, count_stats
 from legacy.chaos import Chaos
 from legacy.flusher import DEFAULT_INTERVAL_S, start_flush_thread
-from legacy.protocol import TASK_NAME
 from legacy.retry import RetryPolicy
 from legacy.topology import legacy_queue
 from legacy.trace import Trace
 from settings import Settings
+from wire.task import TASK_NAME, arguments_problem
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,8 @@ class Runtime:
             log.exception("legacy task %s: cannot open the counter store; requeued", request.id)
             time.sleep(1.0)
             raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
-        if len(args) != 1 or kwargs or not isinstance(args[0], str):
-            aggregator.reject(
-                deadletter.BAD_TASK_MESSAGE,
-                "the task takes one argument, the raw event text",
-                args,
-                None,
-                request.id,
-            )
+        if problem := arguments_problem(args, kwargs):
+            aggregator.reject(deadletter.BAD_TASK_MESSAGE, problem, args, None, request.id)
             return Outcome.DEAD_LETTERED.value
         redelivered = bool((request.delivery_info or {}).get("redelivered"))
         try:
@@ -178,11 +172,11 @@ def make_app(settings: Settings, options: WorkerOptions | None = None) -> Celery
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    app.abacus_runtime = Runtime(app, settings, options)  # type: ignore[attr-defined]
+    app.abacus_runtime = Runtime(app, settings, options)
 
     @app.task(name=TASK_NAME, bind=True)
     def aggregate(self: Any, *args: Any, **kwargs: Any) -> str:
-        return app.abacus_runtime.handle(self.request, args, kwargs)  # type: ignore[attr-defined]
+        return app.abacus_runtime.handle(self.request, args, kwargs)
 
     app.steps["worker"].add(BigBerthaFlushStep)
     return app

@@ -23,8 +23,8 @@ from counting.events import loads
 from legacy import deadletter
 from legacy.aggregation import count_stats, redis_client
 from legacy.keys import RedisKeys
-from legacy.protocol import CONTENT_TYPE, MAX_TASK_BODY_BYTES, TASK_NAME
 from legacy.retry import RetryPolicy
+from wire.task import CONTENT_TYPE, MAX_TASK_BODY_BYTES, TASK_NAME, envelope_problem
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +113,11 @@ def screen(message: Any) -> tuple[str, str] | None:
         return deadletter.UNKNOWN_TASK, f"task header {task!r}, expected {TASK_NAME!r}"
     if problem := _header_problem(headers):
         return deadletter.BAD_TASK_MESSAGE, problem
-    if not (
-        isinstance(body, list)
-        and len(body) == 3
-        and isinstance(body[0], list)
-        and isinstance(body[1], dict)
-        and (body[2] is None or isinstance(body[2], dict))
-    ):
-        return deadletter.BAD_TASK_MESSAGE, "body is not a Celery protocol-2 [args, kwargs, embed]"
-    args, kwargs = body[0], body[1]
-    if len(args) != 1 or kwargs or not isinstance(args[0], str):
-        return deadletter.BAD_TASK_MESSAGE, "the task takes one argument, the raw event text"
+    if problem := envelope_problem(body):
+        return deadletter.BAD_TASK_MESSAGE, problem
+    # What Celery's pool needs beyond the envelope to run the task: an embed it can read.
+    if not (body[2] is None or isinstance(body[2], dict)):
+        return deadletter.BAD_TASK_MESSAGE, "the body's embed is neither null nor an object"
     if _huge_int(body[2]):
         return (
             deadletter.BAD_TASK_MESSAGE,

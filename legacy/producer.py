@@ -1,6 +1,6 @@
 """Publishing events as aggregation task messages, at a controlled rate.
 
-Each raw event line becomes one Celery protocol-2 task message (`legacy.protocol`),
+Each raw event line becomes one Celery protocol-2 task message (`wire.task`),
 published persistent to the exchange with the routing key: the legacy queue (and, in
 shadow mode, the bridge's mirror queue) receives it. Publisher confirms are streamed: up
 to `window` messages are in flight, a nacked one is published again, and the call returns
@@ -29,9 +29,9 @@ import amqp
 from kombu import Connection
 
 from legacy import deadletter
-from legacy.protocol import task_message
 from legacy.topology import declare_topology
 from settings import RabbitSettings
+from wire.task import task_message
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The RabbitMQ topology of the aggregation task, as legacy sees it.
 
-The exchange, the legacy queue and its binding are declared by `bridge.rabbit`'s
+The exchange, the legacy queue and its binding are declared by `wire.topology`'s
 `declare_topology`, the single definition every party uses; the kombu entities below
 describe the same thing for Celery (its worker re-declares its queue on start, with these
 identical arguments: durable direct exchange, durable queue, no queue arguments). Legacy
@@ -13,10 +13,10 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from bridge.rabbit import EXCHANGE_TYPE
-from bridge.rabbit import declare_topology as declare_aggregation_topology
 from legacy.deadletter import dead_letter_queue
 from settings import RabbitSettings
+from wire.topology import EXCHANGE_TYPE
+from wire.topology import declare_topology as declare_aggregation_topology
 
 
 def exchange(settings: RabbitSettings) -> Exchange:

@@ -27,6 +27,7 @@ from services import manager
 from services.base import StartResult
 from settings.model import Settings
 from tests.integration.test_bridge import Env, celery_message, event, headers_of, read_topic
+from wire.topology import declare_topology
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -59,7 +60,7 @@ def env(fault_settings: Settings, kafka_rabbit: object, tmp_path: Any) -> Iterat
         }
     )
     conn = rabbit.connect(s.rabbitmq)
-    rabbit.declare_topology(conn, s.rabbitmq)
+    declare_topology(conn, s.rabbitmq)
     conn.confirm_select()
     e = Env(s, conn)
     yield e

@@ -30,8 +30,9 @@ from bridge.decode import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_TASK_BODY_BYTES
 from bridge.service import Bridge
 from bridge.status import read_status
 from counting.corpus import tricky_lines
-from legacy.protocol import TASK_NAME, task_message
 from settings.model import Settings
+from wire.task import TASK_NAME, task_message
+from wire.topology import declare_topology
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,7 @@ def env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env
         }
     )
     conn = rabbit.connect(isolated.rabbitmq)
-    rabbit.declare_topology(conn, isolated.rabbitmq)
+    declare_topology(conn, isolated.rabbitmq)
     rabbit.declare_shadow_queue(conn, isolated.rabbitmq)
     conn.confirm_select()
     yield Env(isolated, conn)

@@ -47,7 +47,6 @@ from legacy.chaos import Chaos
 from legacy.flusher import Flusher, Renewal
 from legacy.keys import RedisKeys, encode_key
 from legacy.producer import publish_lines
-from legacy.protocol import task_message
 from legacy.retry import RetryPolicy
 from legacy.status import queue_depth, read_status
 from legacy.topology import declare_topology
@@ -56,6 +55,7 @@ from legacy.worker import WorkerProcess, start_worker
 from legacy.writer import CounterWriter
 from legacy.writer import Outcome as WriteOutcome
 from settings.model import Settings
+from wire.task import task_message
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import amqp091 as A
-from legacy.protocol import task_message
+from wire.task import task_message
 
 
 def test_celery_headers_round_trip_and_match_py_amqp() -> None:

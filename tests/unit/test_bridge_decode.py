@@ -24,7 +24,7 @@ from bridge.decode import (
 )
 from counting import parse_event
 from counting.corpus import tricky_lines
-from legacy.protocol import TASK_NAME, task_message
+from wire.task import TASK_NAME, task_message
 
 EVENT = {
     "event_id": "E1",

@@ -14,9 +14,9 @@ from bridge.decode import Incoming
 from bridge.kafka import TopicConfigError, topic_config
 from bridge.overflow import event_date, tally
 from bridge.status import Counts, PrometheusCollector, serve_metrics
-from legacy.protocol import task_message
 from settings.model import KafkaSettings, RabbitSettings
 from storage.overflow import UNDATED, Overflow
+from wire.task import task_message
 
 
 def celery(event: dict[str, object], redelivered: bool = False) -> Incoming:

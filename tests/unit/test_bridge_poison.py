@@ -18,10 +18,10 @@ from bridge import amqp091 as A
 from bridge.decode import MAX_EVENT_BYTES, Bad, Good, Incoming, Reason, decode
 from bridge.service import Bridge
 from counting.corpus import poison_lines
-from legacy.protocol import task_message
 from settings.model import Settings
 from tests import poison_amqp
 from tests.unit.test_bridge_service import FakeConn, FakeProducer, delivery
+from wire.task import task_message
 
 
 def as_delivery(m: poison_amqp.PoisonMessage) -> A.Delivery:

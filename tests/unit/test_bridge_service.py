@@ -12,8 +12,8 @@ from confluent_kafka import KafkaError
 
 from bridge.amqp091 import Delivery
 from bridge.service import Bridge, KafkaFatal
-from legacy.protocol import task_message
 from settings.model import Settings
+from wire.task import task_message
 
 
 class FakeProducer:

@@ -27,10 +27,10 @@ from legacy.chaos import Chaos
 from legacy.cli import legacy as legacy_group
 from legacy.consumer import screen
 from legacy.keys import RedisKeys, decode_key, encode_key
-from legacy.protocol import task_message
 from legacy.trace import Traces
 from legacy.worker import settings_env, worker_args
 from settings.model import Settings
+from wire.task import task_message
 
 ABACUS = [sys.executable, "-c", "import cli; cli.main()"]
 
