@@ -26,7 +26,7 @@ from counting import (
     labels_on_date,
     parse_event,
 )
-from counting.cli import read_lines
+from counting.events import read_lines
 from counting.recount import paused_gc
 
 

@@ -1,30 +1,30 @@
-"""`abacus recount` and `abacus generate`: the contract's own commands."""
+"""`abacus recount` and `abacus generate`: the contract's own commands.
+
+counting is the bottom layer: this module imports nothing of the project above it (its
+table is made safe by `counting.text.visible`, the rule `settings.output` applies too).
+`generator_options` are the generator's knobs, shared with `abacus produce --generate`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import chain
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import click
 
-from counting.events import parse_event
+from counting.events import read_lines
 from counting.exchange import to_line, to_record
 from counting.generate import DEFAULT_TIMEZONES, GeneratorConfig
 from counting.generate import generate as generate_events
 from counting.model import AccountCount, CustomerCount, Rejection
 from counting.recount import Recount, paused_gc
-from counting.text import escape
+from counting.text import escape, visible
 
-
-def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """The raw events of a JSON Lines stream; blank lines carry no event and are skipped."""
-    for line in stream:
-        if line.strip():
-            yield line.rstrip(b"\r\n")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def rejection_line(rejection: Rejection) -> str:
@@ -92,8 +92,7 @@ def recount(events_file: IO[bytes], fmt: str, rejects: IO[str] | None) -> None:
 def _print_table(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from settings.output import term
+    from rich.text import Text
 
     table = Table(
         "level",
@@ -110,7 +109,7 @@ def _print_table(records: list[dict[str, Any]]) -> None:
     for r in sorted(records, key=lambda r: tuple(str(v) for v in r.values())):
         table.add_row(
             *(
-                term(v)
+                Text(visible(v))
                 for v in (
                     r["level"],
                     r["company_id"],
@@ -135,33 +134,48 @@ def _parse_start(value: str) -> int:
         raise click.BadParameter(f"expected an ISO date or datetime (UTC), got {value!r}") from None
 
 
+def generator_options(command: F) -> F:
+    """The generator's mix: --seed, --companies, --customers, --statistics, --facets,
+    --duplicates, --late (parameters named as `GeneratorConfig`'s fields, shares apart)."""
+    share = click.FloatRange(0, 1, max_open=True)
+    for option in reversed(
+        [
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--companies", type=click.IntRange(min=1), default=50, show_default=True),
+            click.option(
+                "--customers", type=click.IntRange(min=1), default=20_000, show_default=True
+            ),
+            click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True),
+            click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True),
+            click.option(
+                "--duplicates",
+                type=share,
+                default=0.0,
+                show_default=True,
+                help="Share of redeliveries (same event_id).",
+            ),
+            click.option(
+                "--late",
+                type=share,
+                default=0.0,
+                show_default=True,
+                help="Share of events hours to days late.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--n", "n", type=click.IntRange(min=0), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.File("w", encoding="utf-8"), default="-", show_default=True)
-@click.option("--companies", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--customers", type=click.IntRange(min=1), default=20_000, show_default=True)
-@click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True)
+@generator_options
 @click.option(
     "--timezones",
     default=",".join(DEFAULT_TIMEZONES),
     show_default=True,
     help="Comma-separated IANA names, one per company in turn.",
-)
-@click.option(
-    "--duplicates",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Share of redeliveries (same event_id).",
-)
-@click.option(
-    "--late",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Share of events hours to days late.",
 )
 @click.option("--start", default="2025-12-01", show_default=True, help="UTC start of the span.")
 @click.option("--span-s", type=click.IntRange(min=1), default=86_400, show_default=True)
@@ -206,4 +220,4 @@ def generate(
         out.write(json.dumps(event, ensure_ascii=False) + "\n")
 
 
-__all__ = ["generate", "parse_event", "read_lines", "recount", "rejection_line"]
+__all__ = ["generate", "generator_options", "recount", "rejection_line"]

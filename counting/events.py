@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import zoneinfo
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from itertools import accumulate
 from typing import Any
@@ -134,6 +135,14 @@ def _event_id_of(obj: Any) -> str | None:
 
 def _reject(reason: Reason, obj: Any, detail: str) -> Rejection:
     return Rejection(reason, _event_id_of(obj), detail)
+
+
+def read_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """The raw events of a JSON Lines stream (a binary file): blank lines carry no event and
+    are skipped, line ends are stripped."""
+    for line in stream:
+        if line.strip():
+            yield line.rstrip(b"\r\n")
 
 
 def parse_event(raw: bytes | str | dict[str, Any]) -> Event | Rejection:

@@ -11,7 +11,8 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from counting.cli import read_lines
+from counting.cli import generator_options
+from counting.events import read_lines
 from counting.generate import GeneratorConfig, generate
 from legacy.app import POOLS, WorkerOptions
 from legacy.chaos import Chaos
@@ -113,25 +114,7 @@ def _with_progress(total: int | None, show: bool, run: Callable[[Callable[[int],
     default=None,
     help="With --generate: write the generated events here, to recount the run.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--companies", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--customers", type=click.IntRange(min=1), default=20_000, show_default=True)
-@click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True)
-@click.option(
-    "--duplicates",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Share of redeliveries (same event_id) generated.",
-)
-@click.option(
-    "--late",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Share of late events generated.",
-)
+@generator_options
 @click.option(
     "--rate",
     type=click.FloatRange(min=0),

@@ -16,7 +16,8 @@ or a CSV row:
   return) is prefixed with `'`. Numbers stay numbers: ints, floats and strings that are a
   plain decimal number (`-3`, `+2.5`) are written as they are.
 
-It sits beside the settings because both are the edges every package may use.
+It sits beside the settings because both are the edges every package may use; `visible`'s
+rule is `counting.text`'s (the bottom layer, so counting's own commands use it too).
 """
 
 from __future__ import annotations
@@ -25,35 +26,15 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from counting.text import visible
+
 if TYPE_CHECKING:  # rich is imported where it renders: settings stay light for workers
     from rich.text import Text
 
-# C0 and C1 controls (ESC starts every ANSI sequence), DEL, the bidi marks, embeddings,
-# overrides and isolates (Trojan Source), line/paragraph separators, lone surrogates (which
-# no terminal encoding can write: printing one raises UnicodeEncodeError)
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+__all__ = ["csv_cell", "csv_row", "term", "visible"]
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    ch = match.group()
-    if ch in _SHORT:
-        return _SHORT[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def visible(value: Any, newlines: bool = False) -> str:
-    """`value` as text with every control, bidi and surrogate character visibly escaped
-    (`newlines=True` keeps line breaks: a message of several lines)."""
-    text = value if isinstance(value, str) else str(value)
-    if newlines:
-        return "\n".join(_UNSAFE.sub(_escaped, line) for line in text.split("\n"))
-    return _UNSAFE.sub(_escaped, text)
 
 
 def term(value: Any, style: str = "") -> Text:

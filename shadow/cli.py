@@ -141,7 +141,7 @@ def run(
     clean, 1 when one is not, 2 on error. Ctrl-C stops what the run started."""
     from rich.console import Console
 
-    from counting.cli import read_lines
+    from counting.events import read_lines
     from legacy.chaos import Chaos
     from shadow.components import JobOptions
     from shadow.run import RunConfig, run_shadow, summary
