@@ -36,13 +36,13 @@ from typing import Any
 
 from compare.audits import AuditRecord, AuditStore, now_ms
 from compare.cassandra import Fetcher, StoreReader, add_profile, read_keys, read_stores
-from compare.diff import Mismatch, Row, Tally, Tolerance, Unit, diff_rows, row_key
+from compare.diff import Mismatch, Tally, Tolerance, Unit, diff_rows
 from compare.plan import LEVELS, Plan, select, write_json
 from compare.read_ahead import ReadAhead, Sides
 from compare.summary import Summary
 from compare.truth_spool import Selection, Source, TruthSpool
 from settings import Settings
-from storage import STORES, Prepared, connect
+from storage import KEY_WIDTH, STORES, Prepared, Row, connect, row_key
 from storage.overflow import overflow_of_date
 
 Progress = Callable[[int, int], None]  # (units done, units planned)
@@ -531,8 +531,8 @@ class _Runner:
             truth_rows = redelivered = None
             if chunk.truth is not None:
                 rows, again_redelivered = chunk.truth[unit]
-                truth_rows = [r for r in rows if r[:4] in keys]
-                redelivered = [r for r in again_redelivered if r[:4] in keys]
+                truth_rows = [r for r in rows if r[:KEY_WIDTH] in keys]
+                redelivered = [r for r in again_redelivered if r[:KEY_WIDTH] in keys]
             again = diff_rows(
                 unit,
                 left[unit],

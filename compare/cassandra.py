@@ -20,9 +20,10 @@ from cassandra.cluster import ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
-from compare.diff import Key, Row, Unit
+from compare.diff import Key, Unit
 from settings import CassandraSettings
-from storage import CounterStore, Prepared, Request
+from storage import CounterStore, Prepared, Request, Row
+from storage.rows import C_CUSTOMER, C_STATISTIC
 
 PROFILE = "compare"
 
@@ -219,7 +220,7 @@ def _to_customer_units(company: str, rows: Rows, side: dict[Unit, Rows]) -> None
     """Rows of several customer units; a pair of the query that is no unit of the chunk
     (its customer's other statistics, or a unit of the next chunk) is dropped."""
     for row in rows:
-        found = side.get(("customer", (company, row[0], row[1])))
+        found = side.get(("customer", (company, row[C_CUSTOMER], row[C_STATISTIC])))
         if found is not None:
             found.append(row)
 

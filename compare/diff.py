@@ -23,15 +23,15 @@ from itertools import groupby
 from typing import Any
 
 from counting import AccountCount, AccountKey, CustomerCount, CustomerKey
+from storage.rows import COUNT, KEY_WIDTH, Row, key_of_row, row_value
 
 Counted = AccountCount | CustomerCount
 Key = AccountKey | CustomerKey
 Value = tuple[int, int]  # (count, uniques); uniques is 0 at customer level
 SortKey = tuple[int, Key]
 Unit = tuple[str, tuple[str, ...]]  # (level, ids): ids of one partition of the date index
-# A counter as a store read returns it (storage.ACCOUNT_COLUMNS, storage.CUSTOMER_COLUMNS):
-# four key columns, the count, and at account level the uniques.
-Row = tuple[Any, ...]
+# A side of a unit is its rows as a store read returns them (`storage.rows`: the key columns,
+# the count, and at account level the uniques); the truth's are made by `storage.row_of`.
 
 CLASSES = ("match", "only_left", "only_right", "differs")
 VERDICTS = ("both", "left", "right", "neither")
@@ -47,42 +47,8 @@ def value_of(counted: Counted) -> Value:
     return (counted.count, counted.uniques if isinstance(counted, AccountCount) else 0)
 
 
-def row_key(key: Key) -> tuple[str, str, str, str]:
-    """The key columns of the key's row (`row_of`'s first four)."""
-    if isinstance(key, AccountKey):
-        return (key.bucket, key.resolution, key.facet, key.value)
-    return (key.customer_id, key.statistic_id, key.bucket, key.resolution)
-
-
-def row_of(counted: Counted) -> Row:
-    """A counter as a store read returns it (the truth is compared in this form)."""
-    if isinstance(counted, AccountCount):
-        a = counted.key
-        return (a.bucket, a.resolution, a.facet, a.value, counted.count, counted.uniques)
-    c = counted.key
-    return (c.customer_id, c.statistic_id, c.bucket, c.resolution, counted.count)
-
-
-def key_of_row(unit: Unit, row: Row) -> Key:
-    """The counter key of a row of `unit`."""
-    level, ids = unit
-    if level == "account":
-        return AccountKey(ids[0], ids[1], row[1], row[0], row[2], row[3])
-    return CustomerKey(ids[0], row[0], row[1], row[3], row[2])
-
-
-def counted_of_row(unit: Unit, row: Row) -> Counted:
-    """A row of `unit` as counting's type (an absent value is zero)."""
-    key = key_of_row(unit, row)
-    if unit[0] == "account":
-        return AccountCount(key, row[4] or 0, row[5] or 0)  # type: ignore[arg-type]
-    return CustomerCount(key, row[4] or 0)  # type: ignore[arg-type]
-
-
 def _row_value(row: Row | None) -> Value | None:
-    if row is None:
-        return None
-    return (row[4] or 0, (row[5] or 0) if len(row) > 5 else 0)
+    return None if row is None else row_value(row)
 
 
 # -- tolerance --------------------------------------------------------------------------
@@ -362,14 +328,14 @@ def diff_rows(
     )
     _tally_agreed(tally, agreed, has_truth)
     ls, rs, ts = (
-        {r[:4]: r for r in rows if r not in agreed} for rows in (left, right, truth or ())
+        {r[:KEY_WIDTH]: r for r in rows if r not in agreed} for rows in (left, right, truth or ())
     )
-    ds = {r[:4]: r for r in redelivered or ()}
+    ds = {r[:KEY_WIDTH]: r for r in redelivered or ()}
     out = []
     for sub in ls.keys() | rs.keys() | ts.keys():
         mismatch = _judge(
             tally,
-            key_of_row(unit, sub),
+            key_of_row(*unit, sub),
             _row_value(ls.get(sub)),
             _row_value(rs.get(sub)),
             _row_value(ts.get(sub)),
@@ -389,7 +355,7 @@ def _tally_agreed(tally: Tally, rows: Iterable[Row], has_truth: bool) -> None:
     n = total = 0
     for row in rows:
         n += 1
-        total += row[4] or 0
+        total += row[COUNT] or 0
     tally.compared += n
     tally.matched += n
     tally.left_total += total

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from compare.cassandra import Fetcher, StoreReader, add_profile, read_stores
-from compare.diff import Counted, counted_of_row, order
+from compare.diff import Counted, order
 from settings import Settings
-from storage import CounterStore, Prepared, connect
+from storage import CounterStore, Prepared, connect, counted_of_row
 
 
 def dump_store(
@@ -40,6 +40,6 @@ def dump_store(
                 chunk = units[i : i + chunk_units]
                 (rows,) = read_stores([reader], chunk, date, include_month)
                 for unit in chunk:
-                    yield from sorted((counted_of_row(unit, r) for r in rows[unit]), key=order)
+                    yield from sorted((counted_of_row(*unit, r) for r in rows[unit]), key=order)
     finally:
         session.cluster.shutdown()

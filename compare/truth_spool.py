@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compare.diff import Row, Unit
+from compare.diff import Unit
 from compare.plan import Plan, extra_units
 from settings import KafkaSettings
+from storage import Row
 
 FRAME_UNITS = 512
 Bounds = dict[int, tuple[int, int]]

@@ -4,14 +4,23 @@ its own for the counter tables."""
 
 from storage.cassandra import Prepared, connect
 from storage.counters import (
-    ACCOUNT_COLUMNS,
-    CUSTOMER_COLUMNS,
     CounterStore,
     Request,
     date_slice,
     date_slices,
     period_of,
     shard_of,
+)
+from storage.rows import (
+    ACCOUNT_COLUMNS,
+    CUSTOMER_COLUMNS,
+    KEY_WIDTH,
+    Row,
+    counted_of_row,
+    key_of_row,
+    row_key,
+    row_of,
+    row_value,
 )
 from storage.schema import (
     OPS,
@@ -26,19 +35,26 @@ from storage.schema import (
 __all__ = [
     "ACCOUNT_COLUMNS",
     "CUSTOMER_COLUMNS",
+    "KEY_WIDTH",
     "OPS",
     "SHARDS",
     "STORES",
     "CounterStore",
     "Prepared",
     "Request",
+    "Row",
     "Store",
     "apply_schema",
     "connect",
+    "counted_of_row",
     "date_slice",
     "date_slices",
+    "key_of_row",
     "keyspace_of",
     "period_of",
+    "row_key",
+    "row_of",
+    "row_value",
     "shard_of",
     "statements",
 ]

@@ -29,13 +29,11 @@ from counting import (
 )
 from settings import CassandraSettings
 from storage.cassandra import Prepared
+from storage.rows import ACCOUNT_COLUMNS, CUSTOMER_COLUMNS
 from storage.schema import SHARDS, STORES, keyspace_of
 
 _INDEX_CACHE_MAX = 200_000
 
-# Columns of the rows the read requests return (CounterStore.*_requests).
-ACCOUNT_COLUMNS = ("bucket", "resolution", "facet", "value", "count", "uniques")
-CUSTOMER_COLUMNS = ("customer_id", "statistic_id", "bucket", "resolution", "count")
 Request = tuple[Any, tuple[Any, ...]]  # (prepared statement, parameters)
 BATCH_ROWS = 30  # statements per batch (well under the batch size warning)
 

@@ -17,11 +17,11 @@ from compare.diff import (
     diff,
     diff_rows,
     order,
-    row_of,
 )
 from compare.summary import Summary
 from counting import AccountCount, AccountKey, CustomerCount, CustomerKey, Recount
 from counting.generate import GeneratorConfig, generate
+from storage import row_of
 
 
 def acc(
