@@ -4,49 +4,68 @@
     drained(settings, "statistic")      # lag 0 and nothing pending in a window
     stop_jobs(settings, "shadow", savepoint=True)
 
-A local job is a background `python -m abacus.runner` process (its own session, so it
-outlives the command that started it) with a state file and a log under
-`<data_dir>/jobs/`. With `flink.jobmanager` set, jobs are submitted to that cluster instead
-(`abacus.remote`).
+A local job is a background `python -m abacus.runner` process (`abacus.local`: its own
+session, so it outlives the command that started it); with `flink.jobmanager` set, jobs are
+submitted to that cluster instead (`abacus.remote`). Either way a job has a state file and a
+log under `<data_dir>/jobs/` (`abacus.jobs`, below both launchers and this module).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import SecretStr
-
-from abacus import progress
-from abacus.environment import Memory, job_jars
+from abacus import local, progress
+from abacus.failures import error_line
+from abacus.jobs import (
+    ENDED,
+    RUNNING,
+    JobError,
+    RunOptions,
+    alive,
+    check,
+    jobs_dir,
+    log_path,
+    logs,
+    request,
+    restore_point,
+    state_file,
+)
 from abacus.lag import consumer_lag
-from abacus.pipeline import KINDS, TARGETS, JobSpec, job_name, latest_checkpoint
-from abacus.state import JobState, StateFile, start_line
-from services import procs
-from services.paths import data_dir
+from abacus.pipeline import KINDS, job_name
+from abacus.state import JobState, start_line
 from settings import Settings
 
-RUNNING = {
-    "STARTING",
-    "CREATED",
-    "INITIALIZING",
+__all__ = [
+    "ENDED",
     "RUNNING",
-    "RESTARTING",
-    "STOPPING",
-    "CANCELLING",
-    "RECONCILING",
-}
+    "Drain",
+    "JobError",
+    "RunOptions",
+    "alive",
+    "describe",
+    "drain_status",
+    "drained",
+    "jobs_dir",
+    "launch",
+    "log_path",
+    "logs",
+    "problem",
+    "recent_restarts",
+    "restore_point",
+    "run_foreground",
+    "start",
+    "start_jobs",
+    "state_file",
+    "status",
+    "statuses",
+    "stop",
+    "stop_jobs",
+    "wait_drained",
+    "wait_for",
+]
 
-
-ENDED = {"FAILED", "LOST", "CANCELED"}  # a job that no longer counts (and was not stopped)
 # restart-looping: this many restarts within this window. Not fewer: an outage of a server
 # the job needs (a Cassandra restart) costs a restart or two that end in recovery, and a
 # shadow run must not stop on that; more is a job that keeps failing (flink.restart_attempts
@@ -54,67 +73,12 @@ ENDED = {"FAILED", "LOST", "CANCELED"}  # a job that no longer counts (and was n
 LOOP_RESTARTS, LOOP_WINDOW_S = 3, 60.0
 
 
-class JobError(Exception):
-    """A job operation that cannot be done; the message says what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    prefix: str = ""  # job names and consumer groups get it (tests isolate themselves)
-    # None: the settings' value (flink.window_ms, .parallelism, .uniques_ttl_s,
-    # .heap_mb, .managed_mb)
-    window_ms: int | None = None
-    parallelism: int | None = None
-    uniques_ttl_s: int | None = None
-    memory: Memory | None = None
-    from_savepoint: Path | None = None
-    resume: bool = True  # from the newest retained checkpoint/savepoint of the job name
-    # keep the progress directories of earlier processes of the job name (a supervisor that
-    # restarts a dead job keeps what they re-applied and left uncertain); False: removed
-    keep_progress: bool = False
-
-
-def jobs_dir(settings: Settings) -> Path:
-    return data_dir(settings) / "jobs"
-
-
-def state_file(settings: Settings, name: str) -> StateFile:
-    return StateFile(jobs_dir(settings) / f"{name}.json")
-
-
-def log_path(settings: Settings, name: str) -> Path:
-    return jobs_dir(settings) / f"{name}.log"
-
-
-def _payload(settings: Settings) -> dict[str, Any]:
-    """The settings for the runner, secrets included (sent over a pipe, never stored)."""
-    absolute = settings.model_copy(
-        update={
-            "services": settings.services.model_copy(update={"data_dir": data_dir(settings)}),
-            "flink": settings.flink.model_copy(
-                update={"checkpoint_dir": settings.flink.checkpoint_dir.expanduser().resolve()}
-            ),
-        }
-    )
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            return value.get_secret_value()
-        return str(value)
-
-    return json.loads(json.dumps(absolute.model_dump(mode="python"), default=plain))
-
-
-def _alive(pid: int | None) -> bool:
-    return bool(pid) and procs.alive(pid)  # type: ignore[arg-type]
-
-
 def status(settings: Settings, name: str) -> JobState | None:
     """The job's state, with a status of LOST when its process died without saying so."""
     state = state_file(settings, name).read()
     if state is None:
         return None
-    if state.remote is None and state.status in RUNNING and not _alive(state.pid):
+    if state.remote is None and state.status in RUNNING and not alive(state.pid):
         state = state.replace(status="LOST", error=_last_error(settings, state) or state.error)
     if state.remote is not None and state.status in RUNNING:
         from abacus import remote
@@ -163,8 +127,6 @@ def describe(state: JobState, now_s: float | None = None) -> str:
 def _last_error(settings: Settings, state: JobState) -> str | None:
     """The root exception line its runner's log holds since that runner started (a process
     that died without writing its state: killed, or its JVM crashed); None without one."""
-    from abacus.remote import error_line
-
     try:
         tail = logs(settings, state.name, lines=400)
     except JobError:
@@ -182,73 +144,12 @@ def statuses(settings: Settings) -> list[JobState]:
     return found
 
 
-def restore_point(settings: Settings, name: str, options: RunOptions) -> Path | None:
-    if options.from_savepoint is not None:
-        path = options.from_savepoint.expanduser().resolve()
-        if not (path / "_metadata").is_file() and not path.is_file():
-            raise JobError(f"--from-savepoint {path}: no savepoint there (no _metadata)")
-        return path
-    return latest_checkpoint(settings, name) if options.resume else None
-
-
-def _spec(
-    settings: Settings,
-    kind: str,
-    target: str,
-    options: RunOptions,
-    name: str,
-    run_dir: str,
-    started_ms: int,
-) -> JobSpec:
-    return JobSpec(
-        kind=kind,  # type: ignore[arg-type]
-        target=target,
-        name=name,
-        window_ms=options.window_ms or settings.flink.window_ms,
-        dedup_ttl_s=settings.flink.dedup_ttl_s,
-        uniques_ttl_s=options.uniques_ttl_s or settings.flink.uniques_ttl_s,
-        progress_dir=run_dir,
-        run_started_ms=started_ms,
-    )
-
-
-def _check(kind: str, target: str) -> None:
-    if kind not in KINDS:
-        raise JobError(f"unknown job {kind!r}: use one of {', '.join(KINDS)}")
-    if target not in TARGETS:
-        raise JobError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
-
-
-def _request(settings: Settings, kind: str, target: str, options: RunOptions) -> dict[str, Any]:
-    name = job_name(kind, target, options.prefix)
-    started_ms = int(time.time() * 1000)
-    progress_root = jobs_dir(settings) / f"{name}.progress"
-    if not options.keep_progress:
-        shutil.rmtree(progress_root, ignore_errors=True)  # counters of earlier runs
-    run_dir = progress_root / str(started_ms)
-    spec = _spec(settings, kind, target, options, name, str(run_dir), started_ms)
-    restore = restore_point(settings, name, options)
-    return {
-        "settings": _payload(settings),
-        "spec": asdict(spec),
-        "memory": asdict(
-            options.memory
-            or Memory(heap_mb=settings.flink.heap_mb, managed_mb=settings.flink.managed_mb)
-        ),
-        "parallelism": options.parallelism or settings.flink.parallelism,
-        "restore_from": str(restore) if restore else None,
-        "state_path": str(state_file(settings, name).path),
-        "log_dir": str(jobs_dir(settings) / f"{name}.flink"),
-        "jars": job_jars(settings),
-    }
-
-
 def launch(
     settings: Settings, kind: str, target: str, options: RunOptions | None = None
 ) -> tuple[str, int | None]:
     """Start one job's process and return (name, pid) without waiting for it to run."""
     options = options or RunOptions()
-    _check(kind, target)
+    check(kind, target)
     name = job_name(kind, target, options.prefix)
     current = status(settings, name)
     if current is not None and current.status in RUNNING:
@@ -257,26 +158,11 @@ def launch(
             f"`abacus job stop {name}` first"
         )
     if settings.flink.jobmanager:
-        from abacus import remote
+        from abacus import remote  # PyFlink: only when a cluster is configured
 
         remote.submit(settings, kind, target, options)
         return name, None
-    request = _request(settings, kind, target, options)
-    path = log_path(settings, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "abacus.runner"],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(request).encode())
-    proc.stdin.close()
-    return name, proc.pid
+    return name, local.launch(settings, name, request(settings, kind, target, options))
 
 
 def start(
@@ -294,16 +180,14 @@ def start(
 def run_foreground(
     settings: Settings, kind: str, target: str, options: RunOptions | None = None
 ) -> int:
-    from abacus.runner import run
-
     options = options or RunOptions()
-    _check(kind, target)
+    check(kind, target)
     if settings.flink.jobmanager:
         raise JobError(
             f"--foreground runs a local MiniCluster, but flink.jobmanager is "
             f"{settings.flink.jobmanager}: drop --foreground to submit to it"
         )
-    return run(_request(settings, kind, target, options), foreground=True)
+    return local.run_foreground(request(settings, kind, target, options))
 
 
 def wait_for(
@@ -317,7 +201,7 @@ def wait_for(
             return state
         if fresh and state is not None and state.status in ENDED:
             raise JobError(f"{problem(state)} (`abacus job logs {name}`)")
-        if pid is not None and not _alive(pid) and not fresh:
+        if pid is not None and not alive(pid) and not fresh:
             raise JobError(f"job {name} exited before starting: `abacus job logs {name}`")
         if time.monotonic() > deadline:
             raise JobError(
@@ -338,15 +222,7 @@ def stop(
         from abacus import remote
 
         return remote.stop(settings, state, savepoint)
-    if state.status not in RUNNING:
-        raise JobError(f"job {name} is not running ({state.status})")
-    assert state.pid is not None
-    os.kill(state.pid, signal.SIGUSR1 if savepoint else signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(state.pid):
-        if time.monotonic() > deadline:
-            raise JobError(f"job {name} (pid {state.pid}) did not stop in {timeout_s:.0f}s")
-        time.sleep(0.3)
+    local.stop(state, savepoint, timeout_s)
     final = status(settings, name)
     assert final is not None
     if savepoint and not final.savepoint:
@@ -425,15 +301,3 @@ def wait_drained(settings: Settings, names: list[str], timeout_s: float = 300) -
             details = [drain_status(settings, n) for n in pending]
             raise JobError(f"not drained after {timeout_s:.0f}s: {details}")
         time.sleep(0.5)
-
-
-def logs(settings: Settings, name: str, lines: int = 200) -> str:
-    path = log_path(settings, name)
-    if not path.is_file():
-        raise JobError(f"no log for job {name} at {path}")
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 256 * 1024))
-        text = f.read().decode("utf-8", "replace")
-    return "\n".join(text.splitlines()[-lines:])

@@ -22,22 +22,28 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyflink
 from pyflink.common import Configuration
 
+from abacus.failures import ERROR_LINE, failures, with_failures
+from abacus.jobs import (
+    RUNNING,
+    JobError,
+    RunOptions,
+    log_path,
+    request,
+    savepoint_dir,
+    state_file,
+)
 from abacus.state import JobState
-from counting.text import escape
 from settings import Settings
 
 _PACKAGES = ("abacus", "counting", "storage", "settings", "services")
 _ROOT = Path(__file__).resolve().parent.parent
 # the cluster's own settings: a job's values would override `flink run -m` (rest.address)
 _CLUSTER_KEYS = ("rest.", "taskmanager.")
-_ERROR = re.compile(r"^(Caused by: )?[A-Za-z_][\w.$]*(Error|Exception): ")
 
 
 def flink_cli() -> Path:
@@ -80,7 +86,7 @@ def cluster_configuration(conf: Configuration) -> Configuration:
 
 def _reason(output: str) -> str:
     """The line that says why: the Python error of the driver, or Flink's deepest cause."""
-    errors = [line.strip() for line in output.splitlines() if _ERROR.match(line.strip())]
+    errors = [line.strip() for line in output.splitlines() if ERROR_LINE.match(line.strip())]
     useful = [
         e
         for e in errors
@@ -91,79 +97,6 @@ def _reason(output: str) -> str:
     causes = [e for e in useful if e.startswith("Caused by: ")]
     chosen = causes[-1:] or useful[-1:] or [line for line in output.splitlines() if line][-1:]
     return chosen[0].removeprefix("Caused by: ")[:500] if chosen else "no output"
-
-
-_PYTHON_ERROR = re.compile(r"^pemja\.core\.PythonException: <class '([\w.]+)'>: ")
-_KEPT_FAILURES = 32
-
-
-def root_cause(trace: str) -> str:
-    """The root exception line of a Java stack trace: its deepest `Caused by:` (or its first
-    line), a Python operator's error as `Type: message`; always encodable, one line, at most
-    500 characters."""
-    lines = trace.splitlines()
-    causes = [line.strip() for line in lines if line.startswith("Caused by: ")]
-    line = causes[-1].removeprefix("Caused by: ") if causes else (lines[0].strip() if lines else "")
-    line = _PYTHON_ERROR.sub(r"\1: ", line)
-    return escape(line)[0][:500] or "no reason given"
-
-
-def error_line(output: str) -> str | None:
-    """The root exception line in a log or a command's output (its last `Caused by:`, else
-    its last error line), or None when it holds no error."""
-    errors = [line.strip() for line in output.splitlines() if _ERROR.match(line.strip())]
-    causes = [e for e in errors if e.startswith("Caused by: ")]
-    return root_cause((causes or errors)[-1]) if errors else None
-
-
-@dataclass(frozen=True, slots=True)
-class Failures:
-    """A job's failures as its cluster's REST API reports them."""
-
-    restarts: int  # numRestarts
-    times_ms: list[int]  # the failures in Flink's exception history, oldest first
-    reason: str | None  # the newest one's root exception line
-
-
-def failures(base_url: str, job_id: str, timeout_s: float = 5.0) -> Failures:
-    """GET /jobs/<id>/exceptions and numRestarts (raises OSError/ValueError when the API
-    does not answer)."""
-    if not base_url.startswith(("http://", "https://")):
-        raise ValueError(f"not a REST address: {base_url}")
-    history = (
-        _get(f"{base_url}/jobs/{job_id}/exceptions?maxExceptions={_KEPT_FAILURES}", timeout_s).get(
-            "exceptionHistory"
-        )
-        or {}
-    )
-    entries = [e for e in history.get("entries") or [] if isinstance(e, dict)]
-    entries.sort(key=lambda e: e.get("timestamp") or 0)
-    found = _get(f"{base_url}/jobs/{job_id}/metrics?get=numRestarts", timeout_s)
-    metrics = {m.get("id"): m.get("value") for m in found if isinstance(m, dict)}
-    try:
-        restarts = int(metrics.get("numRestarts") or 0)
-    except ValueError:
-        restarts = 0
-    reason = None
-    if entries:
-        newest = entries[-1]
-        reason = root_cause(newest.get("stacktrace") or newest.get("exceptionName") or "")
-    return Failures(max(restarts, 0), [int(e.get("timestamp") or 0) for e in entries], reason)
-
-
-def _get(url: str, timeout_s: float) -> Any:
-    """GET a JSON document from a REST address (callers check that it is http(s))."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
-        return json.load(response)
-
-
-def with_failures(state: JobState, found: Failures) -> JobState:
-    """`state` updated with what the cluster says about its failures."""
-    return state.replace(
-        restarts=max(found.restarts, state.restarts),
-        failure_times_ms=found.times_ms[-_KEPT_FAILURES:] or state.failure_times_ms,
-        error=found.reason or state.error,
-    )
 
 
 def _run(args: list[str], log: Path | None = None, timeout_s: float = 600) -> str:
@@ -181,23 +114,20 @@ def _run(args: list[str], log: Path | None = None, timeout_s: float = 600) -> st
         with open(log, "a") as f:
             f.write(f"$ flink {' '.join(args)}\n{output}\n")
     if done.returncode != 0:
-        from abacus.manager import JobError
-
         see = f" (full output: {log})" if log is not None else ""
         raise JobError(f"flink {args[0]} failed (exit {done.returncode}): {_reason(output)}{see}")
     return output
 
 
-def submit(settings: Settings, kind: str, target: str, options: object) -> JobState:
-    from abacus.manager import _request, log_path, state_file
-
-    request = _request(settings, kind, target, options)  # type: ignore[arg-type]
-    request["spec"]["progress_dir"] = ""  # counters live on the cluster's machines
-    request["remote"] = settings.flink.jobmanager
+def submit(settings: Settings, kind: str, target: str, options: RunOptions) -> JobState:
+    """Submit one job to the cluster (`flink run -d`); its state once the cluster has it."""
+    job = request(settings, kind, target, options)
+    job["spec"]["progress_dir"] = ""  # counters live on the cluster's machines
+    job["remote"] = settings.flink.jobmanager
     with tempfile.TemporaryDirectory(prefix="abacus-job-") as scratch:
         path = Path(scratch) / "request.json"
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump(request, f)
+            json.dump(job, f)
         output = _run(
             [
                 "run",
@@ -216,14 +146,12 @@ def submit(settings: Settings, kind: str, target: str, options: object) -> JobSt
                 "--request-file",
                 str(path),
             ],
-            log=log_path(settings, request["spec"]["name"]),
+            log=log_path(settings, job["spec"]["name"]),
         )
     found = re.search(r"JobID ([0-9a-f]{32})", output)
-    name = request["spec"]["name"]
+    name = job["spec"]["name"]
     state = state_file(settings, name).read()
     if state is None or found is None:
-        from abacus.manager import JobError
-
         raise JobError(f"submitted, but no job id in Flink's output: {_reason(output)}")
     state = state.replace(
         job_id=found.group(1), status="RUNNING", pid=None, remote=settings.flink.jobmanager
@@ -258,8 +186,6 @@ def live(state: JobState) -> JobState:
 def _await_end(state: JobState, expected: str, timeout_s: float = 60) -> None:
     """Wait until the cluster reports the job in its terminal state: `flink stop` returns
     once the savepoint is written, a moment before the job itself has FINISHED."""
-    from abacus.manager import JobError
-
     deadline = time.monotonic() + timeout_s
     while (now := live(state).status) != expected:
         if now in ("FAILED", "LOST") or time.monotonic() > deadline:
@@ -268,9 +194,7 @@ def _await_end(state: JobState, expected: str, timeout_s: float = 60) -> None:
 
 
 def stop(settings: Settings, state: JobState, savepoint: bool) -> JobState:
-    from abacus.manager import RUNNING, JobError, log_path, state_file
-    from abacus.runner import savepoint_dir
-
+    """Stop a job on the cluster with a savepoint (`flink stop`) or cancel it."""
     remote, job_id = state.remote, state.job_id
     assert remote and job_id
     if state.status not in RUNNING:

@@ -18,8 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from abacus import remote
 from abacus.environment import Memory, configuration, local_environment, prepare_process
+from abacus.failures import failures, root_cause, with_failures
+from abacus.jobs import savepoint_dir
 from abacus.pipeline import JobSpec, build, checkpoint_root
 from abacus.remote import cluster_configuration
 from abacus.state import JobState, StateFile, start_line
@@ -39,10 +40,6 @@ class _Requests:
 
     def savepoint(self, *_: Any) -> None:
         self.action = "savepoint"
-
-
-def savepoint_dir(settings: Settings, name: str) -> Path:
-    return checkpoint_root(settings, name) / "savepoints"
 
 
 def run(request: dict[str, Any], foreground: bool = False) -> int:
@@ -137,7 +134,7 @@ class _FailureWatch:
             return state
         self._last = now
         try:
-            return remote.with_failures(state, remote.failures(self.rest, self.job_id))
+            return with_failures(state, failures(self.rest, self.job_id))
         except Exception:  # best effort: the MiniCluster is shutting down, or too busy now
             return state  # (a job that ended: its execution result says why)
 
@@ -151,7 +148,7 @@ def _ended(client: Any, wait: bool = False) -> tuple[str, str | None] | None:
     try:
         future.result()
     except Exception as exc:
-        return "FAILED", remote.root_cause(str(exc))
+        return "FAILED", root_cause(str(exc))
     return "FINISHED", None
 
 

@@ -167,7 +167,7 @@ class Components:
         fresh = state is not None and (pid is None or state.pid == pid)
         if fresh and state is not None and state.status not in manager.ENDED:
             return None
-        if not fresh and pid is not None and manager._alive(pid):
+        if not fresh and pid is not None and manager.alive(pid):
             return None  # started again, its runner has not written its state yet
         what = f"Abacus {kind}"
         code = _reap(pid)

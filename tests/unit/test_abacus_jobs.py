@@ -289,7 +289,7 @@ Caused by: pemja.core.PythonException: <class 'ValueError'>: boom on \\ud800 rec
 
 
 def test_the_reason_is_the_root_exception_line() -> None:
-    from abacus.remote import error_line, root_cause
+    from abacus.failures import error_line, root_cause
 
     assert root_cause(_TRACE) == "ValueError: boom on \\ud800 record 3"
     assert (
