@@ -24,6 +24,7 @@ from counting.facets import facet_value, facets_of
 from counting.fanout import (
     TOTAL,
     account_facets,
+    account_key_of_id,
     account_keys,
     customer_keys,
     key_id,
@@ -56,6 +57,7 @@ __all__ = [
     "Recount",
     "Rejection",
     "account_facets",
+    "account_key_of_id",
     "account_keys",
     "bucket_date",
     "bucket_label",

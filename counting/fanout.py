@@ -37,8 +37,13 @@ def customer_keys(event: Event) -> list[CustomerKey]:
     ]
 
 
-def key_id(key: AccountKey | CustomerKey) -> str:
-    """A stable, injective text identity of a key (for Redis keys and sorting): the key's
-    fields as a compact JSON array, so no id or value, whatever characters it holds, can
-    make two keys collide."""
+def key_id(key: tuple[str, ...]) -> str:
+    """A stable, injective text identity of a key (an AccountKey, a CustomerKey or any tuple
+    of ids; for Redis keys, set members and sorting): its fields as a compact JSON array, so
+    no id or value, whatever characters it holds, can make two keys collide."""
     return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+
+
+def account_key_of_id(text: str | bytes) -> AccountKey:
+    """The account key whose `key_id` is text."""
+    return AccountKey._make(json.loads(text))

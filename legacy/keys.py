@@ -2,27 +2,27 @@
 
 The prefix is `settings.redis.prefix + "legacy:"`, so a test (or a second installation
 sharing a Redis) isolates itself by its own `redis.prefix`. Counter keys are encoded as
-JSON arrays: unambiguous for any facet value (a value may hold any character).
+JSON arrays (`counting.key_id`): unambiguous for any facet value (a value may hold any
+character).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from counting import AccountKey
+from counting import AccountKey, account_key_of_id, key_id
 from settings import RedisSettings
 
 SUB_PREFIX = "legacy:"
 
 
 def encode_key(key: AccountKey) -> str:
-    """The text of an account key in Redis (a set member, a hash field)."""
-    return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+    """The text of an account key in Redis (a set member, a hash field): its key_id."""
+    return key_id(key)
 
 
 def decode_key(text: str | bytes) -> AccountKey:
-    return AccountKey._make(json.loads(text))
+    return account_key_of_id(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +37,7 @@ class RedisKeys:
 
     def uniques(self, company_id: str, customer_id: str) -> str:
         """Check Uniques: the set of account keys this customer already counted for."""
-        return (
-            self.prefix
-            + "u:"
-            + json.dumps([company_id, customer_id], ensure_ascii=False, separators=(",", ":"))
-        )
+        return self.prefix + "u:" + key_id((company_id, customer_id))
 
     @property
     def pending(self) -> str:

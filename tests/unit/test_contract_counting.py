@@ -290,9 +290,11 @@ def test_generator_is_deterministic_and_skewed() -> None:
 
 
 def test_key_ids_are_injective() -> None:
-    from counting import key_id
+    from counting import account_key_of_id, key_id
 
     a = AccountKey("C", "S", "hour", "2025-12-01T00", "f\x1fx", "v")
     b = AccountKey("C", "S", "hour", "2025-12-01T00", "f", "x\x1fv")
     assert key_id(a) != key_id(b)
     assert json.loads(key_id(a)) == list(a)
+    assert account_key_of_id(key_id(a)) == a and account_key_of_id(key_id(b).encode()) == b
+    assert key_id(("C", 'x","y')) != key_id(("C", "x", "y"))
