@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Any
 
 from compare.audit import AuditResult
@@ -27,7 +28,9 @@ text-align:left} th{background:#f3f3f3} td.n{text-align:right;font-variant-numer
 _LEFT, _RIGHT = "#3366cc", "#dc7633"
 
 
-def page(result: AuditResult, head: dict[str, Any], limit: int) -> str:
+def page(result: AuditResult, head: dict[str, Any], fields: Sequence[str], limit: int) -> str:
+    """The audit as one HTML page: `head` (`compare.report.header`), the summary, and the
+    first `limit` mismatches in the columns `fields` (the report's, as its CSV has them)."""
     s, r = result.summary, result.record
     title = f"Audit {r.date}: {r.left} vs {r.right}"
     parts = [
@@ -50,7 +53,7 @@ def page(result: AuditResult, head: dict[str, Any], limit: int) -> str:
             *(_attribution(name, rows) for name, rows in s["attribution"].items()),
             "</div>",
         ]
-    parts.append(_detail(result, limit))
+    parts.append(_detail(result, fields, limit))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -146,12 +149,10 @@ def _attribution(name: str, rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _detail(result: AuditResult, limit: int) -> str:
-    from compare.report import CSV_FIELDS
-
+def _detail(result: AuditResult, fields: Sequence[str], limit: int) -> str:
     if not result.has_detail():
         return "<h2>Detail</h2><p class='muted'>detail not available on this machine</p>"
-    head = "".join(f"<th>{escape(f)}</th>" for f in CSV_FIELDS)
+    head = "".join(f"<th>{escape(f)}</th>" for f in fields)
     rows, more = [], 0
     for i, record in enumerate(result.mismatches()):
         if i >= limit:
@@ -161,7 +162,7 @@ def _detail(result: AuditResult, limit: int) -> str:
             "<tr>"
             + "".join(
                 f"<td>{escape('' if record.get(f) is None else str(record.get(f)))}</td>"
-                for f in CSV_FIELDS
+                for f in fields
             )
             + "</tr>"
         )

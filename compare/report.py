@@ -11,6 +11,7 @@ import json
 from typing import IO, Any
 
 from compare.audit import AuditResult
+from compare.html import page
 from settings.output import csv_row, term
 
 FORMAT = "abacus.compare/1"
@@ -82,9 +83,7 @@ def render(result: AuditResult, fmt: str, out: IO[str], limit: int | None = None
         for record in result.mismatches():
             writer.writerow(csv_row(record))
     elif fmt == "html":
-        from compare.html import page
-
-        out.write(page(result, header(result), limit if limit is not None else 1000))
+        out.write(page(result, header(result), CSV_FIELDS, limit if limit is not None else 1000))
     elif fmt == "table":
         _table(result, out, limit if limit is not None else 20)
     else:
