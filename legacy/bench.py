@@ -30,7 +30,8 @@ from legacy.keys import RedisKeys
 from legacy.producer import publish_lines
 from legacy.status import read_status, wait_drained
 from legacy.trace import Traces
-from legacy.worker import cpu_seconds, start_flusher, start_worker
+from legacy.worker import start_flusher, start_worker
+from services.procs import cpu_seconds
 from settings import Settings
 
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from legacy.app import WorkerOptions, make_app
 from legacy.chaos import Chaos
+from services import procs
+from services.procs import Child
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,78 +103,18 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     return code
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that give a child process exactly these settings (secrets
-    included: for a child's environment only, never for printing)."""
-    env: dict[str, str] = {}
-    for section in type(settings).model_fields:
-        value = getattr(settings, section)
-        data = value.model_dump(mode="python")
-        for name, item in data.items():
-            if hasattr(item, "get_secret_value"):
-                data[name] = item.get_secret_value()
-        env[f"ABACUS_{section.upper()}"] = json.dumps(data, default=str)
-    return env
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    """This process's environment for a child that must see exactly `settings`: every other
-    ABACUS_* variable (a nested override, ABACUS_CONFIG) is removed, so none can override
-    the sections that travel whole."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
-    env.update(settings_env(settings))
-    return env
-
-
-@dataclass
-class WorkerProcess:
+class WorkerProcess(Child):
     """A legacy worker (or Big Bertha flusher) running as a child process."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """Warm shutdown (SIGTERM: finish the running tasks), then kill if it hangs."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return int(self.process.returncode)
 
     def failure(self) -> str | None:
         """Why the process died, from its log: Celery's 'Unrecoverable error' line, or the
         last line of a traceback; None while it runs or when it said nothing."""
         if self.alive():
             return None
-        lines = self.log_tail(400).splitlines()
-        for line in reversed(lines):
+        for line in reversed(self.log_tail(400).splitlines()):
             if "Unrecoverable error" in line:
                 return line.strip()
-        for i in range(len(lines) - 1, 0, -1):
-            if (
-                lines[i]
-                and not lines[i].startswith((" ", "\t"))
-                and any("Traceback" in x for x in lines[:i])
-            ):
-                return lines[i].strip()
-        return None
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return super().failure()
 
 
 def worker_args(options: WorkerOptions) -> list[str]:
@@ -218,17 +156,7 @@ def start_worker(settings: Settings, options: WorkerOptions, log_path: Path) -> 
 
 
 def _spawn(settings: Settings, args: list[str], log_path: Path) -> WorkerProcess:
-    env = child_env(settings)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    return WorkerProcess(process, log_path)
+    return WorkerProcess(procs.spawn(settings, ["-m", "cli", *args], log_path), log_path)
 
 
 def start_flusher(
@@ -251,20 +179,3 @@ def start_flusher(
     if trace_dir is not None:
         args += ["--trace-dir", str(trace_dir)]
     return _spawn(settings, args, log_path)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-    return total

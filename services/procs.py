@@ -1,13 +1,22 @@
-"""Process facts read from /proc (Linux): liveness, our marker, RSS, port owners, log tails."""
+"""Processes: facts read from /proc (Linux: liveness, our marker, RSS, CPU, port owners, log
+tails), and the one way a pipeline component is started as a child of ours (`spawn`: the
+exact settings in its environment, its output to a log, `Child` to watch and stop it)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+
+from settings import Settings
 
 # Every process a service starts carries this variable (children inherit it: RabbitMQ's epmd,
 # erl_child_setup...), so we find the whole tree of a service and tell it from strangers.
@@ -152,3 +161,111 @@ def tail(path: Path, lines: int) -> list[str]:
             return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
     except FileNotFoundError:
         return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that give a child process exactly these settings (secrets
+    included: for a child's environment only, never for printing)."""
+    env: dict[str, str] = {}
+    for section in type(settings).model_fields:
+        value = getattr(settings, section)
+        data = value.model_dump(mode="python")
+        for name, item in data.items():
+            if hasattr(item, "get_secret_value"):
+                data[name] = item.get_secret_value()
+        env[f"ABACUS_{section.upper()}"] = json.dumps(data, default=str)
+    return env
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """This process's environment for a child that must see exactly `settings`: every other
+    ABACUS_* variable (a nested override, ABACUS_CONFIG) is removed, so none can override
+    the sections that travel whole."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABACUS_")}
+    env.update(settings_env(settings))
+    return env
+
+
+@dataclass
+class Child:
+    """A component running as a child process of ours, its output in `log_path`."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """Warm shutdown (SIGTERM: finish the work in hand), then kill if it hangs."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+    def failure(self) -> str | None:
+        """Why the process died, from its log: the last line of a traceback; None while it
+        runs or when it said nothing."""
+        if self.alive():
+            return None
+        return _traceback_end(self.log_tail(400).splitlines())
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _traceback_end(lines: list[str]) -> str | None:
+    for i in range(len(lines) - 1, 0, -1):
+        if (
+            lines[i]
+            and not lines[i].startswith((" ", "\t"))
+            and any("Traceback" in x for x in lines[:i])
+        ):
+            return lines[i].strip()
+    return None
+
+
+def spawn(
+    settings: Settings, args: list[str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `python ARGS` (this interpreter) with exactly `settings` in its environment
+    (`child_env`), its stdout and stderr appended to `log_path`, no stdin."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env=child_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+        )

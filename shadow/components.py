@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,8 @@ from bridge.status import read_status as read_bridge_status
 from legacy.app import WorkerOptions
 from legacy.chaos import Chaos
 from legacy.status import queue_depth
-from legacy.worker import WorkerProcess, child_env, start_flusher, start_worker
+from legacy.worker import WorkerProcess, start_flusher, start_worker
+from services import procs
 from shadow.installation import TARGET, Installation
 
 
@@ -72,7 +71,7 @@ class Components:
     inst: Installation
     worker: WorkerProcess | None = None
     flusher: WorkerProcess | None = None
-    bridge: WorkerProcess | None = None
+    bridge: procs.Child | None = None
     jobs: dict[str, str] = field(default_factory=dict)  # kind -> job name
     restarts: list[Restart] = field(default_factory=list)
     budget: int = RESTART_BUDGET
@@ -129,7 +128,7 @@ class Components:
             ("flusher", "Big Bertha flusher"),
             ("bridge", "bridge"),
         ):
-            process: WorkerProcess | None = getattr(self, attr)
+            process: procs.Child | None = getattr(self, attr)
             if process is None or process.alive():
                 continue
             code = process.process.returncode
@@ -142,6 +141,7 @@ class Components:
                 f"the {what} exited ({describe_exit(code)}): {reason}; "
                 f"{process.log_path}:\n{process.log_tail(15)}",
             )
+            new: procs.Child
             if attr == "worker":
                 new = self._start_worker()
             elif attr == "flusher":
@@ -289,27 +289,17 @@ def _reap(pid: int | None) -> int | None:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _start_bridge(inst: Installation) -> WorkerProcess:
+def _start_bridge(inst: Installation) -> procs.Child:
     """`python -m bridge run --mode shadow` with the run's settings in its environment."""
-    env = child_env(inst.settings)
-    log_path = inst.log_path("bridge")
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(Path(log_path).open("ab"))
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bridge",
-                "run",
-                "--mode",
-                "shadow",
-                "--status-file",
-                str(inst.bridge_status_path),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    return WorkerProcess(process, log_path)
+    log_path = Path(inst.log_path("bridge"))
+    args = [
+        "-m",
+        "bridge",
+        "run",
+        "--mode",
+        "shadow",
+        "--status-file",
+        str(inst.bridge_status_path),
+    ]
+    process = procs.spawn(inst.settings, args, log_path, cwd=Path(__file__).resolve().parent.parent)
+    return procs.Child(process, log_path)

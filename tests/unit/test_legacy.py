@@ -28,7 +28,8 @@ from legacy.cli import legacy as legacy_group
 from legacy.consumer import screen
 from legacy.keys import RedisKeys, decode_key, encode_key
 from legacy.trace import Traces
-from legacy.worker import settings_env, worker_args
+from legacy.worker import worker_args
+from services.procs import settings_env
 from settings.model import Settings
 from wire.task import task_message
 
