@@ -23,6 +23,7 @@ from itertools import groupby
 from typing import Any
 
 from counting import AccountCount, AccountKey, CustomerCount, CustomerKey
+from counting.exchange import key_record
 from storage.rows import COUNT, KEY_WIDTH, Row, key_of_row, row_value
 
 Counted = AccountCount | CustomerCount
@@ -133,8 +134,7 @@ class Mismatch:
     def to_record(self) -> dict[str, Any]:
         """The documented JSON record (compare/README.md, "Mismatch records")."""
         account = isinstance(self.key, AccountKey)
-        record: dict[str, Any] = {"class": self.kind, "level": "account" if account else "customer"}
-        record.update(zip(_ACCOUNT_FIELDS if account else _CUSTOMER_FIELDS, self.key, strict=True))
+        record: dict[str, Any] = {"class": self.kind, **key_record(self.key)}
         left, right = self.left or (0, 0), self.right or (0, 0)
         for measure, i in (("count", 0), ("uniques", 1)):
             if measure == "uniques" and not account:
@@ -148,17 +148,6 @@ class Mismatch:
         record["redelivery"] = self.redelivery
         record["defect"] = self.defect
         return record
-
-
-_ACCOUNT_FIELDS = ("company_id", "statistic_id", "resolution", "bucket", "facet", "value")
-_CUSTOMER_FIELDS = ("company_id", "customer_id", "statistic_id", "resolution", "bucket")
-
-
-def key_of_record(record: dict[str, Any]) -> Key:
-    """The counter key of a mismatch record (or of an exchange record)."""
-    if record["level"] == "account":
-        return AccountKey(*(record[n] for n in _ACCOUNT_FIELDS))
-    return CustomerKey(*(record[n] for n in _CUSTOMER_FIELDS))
 
 
 @dataclass(slots=True)

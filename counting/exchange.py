@@ -12,33 +12,43 @@ from typing import Any
 from counting.model import AccountCount, AccountKey, CustomerCount, CustomerKey
 
 Counted = AccountCount | CustomerCount
+Key = AccountKey | CustomerKey
+
+# A record's fields, in the documented order: "level", the key's fields (in the order of the
+# key type's fields), then the measures ("count", and at account level "uniques").
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "account": AccountKey._fields,
+    "customer": CustomerKey._fields,
+}
+
+
+def key_record(key: Key) -> dict[str, Any]:
+    """The level and key fields of a key's record, in the documented order (also the start
+    of compare's mismatch records after their class)."""
+    level = "account" if isinstance(key, AccountKey) else "customer"
+    record: dict[str, Any] = {"level": level}
+    record.update(zip(KEY_FIELDS[level], key, strict=True))
+    return record
+
+
+def key_of_record(record: dict[str, Any]) -> Key:
+    """The key of an exchange (or mismatch) record; raises KeyError for a missing field,
+    ValueError for an unknown level."""
+    level = record["level"]
+    if level == "account":
+        return AccountKey._make(record[n] for n in KEY_FIELDS[level])
+    if level == "customer":
+        return CustomerKey._make(record[n] for n in KEY_FIELDS[level])
+    raise ValueError(f"counter record has unknown level {level!r}")
 
 
 def to_record(counted: Counted) -> dict[str, Any]:
     """The exchange record of a counter, fields in the documented order."""
+    record = key_record(counted.key)
+    record["count"] = counted.count
     if isinstance(counted, AccountCount):
-        k = counted.key
-        return {
-            "level": "account",
-            "company_id": k.company_id,
-            "statistic_id": k.statistic_id,
-            "resolution": k.resolution,
-            "bucket": k.bucket,
-            "facet": k.facet,
-            "value": k.value,
-            "count": counted.count,
-            "uniques": counted.uniques,
-        }
-    c = counted.key
-    return {
-        "level": "customer",
-        "company_id": c.company_id,
-        "customer_id": c.customer_id,
-        "statistic_id": c.statistic_id,
-        "resolution": c.resolution,
-        "bucket": c.bucket,
-        "count": counted.count,
-    }
+        record["uniques"] = counted.uniques
+    return record
 
 
 def to_line(counted: Counted) -> str:
@@ -49,29 +59,12 @@ def to_line(counted: Counted) -> str:
 def from_record(record: dict[str, Any]) -> Counted:
     """Parse an exchange record back; raises ValueError naming what is wrong."""
     try:
-        level = record["level"]
-        if level == "account":
-            key = AccountKey(
-                record["company_id"],
-                record["statistic_id"],
-                record["resolution"],
-                record["bucket"],
-                record["facet"],
-                record["value"],
-            )
+        key = key_of_record(record)
+        if isinstance(key, AccountKey):
             return AccountCount(key, int(record["count"]), int(record["uniques"]))
-        if level == "customer":
-            ckey = CustomerKey(
-                record["company_id"],
-                record["customer_id"],
-                record["statistic_id"],
-                record["resolution"],
-                record["bucket"],
-            )
-            return CustomerCount(ckey, int(record["count"]))
+        return CustomerCount(key, int(record["count"]))
     except KeyError as exc:
         raise ValueError(f"counter record lacks field {exc.args[0]!r}") from None
-    raise ValueError(f"counter record has unknown level {record.get('level')!r}")
 
 
 def from_line(line: str | bytes) -> Counted:
