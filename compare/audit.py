@@ -417,7 +417,7 @@ class _Runner:
     def run(self, plan: Plan) -> Tally:
         state_path = self.spool / "progress.json"
         detail_path = self.spool / "detail.jsonl"
-        state = (
+        state: dict[str, Any] = (
             json.loads(state_path.read_text("utf-8"))
             if state_path.is_file()
             else {"units_done": 0, "detail_bytes": 0, "tally": Tally().to_dict()}
@@ -566,7 +566,7 @@ class _Runner:
             if delay > 0:
                 time.sleep(delay)
             self._reread(suspects)
-        lines = []
+        lines: list[str] = []
         for chunk in batch:
             for unit in chunk.units:
                 unit_tally, records = chunk.results[unit]

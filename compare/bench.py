@@ -57,7 +57,7 @@ def _config(n: int, seed: int) -> Any:
 
 
 def _recount(n: int, seed: int) -> tuple[Any, int]:
-    from counting import Recount
+    from counting import AccountCount, CustomerCount, Recount
     from counting.generate import generate
     from counting.recount import paused_gc
 
@@ -66,7 +66,9 @@ def _recount(n: int, seed: int) -> tuple[Any, int]:
         for event in generate(_config(n, seed)):
             recount.add_raw(event)
     rows: list[Any] = [
-        c for c in chain(recount.account(), recount.customer()) if c.key.resolution != "month"
+        c
+        for c in chain[AccountCount | CustomerCount](recount.account(), recount.customer())
+        if c.key.resolution != "month"
     ]
     return rows, n
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -65,6 +66,14 @@ class RateLimiter:
             time.sleep((1 - self._tokens) / self.rate)
 
 
+@dataclass(slots=True)
+class _FetchState:
+    """A fetch's requests still in flight and its first lasting error (under its lock)."""
+
+    pending: int
+    error: BaseException | None = None
+
+
 class Fetcher:
     """Runs many queries with at most `concurrency` in flight; returns every row of each."""
 
@@ -89,15 +98,15 @@ class Fetcher:
         window = threading.Semaphore(self.concurrency)
         lock = threading.Lock()
         done = threading.Event()
-        state = {"pending": len(requests), "error": None}
+        state = _FetchState(pending=len(requests))
         if not requests:
             return results
 
         def finish(i: int) -> None:
             window.release()
             with lock:
-                state["pending"] -= 1
-                if state["pending"] == 0:
+                state.pending -= 1
+                if state.pending == 0:
                     done.set()
 
         def start(i: int, attempt: int) -> None:
@@ -125,17 +134,17 @@ class Fetcher:
                 except Exception as again:
                     exc = again
             with lock:
-                if state["error"] is None:
-                    state["error"] = exc
+                if state.error is None:
+                    state.error = exc
             finish(i)
 
         for i in range(len(requests)):
             window.acquire()
-            if state["error"] is not None:
+            if state.error is not None:
                 window.release()
                 with lock:
-                    state["pending"] -= len(requests) - i
-                    if state["pending"] == 0:
+                    state.pending -= len(requests) - i
+                    if state.pending == 0:
                         done.set()
                 break
             with self._launch:
@@ -143,8 +152,8 @@ class Fetcher:
                 self.queries += 1
             start(i, 0)
         done.wait()
-        if state["error"] is not None:
-            raise state["error"]
+        if state.error is not None:
+            raise state.error
         return results
 
 
