@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compare.diff import Counted, Row, Unit
+from compare.diff import Counted, Unit
 from counting import (
+    DATED_RESOLUTIONS,
     AccountCount,
     Dedup,
     Recount,
@@ -28,6 +29,7 @@ from counting import (
 )
 from counting.events import read_lines
 from counting.recount import paused_gc
+from storage import Row
 
 
 def unit_of(counted: Counted) -> Unit:
@@ -47,7 +49,7 @@ def on_date(counted: Counted, date: str, include_month: bool) -> bool:
 @dataclass
 class Truth:
     """The reference counts of one date, by unit, each unit's counters as sorted rows
-    (`compare.diff.row_of`: the form and order a store read returns them in)."""
+    (`storage.row_of`: the form and order a store read returns them in)."""
 
     source: str
     by_unit: dict[Unit, list[Row]] = field(default_factory=dict)
@@ -116,8 +118,9 @@ def _by_unit(
     units with a counter on the date itself (month buckets alone do not make one).
 
     A date can have millions of counters, so this is `on_date`, `unit_of` and `row_of`
-    unrolled, and the unit of consecutive counters (Recount yields a unit's together) looked
-    up once."""
+    unrolled (the rows in `storage.rows`' column order; tests/unit/test_compare_diff.py holds
+    them to `row_of`), and the unit of consecutive counters (Recount yields a unit's
+    together) looked up once."""
     grouped: dict[Unit, list[Row]] = {}
     last: tuple[str, ...] = ()
     rows: list[Row] = []
@@ -134,7 +137,7 @@ def _by_unit(
         if last != (company, statistic):
             last = (company, statistic)
             rows = rows_of("account", last)
-        if resolution != "month":
+        if resolution in DATED_RESOLUTIONS:
             units_on_date.add(("account", last))
         rows.append((bucket, resolution, facet, value, count, uniques))
     last = ()
@@ -144,7 +147,7 @@ def _by_unit(
         if last != (company, customer, statistic):
             last = (company, customer, statistic)
             rows = rows_of("customer", last)
-        if resolution != "month":
+        if resolution in DATED_RESOLUTIONS:
             units_on_date.add(("customer", last))
         rows.append((customer, statistic, bucket, resolution, count))
     for found in grouped.values():
