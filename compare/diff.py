@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from typing import Any
 
@@ -176,13 +176,7 @@ class Tally:
             self.truth_total -= m.truth[0] if m.truth else 0
 
     def to_dict(self) -> dict[str, int]:
-        return {
-            "compared": self.compared,
-            "matched": self.matched,
-            "left_total": self.left_total,
-            "right_total": self.right_total,
-            "truth_total": self.truth_total,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, int]) -> Tally:

@@ -9,7 +9,7 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from abacus import manager
@@ -41,13 +41,7 @@ class Restart:
     pid: int | None = None  # the new process
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "component": self.component,
-            "at": self.at,
-            "exit": self.exit,
-            "reason": self.reason,
-            "pid": self.pid,
-        }
+        return asdict(self)
 
 
 def describe_exit(code: int | None) -> str:
