@@ -277,10 +277,10 @@ def clean_days(
 
 def last_clean_days(
     settings: Settings,
-    left: str,
+    left: str,  # the stores audited against each other, as the audits name them
     right: str,
     n: int,
-    until: str | None = None,
+    until: str | None = None,  # the last of the n days (YYYY-MM-DD)
     scope: GateScope = EXACT_GATE,
 ) -> CleanDays:
     """Were the last n days clean (by full-scope audits)? `until` defaults to yesterday

@@ -154,9 +154,9 @@ class Mismatch:
 class Tally:
     """What the records alone cannot tell: how many keys were compared, and totals."""
 
-    compared: int = 0
-    matched: int = 0
-    left_total: int = 0
+    compared: int = 0  # keys seen on any side
+    matched: int = 0  # of those, keys with nothing to report
+    left_total: int = 0  # the sum of the counts of each side over the compared keys
     right_total: int = 0
     truth_total: int = 0
 
