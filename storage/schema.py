@@ -6,7 +6,8 @@ Table design (README, "Schema"):
   hour and day buckets and its year for month buckets. The serving query "company X,
   statistic Y, resolution R, buckets in a range" reads one partition per month spanned.
 - Buckets sort as text: `D` < `DT00` < ... < `DT23` < the next day, so one clustering slice
-  `D <= bucket < D + "U"` returns a date's day and hour counters together.
+  `D <= bucket < D + "U"` (`counting.date_label_range`) returns a date's day and hour
+  counters together.
 - `*_keys_by_date` index, per local date of the hour bucket, the (company, statistic) and
   (company, customer, statistic) each writer touched, spread over SHARDS partitions, so
   `compare --date D` enumerates a date's counters in time proportional to that date's rows.
