@@ -16,10 +16,8 @@ Isolated: its own topic, keyspace prefix and job names; all removed or stopped a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -30,14 +28,16 @@ from typing import Any
 import click
 
 from abacus import manager, progress
+from abacus import resources as abacus_resources
 from abacus.environment import Memory
 from abacus.manager import RunOptions
-from abacus.pipeline import checkpoint_root
+from bridge import resources as bridge_resources
 from bridge.decode import key_of
 from counting import Recount
 from counting.generate import GeneratorConfig, generate
 from counting.stats import percentile
 from settings import Settings
+from storage import resources as storage_resources
 
 PROBE_COMPANY, PROBE_STATISTIC = "PROBE", "probe"
 PROBE_EPOCH_S = 978_307_200  # 2001-01-01T00:00:00Z: probe i counts on the date epoch + i days
@@ -59,8 +59,6 @@ def _isolated(settings: Settings, tag: str) -> Settings:
 def _prepare(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    import storage
-
     admin = AdminClient(settings.kafka.client_config())
     durable = {"min.insync.replicas": str(settings.kafka.min_insync_replicas)}
     config = {"message.timestamp.type": "LogAppendTime", **durable}
@@ -72,26 +70,15 @@ def _prepare(settings: Settings) -> None:
     )
     for future in futures.values():
         future.result()
-    storage.apply_schema(settings.cassandra, ["shadow"])
+    storage_resources.provision(settings, ["shadow"])
 
 
-def _cleanup(settings: Settings) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    import storage
-
-    admin = AdminClient(settings.kafka.client_config())
-    for future in admin.delete_topics([settings.kafka.topic, settings.kafka.dlq_topic]).values():
-        with contextlib.suppress(Exception):  # best effort
-            future.result()
-    session = storage.connect(settings.cassandra)
-    try:
-        session.execute(
-            f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(settings.cassandra, 'shadow')}",
-            timeout=120,
-        )
-    finally:
-        session.cluster.shutdown()
+def _cleanup(settings: Settings, prefix: str) -> None:
+    """The topics (the bridge's), the shadow keyspace (storage's), the jobs' files and
+    checkpoints (abacus's): each removed by its owner."""
+    bridge_resources.delete_topics(settings)
+    storage_resources.teardown(settings, ["shadow"])
+    abacus_resources.teardown(settings, prefix, "shadow")
 
 
 class _Producer:
@@ -432,11 +419,7 @@ def run_abacus_bench(
             figures["rss_mb"] = rss.stop()
     finally:
         manager.stop_jobs(isolated, "shadow", prefix)
-        _cleanup(isolated)
-        for name in (f"{prefix}statistic", f"{prefix}customer"):
-            shutil.rmtree(checkpoint_root(isolated, name), ignore_errors=True)
-            for path in manager.jobs_dir(isolated).glob(f"{name}.*"):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        _cleanup(isolated, prefix)
     return figures
 
 

@@ -19,20 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-import redis
-from kombu import Connection
 
-import storage
 from counting.generate import GeneratorConfig, generate
 from counting.stats import percentile
 from legacy.app import POOLS, WorkerOptions
-from legacy.keys import RedisKeys
 from legacy.producer import publish_lines
+from legacy.resources import teardown
 from legacy.status import read_status, wait_drained
 from legacy.trace import Traces
 from legacy.worker import start_flusher, start_worker
 from services.procs import cpu_seconds
 from settings import Settings
+from storage import resources as storage_resources
 
 
 def bench_settings(settings: Settings, tag: str) -> Settings:
@@ -56,25 +54,6 @@ def bench_settings(settings: Settings, tag: str) -> Settings:
             ),
         }
     )
-
-
-def _apply_legacy_schema(settings: Settings) -> None:
-    storage.apply_schema(settings.cassandra, ["legacy"])
-
-
-def _cleanup(settings: Settings) -> None:
-    rabbit = settings.rabbitmq
-    with Connection(rabbit.url()) as conn:
-        channel = conn.channel()
-        for queue in (rabbit.legacy_queue, rabbit.dead_letter_queue):
-            channel.queue_delete(queue)
-        channel.exchange_delete(rabbit.exchange)
-    client = redis.Redis(**settings.redis.client_kwargs())
-    try:
-        for key in client.scan_iter(RedisKeys.of(settings.redis).pattern, count=1000):
-            client.delete(key)
-    finally:
-        client.close()
 
 
 def _ms(value_s: float | None) -> float | None:
@@ -158,7 +137,7 @@ def run_legacy_bench(
             "cpus": os.cpu_count(),
         }
     }
-    _apply_legacy_schema(isolated)
+    storage_resources.provision(isolated, ["legacy"])
     with tempfile.TemporaryDirectory(prefix="legacy-bench-") as tmp:
         trace_dir = Path(tmp) / "trace"
         options = WorkerOptions(
@@ -191,7 +170,7 @@ def run_legacy_bench(
         finally:
             worker.stop()
             flusher.stop()
-            _cleanup(isolated)
+            teardown(isolated)
     return figures
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import storage
 from services.paths import data_dir
 from settings import Settings
+from storage import resources as storage_resources
 
 RABBIT_NAMES = (
     "exchange",
@@ -115,28 +116,16 @@ def create(settings: Settings, run_id: str | None = None) -> Installation:
 
 
 def prepare(inst: Installation) -> None:
-    """Keyspaces and tables, Kafka topics, RabbitMQ exchange and queues (the bridge's mirror
-    queue included, so nothing published before the bridge connects is missed)."""
-    from kombu import Connection
-
-    from bridge.kafka import ensure_topics
-    from bridge.rabbit import declare_shadow_queue
-    from legacy.topology import declare_topology
+    """What each package of the run owns, provisioned: keyspaces and tables (storage),
+    RabbitMQ exchange and queues (legacy), Kafka topics and the bridge's mirror queue
+    (bridge: declared now, so nothing published before the bridge connects is missed)."""
+    from bridge import resources as bridge_resources
+    from legacy import resources as legacy_resources
 
     settings = inst.settings
-    wanted = [storage.keyspace_of(settings.cassandra, name) for name in KEYSPACES]
-    session = storage.connect(settings.cassandra)
-    try:
-        for cql in storage.statements(settings.cassandra):
-            if any(f" {ks} " in cql or f" {ks}." in cql for ks in wanted):
-                session.execute(cql, timeout=120)
-    finally:
-        session.cluster.shutdown()
-    ensure_topics(settings.kafka, [settings.kafka.topic, settings.kafka.dlq_topic])
-    with Connection(settings.rabbitmq.url()) as conn:
-        channel = conn.channel()
-        declare_topology(channel, settings.rabbitmq)
-        declare_shadow_queue(channel, settings.rabbitmq)
+    storage_resources.provision(settings, KEYSPACES)
+    legacy_resources.provision(settings)
+    bridge_resources.provision(settings)
 
 
 def prune(settings: Settings, keep: int) -> list[str]:
@@ -191,56 +180,17 @@ def _alive(pid: Any, marker: str, environ: bool = False) -> bool:
 
 
 def remove(settings: Settings, run_id: str, changes: dict[str, dict[str, str]]) -> None:
-    """Drop everything a run created (best effort: what is already gone is fine)."""
-    import redis
-    from confluent_kafka.admin import AdminClient
-    from kombu import Connection
-
-    from abacus import manager
-    from abacus.pipeline import KINDS, checkpoint_root, job_name
-    from legacy.app import control_exchange
-    from legacy.keys import RedisKeys
+    """Drop everything a run created, each package what it owns (best effort: what is
+    already gone is fine)."""
+    from abacus import resources as abacus_resources
+    from bridge import resources as bridge_resources
+    from legacy import resources as legacy_resources
 
     s = apply(settings, changes)
-    session = storage.connect(s.cassandra)
-    try:
-        for name in KEYSPACES:
-            session.execute(
-                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(s.cassandra, name)}", timeout=120
-            )
-    finally:
-        session.cluster.shutdown()
-    admin = AdminClient(s.kafka.client_config())
-    for future in admin.delete_topics([s.kafka.topic, s.kafka.dlq_topic]).values():
-        with contextlib.suppress(Exception):
-            future.result()
-    rabbit = s.rabbitmq
-    with Connection(rabbit.url()) as conn:
-        for queue in (
-            rabbit.legacy_queue,
-            rabbit.shadow_queue,
-            rabbit.mirror_overflow_queue,
-            rabbit.dead_letter_queue,
-        ):
-            with contextlib.suppress(Exception):
-                conn.channel().queue_delete(queue)
-        for exchange in (rabbit.exchange, control_exchange(s) + ".pidbox"):
-            with contextlib.suppress(Exception):
-                conn.channel().exchange_delete(exchange)
-    client = redis.Redis(**s.redis.client_kwargs())
-    try:
-        for key in client.scan_iter(RedisKeys.of(s.redis).pattern, count=1000):
-            client.delete(key)
-    finally:
-        client.close()
-    jobs = manager.jobs_dir(s)
-    for kind in KINDS:
-        name = job_name(kind, TARGET, f"{run_id}-")
-        for suffix in (".json", ".log"):
-            (jobs / f"{name}{suffix}").unlink(missing_ok=True)
-        for suffix in (".flink", ".progress"):
-            shutil.rmtree(jobs / f"{name}{suffix}", ignore_errors=True)
-        shutil.rmtree(checkpoint_root(s, name), ignore_errors=True)
+    storage_resources.teardown(s, KEYSPACES)
+    bridge_resources.teardown(s)
+    legacy_resources.teardown(s)
+    abacus_resources.teardown(s, f"{run_id}-", TARGET)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
