@@ -307,7 +307,7 @@ def run_fault(
 def _count(settings: Settings, doc: dict[str, Any], run_dir: Path, row: FaultRow) -> None:
     """published, counted, over, under and dead letters of each pipeline, from the stores."""
     import storage
-    from counting import Recount
+    from counting import AccountKey, CustomerKey, Recount
     from shadow import restores
 
     run_settings = _run_settings(settings, doc)
@@ -320,7 +320,9 @@ def _count(settings: Settings, doc: dict[str, Any], run_dir: Path, row: FaultRow
     row.published = published
     customers = {c.key: c.count for c in recount.customer()}
     truth_total = sum(customers.values()) + sum(c.count for c in recount.account())
-    truth = {k: n for k, n in customers.items() if k.resolution == "day"}
+    truth: dict[AccountKey | CustomerKey, int] = {
+        k: n for k, n in customers.items() if k.resolution == "day"
+    }
     session = storage.connect(run_settings.cassandra)
     try:
         for name, out in (("legacy", row.legacy), ("shadow", row.abacus)):

@@ -151,7 +151,7 @@ def run_legacy_bench(
         flusher = start_flusher(
             isolated, Path(tmp) / "flusher.log", flush_interval_s, trace_dir=trace_dir
         )
-        pids = (worker.pid, flusher.pid)
+        pids = [worker.pid, flusher.pid]
         try:
             if warmup:  # every pool process connects to Redis and Cassandra first
                 publish_lines(isolated.rabbitmq, lines[:warmup])
