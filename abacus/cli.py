@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from settings import Settings
+from settings.options import output_format
 
 
 def _name(_: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -138,9 +139,7 @@ def run(
 
 
 @job.command("status")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@output_format("table", "json")
 @click.pass_obj
 def status(settings: Settings, fmt: str) -> None:
     """Every job this data directory knows, with its process and Flink status: a job that

@@ -14,6 +14,7 @@ from bridge import rabbit
 from bridge.rabbit import MirrorQueueMismatch
 from bridge.status import COUNTERS, read_status, status_path
 from settings.model import Settings
+from settings.options import confirm, file_path, output_format
 
 MODE = click.Choice(["shadow", "live"])
 EXIT_NOT_RUNNING = 3
@@ -50,10 +51,8 @@ def bridge() -> None:
     default=None,
     help="Override the consumed queue (default: rabbitmq.shadow_queue or legacy_queue).",
 )
-@click.option(
+@file_path(
     "--status-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="Where to write the counts every second "
     "(default: <services.data_dir>/bridge/<mode>.json).",
 )
@@ -126,7 +125,7 @@ def _override(
 
 
 @bridge.command("mirror-upgrade")
-@click.option("--yes", is_flag=True, help="Do it (without: show what it would do).")
+@confirm()
 @click.pass_obj
 def mirror_upgrade(settings: Settings, yes: bool) -> None:
     """Replace a mirror queue left unbounded by an earlier version by the bounded one.
@@ -165,9 +164,7 @@ def mirror_upgrade(settings: Settings, yes: bool) -> None:
 @click.option(
     "--mode", type=click.Choice(["shadow", "live", "all"]), default="all", show_default=True
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@output_format("table", "json")
 @click.option(
     "--minutes",
     type=click.IntRange(0, 60),
@@ -175,10 +172,8 @@ def mirror_upgrade(settings: Settings, yes: bool) -> None:
     show_default=True,
     help="Per-minute rows to show in the table.",
 )
-@click.option(
+@file_path(
     "--status-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="Read this status file instead of <services.data_dir>/bridge/<mode>.json.",
 )
 @click.option(

@@ -19,17 +19,12 @@ from compare.audit import AuditError, AuditResult, RunOptions
 from compare.diff import Tolerance
 from compare.report import FORMATS, headline, render
 from settings import Settings
+from settings.options import Failure, dir_path, file_path, output_format
 from settings.output import term, visible
 from storage import STORES
 
 _STORE = click.Choice(list(STORES))
 _LEVEL = click.Choice(["account", "customer", "both"])
-
-
-class Failure(click.ClickException):
-    """An error: one line on stderr, exit code 2 (1 means "outside tolerance")."""
-
-    exit_code = 2
 
 
 def _date(_: Any, param: click.Parameter, value: str | None) -> str | None:
@@ -141,13 +136,8 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
     help="Do not fail on a store that counts redeliveries when the other one "
     "matches the truth (legacy does not de-duplicate).",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the report here (default: stdout).",
-)
+@output_format(*FORMATS, default="table")
+@file_path("--out", help="Write the report here (default: stdout).")
 @click.option(
     "--top",
     type=click.IntRange(min=1),
@@ -198,11 +188,9 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
     show_default=True,
     help="With --truth kafka: read records this much older than the date can be.",
 )
-@click.option(
+@dir_path(
     "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
     default=Path(".abacus/audits"),
-    show_default=True,
     help="Where audits keep their plan, progress and detail.",
 )
 @click.option(
@@ -304,8 +292,8 @@ def _emit(result: AuditResult, fmt: str, out: Path | None) -> None:
 )
 @click.option("--level", type=_LEVEL, default="both", show_default=True)
 @click.option("--include-month", is_flag=True, help="With --date: also its month buckets.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_format("jsonl")
+@file_path("--out")
 @click.pass_obj
 def dump(
     settings: Settings,
@@ -335,9 +323,7 @@ def audits() -> None:
 @audits.command("list")
 @click.option("--date", callback=_date, help="Only audits of this date.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@output_format("table", "json")
 @click.pass_obj
 def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> None:
     """Audits, newest first."""
@@ -412,15 +398,9 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
 
 @audits.command("show")
 @click.argument("audit_id", callback=_audit_id)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".abacus/audits"),
-    show_default=True,
-    help="Where the audit kept its detail.",
-)
+@output_format(*FORMATS, default="table")
+@file_path("--out")
+@dir_path("--work-dir", default=Path(".abacus/audits"), help="Where the audit kept its detail.")
 @click.pass_obj
 def show(settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir: Path) -> None:
     """One audit's report (the detail when its work directory is on this machine)."""
@@ -450,9 +430,7 @@ def show(settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir
     is_flag=True,
     help="Count audits run with --allow-redeliveries (default: they do not count).",
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@output_format("text", "json")
 @click.pass_obj
 def gate(
     settings: Settings,

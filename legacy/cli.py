@@ -1,4 +1,7 @@
-"""`abacus produce` and `abacus legacy worker|flush|status|dead-letters`."""
+"""`abacus produce` and `abacus legacy worker|flush|status|dead-letters`.
+
+`chaos_options` are legacy's flaws as shares (a worker's, and a shadow run's).
+"""
 
 from __future__ import annotations
 
@@ -18,10 +21,39 @@ from legacy.app import POOLS, WorkerOptions
 from legacy.chaos import Chaos
 from legacy.flusher import DEFAULT_INTERVAL_S
 from settings import Settings
+from settings.options import SHARE, dir_path, output_format
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
-_share = click.FloatRange(0.0, 1.0)
+_CHAOS_HELP = {
+    "redeliver": "Share of tasks requeued after counting (counted twice).",
+    "crash": "Share of tasks whose worker process dies between Redis and Cassandra.",
+    "drop_flush": "Share of Big Bertha flushes lost.",
+}
+
+
+def chaos_options(
+    default: float | None, names: tuple[str, ...] = ("redeliver", "crash", "drop_flush")
+) -> Callable[[F], F]:
+    """--chaos-redeliver, --chaos-crash, --chaos-drop-flush (of `names`): the shares of
+    legacy's flaws (`legacy.chaos.Chaos`), parameters chaos_redeliver ... chaos_drop_flush."""
+
+    def apply(command: F) -> F:
+        for name in reversed(names):
+            command = click.option(
+                "--chaos-" + name.replace("_", "-"),
+                type=SHARE,
+                default=default,
+                show_default=default is not None,
+                help=_CHAOS_HELP[name],
+            )(command)
+        return command
+
+    return apply
+
+
+_trace_dir = dir_path("--trace-dir", help="Write timing traces here (benchmarks).")
 
 
 @contextmanager
@@ -123,9 +155,7 @@ def _with_progress(total: int | None, show: bool, run: Callable[[Callable[[int],
     help="Events per second (0: as fast as the broker confirms).",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@output_format("text", "json")
 @click.pass_obj
 def produce(
     settings: Settings,
@@ -201,33 +231,8 @@ def legacy() -> None:
     show_default=True,
     help="Big Bertha flush period in this worker (0: none).",
 )
-@click.option(
-    "--chaos-redeliver",
-    type=_share,
-    default=0.0,
-    show_default=True,
-    help="Share of tasks requeued after counting (counted twice).",
-)
-@click.option(
-    "--chaos-crash",
-    type=_share,
-    default=0.0,
-    show_default=True,
-    help="Share of tasks whose process dies between Redis and Cassandra.",
-)
-@click.option(
-    "--chaos-drop-flush",
-    type=_share,
-    default=0.0,
-    show_default=True,
-    help="Share of Big Bertha flushes lost.",
-)
-@click.option(
-    "--trace-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Write timing traces here (benchmarks).",
-)
+@chaos_options(0.0)
+@_trace_dir
 @click.option(
     "--loglevel",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -291,13 +296,8 @@ def worker(
     "--interval-s", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL_S, show_default=True
 )
 @click.option("--once", is_flag=True, help="Flush once and exit.")
-@click.option("--chaos-drop-flush", type=_share, default=0.0, show_default=True)
-@click.option(
-    "--trace-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Write timing traces here (benchmarks).",
-)
+@chaos_options(0.0, ("drop_flush",))
+@_trace_dir
 @click.pass_obj
 def flush(
     settings: Settings,
@@ -334,9 +334,7 @@ def flush(
 
 
 @legacy.command()
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@output_format("table", "json")
 @click.option(
     "--sample-s",
     type=click.FloatRange(min=0),
@@ -407,9 +405,7 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
 
 @legacy.command("dead-letters")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True
-)
+@output_format("jsonl", "table")
 @click.pass_obj
 def dead_letters(settings: Settings, limit: int, fmt: str) -> None:
     """Show the oldest dead letters (left in their queue)."""

@@ -15,6 +15,7 @@ from services import install as installer
 from services import manager, procs
 from services.base import ServiceError
 from settings.model import Settings
+from settings.options import confirm, output_format
 from settings.output import term, visible
 
 NAME = click.Choice(manager.NAMES)
@@ -91,7 +92,7 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
 @services.command()
 @click.argument("names", nargs=-1, type=NAME)
 @click.option("--purge", is_flag=True, help="Also delete the services' data (not the jars).")
-@click.option("--yes", is_flag=True, help="Confirm --purge.")
+@confirm("Confirm --purge.")
 @click.pass_obj
 def down(settings: Settings, names: tuple[str, ...], purge: bool, yes: bool) -> None:
     """Stop NAMES (default all): SIGTERM, then SIGKILL after a grace period (said if needed)."""
@@ -113,7 +114,7 @@ def down(settings: Settings, names: tuple[str, ...], purge: bool, yes: bool) -> 
 
 @services.command()
 @click.argument("names", nargs=-1, type=NAME)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@output_format("table", "json", show_default=False)
 @click.pass_obj
 def status(settings: Settings, names: tuple[str, ...], fmt: str) -> None:
     """State, address, pid, version, RSS of each server, and the total against the budget.

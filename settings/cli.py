@@ -7,6 +7,7 @@ import json
 import click
 
 from settings.model import Settings
+from settings.options import output_format
 
 
 @click.group()
@@ -15,7 +16,7 @@ def config() -> None:
 
 
 @config.command("show")
-@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table")
+@output_format("json", "table", default="table", show_default=False)
 @click.pass_obj
 def show(settings: Settings, fmt: str) -> None:
     """Print the settings in effect, secrets masked."""

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
+from legacy.cli import chaos_options
 from settings import Settings
+from settings.options import Failure, dir_path, file_path, output_format, seed
 
-_share = click.FloatRange(0.0, 1.0)
 # `--chaos` alone: every legacy flaw, at shares that show on a few thousand events
 CHAOS_PRESET = {"redeliver": 0.02, "crash": 0.002, "drop_flush": 0.05}
 
@@ -22,12 +23,8 @@ def shadow() -> None:
 
 
 @shadow.command("run")
-@click.option(
-    "--events",
-    "events_file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="JSON Lines file of hydrated events to publish.",
+@file_path(
+    "--events", "events_file", exists=True, help="JSON Lines file of hydrated events to publish."
 )
 @click.option(
     "--generate",
@@ -36,7 +33,7 @@ def shadow() -> None:
     default=None,
     help="Publish N generated events (a day, the generator's default mix).",
 )
-@click.option("--seed", type=int, default=1, show_default=True, help="With --generate.")
+@seed(1, help="With --generate.")
 @click.option(
     "--rate",
     type=click.FloatRange(min=0),
@@ -57,18 +54,7 @@ def shadow() -> None:
     help="Legacy's flaws on: redeliveries 2%, crashes after the Redis step 0.2%, "
     "dropped Big Bertha flushes 5% (override with --chaos-*).",
 )
-@click.option(
-    "--chaos-redeliver", type=_share, default=None, help="Share of tasks requeued after counting."
-)
-@click.option(
-    "--chaos-crash",
-    type=_share,
-    default=None,
-    help="Share of tasks whose worker dies between Redis and Cassandra.",
-)
-@click.option(
-    "--chaos-drop-flush", type=_share, default=None, help="Share of Big Bertha flushes lost."
-)
+@chaos_options(None)
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
@@ -89,11 +75,8 @@ def shadow() -> None:
     default=None,
     help="Abacus counting window (default: flink.window_ms).",
 )
-@click.option(
-    "--html-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Where to write the HTML audit reports (default: the run's directory).",
+@dir_path(
+    "--html-dir", help="Where to write the HTML audit reports (default: the run's directory)."
 )
 @click.option(
     "--keep",
@@ -111,9 +94,7 @@ def shadow() -> None:
 @click.option(
     "--live/--no-live", default=None, help="Live view (default: when stderr is a terminal)."
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@output_format("table", "json")
 @click.pass_obj
 def run(
     settings: Settings,
@@ -203,13 +184,8 @@ def run(
     except Exception as exc:  # a server unreachable, a failed audit: one line, exit 2
         from settings.output import visible
 
-        failure = click.ClickException(
-            visible(
-                f"shadow run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            )
-        )
-        failure.exit_code = 2
-        raise failure from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise Failure(visible(f"shadow run: {type(exc).__name__}: {first}")) from None
     if fmt == "json":
         click.echo(json.dumps(summary(result), indent=1))
     else:
