@@ -26,7 +26,12 @@ down:
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/pytest tests/unit
 
+# The jobs' Java code against counting first (JUnit, Maven Surefire): golden vectors that
+# Python generates (abacus.golden, into the git-ignored abacus/jvm/target), then the tests.
+GOLDEN := abacus/jvm/target/golden
 test: up
+	$(VENV)/bin/python -m abacus.golden $(GOLDEN)
+	mvn -B -q -f abacus/jvm/pom.xml test -Dgolden.dir=$(CURDIR)/$(GOLDEN)
 	$(ABACUS) schema apply
 	$(VENV)/bin/pytest
 

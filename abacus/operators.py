@@ -3,7 +3,13 @@
 They run inside Flink (thread mode: the JVM's embedded interpreter) and hold no state:
 de-duplication is Flink SQL in the JVM (`abacus/pipeline.py`); fan-out, uniqueness, the
 counter sink and the drain counter are Java (`abacus/jvm`).
-Every counting rule is a call into `counting`; these classes only convert rows and do I/O.
+What these classes count by is a call into `counting` (validation, labels, facet pairs:
+`event_row`); they only convert rows and do I/O. Not every rule of the jobs is: for speed,
+the Java operators re-implement the fan-out and uniqueness (`counting.Recount`), and the
+sink storage's shard hash and batching (`storage.counters`) and the drain file
+(`abacus.progress`); Python gives them every column, resolution and width
+(`abacus.pipeline.operator_conf`, `layout_conf`), and JUnit tests (`make test`) check each
+re-implemented rule against golden vectors that `abacus.golden` generates from Python.
 
 No record may fail the job: a publisher controls every byte of the input, and a job that
 fails on a record fails on it again after every restart. So Validate dead-letters what it
@@ -24,6 +30,7 @@ from pyflink.common import Row
 from pyflink.datastream import MapFunction, OutputTag, ProcessFunction, RuntimeContext
 
 from counting import (
+    Event,
     Rejection,
     account_facets,
     bucket_labels,
@@ -76,30 +83,20 @@ class Validate(ProcessFunction):  # type: ignore[misc]
             out = self._rejected, rejected_row(value, OPERATOR_ERROR, describe(exc), event_id)
         yield out
 
-    def _row(self, parsed: Any) -> Row:
-        hour, day, month = bucket_labels(parsed.timestamp, parsed.timezone)
-        if not self._facets:
-            return Row(
-                parsed.event_id,
-                parsed.company_id,
-                parsed.customer_id,
-                parsed.statistic_id,
-                hour,
-                day,
-                month,
-            )
-        facets, values = zip(*account_facets(parsed), strict=True)
-        return Row(
-            parsed.event_id,
-            parsed.company_id,
-            parsed.customer_id,
-            parsed.statistic_id,
-            hour,
-            day,
-            month,
-            list(facets),
-            list(values),
-        )
+    def _row(self, parsed: Event) -> Row:
+        return Row(*event_row(parsed, self._facets))
+
+
+def event_row(event: Event, facets: bool = True) -> tuple[Any, ...]:
+    """The values of Validate's event row (`abacus.pipeline._EVENT_FIELDS`): event_id,
+    company_id, customer_id, statistic_id, the (hour, day, month) labels, and with `facets`
+    the facet names and values of the pairs it counts under, as two lists."""
+    labels = bucket_labels(event.timestamp, event.timezone)
+    ids = (event.event_id, event.company_id, event.customer_id, event.statistic_id)
+    if not facets:
+        return (*ids, *labels)
+    names, values = zip(*account_facets(event), strict=True)
+    return (*ids, *labels, list(names), list(values))
 
 
 def describe(exc: BaseException) -> str:

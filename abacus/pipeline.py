@@ -19,6 +19,16 @@ in the JVM, RocksDB-backed.
 
 The sink's interval only batches writes: the buckets come from counting's labels.
 The SQL is assembled from this module's own column names; no input reaches it.
+
+Where the rules live: Validate calls `counting` (validation, labels, facet pairs). The Java
+operators know no column by position and no width: this module gives them their columns by
+name, the resolutions and period widths (`operator_conf`) and the store's layout
+(`layout_conf`, from `storage.counters.sink_layout`: key order, partition, index entry and
+date, shard fields). Four rules are written again in Java for speed: the fan-out and
+uniqueness (`Uniques`, `CustomerRows`: `counting.Recount`), the shard hash and the batching
+(`Sums`: `storage.counters.shard_of`, `batches`) and the drain file (`Progress`:
+`abacus.progress`); their JUnit tests (abacus/jvm/src/test, run by `make test`) require the
+results of golden vectors that `abacus.golden` generates from the Python rules.
 """
 # ruff: noqa: S608
 
@@ -127,6 +137,25 @@ class JobSpec:
         return f"abacus-{self.kind}"
 
 
+def operator_conf(kind: Kind, layout: SinkLayout) -> dict[str, str]:
+    """What a job's Java operator (`abacus.sink.Uniques`, `abacus.sink.CustomerRows`: their
+    `RowSpec`) is told about its rows, so that it knows no column by position and no rule
+    of the contract by heart: its input and output columns by name, the resolutions finest
+    first (`counting.RESOLUTIONS`) with each one's label column and period width
+    (`storage.counters.PERIOD_WIDTH`), and which resolution's rows carry an index date, the
+    label's prefix of `date_width` characters (`storage.counters.sink_layout`, from
+    `counting`'s date of a label)."""
+    return {
+        "input": ",".join(_FIRSTS[kind]),
+        "output": ",".join(_ROWS[kind]),
+        "resolutions": ",".join(RESOLUTIONS),
+        "labels": ",".join(_LABELS),
+        "period_widths": ",".join(str(PERIOD_WIDTH[r]) for r in RESOLUTIONS),
+        "indexed": layout.index_resolution,
+        "date_width": str(layout.date_width),
+    }
+
+
 def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout) -> object:
     """A job's increments, a Java DataStream of rows (key fields, measures, index date), from
     its first deliveries, by a Java operator chained to the sink (abacus/jvm):
@@ -151,12 +180,17 @@ def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout)
     out_type = jvm.org.apache.flink.table.runtime.typeutils.InternalTypeInfo.of(
         _to_java_data_type(row).getLogicalType()
     )
-    resolutions = ",".join(f"{r}:{PERIOD_WIDTH[r]}" for r in RESOLUTIONS)  # finest first
+    conf = _java_map(operator_conf(spec.kind, layout))
     if spec.kind == "statistic":
-        return jvm.abacus.sink.Uniques.apply(
-            j_firsts, spec.uniques_ttl_s * 1000, resolutions, out_type
-        )
-    return jvm.abacus.sink.CustomerRows.apply(j_firsts, resolutions, out_type)
+        return jvm.abacus.sink.Uniques.apply(j_firsts, spec.uniques_ttl_s * 1000, conf, out_type)
+    return jvm.abacus.sink.CustomerRows.apply(j_firsts, conf, out_type)
+
+
+def _java_map(values: dict[str, str]) -> object:
+    conf = get_gateway().jvm.java.util.HashMap()
+    for key, value in values.items():
+        conf.put(key, value)
+    return conf
 
 
 def job_name(kind: str, target: str, prefix: str = "") -> str:
@@ -277,6 +311,23 @@ def _row_data_type(j_table: object) -> object:
     return j_table.getResolvedSchema().toPhysicalRowDataType().bridgedTo(row_data)  # type: ignore[attr-defined]
 
 
+def layout_conf(layout: SinkLayout) -> dict[str, str]:
+    """The sink's rules from the store's layout: which key fields form the partition, the
+    index entry's fields and the shard's, the shards, the rows per batch (`Sums` in
+    abacus/jvm holds them; the sink assumes none of them)."""
+    return {
+        "update": layout.update,
+        "index": layout.index,
+        "keys": str(len(layout.keys)),
+        "measures": str(len(layout.measures)),
+        "partition_keys": str(layout.partition_keys),
+        "index_fields": ",".join(map(str, layout.index_fields)),
+        "shard_fields": ",".join(map(str, layout.shard_fields)),
+        "shards": str(layout.shards),
+        "batch_rows": str(BATCH_ROWS),
+    }
+
+
 def _counter_sink(settings: Settings, spec: JobSpec, layout: SinkLayout) -> object:
     """The Java sink (abacus/jvm: abacus.sink.CounterSink) configured for one counter store:
     rows are the layout's key fields, its measures, then the index date."""
@@ -290,27 +341,16 @@ def _counter_sink(settings: Settings, spec: JobSpec, layout: SinkLayout) -> obje
         "ssl": str(cassandra.ssl).lower(),
         "ssl_cafile": str(cassandra.ssl_cafile or ""),
         "request_timeout_ms": int(cassandra.request_timeout_s * 1000),
-        "update": layout.update,
-        "index": layout.index,
-        "keys": len(layout.keys),
-        "measures": len(layout.measures),
-        "partition_keys": layout.partition_keys,
-        "index_fields": ",".join(map(str, layout.index_fields)),
-        "shard_fields": ",".join(map(str, layout.shard_fields)),
-        "shards": layout.shards,
+        **layout_conf(layout),
         "interval_ms": spec.window_ms,
         "concurrency": cassandra.write_concurrency,
         "batch_partitions": cassandra.batch_partitions,
-        "batch_rows": BATCH_ROWS,
         "attempts": _SINK_ATTEMPTS,
         "backoff_ms": _SINK_BACKOFF_MS,
         "progress_dir": spec.progress_dir,
     }
-    jvm = get_gateway().jvm
-    conf = jvm.java.util.HashMap()
-    for key, value in values.items():
-        conf.put(key, str(value))
-    return jvm.abacus.sink.CounterSink(conf)
+    conf = _java_map({key: str(value) for key, value in values.items()})
+    return get_gateway().jvm.abacus.sink.CounterSink(conf)
 
 
 def checkpoint_root(settings: Settings, name: str) -> Path:

@@ -9,8 +9,11 @@ before it) and `written == fanned`: every increment counted has been written.
 No sleeps, no timing guesses.
 
 Each operator instance owns one file `<kind>-a<attempt>-s<subtask>-<pid>-<random>` (no write
-races across parallel subtasks): its counter, an 8-byte little-endian long first; a reader
-sums them. Files live under `<data_dir>/jobs/<name>.progress/<run_id>/`, on the machine
+races across parallel subtasks, `file_name`): its counter, an 8-byte little-endian long first,
+then in `written` files the sink's total across attempts (`encode`); a reader sums the
+counters. This module is the format's definition in Python; the JVM's writer
+(`abacus.sink.Progress`) is checked against it by a JUnit test (`abacus.golden`).
+Files live under `<data_dir>/jobs/<name>.progress/<run_id>/`, on the machine
 that runs the job (a remote cluster's drain uses consumer lag alone).
 
 Across a restart (a task failed, e.g. Cassandra went away; Flink restarts every task of the
@@ -38,8 +41,40 @@ from pathlib import Path
 
 _FMT = "<q"
 _SIZE = struct.calcsize(_FMT)
+_FILE_FMT = "<qq"  # a file as the JVM writes it: the counter, then the sink's written total
 _NAME = re.compile(r"(?P<kind>[a-z]+)-a(?P<attempt>\d+)-s(?P<subtask>\d+)-")
 KINDS = ("fanned", "written", "reapplied", "uncertain")
+
+
+def file_name(kind: str, attempt: int, subtask: int, unique: str) -> str:
+    """A counter file's name (`unique`: the writer's pid and a random suffix); `_NAME` reads
+    it back. `abacus.sink.Progress` names its files so (checked by its JUnit test against
+    `abacus.golden`'s vectors)."""
+    return f"{kind}-a{attempt}-s{subtask}-{unique}"
+
+
+def encode(counter: int, total: int = 0) -> bytes:
+    """A counter file's bytes as the JVM writes them: the counter, then (in `written` files)
+    the sink's total written across attempts; this module reads the counter alone."""
+    return struct.pack(_FILE_FMT, counter, total)
+
+
+def written_totals(directory: Path) -> dict[int, dict[int, tuple[int, int]]]:
+    """subtask -> attempt -> (counter, total) of the `written` files of a run's directory."""
+    out: dict[int, dict[int, tuple[int, int]]] = {}
+    for path in directory.glob("written-*"):
+        match = _NAME.match(path.name)
+        if match is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        if len(data) < struct.calcsize(_FILE_FMT):
+            continue
+        counter, total = struct.unpack_from(_FILE_FMT, data)
+        out.setdefault(int(match["subtask"]), {})[int(match["attempt"])] = (counter, total)
+    return out
 
 
 def _counters(directory: Path) -> list[tuple[str, int, int]]:

@@ -53,7 +53,9 @@ def copy_artifact(coordinates: str, dest: Path) -> None:
 
 def package(project: Path, build_dir: Path, jar: str, dest: Path) -> None:
     """`mvn package` of the project at `project`, building in `build_dir` (outside the source
-    tree), and the built `jar` copied to `dest`."""
-    _mvn(["-f", str(project / "pom.xml"), f"-Dbuild.dir={build_dir}", "package"])
+    tree), and the built `jar` copied to `dest`. Its tests are compiled (so the jars they
+    need are fetched here too) but run by `make test`, which generates their golden vectors
+    first (`abacus.golden`)."""
+    _mvn(["-f", str(project / "pom.xml"), f"-Dbuild.dir={build_dir}", "-DskipTests", "package"])
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(build_dir / jar, dest)

@@ -42,10 +42,10 @@ JVM_SOURCE = Path(__file__).resolve().parents[1] / "abacus" / "jvm"
 
 
 def jvm_source_hash() -> str:
-    """A digest of its pom and sources: the jar's name carries it, so a change to the
-    sources means a new build, never a stale jar."""
+    """A digest of its pom and main sources: the jar's name carries it, so a change to the
+    sources means a new build, never a stale jar (its tests, src/test, are not in the jar)."""
     digest = hashlib.sha256()
-    sources = sorted((JVM_SOURCE / "src").rglob("*.java"))
+    sources = sorted((JVM_SOURCE / "src" / "main").rglob("*.java"))
     files = [JVM_SOURCE / "pom.xml", *sources]
     for path in files:
         digest.update(path.relative_to(JVM_SOURCE).as_posix().encode() + b"\0")

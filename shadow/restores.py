@@ -24,7 +24,6 @@ pending, of which 165 had reached the store).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,20 +46,7 @@ class JobIncrements:
 
 def _written(directory: Path) -> dict[int, dict[int, tuple[int, int]]]:
     """subtask -> attempt -> (counter, total) of the `written` files of one process."""
-    out: dict[int, dict[int, tuple[int, int]]] = {}
-    for path in directory.glob("written-*"):
-        match = progress._NAME.match(path.name)
-        if match is None:
-            continue
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue
-        if len(data) < 16:
-            continue
-        counter, total = struct.unpack_from("<qq", data)
-        out.setdefault(int(match["subtask"]), {})[int(match["attempt"])] = (counter, total)
-    return out
+    return progress.written_totals(directory)
 
 
 def _process_dirs(root: Path) -> list[Path]:

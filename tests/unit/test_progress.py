@@ -53,3 +53,14 @@ def test_an_empty_directory_has_drained_nothing(tmp_path: Path) -> None:
     _file(tmp_path, "written-a0-s0-1-x", 0)  # created, not written to yet: 8 zero bytes
     (tmp_path / "fanned-a0-s0-1-y").write_bytes(b"")  # created, not sized yet
     assert progress.read(tmp_path) == progress.Progress(0, 0, 0, 0, 0)
+
+
+def test_the_file_format_reads_back(tmp_path: Path) -> None:
+    # the format as the JVM writes it (abacus.sink.Progress is checked against these)
+    name = progress.file_name("written", 3, 2, "77-abcd")
+    assert progress._NAME.match(name)["attempt"] == "3"  # type: ignore[index]
+    (tmp_path / name).write_bytes(progress.encode(5, 40))
+    (tmp_path / progress.file_name("fanned", 3, 2, "77-ef01")).write_bytes(progress.encode(5))
+    assert progress.read(tmp_path) == progress.Progress(5, 5, 3, 0, 0)
+    assert progress.written_totals(tmp_path) == {2: {3: (5, 40)}}
+    assert len(progress.encode(1)) == 16

@@ -13,7 +13,6 @@ import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.net.InetSocketAddress;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.security.KeyStore;
 import java.security.cert.Certificate;
@@ -24,11 +23,8 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
 import java.util.HashMap;
-import java.util.HashSet;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.Set;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.CompletionStage;
 import java.util.concurrent.ExecutionException;
@@ -37,7 +33,6 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
-import java.util.zip.CRC32;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.TrustManagerFactory;
 import org.apache.flink.api.common.TaskInfo;
@@ -71,9 +66,13 @@ import org.apache.flink.table.data.RowData;
  * attempt fails the job, which restarts from its latest checkpoint.
  *
  * <p>Everything about the schema (statements, which key fields form the partition, the index
- * row and its shard) is given by the Python side ({@code storage}); this class only sums,
- * batches and writes. The drain counter ({@code progress_dir}) is the same 8-byte
- * little-endian file as {@code abacus.progress.Counter}: the count increments written.
+ * row and which of its fields the shard hashes, the number of shards) is given by the Python
+ * side ({@code storage.counters.sink_layout}); this class only sums, batches and writes.
+ * Two of storage's rules are written again here, in {@link Sums}: the shard hash ({@code
+ * storage.counters.shard_of}) and the batching ({@code storage.counters.batches}); {@code
+ * SumsTest} checks both, and the values bound, against golden vectors Python generates. The
+ * drain counter ({@code progress_dir}) is the file {@code abacus.progress} reads ({@link
+ * Progress}): the count increments written.
  *
  * <p>Across a restart ({@link Progress}): the drain counters are per attempt, and the writer's
  * state (checkpointed) is its total written, across attempts, at the checkpoint. A restarted
@@ -90,7 +89,6 @@ import org.apache.flink.table.data.RowData;
  */
 public final class CounterSink implements Sink<RowData>, SupportsWriterState<RowData, Long> {
     private static final long serialVersionUID = 1L;
-    private static final int INDEX_CACHE_MAX = 200_000;
     private static final Logger LOG = LoggerFactory.getLogger(CounterSink.class);
     private static final long MAX_BACKOFF_MS = 8_000;
 
@@ -176,51 +174,21 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
         return true;
     }
 
+    /** The sums of a writer configured by {@code conf} (the layout's keys, measures,
+     * index and shard fields, shards). */
+    static Sums sums(Map<String, String> conf) {
+        return new Sums(Integer.parseInt(conf.get("keys")),
+                Integer.parseInt(conf.get("measures")), ints(conf.get("index_fields")),
+                ints(conf.get("shard_fields")), Integer.parseInt(conf.get("shards")));
+    }
+
     private static int[] ints(String csv) {
         return csv.isEmpty() ? new int[0] : Arrays.stream(csv.split(",")).mapToInt(Integer::parseInt).toArray();
     }
 
-    /**
-     * A key: its fields, compared by value. The hash mixes each field's (a polynomial hash of
-     * fields that are themselves polynomial hashes of similar strings, like Arrays.hashCode,
-     * collides often enough here to turn HashMap bins into trees).
-     */
-    private static final class Key {
-        final String[] fields;
-        final int hash;
-
-        Key(String[] fields) {
-            this.fields = fields;
-            int h = fields.length;
-            for (String field : fields) {
-                h = mix(h + field.hashCode());
-            }
-            this.hash = h;
-        }
-
-        private static int mix(int h) {  // MurmurHash3's finalizer
-            h ^= h >>> 16;
-            h *= 0x85ebca6b;
-            h ^= h >>> 13;
-            h *= 0xc2b2ae35;
-            return h ^ (h >>> 16);
-        }
-
-        @Override
-        public int hashCode() {
-            return hash;
-        }
-
-        @Override
-        public boolean equals(Object other) {
-            return other instanceof Key && Arrays.equals(fields, ((Key) other).fields);
-        }
-    }
-
     static final class Writer implements StatefulSinkWriter<RowData, Long> {
-        private final int keys, measures, partitionKeys, shards, concurrency, batchPartitions,
-                batchRows, attempts;
-        private final int[] indexFields, shardFields;
+        private final int measures, partitionKeys, concurrency, batchPartitions, batchRows,
+                attempts;
         private final long intervalMs, backoffMs, maxKeys, retryWindowNs;
         private final CqlSession session;
         private final PreparedStatement update, index;
@@ -232,18 +200,13 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
         private long total;  // count increments written across attempts; guarded by requests
         private long sentCount;  // count increments of the writes in flight; guarded by requests
         private boolean closed;  // guarded by requests
-        private HashMap<Key, long[]> sums = new HashMap<>();
-        private final LinkedHashMap<Key, Boolean> newIndex = new LinkedHashMap<>();
-        private final Set<Key> indexed = new HashSet<>();
+        private final Sums sums;
 
         Writer(Map<String, String> conf, ProcessingTimeService time, TaskInfo task, long base)
                 throws IOException {
-            keys = Integer.parseInt(conf.get("keys"));
             measures = Integer.parseInt(conf.get("measures"));
             partitionKeys = Integer.parseInt(conf.get("partition_keys"));
-            indexFields = ints(conf.get("index_fields"));
-            shardFields = ints(conf.get("shard_fields"));
-            shards = Integer.parseInt(conf.get("shards"));
+            sums = sums(conf);
             intervalMs = Long.parseLong(conf.get("interval_ms"));
             concurrency = Integer.parseInt(conf.get("concurrency"));
             batchPartitions = Integer.parseInt(conf.get("batch_partitions"));
@@ -401,29 +364,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
 
         @Override
         public void write(RowData row, Context context) throws IOException, InterruptedException {
-            String[] fields = new String[keys];
-            for (int i = 0; i < keys; i++) {
-                fields[i] = row.getString(i).toString();
-            }
-            Key key = new Key(fields);
-            long[] sum = sums.get(key);
-            if (sum == null) {
-                sums.put(key, sum = new long[measures]);
-            }
-            for (int i = 0; i < measures; i++) {
-                sum[i] += row.getLong(keys + i);
-            }
-            if (!row.isNullAt(keys + measures)) {
-                String[] entry = new String[indexFields.length + 1];
-                entry[0] = row.getString(keys + measures).toString();
-                for (int i = 0; i < indexFields.length; i++) {
-                    entry[i + 1] = fields[indexFields[i]];
-                }
-                Key indexKey = new Key(entry);
-                if (!indexed.contains(indexKey)) {
-                    newIndex.put(indexKey, Boolean.TRUE);
-                }
-            }
+            sums.add(row);
             if (sums.size() >= maxKeys) {  // bounds memory: wait for the writes, then write
                 requests.awaitIdle();
                 rethrow();
@@ -436,39 +377,17 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
          * counts. Returns at once: the writes proceed while the next rows are summed.
          */
         private void send() {
-            if (sums.isEmpty()) {
+            if (sums.size() == 0) {
                 return;
             }
-            List<Object[]> counts = new ArrayList<>(sums.size());
-            for (Map.Entry<Key, long[]> e : sums.entrySet()) {
-                Object[] values = new Object[measures + keys];
-                for (int i = 0; i < measures; i++) {
-                    values[i] = e.getValue()[i];
-                }
-                System.arraycopy(e.getKey().fields, 0, values, measures, keys);
-                counts.add(values);
-            }
-            sums = new HashMap<>();
-            List<Request> countRequests = batches(update, counts, measures,
+            List<Request> countRequests = requests(update, sums.takeCounts(), measures,
                     measures + partitionKeys, DefaultBatchType.COUNTER, true);
-            if (newIndex.isEmpty()) {
+            List<Object[]> entries = sums.takeIndex();
+            if (entries.isEmpty()) {
                 requests.add(countRequests);
                 return;
             }
-            List<Object[]> entries = new ArrayList<>(newIndex.size());
-            for (Key entry : newIndex.keySet()) {
-                Object[] values = new Object[entry.fields.length + 1];
-                values[0] = entry.fields[0];
-                values[1] = shard(entry);
-                System.arraycopy(entry.fields, 1, values, 2, entry.fields.length - 1);
-                entries.add(values);
-            }
-            if (indexed.size() > INDEX_CACHE_MAX) {
-                indexed.clear();
-            }
-            indexed.addAll(newIndex.keySet());  // a failed index write fails the job
-            newIndex.clear();
-            List<Request> indexRequests = batches(index, entries, 0, 2,
+            List<Request> indexRequests = requests(index, entries, 0, 2,
                     DefaultBatchType.UNLOGGED, false);
             AtomicInteger remaining = new AtomicInteger(indexRequests.size());
             Runnable thenCounts = () -> {
@@ -484,60 +403,25 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
         }
 
         /**
-         * The shard of an index entry (date, fields...): storage.shard_of of the fields at
-         * {@code shardFields} (positions among the index fields).
+         * Binds every row into requests, batched by {@link Sums#batches} (a partition is the
+         * values from {@code partitionStart} to {@code partitionEnd}). With {@code drained},
+         * a row's first value (its count increment) goes to the drain counter once written.
          */
-        private int shard(Key entry) {
-            StringBuilder text = new StringBuilder();
-            for (int i = 0; i < shardFields.length; i++) {
-                if (i > 0) {
-                    text.append('\u001f');
-                }
-                text.append(entry.fields[1 + shardFields[i]]);
-            }
-            CRC32 crc = new CRC32();
-            crc.update(text.toString().getBytes(StandardCharsets.UTF_8));
-            return (int) (crc.getValue() % shards);
-        }
-
-        /**
-         * Binds every row into requests: batches of up to {@code batchRows} rows spanning up
-         * to {@code batchPartitions} partitions (a partition is the values from {@code
-         * partitionStart} to {@code partitionEnd}). With {@code drained}, a row's first value (its count increment)
-         * goes to the drain counter once written.
-         */
-        private List<Request> batches(PreparedStatement statement, List<Object[]> rows,
-                                      int partitionStart, int partitionEnd,
-                                      DefaultBatchType type, boolean drained) {
-            LinkedHashMap<List<Object>, List<Object[]>> partitions = new LinkedHashMap<>();
-            for (Object[] row : rows) {
-                partitions.computeIfAbsent(Arrays.asList(row).subList(partitionStart, partitionEnd),
-                        k -> new ArrayList<>()).add(row);
-            }
+        private List<Request> requests(PreparedStatement statement, List<Object[]> rows,
+                                       int partitionStart, int partitionEnd,
+                                       DefaultBatchType type, boolean drained) {
             List<Request> out = new ArrayList<>();
-            List<BoundStatement> pending = new ArrayList<>();
-            long pendingCount = 0;
-            int spanned = 0;
-            for (List<Object[]> partition : partitions.values()) {
-                for (int i = 0; i < partition.size(); i += batchRows) {
-                    List<Object[]> chunk = partition.subList(i, Math.min(partition.size(), i + batchRows));
-                    if (pending.size() + chunk.size() > batchRows || spanned >= batchPartitions) {
-                        out.add(request(pending, type, pendingCount));
-                        pending = new ArrayList<>();
-                        pendingCount = 0;
-                        spanned = 0;
+            for (List<Object[]> batch : Sums.batches(rows, partitionStart, partitionEnd,
+                    batchRows, batchPartitions)) {
+                List<BoundStatement> bound = new ArrayList<>(batch.size());
+                long count = 0;
+                for (Object[] row : batch) {
+                    bound.add(statement.bind(row));
+                    if (drained) {
+                        count += (Long) row[0];
                     }
-                    for (Object[] row : chunk) {
-                        pending.add(statement.bind(row));
-                        if (drained) {
-                            pendingCount += (Long) row[0];
-                        }
-                    }
-                    spanned++;
                 }
-            }
-            if (!pending.isEmpty()) {
-                out.add(request(pending, type, pendingCount));
+                out.add(request(bound, type, count));
             }
             return out;
         }

@@ -1,9 +1,9 @@
 package abacus.sink;
 
+import java.util.Map;
 import org.apache.flink.api.common.functions.FlatMapFunction;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.streaming.api.datastream.DataStream;
-import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
 import org.apache.flink.util.Collector;
@@ -12,39 +12,47 @@ import org.apache.flink.util.Collector;
  * The customer job's increments: for each first delivery, one row per resolution with count
  * 1. Stateless, chained to the sink.
  *
- * <p>Input rows: company_id, customer_id, statistic_id, hour, day and month labels (the
- * contract's, computed in Python by counting). Output rows: the customer store's key fields
- * (company_id, customer_id, period, statistic_id, bucket, resolution), count, then the index
- * date (the day label on hour rows, null on others): the columns {@link CounterSink} is
- * configured for.
+ * <p>Rows as the job describes them ({@link RowSpec}). Input: company_id, customer_id,
+ * statistic_id, each resolution's label (the contract's, computed in Python by counting).
+ * Output: the customer store's key fields (company_id, customer_id, period, statistic_id,
+ * bucket, resolution), count, then index_date (the label's date on rows of the indexed
+ * resolution, null on others): the columns {@link CounterSink} is configured for.
  */
 public final class CustomerRows implements FlatMapFunction<RowData, RowData> {
     private static final long serialVersionUID = 1L;
 
-    private final Resolutions resolutions;
+    private final RowSpec spec;
+    private final int company, customer, statistic;
+    private final int[] labels, out;
 
-    public CustomerRows(Resolutions resolutions) {
-        this.resolutions = resolutions;
+    public CustomerRows(RowSpec spec) {
+        this.spec = spec;
+        company = spec.in("company_id");
+        customer = spec.in("customer_id");
+        statistic = spec.in("statistic_id");
+        labels = spec.labelColumns();
+        out = spec.out("company_id", "customer_id", "period", "statistic_id", "bucket",
+                "resolution", "count", "index_date");
     }
 
-    /** The increments of {@code firsts} (rows as described above); {@code resolutions} as
-     * {@link Resolutions#parse} reads them. */
-    public static DataStream<RowData> apply(DataStream<RowData> firsts, String resolutions,
-            TypeInformation<RowData> outType) {
+    /** The increments of {@code firsts} (rows as described above); {@code conf} as
+     * {@link RowSpec#of} reads it. */
+    public static DataStream<RowData> apply(DataStream<RowData> firsts,
+            Map<String, String> conf, TypeInformation<RowData> outType) {
         return firsts
-                .flatMap(new CustomerRows(Resolutions.parse(resolutions)), outType)
+                .flatMap(new CustomerRows(RowSpec.of(conf)), outType)
                 .name("customer-rows")
                 .uid("customer-rows");
     }
 
     @Override
-    public void flatMap(RowData in, Collector<RowData> out) {
-        StringData day = in.getString(4);  // the index date: the day label
-        for (int r = 0; r < resolutions.size(); r++) {
-            StringData label = in.getString(3 + r);
-            out.collect(GenericRowData.of(in.getString(0), in.getString(1),
-                    resolutions.period(r, label.toString()), in.getString(2), label,
-                    resolutions.text(r), 1L, r == 0 ? day : null));
+    public void flatMap(RowData in, Collector<RowData> collector) {
+        for (int r = 0; r < spec.resolutions(); r++) {
+            StringData label = in.getString(labels[r]);
+            String bucket = label.toString();
+            collector.collect(spec.row(out, in.getString(company), in.getString(customer),
+                    spec.period(r, bucket), in.getString(statistic), label, spec.text(r), 1L,
+                    spec.indexDate(r, bucket)));
         }
     }
 }

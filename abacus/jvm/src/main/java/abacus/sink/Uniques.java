@@ -2,7 +2,9 @@ package abacus.sink;
 
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.MapState;
 import org.apache.flink.api.common.state.MapStateDescriptor;
@@ -14,7 +16,6 @@ import org.apache.flink.api.java.tuple.Tuple3;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.table.data.ArrayData;
-import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
 import org.apache.flink.util.Collector;
@@ -25,38 +26,44 @@ import org.apache.flink.util.Collector;
  * with every facet pair) with {@code count} 1 and {@code uniques} 1 when the customer is
  * counted for that key for the first time.
  *
- * <p>Input rows: company_id, statistic_id, customer_id, hour, day and month labels, facet
- * names, facet values (the contract's labels and pairs, computed in Python by counting).
- * Output rows: the account store's key fields (company_id, statistic_id, period, bucket,
- * resolution, facet, value), count, uniques, then the index date (the day label on hour
- * rows, null on others): the columns {@link CounterSink} is configured for.
+ * <p>Rows as the job describes them ({@link RowSpec}). Input: company_id, statistic_id,
+ * customer_id, each resolution's label, facets, facet_values (the contract's labels and
+ * pairs, computed in Python by counting). Output: the account store's key fields (company_id,
+ * statistic_id, period, bucket, resolution, facet, value), count, uniques, then index_date
+ * (the label's date on rows of the indexed resolution, null on others): the columns {@link
+ * CounterSink} is configured for.
  *
  * <p>State, keyed by (company, statistic, customer): per resolution, a map from bucket label
  * to the facet pairs the customer has been counted under in that bucket. One state read per
- * resolution per event, instead of one per key. The day is checked only for the pairs that
- * were first in their hour (a customer first in a day is first in that hour too: the hour
- * lies in the day), the month only for those first in their day. Entries expire after the
- * configured time-to-live (from their last update).
+ * resolution per event, instead of one per key. Resolutions are checked finest first: the
+ * day is checked only for the pairs that were first in their hour (a customer first in a day
+ * is first in that hour too: the hour lies in the day), the month only for those first in
+ * their day. Entries expire after the configured time-to-live (from their last update).
+ *
+ * <p>This is the contract's uniqueness written again in Java (for speed: SEMANTICS.md §5 is
+ * {@code counting.Recount} in Python); {@code UniquesTest} feeds it the golden vectors that
+ * {@code abacus.golden} generates from counting and requires the same counts.
  */
 public final class Uniques
         extends KeyedProcessFunction<Tuple3<String, String, String>, RowData, RowData> {
     private static final long serialVersionUID = 1L;
     private final long ttlMs;
-    private final Resolutions resolutions;
+    private final Check check;
     private transient List<MapState<String, List<String>>> seen;
 
-    public Uniques(long ttlMs, Resolutions resolutions) {
+    public Uniques(long ttlMs, RowSpec spec) {
         this.ttlMs = ttlMs;
-        this.resolutions = resolutions;
+        this.check = new Check(spec);
     }
 
     /** The increments of {@code firsts} (rows as described above), keyed and checked;
-     * {@code resolutions} as {@link Resolutions#parse} reads them. */
+     * {@code conf} as {@link RowSpec#of} reads it. */
     public static DataStream<RowData> apply(DataStream<RowData> firsts, long ttlMs,
-            String resolutions, TypeInformation<RowData> outType) {
+            Map<String, String> conf, TypeInformation<RowData> outType) {
+        RowSpec spec = RowSpec.of(conf);
         return firsts
-                .keyBy(new ByCustomer(), Types.TUPLE(Types.STRING, Types.STRING, Types.STRING))
-                .process(new Uniques(ttlMs, Resolutions.parse(resolutions)), outType)
+                .keyBy(new ByCustomer(spec), Types.TUPLE(Types.STRING, Types.STRING, Types.STRING))
+                .process(new Uniques(ttlMs, spec), outType)
                 .name("uniques")
                 .uid("uniques");
     }
@@ -65,11 +72,18 @@ public final class Uniques
     public static final class ByCustomer
             implements KeySelector<RowData, Tuple3<String, String, String>> {
         private static final long serialVersionUID = 1L;
+        private final int company, statistic, customer;
+
+        ByCustomer(RowSpec spec) {
+            company = spec.in("company_id");
+            statistic = spec.in("statistic_id");
+            customer = spec.in("customer_id");
+        }
 
         @Override
         public Tuple3<String, String, String> getKey(RowData row) {
-            return Tuple3.of(row.getString(0).toString(), row.getString(1).toString(),
-                    row.getString(2).toString());
+            return Tuple3.of(row.getString(company).toString(),
+                    row.getString(statistic).toString(), row.getString(customer).toString());
         }
     }
 
@@ -80,9 +94,9 @@ public final class Uniques
                 .setStateVisibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                 .build();
         seen = new ArrayList<>();
-        for (int r = 0; r < resolutions.size(); r++) {
+        for (int r = 0; r < check.spec.resolutions(); r++) {
             MapStateDescriptor<String, List<String>> descriptor = new MapStateDescriptor<>(
-                    "seen-" + resolutions.name(r), Types.STRING, Types.LIST(Types.STRING));
+                    "seen-" + check.spec.name(r), Types.STRING, Types.LIST(Types.STRING));
             descriptor.enableTimeToLive(ttl);
             seen.add(getRuntimeContext().getMapState(descriptor));
         }
@@ -91,61 +105,102 @@ public final class Uniques
     @Override
     public void processElement(RowData in, Context context, Collector<RowData> out)
             throws Exception {
-        ArrayData facets = in.getArray(6);
-        ArrayData values = in.getArray(7);
-        int n = facets.size();
-        String[] pairs = new String[n];
-        for (int i = 0; i < n; i++) {
-            String facet = facets.getString(i).toString();
-            // length-prefixed, so that no two (facet, value) pairs give the same string
-            pairs[i] = facet.length() + ":" + facet + values.getString(i).toString();
-        }
-        boolean[] first = new boolean[n];
-        java.util.Arrays.fill(first, true);  // hour: every pair is a candidate
-        StringData company = in.getString(0);
-        StringData statistic = in.getString(1);
-        StringData day = in.getString(4);  // the index date: the day label
-        for (int r = 0; r < resolutions.size(); r++) {
-            StringData label = in.getString(3 + r);
-            String bucket = label.toString();
-            markFirsts(seen.get(r), bucket, pairs, first);
-            StringData period = resolutions.period(r, bucket);
-            StringData indexDate = r == 0 ? day : null;
-            for (int i = 0; i < n; i++) {
-                out.collect(GenericRowData.of(company, statistic, period, label,
-                        resolutions.text(r), facets.getString(i), values.getString(i), 1L,
-                        first[i] ? 1L : 0L, indexDate));
+        check.process(in, new Seen() {
+            @Override
+            public List<String> get(int resolution, String bucket) throws Exception {
+                return seen.get(resolution).get(bucket);
             }
-        }
+
+            @Override
+            public void put(int resolution, String bucket, List<String> pairs)
+                    throws Exception {
+                seen.get(resolution).put(bucket, pairs);
+            }
+        }, out);
     }
 
-    /** Clears first[i] for each candidate pair the customer already has in the bucket, and
-     * records the others. */
-    private static void markFirsts(MapState<String, List<String>> state, String bucket,
-            String[] pairs, boolean[] first) throws Exception {
-        boolean any = false;
-        for (boolean f : first) {
-            any |= f;
+    /** One customer's state: per resolution, bucket label -> the pairs counted there. */
+    interface Seen {
+        List<String> get(int resolution, String bucket) throws Exception;
+
+        void put(int resolution, String bucket, List<String> pairs) throws Exception;
+    }
+
+    /** The fan-out and the check, on any {@link Seen} (Flink state, or a map in tests). */
+    static final class Check implements java.io.Serializable {
+        private static final long serialVersionUID = 1L;
+        final RowSpec spec;
+        private final int company, statistic, facetsColumn, valuesColumn;
+        private final int[] labels, out;
+
+        Check(RowSpec spec) {
+            this.spec = spec;
+            company = spec.in("company_id");
+            statistic = spec.in("statistic_id");
+            spec.in("customer_id");  // the key: required
+            facetsColumn = spec.in("facets");
+            valuesColumn = spec.in("facet_values");
+            labels = spec.labelColumns();
+            out = spec.out("company_id", "statistic_id", "period", "bucket", "resolution",
+                    "facet", "value", "count", "uniques", "index_date");
         }
-        if (!any) {
-            return;  // first nowhere at a finer resolution: first nowhere here
-        }
-        List<String> had = state.get(bucket);
-        List<String> now = had == null ? new ArrayList<>() : new ArrayList<>(had);
-        boolean added = false;
-        for (int i = 0; i < pairs.length; i++) {
-            if (!first[i]) {
-                continue;
+
+        void process(RowData in, Seen seen, Collector<RowData> collector) throws Exception {
+            ArrayData facets = in.getArray(facetsColumn);
+            ArrayData values = in.getArray(valuesColumn);
+            int n = facets.size();
+            String[] pairs = new String[n];
+            for (int i = 0; i < n; i++) {
+                String facet = facets.getString(i).toString();
+                // length-prefixed, so that no two (facet, value) pairs give the same string
+                pairs[i] = facet.length() + ":" + facet + values.getString(i).toString();
             }
-            if (now.contains(pairs[i])) {
-                first[i] = false;
-            } else {
-                now.add(pairs[i]);
-                added = true;
+            boolean[] first = new boolean[n];
+            Arrays.fill(first, true);  // finest resolution: every pair is a candidate
+            StringData companyId = in.getString(company);
+            StringData statisticId = in.getString(statistic);
+            for (int r = 0; r < spec.resolutions(); r++) {
+                StringData label = in.getString(labels[r]);
+                String bucket = label.toString();
+                markFirsts(seen, r, bucket, pairs, first);
+                StringData period = spec.period(r, bucket);
+                StringData indexDate = spec.indexDate(r, bucket);
+                for (int i = 0; i < n; i++) {
+                    collector.collect(spec.row(out, companyId, statisticId, period, label,
+                            spec.text(r), facets.getString(i), values.getString(i), 1L,
+                            first[i] ? 1L : 0L, indexDate));
+                }
             }
         }
-        if (added) {
-            state.put(bucket, now);
+
+        /** Clears first[i] for each candidate pair the customer already has in the bucket,
+         * and records the others. */
+        private static void markFirsts(Seen seen, int r, String bucket, String[] pairs,
+                boolean[] first) throws Exception {
+            boolean any = false;
+            for (boolean f : first) {
+                any |= f;
+            }
+            if (!any) {
+                return;  // first nowhere at a finer resolution: first nowhere here
+            }
+            List<String> had = seen.get(r, bucket);
+            List<String> now = had == null ? new ArrayList<>() : new ArrayList<>(had);
+            boolean added = false;
+            for (int i = 0; i < pairs.length; i++) {
+                if (!first[i]) {
+                    continue;
+                }
+                if (now.contains(pairs[i])) {
+                    first[i] = false;
+                } else {
+                    now.add(pairs[i]);
+                    added = true;
+                }
+            }
+            if (added) {
+                seen.put(r, bucket, now);
+            }
         }
     }
 }

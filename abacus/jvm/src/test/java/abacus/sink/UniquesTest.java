@@ -1,0 +1,176 @@
+package abacus.sink;
+
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import org.apache.flink.table.data.RowData;
+import org.apache.flink.util.Collector;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The Java operators against counting: the first deliveries of the golden corpus through
+ * {@link Uniques} (with a map for Flink's keyed state) and {@link CustomerRows} give, summed
+ * per counter key, exactly the counts and uniques of {@code counting.Recount}, with each
+ * key's period and index date as storage defines them.
+ */
+class UniquesTest {
+
+    /** Output rows summed per key (every column but the measures): key -> measures. */
+    static Map<List<Object>, List<Long>> sums(List<RowData> rows, List<String> output,
+            List<String> measures) {
+        Map<List<Object>, List<Long>> sums = new LinkedHashMap<>();
+        for (RowData row : rows) {
+            List<Object> fields = Golden.plain(row);
+            List<Object> key = new ArrayList<>();
+            List<Long> values = new ArrayList<>();
+            for (int i = 0; i < output.size(); i++) {
+                if (measures.contains(output.get(i))) {
+                    values.add((Long) fields.get(i));
+                } else {
+                    key.add(fields.get(i));
+                }
+            }
+            List<Long> sum = sums.computeIfAbsent(key, k -> new ArrayList<>(values.size()));
+            for (int i = 0; i < values.size(); i++) {
+                if (sum.size() <= i) {
+                    sum.add(0L);
+                }
+                sum.set(i, sum.get(i) + values.get(i));
+            }
+        }
+        return sums;
+    }
+
+    /** The expected rows (output columns, measures summed) the same way. */
+    static Map<List<Object>, List<Long>> expected(JsonNode vectors) {
+        List<String> output = List.of(vectors.get("conf").get("output").asText().split(","));
+        List<String> measures = measures(vectors);
+        Map<List<Object>, List<Long>> out = new LinkedHashMap<>();
+        for (JsonNode row : vectors.get("expected")) {
+            List<Object> fields = Golden.plain(row);
+            List<Object> key = new ArrayList<>();
+            List<Long> values = new ArrayList<>();
+            for (int i = 0; i < output.size(); i++) {
+                if (measures.contains(output.get(i))) {
+                    values.add((Long) fields.get(i));
+                } else {
+                    key.add(fields.get(i));
+                }
+            }
+            out.put(key, values);
+        }
+        return out;
+    }
+
+    static List<String> measures(JsonNode vectors) {
+        List<String> out = new ArrayList<>();
+        vectors.get("measures").forEach(m -> out.add(m.asText()));
+        return out;
+    }
+
+    /** Every input row through Uniques, each customer's state in its own maps. */
+    static List<RowData> uniques(Map<String, String> conf, JsonNode rows) throws Exception {
+        RowSpec spec = RowSpec.of(conf);
+        Uniques.Check check = new Uniques.Check(spec);
+        Uniques.ByCustomer by = new Uniques.ByCustomer(spec);
+        Map<Object, Map<String, List<String>>> state = new HashMap<>();
+        List<RowData> out = new ArrayList<>();
+        Collector<RowData> collector = collector(out);
+        for (JsonNode values : rows) {
+            RowData in = Golden.row(values);
+            Object customer = by.getKey(in);
+            check.process(in, new Uniques.Seen() {
+                @Override
+                public List<String> get(int resolution, String bucket) {
+                    return state.computeIfAbsent(customer, k -> new HashMap<>())
+                            .get(resolution + "/" + bucket);
+                }
+
+                @Override
+                public void put(int resolution, String bucket, List<String> pairs) {
+                    state.computeIfAbsent(customer, k -> new HashMap<>())
+                            .put(resolution + "/" + bucket, pairs);
+                }
+            }, collector);
+        }
+        return out;
+    }
+
+    static Collector<RowData> collector(List<RowData> out) {
+        return new Collector<>() {
+            @Override
+            public void collect(RowData record) {
+                out.add(record);
+            }
+
+            @Override
+            public void close() {
+            }
+        };
+    }
+
+    @Test
+    void uniquesCountsAsRecount() throws Exception {
+        JsonNode vectors = Golden.load("operators.json").get("statistic");
+        Map<String, String> conf = Golden.conf(vectors.get("conf"));
+        List<RowData> out = uniques(conf, vectors.get("rows"));
+        List<String> output = List.of(conf.get("output").split(","));
+        Golden.assertSameMap(expected(vectors), sums(out, output, measures(vectors)),
+                "account counters (count, uniques)");
+    }
+
+    @Test
+    void customerRowsCountAsRecount() throws Exception {
+        JsonNode vectors = Golden.load("operators.json").get("customer");
+        Map<String, String> conf = Golden.conf(vectors.get("conf"));
+        CustomerRows rows = new CustomerRows(RowSpec.of(conf));
+        List<RowData> out = new ArrayList<>();
+        Collector<RowData> collector = collector(out);
+        for (JsonNode values : vectors.get("rows")) {
+            rows.flatMap(Golden.row(values), collector);
+        }
+        List<String> output = List.of(conf.get("output").split(","));
+        Golden.assertSameMap(expected(vectors), sums(out, output, measures(vectors)),
+                "customer counters (count)");
+    }
+
+    /** Columns are found by name: the input's in another order count the same. */
+    @Test
+    void columnsAreTakenByName() throws Exception {
+        JsonNode vectors = Golden.load("operators.json").get("statistic");
+        Map<String, String> conf = Golden.conf(vectors.get("conf"));
+        List<String> input = new ArrayList<>(List.of(conf.get("input").split(",")));
+        int n = input.size();
+        List<String> reversed = new ArrayList<>(input);
+        java.util.Collections.reverse(reversed);
+        Map<String, String> turned = new HashMap<>(conf);
+        turned.put("input", String.join(",", reversed));
+        com.fasterxml.jackson.databind.node.ArrayNode rows =
+                com.fasterxml.jackson.databind.node.JsonNodeFactory.instance.arrayNode();
+        for (JsonNode row : vectors.get("rows")) {
+            com.fasterxml.jackson.databind.node.ArrayNode back = rows.addArray();
+            for (int i = n - 1; i >= 0; i--) {
+                back.add(row.get(i));
+            }
+        }
+        List<String> output = List.of(conf.get("output").split(","));
+        Golden.assertSameMap(expected(vectors),
+                sums(uniques(turned, rows), output, measures(vectors)),
+                "account counters, input columns reversed");
+    }
+
+    @Test
+    void anOutputColumnItCannotFillIsRefused() throws Exception {
+        JsonNode vectors = Golden.load("operators.json").get("customer");
+        Map<String, String> conf = Golden.conf(vectors.get("conf"));
+        conf.put("output", conf.get("output") + ",uniques");
+        assertThrows(IllegalArgumentException.class, () -> new CustomerRows(RowSpec.of(conf)));
+        conf.put("indexed", "week");
+        assertThrows(IllegalArgumentException.class, () -> RowSpec.of(conf));
+    }
+}
