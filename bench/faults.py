@@ -45,6 +45,7 @@ from typing import Any
 import click
 
 from settings import Settings
+from settings.options import file_path, seed
 
 PAUSE_S = 30.0
 KILLED_DOWN_S = 10.0
@@ -470,14 +471,9 @@ def _cell(value: Any) -> str:
     help="Events published per run.",
 )
 @click.option("--rate", type=click.FloatRange(min=1), default=20.0, show_default=True)
-@click.option("--seed", type=int, default=5, show_default=True)
+@seed(5)
 @click.option("--drain-timeout-s", type=click.FloatRange(min=10), default=300.0, show_default=True)
-@click.option(
-    "--json-out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Also write the rows as JSON.",
-)
+@file_path("--json-out", help="Also write the rows as JSON.")
 @click.pass_context
 def bench_faults(
     ctx: click.Context,

@@ -25,6 +25,7 @@ from bridge.service import Bridge
 from bridge.status import Counts
 from counting.generate import GeneratorConfig, generate
 from settings.model import Settings
+from settings.options import output_format, seed
 from wire.task import task_message
 from wire.topology import declare_topology
 
@@ -109,10 +110,8 @@ def bridge_run(settings: Settings, n: int, prefetch: int) -> tuple[float, float,
     default=None,
     help="Unacked messages in flight, both runs (default: rabbitmq.prefetch).",
 )
-@click.option("--seed", type=int, default=7, show_default=True)
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@seed(7)
+@output_format("text", "json")
 @click.pass_obj
 def bench_bridge(settings: Settings, n: int, prefetch: int | None, seed: int, fmt: str) -> None:
     """Bridge msgs/s (acks after Kafka delivery) vs raw consume msgs/s of the same messages."""

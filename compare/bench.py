@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from settings import Settings
+from settings.options import seed
 
 DAY = "2025-11-03"
 _SLICE = 100_000  # rows per write call of the loader
@@ -136,7 +137,7 @@ def _write(store: Any, side: list[Any]) -> None:
     show_default=True,
     help="Counter rows per side on the date (the issue's target: 1000000).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed(0)
 @click.option("--concurrency", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--chunk-units", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--reload", is_flag=True, help="Load the dataset again even if present.")

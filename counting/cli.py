@@ -2,7 +2,8 @@
 
 counting is the bottom layer: this module imports nothing of the project above it (its
 table is made safe by `counting.text.visible`, the rule `settings.output` applies too).
-`generator_options` are the generator's knobs, shared with `abacus produce --generate`.
+`events_file_option` and `generator_options` are shared with `abacus produce` (its input
+file, and the generator's knobs of `--generate`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ from counting.text import escape, visible
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def events_file_option(required: bool) -> Callable[[F], F]:
+    """`--events` (the parameter `events_file`): a binary JSON Lines file of hydrated events."""
+    return click.option(
+        "--events",
+        "events_file",
+        type=click.File("rb"),
+        required=required,
+        default=None,
+        help="JSON Lines file of hydrated events ('-' reads stdin).",
+    )
+
+
 def rejection_line(rejection: Rejection) -> str:
     """One rejects line; an id or detail that cannot be written as UTF-8 (a lone surrogate)
     is escaped, and the line says so (`"escaped": true`)."""
@@ -43,13 +56,7 @@ def rejection_line(rejection: Rejection) -> str:
 
 
 @click.command()
-@click.option(
-    "--events",
-    "events_file",
-    type=click.File("rb"),
-    required=True,
-    help="JSON Lines file of hydrated events ('-' reads stdin).",
-)
+@events_file_option(required=True)
 @click.option(
     "--format",
     "fmt",
@@ -220,4 +227,4 @@ def generate(
         out.write(json.dumps(event, ensure_ascii=False) + "\n")
 
 
-__all__ = ["generate", "generator_options", "recount", "rejection_line"]
+__all__ = ["events_file_option", "generate", "generator_options", "recount", "rejection_line"]

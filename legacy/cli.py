@@ -14,7 +14,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from counting.cli import generator_options
+from counting.cli import events_file_option, generator_options
 from counting.events import read_lines
 from counting.generate import GeneratorConfig, generate
 from legacy.app import POOLS, WorkerOptions
@@ -126,13 +126,7 @@ def _with_progress(total: int | None, show: bool, run: Callable[[Callable[[int],
 
 
 @click.command()
-@click.option(
-    "--events",
-    "events_file",
-    type=click.File("rb"),
-    default=None,
-    help="JSON Lines file of hydrated events ('-' reads stdin).",
-)
+@events_file_option(required=False)
 @click.option(
     "--generate",
     "n",
