@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -205,12 +205,12 @@ class Aggregator(LegacyClients):
             return Outcome.REDELIVER
         return Outcome.COUNTED
 
-    def _write_customer(self, pending: dict[int, list[tuple[CustomerKey, tuple[int]]]]) -> None:
+    def _write_customer(self, pending: dict[int, list[tuple[Any, Sequence[int]]]]) -> None:
         """Write each partition's rows, all in flight at once; a confirmed partition leaves
         `pending` at once, so a retry writes only the rest."""
-        outcome = self._customers.write(pending)  # type: ignore[arg-type]
+        outcome = self._customers.write(pending)
         for part in outcome.written:
-            del pending[part]  # type: ignore[arg-type]
+            del pending[part]
         if outcome.error is not None:
             raise outcome.error
 
