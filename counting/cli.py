@@ -8,6 +8,7 @@ file, and the generator's knobs of `--generate`).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -141,37 +142,60 @@ def _parse_start(value: str) -> int:
         raise click.BadParameter(f"expected an ISO date or datetime (UTC), got {value!r}") from None
 
 
-def generator_options(command: F) -> F:
-    """The generator's mix: --seed, --companies, --customers, --statistics, --facets,
-    --duplicates, --late (parameters named as `GeneratorConfig`'s fields, shares apart)."""
+def generator_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The generator's mix as options (--seed, --companies, --customers, --statistics,
+    --facets, --duplicates, --late), given to the command as one parameter `mix`: the
+    `GeneratorConfig` fields they set, so `GeneratorConfig(n=n, **mix)`."""
+
+    @functools.wraps(command)
+    def with_mix(
+        *args: Any,
+        seed: int,
+        companies: int,
+        customers: int,
+        statistics: int,
+        facets: int,
+        duplicates: float,
+        late: float,
+        **kwargs: Any,
+    ) -> Any:
+        mix = {
+            "seed": seed,
+            "companies": companies,
+            "customers": customers,
+            "statistics": statistics,
+            "facets": facets,
+            "duplicate_share": duplicates,
+            "late_share": late,
+        }
+        return command(*args, mix=mix, **kwargs)
+
     share = click.FloatRange(0, 1, max_open=True)
-    for option in reversed(
-        [
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--companies", type=click.IntRange(min=1), default=50, show_default=True),
-            click.option(
-                "--customers", type=click.IntRange(min=1), default=20_000, show_default=True
-            ),
-            click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True),
-            click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True),
-            click.option(
-                "--duplicates",
-                type=share,
-                default=0.0,
-                show_default=True,
-                help="Share of redeliveries (same event_id).",
-            ),
-            click.option(
-                "--late",
-                type=share,
-                default=0.0,
-                show_default=True,
-                help="Share of events hours to days late.",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+    options = [
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--companies", type=click.IntRange(min=1), default=50, show_default=True),
+        click.option("--customers", type=click.IntRange(min=1), default=20_000, show_default=True),
+        click.option("--statistics", type=click.IntRange(min=1), default=6, show_default=True),
+        click.option("--facets", type=click.IntRange(0, 8), default=4, show_default=True),
+        click.option(
+            "--duplicates",
+            type=share,
+            default=0.0,
+            show_default=True,
+            help="Share of redeliveries (same event_id).",
+        ),
+        click.option(
+            "--late",
+            type=share,
+            default=0.0,
+            show_default=True,
+            help="Share of events hours to days late.",
+        ),
+    ]
+    decorated: Callable[..., Any] = with_mix
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
 
 
 @click.command()
@@ -187,18 +211,7 @@ def generator_options(command: F) -> F:
 @click.option("--start", default="2025-12-01", show_default=True, help="UTC start of the span.")
 @click.option("--span-s", type=click.IntRange(min=1), default=86_400, show_default=True)
 def generate(
-    n: int,
-    seed: int,
-    out: IO[str],
-    companies: int,
-    customers: int,
-    statistics: int,
-    facets: int,
-    timezones: str,
-    duplicates: float,
-    late: float,
-    start: str,
-    span_s: int,
+    n: int, out: IO[str], mix: dict[str, Any], timezones: str, start: str, span_s: int
 ) -> None:
     """Write hydrated events as JSON Lines, deterministic for a seed."""
     from counting.events import known_timezones
@@ -211,17 +224,7 @@ def generate(
             param_hint="--timezones",
         )
     config = GeneratorConfig(
-        n=n,
-        seed=seed,
-        companies=companies,
-        customers=customers,
-        statistics=statistics,
-        facets=facets,
-        timezones=zones,
-        duplicate_share=duplicates,
-        late_share=late,
-        start_ts=_parse_start(start),
-        span_s=span_s,
+        n=n, timezones=zones, start_ts=_parse_start(start), span_s=span_s, **mix
     )
     for event in generate_events(config):
         out.write(json.dumps(event, ensure_ascii=False) + "\n")

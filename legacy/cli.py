@@ -72,27 +72,8 @@ def _servers(what: str) -> Iterator[None]:
         ) from None
 
 
-def _generated(
-    n: int,
-    seed: int,
-    companies: int,
-    customers: int,
-    statistics: int,
-    facets: int,
-    duplicates: float,
-    late: float,
-    out: IO[str],
-) -> Iterator[str]:
-    config = GeneratorConfig(
-        n=n,
-        seed=seed,
-        companies=companies,
-        customers=customers,
-        statistics=statistics,
-        facets=facets,
-        duplicate_share=duplicates,
-        late_share=late,
-    )
+def _generated(n: int, mix: dict[str, Any], out: IO[str]) -> Iterator[str]:
+    config = GeneratorConfig(n=n, **mix)
     for event in generate(config):
         line = json.dumps(event, ensure_ascii=False)
         out.write(line + "\n")
@@ -156,13 +137,7 @@ def produce(
     events_file: IO[bytes] | None,
     n: int | None,
     events_out: IO[str] | None,
-    seed: int,
-    companies: int,
-    customers: int,
-    statistics: int,
-    facets: int,
-    duplicates: float,
-    late: float,
+    mix: dict[str, Any],
     rate: float,
     progress: bool,
     fmt: str,
@@ -179,9 +154,7 @@ def produce(
         total = None
     else:
         assert events_out is not None
-        lines = _generated(
-            n or 0, seed, companies, customers, statistics, facets, duplicates, late, events_out
-        )
+        lines = _generated(n or 0, mix, events_out)
         total = n
     with _servers("produce"):
         report = _with_progress(
