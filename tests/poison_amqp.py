@@ -31,6 +31,24 @@ TASK_NAME = "legacy.aggregate"
 FORWARD = "forward"
 
 # Basic content-header property flags, in wire order
+# Celery task headers a real Celery worker would drop a task on silently (an ETA it cannot
+# read, an expiry in the past) or fail on outside the task (a time limit that is not two
+# numbers), each with a valid task otherwise: legacy dead-letters them as bad_task_message.
+HOSTILE_HEADERS: list[tuple[str, object]] = [
+    ("eta", "2020-01-01T00:00:00"),
+    ("eta", "not a date"),
+    ("expires", "2000-01-01T00:00:00"),
+    ("timelimit", "abc"),
+    ("timelimit", [1]),
+    ("timelimit", [True, None]),
+    ("id", 5),
+    ("id", ""),
+    ("retries", "x"),
+    ("root_id", 3),
+    ("argsrepr", ["x"]),
+]
+
+
 _FLAGS = {
     "content_type": 0x8000,
     "content_encoding": 0x4000,

@@ -10,24 +10,26 @@ its own. Duplicates (at-least-once) are counted and printed.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from bridge import rabbit
 from bridge.service import Bridge
 from services import manager
 from services.base import StartResult
 from settings.model import Settings
-from tests.integration.test_bridge import Env, celery_message, event, headers_of, read_topic
-from wire.topology import declare_topology
+from tests.integration.bridge_env import (
+    Env,
+    celery_message,
+    event,
+    headers_of,
+    isolated,
+    read_topic,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -41,37 +43,8 @@ def kafka_rabbit(fault_settings: Settings) -> list[StartResult]:
 
 @pytest.fixture
 def env(fault_settings: Settings, kafka_rabbit: object, tmp_path: Any) -> Iterator[Env]:
-    u = uuid.uuid4().hex[:8]
-    s = fault_settings.model_copy(
-        update={
-            "rabbitmq": fault_settings.rabbitmq.model_copy(
-                update={
-                    "exchange": f"test.{u}.events",
-                    "legacy_queue": f"test.{u}.legacy",
-                    "shadow_queue": f"test.{u}.shadow",
-                    "mirror_overflow_queue": f"test.{u}.overflow",
-                    "prefetch": 256,
-                }
-            ),
-            "kafka": fault_settings.kafka.model_copy(
-                update={"topic": f"test.{u}.events", "dlq_topic": f"test.{u}.dlq"}
-            ),
-            "services": fault_settings.services.model_copy(update={"data_dir": tmp_path}),
-        }
-    )
-    conn = rabbit.connect(s.rabbitmq)
-    declare_topology(conn, s.rabbitmq)
-    conn.confirm_select()
-    e = Env(s, conn)
-    yield e
-    with contextlib.suppress(Exception):
-        conn.queue_delete(s.rabbitmq.legacy_queue)
-        conn.exchange_delete(s.rabbitmq.exchange)
-        conn.close()
-    admin = AdminClient(s.kafka.client_config())
-    for fut in admin.delete_topics([s.kafka.topic, s.kafka.dlq_topic]).values():
-        with contextlib.suppress(Exception):
-            fut.result()
+    with isolated(fault_settings, tmp_path, mirror=False) as e:
+        yield e
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -27,12 +26,18 @@ import pytest
 
 from abacus import manager, progress
 from abacus.manager import RunOptions
-from abacus.pipeline import checkpoint_root
 from bridge.decode import key_of
-from counting import Recount
 from counting.generate import GeneratorConfig, generate
 from services.base import StartResult
 from settings.model import Settings
+from tests.integration.abacus_runs import (
+    account_counts,
+    drop_private,
+    private_settings,
+    recount_of,
+    remove_job,
+    schema_session,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -61,43 +66,22 @@ def statistic_job(settings: Settings, tag: str) -> Iterator[Job]:
 
     import storage
 
-    private = settings.model_copy(
-        update={
-            "kafka": settings.kafka.model_copy(
-                update={"topic": f"test.{tag}.events", "dlq_topic": f"test.{tag}.dlq"}
-            ),
-            "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
-            "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000}),
-        }
-    )
+    private = private_settings(settings, tag)
     admin = AdminClient(private.kafka.client_config())
     for future in admin.create_topics(
         [NewTopic(private.kafka.topic, 4, 1), NewTopic(private.kafka.dlq_topic, 1, 1)]
     ).values():
         future.result()
-    session = storage.connect(private.cassandra)
-    for cql in storage.statements(private.cassandra):
-        session.execute(cql, timeout=120)
+    session = schema_session(private)
     job = Job(private, f"{tag}-", session)
     try:
         yield job
     finally:
-        current = manager.status(private, job.name)
-        if current is not None and current.status in manager.RUNNING:
-            manager.stop(private, job.name)
-        shutil.rmtree(checkpoint_root(private, job.name), ignore_errors=True)
-        for path in manager.jobs_dir(private).glob(f"{job.name}.*"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_job(private, job.name)
         session.cluster.shutdown()  # it lived through the kill: a fresh one drops
         session = storage.connect(private.cassandra)
-        for keyspace in [*storage.STORES, storage.OPS]:
-            session.execute(
-                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(private.cassandra, keyspace)}",
-                timeout=120,
-            )
+        drop_private(private, session, admin)
         session.cluster.shutdown()
-        for future in admin.delete_topics([private.kafka.topic, private.kafka.dlq_topic]).values():
-            future.result()
 
 
 class Traffic(threading.Thread):
@@ -189,10 +173,7 @@ def test_cassandra_killed_and_restarted_drains_and_measures_its_excess(
         state = manager.status(job.settings, job.name)
         assert state is not None and state.status in manager.RUNNING, state
 
-        recount = Recount()
-        for line in traffic.lines:
-            recount.add_raw(line)
-        truth = {c.key: (c.count, c.uniques) for c in recount.account()}
+        truth = account_counts(recount_of(traffic.lines).account())
         import storage
 
         session = storage.connect(job.settings.cassandra)  # the old one may still back off

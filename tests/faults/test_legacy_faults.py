@@ -16,18 +16,15 @@ import dataclasses
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 from kombu import Connection
 
-import storage
-from counting import AccountCount, CustomerCount
+from counting import AccountCount
 from counting.generate import GeneratorConfig, generate
 from counting.recount import Recount
 from legacy import deadletter
@@ -35,13 +32,13 @@ from legacy.aggregation import Aggregator, Outcome
 from legacy.app import WorkerOptions
 from legacy.chaos import Chaos
 from legacy.flusher import Flusher
-from legacy.keys import RedisKeys
 from legacy.producer import PublishReport, publish_lines
 from legacy.status import read_status
 from legacy.trace import Trace
 from legacy.worker import WorkerProcess, start_flusher, start_worker
 from services import manager
 from settings.model import Settings
+from tests.integration.legacy_env import Env, isolated
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -72,53 +69,12 @@ def wait_for(
         time.sleep(poll_s)
 
 
-@dataclass
-class Env:
-    settings: Settings
-    store: storage.CounterStore
-    tmp: Path
-
-
 @pytest.fixture
 def env(fault_settings: Settings, tmp_path: Path) -> Iterator[Env]:
     manager.ensure_up(fault_settings, SERVERS)
-    tag = uuid.uuid4().hex[:8]
-    s = fault_settings.model_copy(
-        update={
-            "cassandra": fault_settings.cassandra.model_copy(
-                update={"keyspace_prefix": f"tf{tag}_"}
-            ),
-            "redis": fault_settings.redis.model_copy(update={"prefix": f"testf:{tag}:"}),
-            "rabbitmq": fault_settings.rabbitmq.model_copy(
-                update={
-                    "exchange": f"testf.{tag}.events",
-                    "legacy_queue": f"testf.{tag}.legacy",
-                    "shadow_queue": f"testf.{tag}.shadow",
-                    "dead_letter_queue": f"testf.{tag}.dead",
-                }
-            ),
-        }
-    )
-    session = storage.connect(s.cassandra)
-    keyspace = storage.keyspace_of(s.cassandra, "legacy")
-    for cql in storage.statements(s.cassandra):
-        if keyspace + " " in cql or keyspace + "." in cql:
-            session.execute(cql, timeout=120)
-    store = storage.CounterStore(storage.Prepared(session), s.cassandra, "legacy")
-    yield Env(s, store, tmp_path)
-    manager.ensure_up(fault_settings, SERVERS)  # a failed test may have left one down
-    rabbit = s.rabbitmq
-    with Connection(rabbit.url()) as conn:
-        channel = conn.channel()
-        for queue in (rabbit.legacy_queue, rabbit.dead_letter_queue):
-            channel.queue_delete(queue)
-        channel.exchange_delete(rabbit.exchange)
-    client = redis.Redis(**s.redis.client_kwargs())
-    for key in client.scan_iter(RedisKeys.of(s.redis).pattern, count=1000):
-        client.delete(key)
-    client.close()
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-    session.cluster.shutdown()
+    with isolated(fault_settings, tmp_path, names="testf", keyspace_tag="tf") as e:
+        yield e
+        manager.ensure_up(fault_settings, SERVERS)  # a failed test may have left one down
 
 
 def lines(n: int, seed: int) -> list[str]:
@@ -164,13 +120,19 @@ def _status(env: Env) -> str:
         return f"(status unreadable: {type(exc).__name__}: {exc})"
 
 
-def test_legacy_counts_every_event_through_a_redis_restart(
-    fault_settings: Settings, env: Env
-) -> None:
-    batch = lines(EVENTS, seed=11)
+def recount_of(batch: list[str]) -> Recount:
     truth = Recount(dedup=True)
     for line in batch:
         truth.add_raw(line)
+    return truth
+
+
+def count_through_a_restart(
+    fault_settings: Settings, env: Env, batch: list[str], server: str
+) -> PublishReport:
+    """A worker and a Big Bertha flusher count `batch`, published at RATE, while `server` is
+    restarted once a third of it is published; returns the publisher's report once legacy
+    drained (and stayed drained), the worker and the flusher alive throughout."""
     worker = start_worker(
         env.settings, WorkerOptions(concurrency=2, flush_interval_s=0), env.tmp / "worker.log"
     )
@@ -189,10 +151,11 @@ def test_legacy_counts_every_event_through_a_redis_restart(
             lambda: publisher.published,
             timeout_s=120,
         )
-        restart(fault_settings, "redis")
+        restart(fault_settings, server)
         publisher.join(DEADLINE_S)
         assert publisher.error is None, f"publishing failed: {publisher.error!r}"
-        assert publisher.report is not None and publisher.report.published == EVENTS
+        report = publisher.report
+        assert report is not None and report.published == EVENTS
 
         def drained() -> bool:
             assert worker.alive() and flusher.alive(), logs()
@@ -201,26 +164,31 @@ def test_legacy_counts_every_event_through_a_redis_restart(
             return status.drained and done >= EVENTS
 
         wait_for(
-            "legacy to drain after the Redis restart", drained, lambda: f"{_status(env)}\n{logs()}"
+            f"legacy to drain after the {server} restart",
+            drained,
+            lambda: f"{_status(env)}\n{logs()}",
         )
         wait_for("legacy to stay drained", drained, lambda: f"{_status(env)}\n{logs()}")
     finally:
         for p in procs:
             p.stop()
-    stats = read_status(env.settings, ask_workers=False).stats
+    return report
+
+
+def test_legacy_counts_every_event_through_a_redis_restart(
+    fault_settings: Settings, env: Env
+) -> None:
+    batch = lines(EVENTS, seed=11)
+    truth = recount_of(batch)
+    count_through_a_restart(fault_settings, env, batch, "redis")
+    stats = env.stats()
     assert stats.get("dead_lettered", 0) == 0, (
         stats,
         deadletter.read(env.settings.rabbitmq, limit=20, ack=False),
     )
     assert stats["processed"] == EVENTS, stats
-    customer = {c.key: c.count for c in env.store.scan("customer") if isinstance(c, CustomerCount)}
-    account = {
-        c.key: (c.count, c.uniques)
-        for c in env.store.scan("account")
-        if isinstance(c, AccountCount)
-    }
-    assert customer == {c.key: c.count for c in truth.customer()}
-    assert account == {c.key: (c.count, c.uniques) for c in truth.account()}
+    assert env.customer() == {c.key: c.count for c in truth.customer()}
+    assert env.account() == {c.key: (c.count, c.uniques) for c in truth.account()}
 
 
 def test_publish_lines_goes_on_through_a_rabbitmq_restart(
@@ -264,51 +232,11 @@ def test_the_worker_reconnects_after_a_rabbitmq_restart(fault_settings: Settings
     broker went are redelivered and count again (legacy's documented flaw): nothing is
     under the recount, and legacy drains."""
     batch = lines(EVENTS, seed=13)
-    truth = Recount(dedup=True)
-    for line in batch:
-        truth.add_raw(line)
-    worker = start_worker(
-        env.settings, WorkerOptions(concurrency=2, flush_interval_s=0), env.tmp / "worker.log"
-    )
-    flusher = start_flusher(env.settings, env.tmp / "flusher.log", interval_s=0.5)
-    procs: list[WorkerProcess] = [worker, flusher]
-
-    def logs() -> str:
-        return "\n".join(f"--- {p.log_path.name}:\n{p.log_tail(30)}" for p in procs)
-
-    try:
-        publisher = Publisher(env, batch)
-        publisher.start()
-        wait_for(
-            "a third of the events published",
-            lambda: publisher.published >= EVENTS // 3,
-            lambda: publisher.published,
-            timeout_s=120,
-        )
-        restart(fault_settings, "rabbitmq")
-        publisher.join(DEADLINE_S)
-        assert publisher.error is None, f"publishing failed: {publisher.error!r}"
-        report = publisher.report
-        assert report is not None and report.published == EVENTS
-
-        def drained() -> bool:
-            assert worker.alive() and flusher.alive(), logs()
-            status = read_status(env.settings, ask_workers=True)
-            done = status.stats.get("processed", 0) + status.stats.get("dead_lettered", 0)
-            return status.drained and done >= EVENTS
-
-        wait_for(
-            "legacy to drain after the RabbitMQ restart",
-            drained,
-            lambda: f"{_status(env)}\n{logs()}",
-        )
-        wait_for("legacy to stay drained", drained, lambda: f"{_status(env)}\n{logs()}")
-    finally:
-        for p in procs:
-            p.stop()
-    stats = read_status(env.settings, ask_workers=False).stats
+    truth = recount_of(batch)
+    report = count_through_a_restart(fault_settings, env, batch, "rabbitmq")
+    stats = env.stats()
     assert stats.get("dead_lettered", 0) == 0, stats
-    customer = {c.key: c.count for c in env.store.scan("customer") if isinstance(c, CustomerCount)}
+    customer = env.customer()
     want = {c.key: c.count for c in truth.customer()}
     under = {k: (customer.get(k, 0), n) for k, n in want.items() if customer.get(k, 0) < n}
     assert not under, f"{len(under)} keys under the recount, e.g. {list(under.items())[:5]}"

@@ -21,157 +21,36 @@ root exception from its log, by `manager.status` and `abacus job status`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from abacus import manager
-from abacus.manager import RunOptions
 from abacus.operators import DLQ_FALLBACK_BYTES, MAX_HEADER_CHARS
-from abacus.pipeline import checkpoint_root
-from counting import Event, Recount, Rejection, bucket_date, parse_event
+from counting import Rejection, bucket_date, parse_event
 from counting.corpus import poison_lines, tricky_lines
-from counting.generate import GeneratorConfig, generate
 from counting.text import escape
 from settings.model import Settings
+from tests.integration.abacus_runs import (
+    MAX_DLQ_MESSAGE,
+    Run,
+    account_counts,
+    customer_counts,
+    first_differences,
+    generated_events,
+    isolated_run,
+    recount_of,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-# the events topic takes records up to 8 MiB, as the bridge creates it; the DLQ topic only
-# 2 MiB, so that a larger dead letter must be cut to be written (`truncated_to`)
-MAX_MESSAGE = 8 * 1024 * 1024
-MAX_DLQ_MESSAGE = 2 * 1024 * 1024 + 4096
-
-
-@dataclass
-class Run:
-    settings: Settings
-    prefix: str
-    lines: list[str | bytes] = field(default_factory=list)
-    session: Any = None
-
-    def name(self, kind: str) -> str:
-        return f"{self.prefix}{kind}"
-
-    def options(self, **changes: Any) -> RunOptions:
-        return RunOptions(prefix=self.prefix, window_ms=500, **changes)
-
-    def produce(self, lines: list[str] | list[bytes] | list[str | bytes]) -> None:
-        """The raw event bytes, a valid event keyed by company_id (so a redelivery lands in
-        its event's partition, behind it), anything else unkeyed: a publisher writing
-        straight to the topic, past the bridge's checks."""
-        from confluent_kafka import Producer
-
-        producer = Producer(
-            {**self.settings.kafka.client_config(), "message.max.bytes": MAX_MESSAGE + 64 * 1024}
-        )
-        for line in lines:
-            raw = line.encode("utf-8") if isinstance(line, str) else line
-            parsed = parse_event(raw)
-            key = parsed.company_id.encode() if isinstance(parsed, Event) else None
-            producer.produce(self.settings.kafka.topic, value=raw, key=key)
-            producer.poll(0)
-        assert producer.flush(60) == 0
-        self.lines += lines
-
-    def store(self) -> Any:
-        import storage
-
-        return storage.CounterStore(
-            storage.Prepared(self.session), self.settings.cassandra, "shadow"
-        )
-
-
-def _truth(lines: list[str] | list[str | bytes]) -> Recount:
-    recount = Recount()
-    for line in lines:
-        recount.add_raw(line)
-    return recount
-
-
-def _accounts(counts: Any) -> dict[Any, tuple[int, int]]:
-    return {c.key: (c.count, c.uniques) for c in counts}
-
-
-def _customers(counts: Any) -> dict[Any, int]:
-    return {c.key: c.count for c in counts}
-
-
-def _diff(got: dict[Any, Any], want: dict[Any, Any]) -> list[Any]:
-    return sorted(
-        (
-            (k, got.get(k), want.get(k))
-            for k in got.keys() | want.keys()
-            if got.get(k) != want.get(k)
-        ),
-        key=str,
-    )[:5]
-
-
-@contextlib.contextmanager
-def isolated_run(
-    settings: Settings, tag: str, dlq_max_message: int = MAX_DLQ_MESSAGE, **flink: Any
-) -> Iterator[Run]:
-    """A Run with its own topics, keyspaces, job names and groups (flink settings changed by
-    `flink`); on exit its jobs are stopped and everything it made is removed."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    import storage
-
-    private = settings.model_copy(
-        update={
-            "kafka": settings.kafka.model_copy(
-                update={"topic": f"test.{tag}.events", "dlq_topic": f"test.{tag}.dlq"}
-            ),
-            "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"{tag}_"}),
-            "flink": settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, **flink}),
-        }
-    )
-    admin = AdminClient(private.kafka.client_config())
-    futures = admin.create_topics(
-        [
-            NewTopic(private.kafka.topic, 4, 1, config={"max.message.bytes": str(MAX_MESSAGE)}),
-            NewTopic(
-                private.kafka.dlq_topic, 1, 1, config={"max.message.bytes": str(dlq_max_message)}
-            ),
-        ]
-    )
-    for future in futures.values():
-        future.result()
-    session = storage.connect(private.cassandra)
-    for cql in storage.statements(private.cassandra):
-        session.execute(cql, timeout=120)
-    state = Run(private, f"{tag}-", session=session)
-    try:
-        yield state
-    finally:
-        for kind in ("statistic", "customer"):
-            name = state.name(kind)
-            current = manager.status(private, name)
-            if current is not None and current.status in manager.RUNNING:
-                manager.stop(private, name)
-            shutil.rmtree(checkpoint_root(private, name), ignore_errors=True)
-            for path in manager.jobs_dir(private).glob(f"{name}.*"):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for keyspace in [*storage.STORES, storage.OPS]:
-            session.execute(
-                f"DROP KEYSPACE IF EXISTS {storage.keyspace_of(private.cassandra, keyspace)}",
-                timeout=120,
-            )
-        session.cluster.shutdown()
-        for future in admin.delete_topics([private.kafka.topic, private.kafka.dlq_topic]).values():
-            future.result()
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +62,11 @@ def run(settings: Settings, services_up: object) -> Iterator[Run]:
 def _exact(run: Run, kinds: tuple[str, ...] = ("statistic", "customer")) -> None:
     """The stores equal the recount, and each date's key index (which compare reads) lists
     exactly the keys counted on that date."""
-    truth = _truth(run.lines)
+    truth = recount_of(run.lines)
     store = run.store()
     if "statistic" in kinds:
-        got, want = _accounts(store.scan("account")), _accounts(truth.account())
-        assert got == want, _diff(got, want)
+        got, want = account_counts(store.scan("account")), account_counts(truth.account())
+        assert got == want, first_differences(got, want)
         _check_index(
             run,
             "account",
@@ -198,8 +77,8 @@ def _exact(run: Run, kinds: tuple[str, ...] = ("statistic", "customer")) -> None
             },
         )
     if "customer" in kinds:
-        got_c, want_c = _customers(store.scan("customer")), _customers(truth.customer())
-        assert got_c == want_c, _diff(got_c, want_c)
+        got_c, want_c = customer_counts(store.scan("customer")), customer_counts(truth.customer())
+        assert got_c == want_c, first_differences(got_c, want_c)
         _check_index(
             run,
             "customer",
@@ -310,19 +189,14 @@ def test_invalid_events_reach_the_dlq_with_reasons(run: Run) -> None:
         assert state is not None and state.status == "RUNNING", state
 
 
-def _events(seed: int, n: int) -> list[str]:
-    config = GeneratorConfig(n=n, seed=seed, companies=8, customers=400, duplicate_share=0.1)
-    return [json.dumps(e) for e in generate(config)]
-
-
 def test_stopping_one_job_leaves_the_other_counting(run: Run) -> None:
     stopped = manager.stop(run.settings, run.name("customer"), savepoint=True)
     assert stopped.status == "STOPPED" and stopped.savepoint
-    customer_before = _customers(run.store().scan("customer"))
-    run.produce(_events(seed=1, n=300))
+    customer_before = customer_counts(run.store().scan("customer"))
+    run.produce(generated_events(seed=1, n=300))
     manager.wait_drained(run.settings, [run.name("statistic")], 300)
     _exact(run, ("statistic",))
-    assert _customers(run.store().scan("customer")) == customer_before
+    assert customer_counts(run.store().scan("customer")) == customer_before
     lag = manager.drain_status(run.settings, run.name("customer")).lag
     assert lag > 0  # its own group: the statistic job's progress is not its progress
 
@@ -334,7 +208,7 @@ def test_restart_from_savepoint_is_exact(run: Run) -> None:
         run.settings, "customer", "shadow", run.options(from_savepoint=Path(savepoint))
     )
     assert state.restored_from == savepoint
-    run.produce(_events(seed=2, n=300))
+    run.produce(generated_events(seed=2, n=300))
     manager.wait_drained(run.settings, [run.name("statistic"), run.name("customer")], 300)
     _exact(run)
 
@@ -352,9 +226,9 @@ def test_crash_after_write_before_checkpoint_reapplies_increments(run: Run) -> N
     )
     state = manager.start(slow, "statistic", "shadow", run.options())
     assert state.restored_from == stopped.savepoint
-    batch = _events(seed=3, n=200)
+    batch = generated_events(seed=3, n=200)
     run.produce(batch)
-    increments = sum(c.count for c in _truth(batch).account())
+    increments = sum(c.count for c in recount_of(batch).account())
     deadline = time.monotonic() + 300
     while True:  # written, but not checkpointed (lag stays: offsets commit on checkpoints)
         drain = manager.drain_status(slow, name)
@@ -370,8 +244,8 @@ def test_crash_after_write_before_checkpoint_reapplies_increments(run: Run) -> N
     assert restarted.restored_from == stopped.savepoint
     manager.wait_drained(run.settings, [name], 300)
 
-    truth = _accounts(_truth(run.lines).account())
-    got = _accounts(run.store().scan("account"))
+    truth = account_counts(recount_of(run.lines).account())
+    got = account_counts(run.store().scan("account"))
     assert got.keys() == truth.keys()
     under = [k for k in truth if got[k][0] < truth[k][0] or got[k][1] < truth[k][1]]
     assert not under, under[:5]

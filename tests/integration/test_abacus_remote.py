@@ -17,13 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flink_cluster import FlinkCluster
-from test_abacus_jobs import Run, _accounts, _customers, _diff, _events, _truth, isolated_run
 
 from abacus import manager
 from abacus.manager import RunOptions
 from counting.corpus import tricky_lines
 from settings.model import Settings
+from tests.integration.abacus_runs import (
+    Run,
+    account_counts,
+    customer_counts,
+    first_differences,
+    generated_events,
+    isolated_run,
+    recount_of,
+)
+from tests.integration.flink_cluster import FlinkCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,16 +69,23 @@ def _wait_exact(
 ) -> None:
     """Drain on a remote cluster is the consumer lag alone, so poll the store itself; a job
     that failed or restarted on the cluster fails the test at once, with the cluster's error."""
-    truth = _truth(run.lines)
-    want = {"statistic": _accounts(truth.account()), "customer": _customers(truth.customer())}
+    truth = recount_of(run.lines)
+    want = {
+        "statistic": account_counts(truth.account()),
+        "customer": customer_counts(truth.customer()),
+    }
     deadline = time.monotonic() + timeout_s
     while True:
         store = run.store()
         got = {
-            "statistic": _accounts(store.scan("account")),
-            "customer": _customers(store.scan("customer")),
+            "statistic": account_counts(store.scan("account")),
+            "customer": customer_counts(store.scan("customer")),
         }
-        wrong = {kind: _diff(got[kind], want[kind]) for kind in kinds if got[kind] != want[kind]}
+        wrong = {
+            kind: first_differences(got[kind], want[kind])
+            for kind in kinds
+            if got[kind] != want[kind]
+        }
         if not wrong:
             return
         states = {kind: manager.status(run.settings, run.name(kind)) for kind in kinds}
@@ -115,7 +130,7 @@ def test_resubmitted_from_the_savepoint_is_exact(run: Run, cluster: FlinkCluster
     assert savepoint
     state = manager.start(run.settings, "statistic", "shadow", _options(run))
     assert state.restored_from == savepoint  # the newest savepoint of the job's name
-    run.produce(_events(seed=4, n=300))
+    run.produce(generated_events(seed=4, n=300))
     _wait_exact(run, cluster, ("statistic",))
     manager.stop(run.settings, name)
     assert manager.status(run.settings, name).status == "CANCELED"  # type: ignore[union-attr]

@@ -13,21 +13,29 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import test_bridge
-from test_bridge import REPO, Env, headers_of, read_topic
 
 from bridge.decode import MAX_BODY_BYTES, MAX_EVENT_BYTES, Good, Incoming, decode
 from bridge.service import Bridge
 from bridge.status import read_status
 from counting.corpus import poison_lines
+from settings.model import Settings
 from tests import poison_amqp
+from tests.integration.bridge_env import REPO, Env, headers_of, isolated, read_topic
 
 pytestmark = pytest.mark.integration
-isolated_env = test_bridge.env  # the fixture `env`: its own exchange, queues and topics
+
+
+@pytest.fixture
+def isolated_env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env]:
+    """Its own exchange, queues and topics."""
+    with isolated(settings, tmp_path / "data") as env:
+        yield env
+
 
 FORWARD = poison_amqp.FORWARD
 BRIDGE_RUN = (sys.executable, "-m", "bridge", "run")

@@ -15,10 +15,8 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import amqp
@@ -27,10 +25,7 @@ import redis
 from cassandra.cluster import NoHostAvailable
 from kombu import Connection
 
-import storage
 from counting import (
-    AccountCount,
-    CustomerCount,
     Event,
     Recount,
     Rejection,
@@ -55,6 +50,7 @@ from legacy.worker import WorkerProcess, start_worker
 from legacy.writer import CounterWriter
 from legacy.writer import Outcome as WriteOutcome
 from settings.model import Settings
+from tests.integration.legacy_env import Env, isolated
 from wire.task import task_message
 
 pytestmark = pytest.mark.integration
@@ -62,63 +58,10 @@ pytestmark = pytest.mark.integration
 DRAIN_TIMEOUT_S = 180.0
 
 
-@dataclass
-class Env:
-    settings: Settings
-    session: object
-    store: storage.CounterStore
-    tmp: Path
-
-    def account(self) -> dict[object, tuple[int, int]]:
-        return {
-            c.key: (c.count, c.uniques)
-            for c in self.store.scan("account")
-            if isinstance(c, AccountCount)
-        }
-
-    def customer(self) -> dict[object, int]:
-        return {c.key: c.count for c in self.store.scan("customer") if isinstance(c, CustomerCount)}
-
-    def stats(self) -> dict[str, int]:
-        return read_status(self.settings, ask_workers=False).stats
-
-
 @pytest.fixture
 def env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[Env]:
-    tag = uuid.uuid4().hex[:8]
-    isolated = settings.model_copy(
-        update={
-            "cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": f"tl{tag}_"}),
-            "redis": settings.redis.model_copy(update={"prefix": f"test:{tag}:"}),
-            "rabbitmq": settings.rabbitmq.model_copy(
-                update={
-                    "exchange": f"test.{tag}.events",
-                    "legacy_queue": f"test.{tag}.legacy",
-                    "shadow_queue": f"test.{tag}.shadow",
-                    "dead_letter_queue": f"test.{tag}.dead",
-                }
-            ),
-        }
-    )
-    session = storage.connect(isolated.cassandra)
-    keyspace = storage.keyspace_of(isolated.cassandra, "legacy")
-    for cql in storage.statements(isolated.cassandra):
-        if keyspace + " " in cql or keyspace + "." in cql:  # the legacy store only
-            session.execute(cql, timeout=120)
-    store = storage.CounterStore(storage.Prepared(session), isolated.cassandra, "legacy")
-    yield Env(isolated, session, store, tmp_path)
-    rabbit = isolated.rabbitmq
-    with Connection(rabbit.url()) as conn:
-        channel = conn.channel()
-        for queue in (rabbit.legacy_queue, rabbit.dead_letter_queue):
-            channel.queue_delete(queue)
-        channel.exchange_delete(rabbit.exchange)
-    client = redis.Redis(**isolated.redis.client_kwargs())
-    for key in client.scan_iter(RedisKeys.of(isolated.redis).pattern, count=1000):
-        client.delete(key)
-    client.close()
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-    session.cluster.shutdown()
+    with isolated(settings, tmp_path) as e:
+        yield e
 
 
 def worker(env: Env, **options: object) -> WorkerProcess:
@@ -920,7 +863,7 @@ def test_hostile_headers_are_dead_lettered_not_dropped(env: Env) -> None:
     """Headers a real Celery worker would drop silently (an ETA it cannot read, an expiry
     in the past) or fail on outside the task (a time limit that is not two numbers): each
     message dead-lettered as bad_task_message, the worker still counting after them."""
-    from tests.unit.test_legacy import HOSTILE_HEADERS
+    from tests.poison_amqp import HOSTILE_HEADERS
 
     valid = tricky_lines()[0]
     good = task_message(valid)

@@ -31,6 +31,7 @@ from legacy.trace import Traces
 from legacy.worker import worker_args
 from services.procs import settings_env
 from settings.model import Settings
+from tests.poison_amqp import HOSTILE_HEADERS
 from wire.task import task_message
 
 ABACUS = [sys.executable, "-c", "import cli; cli.main()"]
@@ -344,21 +345,6 @@ def test_wrong_arguments_exit_non_zero_with_one_line(args: list[str], says: str)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and says in lines[0], done.stderr
-
-
-HOSTILE_HEADERS: list[tuple[str, object]] = [
-    ("eta", "2020-01-01T00:00:00"),
-    ("eta", "not a date"),
-    ("expires", "2000-01-01T00:00:00"),
-    ("timelimit", "abc"),
-    ("timelimit", [1]),
-    ("timelimit", [True, None]),
-    ("id", 5),
-    ("id", ""),
-    ("retries", "x"),
-    ("root_id", 3),
-    ("argsrepr", ["x"]),
-]
 
 
 @pytest.mark.parametrize(("name", "value"), HOSTILE_HEADERS)
