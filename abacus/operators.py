@@ -49,7 +49,7 @@ DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024  # the topics take up to 8 M
 # -- validation ----------------------------------------------------------------------------
 
 
-class Validate(ProcessFunction):  # type: ignore[misc]
+class Validate(ProcessFunction):
     """Raw Kafka value -> one event row, or a rejected row (`rejected_row`: raw bytes,
     reason, detail, event_id, escaped, truncated) to a side output: every check is
     `counting.parse_event` on the bytes exactly as received, and any other error on a record
@@ -144,7 +144,7 @@ def dead_letter_headers(row: Row | tuple[Any, ...], source: str) -> list[tuple[s
     return headers
 
 
-class DeadLetter(MapFunction):  # type: ignore[misc]
+class DeadLetter(MapFunction):
     """Publishes each rejected event to the DLQ topic: original bytes, reason in headers.
 
     Synchronous (flush per record): invalid events are rare, and a record is acknowledged
