@@ -37,6 +37,7 @@ from counting import Recount
 from counting.generate import GeneratorConfig, generate
 from counting.stats import percentile
 from settings import Settings
+from settings.options import output_format, seed
 from storage import resources as storage_resources
 
 PROBE_COMPANY, PROBE_STATISTIC = "PROBE", "probe"
@@ -440,7 +441,7 @@ def run_abacus_bench(
     help="Events through both jobs before the clock starts (other event ids): the "
     "JVMs' JIT compiles the hot paths in the first ~10 s.",
 )
-@click.option("--seed", type=int, default=7, show_default=True)
+@seed(7)
 @click.option(
     "--window-ms",
     type=click.IntRange(10),
@@ -468,9 +469,7 @@ def run_abacus_bench(
     show_default=True,
     help="The first N of the same events through legacy (0: skip legacy).",
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@output_format("text", "json")
 @click.pass_obj
 def bench_abacus(
     settings: Settings,

@@ -30,6 +30,7 @@ from legacy.trace import Traces
 from legacy.worker import start_flusher, start_worker
 from services.procs import cpu_seconds
 from settings import Settings
+from settings.options import output_format, seed
 from storage import resources as storage_resources
 
 
@@ -176,7 +177,7 @@ def run_legacy_bench(
 
 @click.command("legacy")
 @click.option("--events", "n", type=click.IntRange(min=100), default=3_000, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@seed(7)
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True)
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=16, show_default=True)
@@ -201,9 +202,7 @@ def run_legacy_bench(
     default=None,
     help="Rate of the latency phase (default: half the sustained rate).",
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@output_format("text", "json")
 @click.pass_obj
 def bench_legacy(
     settings: Settings,
