@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
+from typing import Any
+
+import pytest
 
 from abacus import golden
 from abacus.pipeline import _FIRSTS, _ROWS
@@ -13,13 +15,14 @@ from counting import Recount, bucket_date
 from storage.counters import INDEX_RESOLUTION
 
 
-def _vectors(tmp_path: Path) -> dict[str, object]:
-    assert golden.main([str(tmp_path)]) == 0
-    return {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("golden")
+    assert golden.main([str(directory)]) == 0
+    return {p.name: json.loads(p.read_text()) for p in directory.glob("*.json")}
 
 
-def test_operators_count_as_recount(tmp_path: Path) -> None:
-    vectors = _vectors(tmp_path)
+def test_operators_count_as_recount(vectors: dict[str, Any]) -> None:
     operators = vectors["operators.json"]
     assert isinstance(operators, dict)
     recount = Recount()
@@ -43,8 +46,8 @@ def test_operators_count_as_recount(tmp_path: Path) -> None:
     assert len(operators["customer"]["expected"]) == sum(1 for _ in recount.customer())
 
 
-def test_sink_rows_sum_to_the_counts(tmp_path: Path) -> None:
-    sink = _vectors(tmp_path)["sink.json"]
+def test_sink_rows_sum_to_the_counts(vectors: dict[str, Any]) -> None:
+    sink = vectors["sink.json"]
     assert isinstance(sink, dict)
     for kind in ("statistic", "customer"):
         conf = sink[kind]["conf"]
@@ -60,8 +63,8 @@ def test_sink_rows_sum_to_the_counts(tmp_path: Path) -> None:
         assert len(sink[kind]["index"]) <= len(dated)
 
 
-def test_batches_cover_each_row_once_within_the_limits(tmp_path: Path) -> None:
-    sink = _vectors(tmp_path)["sink.json"]
+def test_batches_cover_each_row_once_within_the_limits(vectors: dict[str, Any]) -> None:
+    sink = vectors["sink.json"]
     assert isinstance(sink, dict)
     for case in sink["batches"]:
         kind, name = case["rows"]
