@@ -22,7 +22,8 @@ import click
 
 from counting.generate import GeneratorConfig, generate
 from counting.stats import percentile
-from legacy.app import POOLS, WorkerOptions
+from legacy.app import WorkerOptions
+from legacy.cli import worker_options
 from legacy.producer import publish_lines
 from legacy.resources import teardown
 from legacy.status import read_status, wait_drained
@@ -178,9 +179,7 @@ def run_legacy_bench(
 @click.command("legacy")
 @click.option("--events", "n", type=click.IntRange(min=100), default=3_000, show_default=True)
 @seed(7)
-@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True)
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=16, show_default=True)
+@worker_options()
 @click.option("--flush-interval-s", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
 @click.option(
     "--rate",

@@ -1,6 +1,7 @@
 """`abacus produce` and `abacus legacy worker|flush|status|dead-letters`.
 
-`chaos_options` are legacy's flaws as shares (a worker's, and a shadow run's).
+`chaos_options` are legacy's flaws as shares, `worker_options` a worker's pool (a worker's,
+the legacy bench's and a shadow run's).
 """
 
 from __future__ import annotations
@@ -48,6 +49,35 @@ def chaos_options(
                 show_default=default is not None,
                 help=_CHAOS_HELP[name],
             )(command)
+        return command
+
+    return apply
+
+
+_WORKER_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "concurrency": click.option(
+        "--concurrency",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Legacy worker pool processes.",
+    ),
+    "pool": click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True),
+    "prefetch_multiplier": click.option(
+        "--prefetch-multiplier", type=click.IntRange(min=1), default=16, show_default=True
+    ),
+}
+
+
+def worker_options(
+    names: tuple[str, ...] = ("concurrency", "pool", "prefetch_multiplier"),
+) -> Callable[[F], F]:
+    """--concurrency, --pool, --prefetch-multiplier (of `names`): a legacy worker's pool
+    (`legacy.app.WorkerOptions`)."""
+
+    def apply(command: F) -> F:
+        for name in reversed(names):
+            command = _WORKER_OPTIONS[name](command)
         return command
 
     return apply
@@ -188,9 +218,7 @@ def legacy() -> None:
 
 
 @legacy.command()
-@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True)
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=16, show_default=True)
+@worker_options()
 @click.option(
     "--flush-interval-s",
     type=click.FloatRange(min=0),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from legacy.cli import chaos_options
+from legacy.cli import chaos_options, worker_options
 from settings import Settings
 from settings.options import Failure, dir_path, file_path, output_format, seed
 
@@ -55,13 +55,7 @@ def shadow() -> None:
     "dropped Big Bertha flushes 5% (override with --chaos-*).",
 )
 @chaos_options(None)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Legacy worker pool processes.",
-)
+@worker_options(("concurrency",))
 @click.option(
     "--probes-per-s",
     type=click.FloatRange(min=0),
