@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from settings import Settings
 from settings.options import output_format
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _name(_: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -24,6 +27,26 @@ def _name(_: click.Context, param: click.Parameter, value: Any) -> Any:
         return check_file_name(value, empty_ok=param.name == "prefix")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from None
+
+
+# a job's knobs that other commands (shadow run, the abacus bench) take too: flag, type, what
+_JOB_OPTIONS: dict[str, tuple[str, click.IntRange, str]] = {
+    "window_ms": ("--window-ms", click.IntRange(10), "How often the sinks write what they summed"),
+    "parallelism": ("--parallelism", click.IntRange(1), "Parallelism of the job"),
+    "heap_mb": ("--heap-mb", click.IntRange(256), "JVM heap, MiB"),
+    "managed_mb": ("--managed-mb", click.IntRange(64), "Managed memory, MiB: bounds RocksDB"),
+}
+
+
+def job_option(name: str, default: int | None = None, help: str | None = None) -> Callable[[F], F]:
+    """One of a job's knobs (window_ms, parallelism, heap_mb, managed_mb): without a default
+    the flink setting of that name applies."""
+    flag, kind, what = _JOB_OPTIONS[name]
+    if help is None:
+        help = f"{what} (default: flink.{name})." if default is None else f"{what}."
+    return click.option(
+        flag, type=kind, default=default, show_default=default is not None, help=help
+    )
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -70,15 +93,8 @@ def job() -> None:
     callback=_name,
     help="Prefix of the job name and consumer group (letters, digits, _ . -).",
 )
-@click.option(
-    "--window-ms",
-    type=click.IntRange(10),
-    default=None,
-    help="How often the sink writes what it has summed (default: flink.window_ms).",
-)
-@click.option(
-    "--parallelism", type=click.IntRange(1), default=None, help="Default: flink.parallelism."
-)
+@job_option("window_ms")
+@job_option("parallelism")
 @click.option(
     "--uniques-ttl-s",
     type=click.IntRange(1),
@@ -86,13 +102,8 @@ def job() -> None:
     help="How long a (counter, customer) pair is remembered for uniques "
     "(default: flink.uniques_ttl_s).",
 )
-@click.option("--heap-mb", type=click.IntRange(256), default=None, help="Default: flink.heap_mb.")
-@click.option(
-    "--managed-mb",
-    type=click.IntRange(64),
-    default=None,
-    help="Managed memory, bounds RocksDB (default: flink.managed_mb).",
-)
+@job_option("heap_mb")
+@job_option("managed_mb")
 @click.pass_obj
 def run(
     settings: Settings,

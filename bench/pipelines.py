@@ -29,6 +29,7 @@ import click
 
 from abacus import manager, progress
 from abacus import resources as abacus_resources
+from abacus.cli import job_option
 from abacus.environment import Memory
 from abacus.manager import RunOptions
 from bridge import resources as bridge_resources
@@ -442,11 +443,9 @@ def run_abacus_bench(
     "JVMs' JIT compiles the hot paths in the first ~10 s.",
 )
 @seed(7)
-@click.option(
-    "--window-ms",
-    type=click.IntRange(10),
-    default=250,
-    show_default=True,
+@job_option(
+    "window_ms",
+    250,
     help="How often the sinks write their sums (flink.window_ms, 1 s by default; "
     "a freshness under 1 s needs writes more often than that).",
 )
@@ -459,9 +458,9 @@ def run_abacus_bench(
     help="Events of the steady-rate freshness phase (0: skip).",
 )
 @click.option("--probes-per-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
-@click.option("--parallelism", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--heap-mb", type=click.IntRange(256), default=640, show_default=True)
-@click.option("--managed-mb", type=click.IntRange(64), default=192, show_default=True)
+@job_option("parallelism", 1)
+@job_option("heap_mb", 640)
+@job_option("managed_mb", 192)
 @click.option(
     "--legacy-events",
     type=click.IntRange(min=0),

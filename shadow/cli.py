@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from abacus.cli import job_option
 from legacy.cli import chaos_options, worker_options
 from settings import Settings
 from settings.options import Failure, dir_path, file_path, output_format, seed
@@ -63,12 +64,7 @@ def shadow() -> None:
     show_default=True,
     help="Latency probes published per second (0: none).",
 )
-@click.option(
-    "--window-ms",
-    type=click.IntRange(10),
-    default=None,
-    help="Abacus counting window (default: flink.window_ms).",
-)
+@job_option("window_ms")
 @dir_path(
     "--html-dir", help="Where to write the HTML audit reports (default: the run's directory)."
 )
