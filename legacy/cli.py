@@ -31,14 +31,17 @@ _CHAOS_HELP = {
     "redeliver": "Share of tasks requeued after counting (counted twice).",
     "crash": "Share of tasks whose worker process dies between Redis and Cassandra.",
     "drop_flush": "Share of Big Bertha flushes lost.",
+    "kill_flush": "Share of Big Bertha batches whose flusher is SIGKILLed between its "
+    "Cassandra write and its Redis delete (once per batch).",
 }
 
 
 def chaos_options(
     default: float | None, names: tuple[str, ...] = ("redeliver", "crash", "drop_flush")
 ) -> Callable[[F], F]:
-    """--chaos-redeliver, --chaos-crash, --chaos-drop-flush (of `names`): the shares of
-    legacy's flaws (`legacy.chaos.Chaos`), parameters chaos_redeliver ... chaos_drop_flush."""
+    """--chaos-redeliver, --chaos-crash, --chaos-drop-flush, --chaos-kill-flush (of `names`):
+    the shares of legacy's flaws (`legacy.chaos.Chaos`), parameters chaos_redeliver ...
+    chaos_kill_flush."""
 
     def apply(command: F) -> F:
         for name in reversed(names):
@@ -291,7 +294,7 @@ def worker(
     "--interval-s", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL_S, show_default=True
 )
 @click.option("--once", is_flag=True, help="Flush once and exit.")
-@chaos_options(0.0, ("drop_flush",))
+@chaos_options(0.0, ("drop_flush", "kill_flush"))
 @_trace_dir
 @click.pass_obj
 def flush(
@@ -299,10 +302,12 @@ def flush(
     interval_s: float,
     once: bool,
     chaos_drop_flush: float,
+    chaos_kill_flush: float,
     trace_dir: Path | None,
 ) -> None:
     """Write Big Bertha's pre-aggregated increments to Cassandra counters, periodically
-    (SIGTERM or Ctrl-C: one last flush, then exit)."""
+    (SIGTERM or Ctrl-C: one last flush, then exit; SIGUSR1: chaos, the next batch kills
+    the flusher between its write and its delete, as --chaos-kill-flush does)."""
     import signal
 
     from legacy.flusher import Flusher
@@ -311,7 +316,9 @@ def flush(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _servers("legacy flush"):
-        flusher = Flusher(settings, Chaos(drop_flush=chaos_drop_flush), Trace(trace_dir, "flusher"))
+        chaos = Chaos(drop_flush=chaos_drop_flush, kill_flush=chaos_kill_flush)
+        flusher = Flusher(settings, chaos, Trace(trace_dir, "flusher"))
+        signal.signal(signal.SIGUSR1, lambda *_: flusher.arm_kill())
         try:
             if once:
                 result = flusher.flush_once()
@@ -392,6 +399,7 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
         ("rate", "-" if current.rate is None else f"{current.rate:,.1f} tasks/s"),
         ("drained", "yes" if current.drained else "no"),
     ]
+    rows += [("chaos", effect) for effect in current.chaos]
     rows += [("PROBLEM", problem) for problem in current.problems]
     for name, value in rows:
         table.add_row(term(name), term(value))

@@ -8,16 +8,27 @@ Cassandra partition (one atomic counter batch each, `legacy.writer`), `write_con
 chunks at a time; a window's confirmed chunks leave the batch before the next window is
 sent, so a failed flush leaves only what was not written, and the failing flusher releases
 the lease for the next flush.
+
+Chaos `kill_flush` (or `arm_kill()`: SIGUSR1 to `abacus legacy flush`) makes the flusher
+SIGKILL itself between a window's write and its delete: the documented crash. Before it
+dies it records what it wrote unconfirmed in legacy's stats (`chaos_killed_flushes`,
+`chaos_unconfirmed_keys`, `chaos_unconfirmed_count`, `chaos_unconfirmed_uniques`) and marks
+the batch, so the flusher that claims the batch after its lease expired finishes it instead
+of dying again; the re-written window is legacy's over-count, exactly those figures.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import storage
 from counting import AccountKey
@@ -33,6 +44,17 @@ from settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1.0
+KILL_MARKER_TTL_S = 7 * 24 * 3600  # a killed batch's marker outlives any lease and reclaim
+
+# chaos kill: mark the batch (once) and record the unconfirmed increments, atomically
+_MARK_KILL = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[2], 'chaos_killed_flushes', 1)
+redis.call('HINCRBY', KEYS[2], 'chaos_unconfirmed_keys', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'chaos_unconfirmed_count', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'chaos_unconfirmed_uniques', ARGV[5])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +90,14 @@ class Flusher(LegacyClients):
         # long as the lease can still be ours (the script checks the lease: LeaseLost is
         # not retried). Retrying it is idempotent (HDEL of deleted fields does nothing).
         self._confirm_retry = RetryPolicy(budget_s=lease_s)
+        self._kill_armed = False
+        self._mark_kill = self._redis.register_script(_MARK_KILL)
+
+    def arm_kill(self) -> None:
+        """Chaos turned on at run time (`abacus legacy flush` on SIGUSR1, the fault bench):
+        the next batch this flusher writes a window of kills it as `Chaos.kill_flush` does.
+        Safe in a signal handler (it only sets a flag)."""
+        self._kill_armed = True
 
     @property
     def token(self) -> str:
@@ -123,6 +153,7 @@ class Flusher(LegacyClients):
             outcome = self._accounts.write(window)
             written = [k for part in outcome.written for k, _ in window[part]]
             if written:
+                self._chaos_kill(batch, [r for part in outcome.written for r in window[part]])
                 self._confirm(batch, [encode_key(k) for k in written])
             if outcome.error is not None:
                 error = error or outcome.error
@@ -135,6 +166,34 @@ class Flusher(LegacyClients):
                 len(parts),
             )
             raise error
+
+    def _chaos_kill(self, batch: str, written: list[tuple[Any, Sequence[int]]]) -> None:
+        """Chaos: SIGKILL this process now, between the write of `written` and its delete,
+        once per batch, after recording what it leaves written but unconfirmed."""
+        if not (self._kill_armed or self._chaos.kills_flush(batch)):
+            return
+        marker = self._keys.prefix + "bb:chaos-killed:" + batch
+        count = sum(c for _, (c, _u) in written)
+        uniques = sum(u for _, (_c, u) in written)
+        marked = self._mark_kill(
+            keys=[marker, self._keys.stats],
+            args=[self._token, KILL_MARKER_TTL_S, len(written), count, uniques],
+        )
+        if not marked:
+            return  # this batch killed a flusher already: this one finishes it
+        log.warning(
+            "chaos: killing the flusher (pid %d) after writing %d keys of batch %s "
+            "(%d count, %d uniques increments) before deleting them",
+            os.getpid(),
+            len(written),
+            batch,
+            count,
+            uniques,
+        )
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def _confirm(self, batch: str, fields: list[str]) -> None:
         def retrying(exc: BaseException) -> None:

@@ -79,6 +79,24 @@ class Status:
         return out
 
     @property
+    def chaos(self) -> list[str]:
+        """What legacy's chaos knobs did (empty when none fired): lost flushes, and
+        flushers killed between their write and their delete with the increments they
+        left written but not deleted (written again by the next flush: the over-count)."""
+        out = []
+        if dropped := self.stats.get("chaos_dropped_flushes", 0):
+            out.append(f"{dropped} Big Bertha batch(es) dropped (lost)")
+        if killed := self.stats.get("chaos_killed_flushes", 0):
+            out.append(
+                f"{killed} flusher(s) killed between write and delete: "
+                f"{self.stats.get('chaos_unconfirmed_keys', 0)} keys written unconfirmed, "
+                f"{self.stats.get('chaos_unconfirmed_count', 0)} count and "
+                f"{self.stats.get('chaos_unconfirmed_uniques', 0)} uniques increments "
+                "written twice"
+            )
+        return out
+
+    @property
     def drained(self) -> bool:
         """Nothing left to count: queue empty, nothing unacked, Big Bertha empty."""
         return (
@@ -86,7 +104,12 @@ class Status:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "drained": self.drained, "problems": self.problems}
+        return {
+            **asdict(self),
+            "drained": self.drained,
+            "problems": self.problems,
+            "chaos": self.chaos,
+        }
 
 
 def queue_depth(conn: Connection, name: str) -> tuple[int, int]:

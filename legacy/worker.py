@@ -175,6 +175,8 @@ def start_flusher(
         str(interval_s),
         "--chaos-drop-flush",
         str((chaos or Chaos()).drop_flush),
+        "--chaos-kill-flush",
+        str((chaos or Chaos()).kill_flush),
     ]
     if trace_dir is not None:
         args += ["--trace-dir", str(trace_dir)]

@@ -55,7 +55,7 @@ def shadow() -> None:
     help="Legacy's flaws on: redeliveries 2%, crashes after the Redis step 0.2%, "
     "dropped Big Bertha flushes 5% (override with --chaos-*).",
 )
-@chaos_options(None)
+@chaos_options(None, ("redeliver", "crash", "drop_flush", "kill_flush"))
 @worker_options(("concurrency",))
 @click.option(
     "--probes-per-s",
@@ -97,6 +97,7 @@ def run(
     chaos_redeliver: float | None,
     chaos_crash: float | None,
     chaos_drop_flush: float | None,
+    chaos_kill_flush: float | None,
     concurrency: int,
     probes_per_s: float,
     window_ms: int | None,
@@ -139,6 +140,7 @@ def run(
                 ("redeliver", chaos_redeliver),
                 ("crash", chaos_crash),
                 ("drop_flush", chaos_drop_flush),
+                ("kill_flush", chaos_kill_flush),
             )
         )
     )

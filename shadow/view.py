@@ -61,9 +61,14 @@ def stage_table(
             f"{stats.get('flushed_keys', 0):,} keys",
             rates("flushed", x.at, stats.get("flushed_keys", 0)),
             f"{_n(lg.get('pending_fields'))} pending, {_n(lg.get('batches'))} batches",
-            f"{stats.get('chaos_dropped_flushes', 0)} dropped (chaos)"
-            if stats.get("chaos_dropped_flushes")
-            else "",
+            ", ".join(
+                f"{stats[k]} {what} (chaos)"
+                for k, what in (
+                    ("chaos_dropped_flushes", "dropped"),
+                    ("chaos_killed_flushes", "killed"),
+                )
+                if stats.get(k)
+            ),
         )
     b = x.bridge
     table.add_row(

@@ -379,3 +379,29 @@ def test_status_reports_a_worker_failure_until_a_worker_starts_after_it() -> Non
     later = status({"b": died, "c": {"state": "running", "at": 30.0}})
     assert later.failed_workers == {}
     assert later.to_dict()["problems"] == ["3 messages wait in q with no consumer"]
+
+
+def test_flusher_kills_are_selected_per_batch_and_reported_by_status() -> None:
+    from legacy.status import Status
+
+    ids = [f"batch-{i}" for i in range(10_000)]
+    assert all(Chaos(kill_flush=1.0).kills_flush(i) for i in ids)
+    assert not any(Chaos(drop_flush=1.0).kills_flush(i) for i in ids)
+    assert 400 < sum(Chaos(kill_flush=0.05).kills_flush(i) for i in ids) < 600
+    stats = {
+        "chaos_killed_flushes": 2,
+        "chaos_unconfirmed_keys": 7,
+        "chaos_unconfirmed_count": 31,
+        "chaos_unconfirmed_uniques": 9,
+    }
+
+    def status_of(stats: dict[str, int]) -> Status:
+        return Status("q", 0, 1, 0, "d", 0, pending_fields=0, batches=0, stats=stats)
+
+    status = status_of(stats)
+    assert status.chaos == [
+        "2 flusher(s) killed between write and delete: 7 keys written unconfirmed, "
+        "31 count and 9 uniques increments written twice"
+    ]
+    assert status.to_dict()["chaos"] == status.chaos and not status.problems
+    assert status_of({"processed": 3}).chaos == []
