@@ -226,6 +226,27 @@ FAULTS: dict[str, Callable[[Target], str] | None] = {
 }
 
 
+def _shadow_args(events: int, seed: int, rate: float) -> list[str]:
+    """`abacus shadow run` on generated events at a low rate, its result as JSON, no live view."""
+    return [
+        "shadow",
+        "run",
+        "--generate",
+        str(events),
+        "--seed",
+        str(seed),
+        "--rate",
+        str(rate),
+        "--probes-per-s",
+        "0",
+        "--no-live",
+        "--format",
+        "json",
+        "--keep",
+        "2",
+    ]
+
+
 def _run_command(ctx_obj: click.Context | None, args: list[str]) -> list[str]:
     command = [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())"]
     config = ctx_obj.find_root().params.get("config") if ctx_obj else None
@@ -268,25 +289,7 @@ def run_fault(
 ) -> FaultRow:
     """One shadow run with `fault` injected once a third of the events are published."""
     row = FaultRow(fault)
-    args = [
-        "shadow",
-        "run",
-        "--generate",
-        str(events),
-        "--seed",
-        str(seed),
-        "--rate",
-        str(rate),
-        "--probes-per-s",
-        "0",
-        "--no-live",
-        "--format",
-        "json",
-        "--keep",
-        "2",
-        "--drain-timeout-s",
-        str(drain_timeout_s),
-    ]
+    args = [*_shadow_args(events, seed, rate), "--drain-timeout-s", str(drain_timeout_s)]
     child = subprocess.Popen(
         _run_command(ctx_obj, args),
         stdout=subprocess.PIPE,
@@ -462,23 +465,7 @@ def _rerun_cleans_up(
     second = subprocess.run(
         _run_command(
             ctx_obj,
-            [
-                "shadow",
-                "run",
-                "--generate",
-                str(max(events // 4, 50)),
-                "--seed",
-                str(seed + 1),
-                "--rate",
-                str(rate),
-                "--probes-per-s",
-                "0",
-                "--no-live",
-                "--format",
-                "json",
-                "--keep",
-                "2",
-            ],
+            _shadow_args(max(events // 4, 50), seed + 1, rate),
         ),
         capture_output=True,
         check=False,
