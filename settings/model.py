@@ -196,6 +196,25 @@ class BridgeSettings(_Model):
     metrics_host: str = "127.0.0.1"  # the metrics server binds here (0.0.0.0 only if set)
 
 
+class CutoverSettings(_Model):
+    """The staged cutover (`abacus cutover`)."""
+
+    gate_days: int = Field(default=3, ge=1)  # consecutive clean daily audits to enter m1
+    # the live bridge's topic; each entry into m1 uses a fresh `<live_topic>.e<epoch>`
+    live_topic: str = "abacus.live"
+    handover_timeout_s: float = Field(default=300.0, gt=0)  # each wait of a hand-over step
+
+
+class ServeSettings(_Model):
+    """The read API (`abacus serve`)."""
+
+    host: str = "127.0.0.1"  # bind address (another only if set)
+    port: int = Field(default=8470, ge=1, le=65535)
+    token: SecretStr | None = None  # bearer token every request must carry; None: no auth
+    experiment_share: float = Field(default=0.0, ge=0.0, le=1.0)  # also read the candidate
+    stage_refresh_s: float = Field(default=1.0, gt=0)  # how stale the stage may be
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ABACUS_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -208,6 +227,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     flink: FlinkSettings = FlinkSettings()
     bridge: BridgeSettings = BridgeSettings()
+    cutover: CutoverSettings = CutoverSettings()
+    serve: ServeSettings = ServeSettings()
 
     @classmethod
     def settings_customise_sources(

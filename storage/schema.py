@@ -27,11 +27,17 @@ Kind = Literal["counter", "bigint"]
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """A count store: a logical name, its keyspace, and how counts are written."""
+    """A count store: a logical name, its keyspace, and how counts are written. A store
+    may be another store's tables under a second name (`keyspace_store`)."""
 
     name: str
     kind: Kind
     description: str
+    keyspace_store: str | None = None  # whose keyspace it is (default: its own name)
+
+    @property
+    def owner(self) -> str:
+        return self.keyspace_store or self.name
 
 
 STORES: dict[str, Store] = {
@@ -39,7 +45,10 @@ STORES: dict[str, Store] = {
     for s in (
         Store("legacy", "counter", "the legacy pipeline's counters (Big Bertha + Celery)"),
         Store("shadow", "counter", "Abacus milestone 1 in shadow mode"),
-        Store("serving", "counter", "Abacus milestone 1 serving counter tables"),
+        # milestone 1 continues legacy's counter tables: readers never move, history stays
+        # whole. `serving` names the tables the read path reads; through m1 those are
+        # legacy's (written by legacy before the hand-over, by Abacus after it)
+        Store("serving", "counter", "the serving counter tables (legacy's)", "legacy"),
         Store("m2", "bigint", "Abacus milestone 2 final counts (bigint)"),
     )
 }
@@ -47,7 +56,10 @@ OPS = "ops"
 
 
 def keyspace_of(settings: CassandraSettings, name: str) -> str:
-    return settings.keyspace(f"abacus_{name}")
+    """The keyspace of a store (or of `ops`): a store named for another's tables resolves
+    to that store's keyspace."""
+    store = STORES.get(name)
+    return settings.keyspace(f"abacus_{store.owner if store else name}")
 
 
 def _replication(settings: CassandraSettings) -> str:
@@ -92,11 +104,17 @@ OPS_TABLES: list[str] = [
         outcome text,
         PRIMARY KEY ((date), started_at, audit_id)) WITH CLUSTERING ORDER BY (started_at DESC,
         audit_id ASC)""",
-    """CREATE TABLE IF NOT EXISTS {ks}.cutover_state (
-        level text PRIMARY KEY, stage text, version int, updated_at timestamp)""",
-    """CREATE TABLE IF NOT EXISTS {ks}.cutover_log (
-        level text, at timeuuid, from_stage text, to_stage text, who text,
-        audit_ids list<text>, forced boolean, reason text,
+    # the cutover's stage: one row per level ("pipeline": the whole pipeline moves), changed
+    # only by compare-and-set on `version` (cutover.state)
+    """CREATE TABLE IF NOT EXISTS {ks}.cutover_stage (
+        level text PRIMARY KEY, stage text, version int, epoch int, since timestamp,
+        transition text, updated_at timestamp)""",
+    # every transition, newest first: who ran it where, from, to, the audits that justified
+    # it, forced or not and why, and how it ended
+    """CREATE TABLE IF NOT EXISTS {ks}.cutover_transitions (
+        level text, at timeuuid, kind text, from_stage text, to_stage text, who text,
+        host text, audit_ids list<text>, forced boolean, reason text, state text,
+        steps text, ended_at timestamp,
         PRIMARY KEY ((level), at)) WITH CLUSTERING ORDER BY (at DESC)""",
     # the bridge's mirror overflow per event date (storage.overflow)
     """CREATE TABLE IF NOT EXISTS {ks}.mirror_overflow (
@@ -132,7 +150,7 @@ def _keyspace_in(cql: str) -> str:
 def statements(settings: CassandraSettings) -> list[str]:
     """Every DDL statement, idempotent (IF NOT EXISTS), in the order to run them."""
     out: list[str] = []
-    for name in [*STORES, OPS]:
+    for name in [*(n for n, st in STORES.items() if st.keyspace_store is None), OPS]:
         ks = keyspace_of(settings, name)
         out.append(
             f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {_replication(settings)}"

@@ -48,7 +48,7 @@ def test_schema_apply_is_idempotent(store_env: tuple[Settings, Prepared]) -> Non
             (settings.cassandra.keyspace("abacus_ops"),),
         )
     }
-    assert {"audits", "cutover_state", "cutover_log"} <= tables
+    assert {"audits", "cutover_stage", "cutover_transitions"} <= tables
 
 
 def key(company: str, res: str, bucket: str, facet: str = "", value: str = "") -> AccountKey:
