@@ -21,7 +21,7 @@ def ops(settings: Settings, services_up: object) -> Iterator[tuple[Settings, obj
     cass = settings.cassandra.model_copy(update={"keyspace_prefix": prefix})
     session = connect(cass)
     for cql in statements(cass):
-        if ".cutover" in cql or cql.startswith("CREATE KEYSPACE") and "abacus_ops" in cql:
+        if ".cutover" in cql or (cql.startswith("CREATE KEYSPACE") and "abacus_ops" in cql):
             session.execute(cql, timeout=120)
     yield settings.model_copy(update={"cassandra": cass}), session
     session.execute(f"DROP KEYSPACE IF EXISTS {keyspace_of(cass, 'ops')}", timeout=120)
