@@ -79,6 +79,17 @@ def wait_until(what: str, check, timeout_s: float = 60.0):  # type: ignore[no-un
         time.sleep(0.1)
 
 
+def lease_expired(store: StageStore) -> None:
+    """Wait until the killed owner's heartbeat is older than the lease."""
+
+    def age_s() -> float:
+        t = store.get().transition
+        assert t is not None, "the transition disappeared"
+        return (time.time() * 1000 - t["heartbeat_ms"]) / 1000
+
+    wait_until(f"the heartbeat older than {LEASE_S} s", lambda: age_s() > LEASE_S + 0.2)
+
+
 def stage_store(settings: Settings):  # type: ignore[no-untyped-def]
     session = connect(settings.cassandra)
     return (
@@ -149,11 +160,11 @@ def test_sigkill_halfway_then_advance_resumes(env: tuple[Settings, Path, str]) -
         assert t is not None and t["step"] == 1 and store.get().stage == "legacy"
         (root / "go").touch()
         # at once: the dead owner's heartbeat is still fresh, so another operator waits
-        code, out, err = finish(operator(root, prefix, "advance", "shadow"))
+        code, _out, err = finish(operator(root, prefix, "advance", "shadow"))
         if code == 1:
             assert "owner is alive" in err, err
-            time.sleep(LEASE_S)  # let the killed owner's lease run out (its heartbeat stopped)
-            code, out, err = finish(operator(root, prefix, "advance", "shadow"))
+            lease_expired(store)
+            code, _out, err = finish(operator(root, prefix, "advance", "shadow"))
         assert code == 0, err
         assert store.get().stage == "shadow" and store.get().transition is None
         # step 1 ran once, the interrupted step again (idempotent), step 3 once
@@ -171,11 +182,11 @@ def test_sigkill_halfway_then_advance_resumes(env: tuple[Settings, Path, str]) -
 def test_sigkill_halfway_then_rollback_undoes(env: tuple[Settings, Path, str]) -> None:
     settings, root, prefix = env
     killed_in_step_two(root, prefix)
-    time.sleep(LEASE_S)  # the killed owner's lease runs out
-    code, out, err = finish(operator(root, prefix, "rollback"))
-    assert code == 0, err
     store, log, session = stage_store(settings)
     try:
+        lease_expired(store)
+        code, _out, err = finish(operator(root, prefix, "rollback"))
+        assert code == 0, err
         assert store.get().stage == "legacy" and store.get().transition is None
         assert journal(root) == ["up1", "up2-wait", "down1", "down2"]
         undo, advance = log.history()
