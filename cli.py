@@ -23,10 +23,13 @@ _COMMANDS: list[tuple[str, str]] = [
     ("bridge.cli", "bridge"),
     ("abacus.cli", "job"),
     ("shadow.cli", "shadow"),
+    ("cutover.cli", "cutover"),
     ("bench.cli", "bench"),
     ("compare.cli", "compare"),
     ("compare.cli", "dump"),
     ("compare.cli", "audits"),
+    ("serve.cli", "serve"),
+    ("serve.cli", "counts"),
 ]
 
 
