@@ -14,7 +14,7 @@ from bridge import rabbit
 from bridge.rabbit import MirrorQueueMismatch
 from bridge.status import COUNTERS, read_status, status_path
 from settings.model import Settings
-from settings.options import confirm, file_path, output_format
+from settings.options import Failure, confirm, file_path, output_format
 
 MODE = click.Choice(["shadow", "live"])
 EXIT_NOT_RUNNING = 3
@@ -121,6 +121,154 @@ def _override(
             "kafka": settings.kafka.model_copy(update=kafka),
             "rabbitmq": settings.rabbitmq.model_copy(update=rmq),
         }
+    )
+
+
+def _name(_: Any, param: click.Parameter, value: str | None) -> str | None:
+    from settings.names import check_file_name
+
+    if value is None:
+        return None
+    try:
+        return check_file_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+@bridge.command()
+@click.option("--mode", type=MODE, required=True, help="shadow: the mirror queue; live: legacy's.")
+@click.option(
+    "--name", callback=_name, default=None, help="The managed bridge's name (default: the mode)."
+)
+@click.option("--topic", default=None, help="Events topic (default: kafka.topic).")
+@click.option("--queue", default=None, help="Override the consumed queue (as `bridge run`).")
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="How long to wait until it consumes.",
+)
+@output_format("text", "json")
+@click.pass_obj
+def start(
+    settings: Settings,
+    mode: str,
+    name: str | None,
+    topic: str | None,
+    queue: str | None,
+    timeout_s: float,
+    fmt: str,
+) -> None:
+    """Start a bridge in the background (detached, with a pid file, a log and a status file
+    in <services.data_dir>/bridge/); return once it consumes. Idempotent: a bridge of that
+    name already running is left as it is. Exit 2 when it does not start."""
+    from bridge import manage
+
+    try:
+        result = manage.start(settings, mode, name, topic, queue, timeout_s)  # type: ignore[arg-type]
+    except (manage.BridgeError, MirrorQueueMismatch) as exc:
+        raise Failure(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=1, sort_keys=True))
+        return
+    what = "already running" if result["already_running"] else "started"
+    click.echo(
+        f"bridge {result['name']}: {what}, pid {result['pid']}, consuming {result['queue']} "
+        f"-> {result['topic']} as {result['consumer_tag']}; log {result['log']}"
+    )
+
+
+@bridge.command()
+@click.argument("name", callback=_name)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="SIGKILL after this long (its unacked messages return to the queue).",
+)
+@output_format("text", "json")
+@click.pass_obj
+def stop(settings: Settings, name: str, timeout_s: float, fmt: str) -> None:
+    """Stop a managed bridge: SIGTERM (it flushes Kafka, acks only what Kafka confirmed,
+    exits), SIGKILL only after --timeout-s. Not running: nothing to do (exit 0)."""
+    from bridge import manage
+
+    result = manage.stop(settings, name, timeout_s)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=1, sort_keys=True))
+        return
+    if not result["was_running"]:
+        click.echo(f"bridge {name}: not running")
+        return
+    how = "KILLED after the deadline" if result["killed"] else "stopped"
+    totals = result.get("totals") or {}
+    click.echo(
+        f"bridge {name}: {how} (pid {result['pid']}, {result['seconds']:.1f}s); "
+        f"consumed {totals.get('consumed', '?')}, produced {totals.get('produced', '?')}, "
+        f"acked {totals.get('acked', '?')}"
+    )
+    if result["killed"]:
+        sys.exit(1)
+
+
+@bridge.command()
+@output_format("table", "json")
+@click.pass_obj
+def ps(settings: Settings, fmt: str) -> None:
+    """The bridges of <services.data_dir>/bridge/: running or not, pid, queue, topic,
+    consumer tag, counts."""
+    from bridge import manage
+
+    found = manage.ps(settings)
+    if fmt == "json":
+        click.echo(json.dumps(found, indent=1, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from settings.output import term
+
+    table = Table("name", "state", "pid", "mode", "queue -> topic", "consumer tag", *COUNTERS[:4])
+    for b in found:
+        totals = b.get("totals") or {}
+        table.add_row(
+            term(b["name"]),
+            "running" if b["running"] else ("dead" if b["stale_pid"] else "stopped"),
+            str(b["pid"] or b["stale_pid"] or "-"),
+            term(str(b["mode"] or "-")),
+            term(f"{b['queue'] or '?'} -> {b['topic'] or '?'}"),
+            term(str(b["consumer_tag"] or "-")),
+            *(f"{totals[k]:,}" if k in totals else "-" for k in COUNTERS[:4]),
+        )
+    Console().print(table)
+
+
+@bridge.command("mirror-remove")
+@confirm()
+@click.pass_obj
+def mirror_remove(settings: Settings, yes: bool) -> None:
+    """Delete the mirror queue and its overflow queue (leaving shadow), refused while the
+    shadow bridge consumes them. What they still hold is dropped (copies of legacy's)."""
+    from bridge import manage
+
+    r = settings.rabbitmq
+    if not yes:
+        held = {q: rabbit.queue_depth(r, q) for q in (r.shadow_queue, r.mirror_overflow_queue)}
+        shown = ", ".join(
+            f"{q!r} ({'missing' if d is None else f'{d[0]:,} ready, {d[1]} consumers'})"
+            for q, d in held.items()
+        )
+        click.echo(f"would delete {shown}; run again with --yes to do it")
+        return
+    try:
+        result = manage.remove_mirror(settings)
+    except manage.BridgeError as exc:
+        raise Failure(str(exc)) from None
+    click.echo(
+        "deleted "
+        + ", ".join(f"{q!r} ({n:,} message(s) dropped)" for q, n in result["deleted"].items())
     )
 
 

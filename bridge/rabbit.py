@@ -8,6 +8,8 @@ signatures). The bounded mirror queue and its overflow queue are the bridge's ow
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any, Literal
 
 from bridge.amqp091 import AmqpError, Connection
@@ -102,6 +104,28 @@ def _mismatch_message(queue: str, rabbit: RabbitSettings) -> str:
     )
 
 
+class MirrorQueueInUse(Exception):
+    """The mirror (or overflow) queue has a consumer: the shadow bridge still runs."""
+
+
+def delete_shadow_queues(conn: Connection, rabbit: RabbitSettings) -> dict[str, int]:
+    """Delete the mirror queue, then its overflow queue, each only if no consumer holds it
+    (RabbitMQ checks: `if_unused`); {queue: messages dropped with it} (0 when it was already
+    gone). Raises MirrorQueueInUse (the connection is closed by the server then)."""
+    dropped = {}
+    for queue in (rabbit.shadow_queue, rabbit.mirror_overflow_queue):
+        try:
+            dropped[queue] = conn.queue_delete(queue, if_unused=True)
+        except AmqpError as exc:
+            if _reply_code(exc) == PRECONDITION_FAILED:
+                raise MirrorQueueInUse(
+                    f"RabbitMQ queue {queue!r} has a consumer (the shadow bridge?): stop it "
+                    "first (`abacus bridge stop shadow`), then remove the mirror"
+                ) from None
+            raise
+    return dropped
+
+
 def check_shadow_topology(rabbit: RabbitSettings) -> None:
     """Declare the exchange, the legacy queue and the bounded mirror before the bridge
     starts, so that a mirror left unbounded by an earlier version stops it at once with
@@ -137,13 +161,28 @@ def connect(rabbit: RabbitSettings, heartbeat_s: int = 30, timeout_s: float = 10
     ).connect()
 
 
+CONSUMER_TAG_PREFIX = "abacus-bridge-"
+
+
+def consumer_tag(mode: Mode) -> str:
+    """`abacus-bridge-<mode>-<hostname>-<pid>`: the bridge's consumer as the broker lists it
+    (`rabbitmqctl list_consumers`, the management API), so the cutover can check that the
+    live bridge is the legacy queue's only consumer and an operator can tell whose it is.
+    At most 255 bytes (an AMQP short string): a long hostname is cut."""
+    tail = f"-{os.getpid()}"
+    head = f"{CONSUMER_TAG_PREFIX}{mode}-"
+    host = socket.gethostname().encode("ascii", "replace")[: 255 - len(head) - len(tail)]
+    return head + host.decode("ascii") + tail
+
+
 def setup_consumer(conn: Connection, mode: Mode, rabbit: RabbitSettings, prefetch: int) -> str:
-    """Declare what `mode` needs, set the prefetch and start consuming; the consumer tag."""
+    """Declare what `mode` needs, set the prefetch and start consuming under
+    `consumer_tag(mode)`; the consumer tag the broker confirmed."""
     declare_topology(conn, rabbit)
     if mode == "shadow":
         declare_shadow_queue(conn, rabbit)
     conn.basic_qos(0, prefetch, False)
-    return conn.basic_consume(queue_for(mode, rabbit))
+    return conn.basic_consume(queue_for(mode, rabbit), consumer_tag(mode))
 
 
 def queue_depth(rabbit: RabbitSettings, queue: str) -> tuple[int, int] | None:

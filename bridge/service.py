@@ -470,6 +470,7 @@ class Bridge:
             "updated_at": time.time(),
             "stopped": stopped,
             "connected": self._connected,
+            "consumer_tag": self._ctag if self._connected else None,
             "in_flight": len(self._pending),
             "totals": c.snapshot(),
             "dead_lettered_by_reason": dict(c.dead_lettered_by_reason),

@@ -255,10 +255,16 @@ def _traceback_end(lines: list[str]) -> str | None:
 
 
 def spawn(
-    settings: Settings, args: list[str], log_path: Path, cwd: Path | None = None
+    settings: Settings,
+    args: list[str],
+    log_path: Path,
+    cwd: Path | None = None,
+    detach: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start `python ARGS` (this interpreter) with exactly `settings` in its environment
-    (`child_env`), its stdout and stderr appended to `log_path`, no stdin."""
+    (`child_env`), its stdout and stderr appended to `log_path`, no stdin. `detach`: in its
+    own session, so it outlives the command that started it and a terminal's Ctrl-C or
+    hang-up does not reach it (a managed background component)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -268,4 +274,5 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
+            start_new_session=detach,
         )
