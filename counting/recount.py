@@ -30,6 +30,7 @@ from counting.model import (
     Event,
     Rejection,
 )
+from counting.seeds import Seed, absorbed_keys
 
 # tuple.__new__ builds the NamedTuples in C (their own __new__ is Python code)
 _new: Any = tuple.__new__
@@ -70,6 +71,29 @@ class Recount:
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self.events = 0
+        # account key -> the customers seeds marked as counted there (`absorb`)
+        self._seeded: dict[tuple[str, ...], set[str]] = {}
+        self.seeds = 0
+
+    def absorb(self, seed: Seed) -> None:
+        """A seed record (`counting.seeds`): its customer is already counted unique under
+        its keys and their coarser ones (`absorbed_keys`), so events of that customer under
+        them add to `count` and never to `uniques`; the seed itself counts nothing (a key
+        that only seeds name has no counter). As the jobs do, seeds are taken to come before
+        the events (the hand-over absorbs them before the live bridge starts)."""
+        self.seeds += 1
+        customer = seed.customer_id
+        for key in absorbed_keys(seed.keys):
+            seen = self._seeded.get(key)
+            if seen is None:
+                self._seeded[key] = {customer}
+            else:
+                seen.add(customer)
+
+    def _uniques(self, key: tuple[str, ...], seen: Any) -> int:
+        """The distinct customers of a key's events that no seed marked there."""
+        seeded = self._seeded.get(key)
+        return len(seen) - len(seeded.intersection(seen)) if seeded else len(seen)
 
     def add_raw(self, raw: bytes | str | dict[str, object]) -> Rejection | None:
         """Validate and count one delivery; returns its Rejection when it is invalid."""
@@ -119,6 +143,10 @@ class Recount:
         """Every account counter (hour, day, month), with its count and uniques."""
         # day key -> [count, customer collections of its hours]; the customers of a day are
         # then the union of those, and the customers of a month the union of its days'
+        # without seeds (the usual case: no key built for it) a key's uniques are its
+        # distinct customers
+        seeded = bool(self._seeded)
+        uniques = self._uniques
         days: dict[tuple[str, ...], list[Any]] = {}
         rkey: tuple[str, ...]
         for (company, statistic, hour), (customers, by_facet) in self._groups.items():
@@ -130,7 +158,9 @@ class Recount:
                     (
                         _new(AccountKey, (company, statistic, "hour", hour, facet, value)),
                         count,
-                        len(seen),
+                        uniques((company, statistic, "hour", hour, facet, value), seen)
+                        if seeded
+                        else len(seen),
                     ),
                 )
                 rkey = (company, statistic, "day", day, facet, value)
@@ -144,7 +174,8 @@ class Recount:
         mkey: tuple[str, ...]
         for rkey, (count, parts) in days.items():
             seen = parts[0] if len(parts) == 1 else set().union(*parts)
-            yield _new(AccountCount, (_new(AccountKey, rkey), count, len(seen)))
+            n = uniques(rkey, seen) if seeded else len(seen)
+            yield _new(AccountCount, (_new(AccountKey, rkey), count, n))
             company, statistic, _, day, facet, value = rkey
             mkey = (company, statistic, "month", day[:MONTH_WIDTH], facet, value)
             entry = months.get(mkey)
@@ -155,8 +186,9 @@ class Recount:
                 entry[1].append(seen)
         days.clear()
         for mkey, (count, parts) in months.items():
-            uniques = len(parts[0]) if len(parts) == 1 else len(set().union(*parts))
-            yield _new(AccountCount, (_new(AccountKey, mkey), count, uniques))
+            seen = parts[0] if len(parts) == 1 else set().union(*parts)
+            n = uniques(mkey, seen) if seeded else len(seen)
+            yield _new(AccountCount, (_new(AccountKey, mkey), count, n))
 
     def customer(self) -> Iterator[CustomerCount]:
         """Every customer counter (hour, day, month), with its count."""
