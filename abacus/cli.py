@@ -93,6 +93,12 @@ def job() -> None:
     callback=_name,
     help="Prefix of the job name and consumer group (letters, digits, _ . -).",
 )
+@click.option(
+    "--topic",
+    default=None,
+    help="The Kafka topic it counts, from its start (default: kafka.topic). A serving job "
+    "of the m1 hand-over counts the live topic.",
+)
 @job_option("window_ms")
 @job_option("parallelism")
 @click.option(
@@ -114,6 +120,7 @@ def run(
     from_savepoint: Path | None,
     fresh: bool,
     prefix: str,
+    topic: str | None,
     window_ms: int | None,
     parallelism: int | None,
     uniques_ttl_s: int | None,
@@ -137,6 +144,7 @@ def run(
         ),
         from_savepoint=from_savepoint,
         resume=not fresh,
+        topic=topic,
     )
     try:
         if foreground:
@@ -146,7 +154,9 @@ def run(
         raise _fail(exc) from None
     restored = f", restored from {state.restored_from}" if state.restored_from else ""
     where = f"on {state.remote}" if state.remote else f"pid {state.pid}"
-    click.echo(f"{state.name}: {state.status} ({where}, job {state.job_id}{restored})")
+    click.echo(
+        f"{state.name}: {state.status} ({where}, job {state.job_id}, topic {state.topic}{restored})"
+    )
 
 
 @job.command("status")

@@ -4,6 +4,8 @@ Java re-implements four rules for speed, each checked here against its Python ho
 
 - `abacus.sink.Uniques` (fan-out and uniqueness) and `abacus.sink.CustomerRows`: the counts
   of `counting.Recount` over the tricky corpus, the valid poison events and a generated day;
+  and `Uniques` absorbing seed records first (`counting.seeds`, the m1 hand-over): the
+  counts of `Recount` with the same seeds absorbed (`seeded_vectors`);
 - `abacus.sink.Sums` (the sink's pure part): the sums and the values a count store binds,
   the index entries and their shard (`storage.counters.shard_of`), the batching
   (`storage.counters.batches`);
@@ -27,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from abacus import progress
-from abacus.operators import event_row
+from abacus.operators import event_row, seed_rows
 from abacus.pipeline import _EVENT_FIELDS, _FIRSTS, _ROWS, Kind, layout_conf, operator_conf
-from counting import Dedup, Event, Recount, bucket_date, parse_event
+from counting import Dedup, Event, Recount, account_keys, bucket_date, parse_event
 from counting.corpus import poison_lines, tricky_lines
 from counting.generate import GeneratorConfig, generate
+from counting.seeds import Seed, parse_seed, seed_records
 from settings import CassandraSettings
 from storage.counters import (
     INDEX_RESOLUTION,
@@ -83,6 +86,13 @@ def operator_vectors(kind: Kind, lines: list[bytes]) -> dict[str, Any]:
     recount = Recount()
     for raw in lines:
         recount.add_raw(raw)
+    return {**_expected(kind, recount), "rows": rows}
+
+
+def _expected(kind: Kind, recount: Recount) -> dict[str, Any]:
+    """The operator's conf and measures, and Recount's counts as expected rows (one per
+    counter key: the output columns, count and uniques summed)."""
+    statistic = kind == "statistic"
     store = layout(kind)
     expected = []
     counts: Iterable[Any] = recount.account() if statistic else recount.customer()
@@ -99,9 +109,49 @@ def operator_vectors(kind: Kind, lines: list[bytes]) -> dict[str, Any]:
     return {
         "conf": operator_conf(kind, store),
         "measures": list(store.measures),
-        "rows": rows,
         "expected": expected,
     }
+
+
+def seeds(lines: list[bytes]) -> list[Seed]:
+    """Seeds over the corpus's customers, through the record format (`seed_records`, then
+    `parse_seed`): every third (company, customer) of the first deliveries gets the hour
+    keys of its first event, the day keys of its second, and a month key where it has no
+    event; a third of those seeds cut in records of a few keys each."""
+    firsts: dict[tuple[str, str], list[Event]] = {}
+    for event in _events(lines):
+        firsts.setdefault((event.company_id, event.customer_id), []).append(event)
+    out = []
+    for i, ((company, customer), events) in enumerate(sorted(firsts.items())):
+        if i % 3:
+            continue
+        keys = [k for k in account_keys(events[0]) if k.resolution == "hour"]
+        if len(events) > 1:
+            keys += [k for k in account_keys(events[1]) if k.resolution == "day"]
+        keys.append(keys[0]._replace(resolution="month", bucket="1999-01"))
+        max_bytes = 1024 if i % 9 == 0 else 1 << 20
+        out += [parse_seed(r) for r in seed_records(company, customer, keys, max_bytes)]
+    return out
+
+
+def seeded_vectors(lines: list[bytes], plain: dict[str, Any]) -> dict[str, Any]:
+    """The statistic operator's vectors with seeds: its seed rows (`seed_rows`, columns
+    `seed_input`), absorbed before its rows (those of `plain`), and Recount's counts with the
+    same seeds absorbed; which differ from `plain`'s (else the seeds test nothing)."""
+    given = seeds(lines)
+    recount = Recount()
+    for seed in given:
+        recount.absorb(seed)
+    for raw in lines:
+        recount.add_raw(raw)
+    vectors = {
+        **_expected("statistic", recount),
+        "seeds": [list(row) for seed in given for row in seed_rows(seed)],
+        "rows": plain["rows"],
+    }
+    if vectors["expected"] == plain["expected"]:
+        raise AssertionError("the seeds change no count: the seeded vectors test nothing")
+    return vectors
 
 
 def sink_vectors(kind: Kind, operator: dict[str, Any], batch_partitions: int) -> dict[str, Any]:
@@ -230,6 +280,7 @@ def write(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     lines = corpus()
     operators: dict[str, Any] = {kind: operator_vectors(kind, lines) for kind in _LEVEL}
+    operators["statistic_seeded"] = seeded_vectors(lines, operators["statistic"])
     sinks: dict[str, dict[str, Any]] = {
         kind: sink_vectors(kind, operators[kind], batch_partitions=5) for kind in _LEVEL
     }

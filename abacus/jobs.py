@@ -57,6 +57,7 @@ class RunOptions:
     # keep the progress directories of earlier processes of the job name (a supervisor that
     # restarts a dead job keeps what they re-applied and left uncertain); False: removed
     keep_progress: bool = False
+    topic: str | None = None  # the topic it counts; None: kafka.topic
 
 
 def jobs_dir(settings: Settings) -> Path:
@@ -126,6 +127,7 @@ def spec(
         uniques_ttl_s=options.uniques_ttl_s or settings.flink.uniques_ttl_s,
         progress_dir=run_dir,
         run_started_ms=started_ms,
+        topic=options.topic or settings.kafka.topic,
     )
 
 

@@ -11,6 +11,12 @@ sink storage's shard hash and batching (`storage.counters`) and the drain file
 (`abacus.pipeline.operator_conf`, `layout_conf`), and JUnit tests (`make test`) check each
 re-implemented rule against golden vectors that `abacus.golden` generates from Python.
 
+Seed records (issue 14's hand-over, `counting.seeds`) arrive marked by their Kafka header
+(the source's `abacus.sink.SeedMarking` gives each record as (value, seed)): Validate turns a
+seed into seed rows for the statistic job's uniqueness state (`seed_rows`), which count
+nothing; the customer job drops seeds. A record without the header is an event, whatever
+its body.
+
 No record may fail the job: a publisher controls every byte of the input, and a job that
 fails on a record fails on it again after every restart. So Validate dead-letters what it
 cannot handle (`operator_error`, with the exception) instead of raising, and a dead letter is
@@ -36,10 +42,12 @@ from counting import (
     bucket_labels,
     parse_event,
 )
+from counting.seeds import Seed, SeedError, parse_seed, seed_groups
 from counting.text import escape
 from settings import KafkaSettings
 
 OPERATOR_ERROR = "operator_error"  # the DLQ reason of a record an operator failed on
+BAD_SEED = "bad_seed"  # the DLQ reason of a record with the seed header that is no seed
 # the longest header values (characters, after escaping); longer ones are cut and listed in
 # the `truncated` header with their full length
 MAX_HEADER_CHARS = {"reason": 64, "detail": 1024, "event_id": 256}
@@ -50,10 +58,15 @@ DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024  # the topics take up to 8 M
 
 
 class Validate(ProcessFunction):
-    """Raw Kafka value -> one event row, or a rejected row (`rejected_row`: raw bytes,
-    reason, detail, event_id, escaped, truncated) to a side output: every check is
+    """A Kafka record as (value, seed) -> one event row, or a rejected row (`rejected_row`:
+    raw bytes, reason, detail, event_id, escaped, truncated) to a side output: every check is
     `counting.parse_event` on the bytes exactly as received, and any other error on a record
     rejects it as `operator_error` instead of failing the job.
+
+    A seed (the record carries the seed header) gives its seed rows (`seed_rows`) to the
+    `seeds` side output, or nothing when `seeds` is None (the customer job); a record with
+    the header that is no seed is dead-lettered as `bad_seed`. Seeds bypass the
+    de-duplication by event_id (they have none).
 
     The event row carries what the jobs count by, as the contract computes it: the event's
     local (hour, day, month) labels (`counting.bucket_labels`) and the (facet, value) pairs
@@ -63,11 +76,20 @@ class Validate(ProcessFunction):
     job counts no facet: its rows (`facets=False`) end at the labels.
     """
 
-    def __init__(self, rejected: OutputTag, facets: bool = True) -> None:
+    def __init__(
+        self, rejected: OutputTag, facets: bool = True, seeds: OutputTag | None = None
+    ) -> None:
         self._rejected = rejected
         self._facets = facets  # the customer job counts no facet: its rows end at the labels
+        self._seeds = seeds
 
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
+    def process_element(
+        self, record: tuple[bytes, bool], ctx: ProcessFunction.Context
+    ) -> Iterator[Any]:
+        value, seed = record
+        if seed:
+            yield from self._seed(value)
+            return
         event_id: str | None = None
         try:
             parsed = parse_event(value)
@@ -85,6 +107,37 @@ class Validate(ProcessFunction):
 
     def _row(self, parsed: Event) -> Row:
         return Row(*event_row(parsed, self._facets))
+
+    def _seed(self, value: bytes) -> Iterator[Any]:
+        try:
+            parsed = parse_seed(value)
+            rows = [Row(*row) for row in seed_rows(parsed)] if self._seeds is not None else []
+        except SeedError as exc:
+            yield self._rejected, rejected_row(value, BAD_SEED, str(exc), None)
+            return
+        except Exception as exc:  # never fail the job on a record: dead-letter it
+            yield self._rejected, rejected_row(value, OPERATOR_ERROR, describe(exc), None)
+            return
+        for row in rows:
+            yield self._seeds, row
+
+
+def seed_rows(seed: Seed) -> Iterator[tuple[Any, ...]]:
+    """The values of a seed's rows (`abacus.pipeline._SEED_FIELDS`): per (statistic,
+    resolution, bucket) of the keys it marks (`counting.seeds.seed_groups`, coarser
+    resolutions included): company_id, statistic_id, customer_id, resolution, bucket, and
+    the facet names and values of its pairs, as two lists."""
+    for statistic, resolution, bucket, pairs in seed_groups(seed):
+        names, values = zip(*pairs, strict=True)
+        yield (
+            seed.company_id,
+            statistic,
+            seed.customer_id,
+            resolution,
+            bucket,
+            list(names),
+            list(values),
+        )
 
 
 def event_row(event: Event, facets: bool = True) -> tuple[Any, ...]:

@@ -2,8 +2,9 @@
 the keep-first by event_id, Java operators (abacus/jvm) for the rest; all per-record state
 in the JVM, RocksDB-backed.
 
-    KafkaSource (raw bytes)
+    KafkaSource (value, seed: abacus.sink.SeedMarking reads the seed header)
       -> Validate (Python, counting.parse_event) --rejected--> DeadLetter (Kafka DLQ)
+         [statistic] --seeds--> seed rows (counting.seeds) to Uniques' second input
          (no record fails the job: what Validate cannot handle is dead-lettered too)
          the event row carries the contract's bucket labels (counting.bucket_labels) and
          facet pairs (counting.account_facets)
@@ -11,7 +12,8 @@ in the JVM, RocksDB-backed.
       -> [statistic] abacus.sink.Uniques, keyed by (company, statistic, customer): a row per
          account key (every label with every pair), count 1, uniques 1 when the customer is
          first for that key: checked hour, then day among the hour's firsts, then month
-         among the day's (uniques do not roll up)
+         among the day's (uniques do not roll up); seed rows mark pairs as counted, and
+         emit nothing
          [customer] abacus.sink.CustomerRows: a row per resolution, count 1
       -> CounterSink (Java, chained): sums increments per counter key in memory and
          writes the sums every window_ms (count = count + d, uniques = uniques + u), all of
@@ -39,7 +41,6 @@ from pathlib import Path
 from typing import Literal
 
 from pyflink.common import Types, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -52,6 +53,7 @@ from pyflink.table.types import _to_java_data_type
 
 from abacus.operators import DeadLetter, Validate
 from counting import RESOLUTIONS
+from counting.seeds import SEED_HEADER
 from settings import Settings
 from storage.counters import BATCH_ROWS, PERIOD_WIDTH, SinkLayout, sink_layout
 
@@ -78,6 +80,19 @@ _EVENT = Types.ROW_NAMED(
 )
 # the customer job's events end at the labels (it counts no facet)
 _CUSTOMER_EVENT = Types.ROW_NAMED(_EVENT_FIELDS[:7], [Types.STRING()] * 7)
+# a seed's rows (abacus.operators.seed_rows), Uniques' second input
+_SEED_FIELDS = [
+    "company_id",
+    "statistic_id",
+    "customer_id",
+    "resolution",
+    "bucket",
+    "facets",
+    "facet_values",
+]
+_SEED = Types.ROW_NAMED(
+    _SEED_FIELDS, [Types.STRING()] * 5 + [Types.OBJECT_ARRAY(Types.STRING())] * 2
+)
 
 # The Java operators' input (first deliveries) and output rows (key fields, measures, index
 # date: abacus.sink.Uniques for the statistic job, abacus.sink.CustomerRows for the customer
@@ -126,6 +141,7 @@ class JobSpec:
     uniques_ttl_s: int
     progress_dir: str  # "" = no drain counters (remote cluster)
     run_started_ms: int
+    topic: str = ""  # the topic it counts; "" = kafka.topic (requests of older versions)
 
     @property
     def group_id(self) -> str:
@@ -145,7 +161,9 @@ def operator_conf(kind: Kind, layout: SinkLayout) -> dict[str, str]:
     (`storage.counters.PERIOD_WIDTH`), and which resolution's rows carry an index date, the
     label's prefix of `date_width` characters (`storage.counters.sink_layout`, from
     `counting`'s date of a label)."""
+    seeds = {"seed_input": ",".join(_SEED_FIELDS)} if kind == "statistic" else {}
     return {
+        **seeds,
         "input": ",".join(_FIRSTS[kind]),
         "output": ",".join(_ROWS[kind]),
         "resolutions": ",".join(RESOLUTIONS),
@@ -156,11 +174,14 @@ def operator_conf(kind: Kind, layout: SinkLayout) -> dict[str, str]:
     }
 
 
-def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout) -> object:
+def _increments(
+    tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout, seeds: object
+) -> object:
     """A job's increments, a Java DataStream of rows (key fields, measures, index date), from
     its first deliveries, by a Java operator chained to the sink (abacus/jvm):
-    `abacus.sink.Uniques` for the statistic job (fan-out and uniqueness, keyed by customer),
-    `abacus.sink.CustomerRows` for the customer job (a row per resolution)."""
+    `abacus.sink.Uniques` for the statistic job (fan-out and uniqueness, keyed by customer,
+    absorbing the Java stream of seed rows `seeds`), `abacus.sink.CustomerRows` for the
+    customer job (a row per resolution)."""
     names = _ROWS[spec.kind]
     if (layout.keys, layout.measures) != (names[: len(layout.keys)], names[len(layout.keys) : -1]):
         raise AssertionError(
@@ -182,7 +203,9 @@ def _increments(tenv: StreamTableEnvironment, spec: JobSpec, layout: SinkLayout)
     )
     conf = _java_map(operator_conf(spec.kind, layout))
     if spec.kind == "statistic":
-        return jvm.abacus.sink.Uniques.apply(j_firsts, spec.uniques_ttl_s * 1000, conf, out_type)
+        return jvm.abacus.sink.Uniques.apply(
+            j_firsts, seeds, spec.uniques_ttl_s * 1000, conf, out_type
+        )
     return jvm.abacus.sink.CustomerRows.apply(j_firsts, conf, out_type)
 
 
@@ -198,19 +221,25 @@ def job_name(kind: str, target: str, prefix: str = "") -> str:
     return f"{prefix}{kind}" + ("" if target == "shadow" else f"-{target}")
 
 
+def job_topic(settings: Settings, spec: JobSpec) -> str:
+    """The topic a job counts: its own (`abacus job run --topic`), else kafka.topic."""
+    return spec.topic or settings.kafka.topic
+
+
 def kafka_source(settings: Settings, spec: JobSpec) -> KafkaSource:
+    """The job's topic from its committed offsets (the beginning for a new group); records
+    as (value, seed): `abacus.sink.SeedMarking` says which carry the seed header."""
     kafka = settings.kafka
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(kafka.bootstrap_servers)
-        .set_topics(kafka.topic)
+        .set_topics(job_topic(settings, spec))
         .set_group_id(spec.group_id)
         .set_client_id_prefix(spec.group_id)
         # a new group starts from the beginning of the topic; a restored job from its state
         .set_starting_offsets(
             KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
         )
-        .set_value_only_deserializer(ByteArraySchema())
         .set_property("commit.offsets.on.checkpoint", "true")
         .set_property("partition.discovery.interval.ms", "30000")
         # at low rates a fetch per few records costs the broker and the job more than the
@@ -235,6 +264,7 @@ def kafka_source(settings: Settings, spec: JobSpec) -> KafkaSource:
     if kafka.ssl_cafile:
         builder.set_property("ssl.truststore.type", "PEM")
         builder.set_property("ssl.truststore.location", str(Path(kafka.ssl_cafile).resolve()))
+    builder._j_builder.setDeserializer(get_gateway().jvm.abacus.sink.SeedMarking(SEED_HEADER))
     return builder.build()
 
 
@@ -249,9 +279,10 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     ).uid("kafka-source")
     rejected = OutputTag("rejected", _REJECTED)
     statistic = spec.kind == "statistic"
+    seeds = OutputTag("seeds", _SEED) if statistic else None
     valid = (
         raw.process(
-            Validate(rejected, facets=statistic),
+            Validate(rejected, facets=statistic, seeds=seeds),
             output_type=_EVENT if statistic else _CUSTOMER_EVENT,
         )
         .uid("validate")
@@ -297,7 +328,8 @@ def build(env: StreamExecutionEnvironment, settings: Settings, spec: JobSpec) ->
     layout = sink_layout(
         settings.cassandra, spec.target, "account" if spec.kind == "statistic" else "customer"
     )
-    j_stream = _increments(tenv, spec, layout)
+    j_seeds = valid.get_side_output(seeds)._j_data_stream if seeds is not None else None
+    j_stream = _increments(tenv, spec, layout, j_seeds)
     (
         j_stream.sinkTo(_counter_sink(settings, spec, layout))  # type: ignore[attr-defined]
         .uid("counter-sink")

@@ -21,7 +21,7 @@ from typing import Any
 from abacus.environment import Memory, configuration, local_environment, prepare_process
 from abacus.failures import failures, root_cause, with_failures
 from abacus.jobs import savepoint_dir
-from abacus.pipeline import JobSpec, build, checkpoint_root
+from abacus.pipeline import JobSpec, build, checkpoint_root, job_topic
 from abacus.remote import cluster_configuration
 from abacus.state import JobState, StateFile, start_line
 from settings import Settings
@@ -58,7 +58,7 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
         restored_from=str(restore_from) if restore_from else None,
         progress_dir=spec.progress_dir,
         group_id=spec.group_id,
-        topic=settings.kafka.topic,
+        topic=job_topic(settings, spec),
         run_started_ms=spec.run_started_ms,
         spec=asdict(spec),
     )
@@ -262,7 +262,7 @@ def submit_remote(request: dict[str, Any]) -> int:
             job_id=str(client.get_job_id()),
             restored_from=str(restore_from) if restore_from else None,
             group_id=spec.group_id,
-            topic=settings.kafka.topic,
+            topic=job_topic(settings, spec),
             remote=request.get("remote"),
             spec=asdict(spec),
         )

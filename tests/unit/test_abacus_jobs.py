@@ -38,7 +38,7 @@ class _Tag:
 
 def _validated(line: str, facets: bool = True) -> list[object]:
     tag = _Tag()
-    return list(Validate(tag, facets).process_element(line.encode(), None))  # type: ignore[arg-type]
+    return list(Validate(tag, facets).process_element((line.encode(), False), None))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("line", tricky_lines())
@@ -171,7 +171,7 @@ def _dead_letter(raw: bytes) -> tuple[Any, list[tuple[str, bytes]]]:
     """Validate's side-output row for `raw` and the DLQ headers DeadLetter writes for it."""
     from abacus.operators import dead_letter_headers
 
-    ((tag, row),) = list(Validate(_Tag(), True).process_element(raw, None))  # type: ignore[misc,arg-type]
+    ((tag, row),) = list(Validate(_Tag(), True).process_element((raw, False), None))  # type: ignore[misc,arg-type]
     assert isinstance(tag, _Tag)
     return row, dead_letter_headers(row, "abacus-statistic")
 
@@ -179,7 +179,7 @@ def _dead_letter(raw: bytes) -> tuple[Any, list[tuple[str, bytes]]]:
 @pytest.mark.parametrize("name,raw", poison_lines(), ids=[n for n, _ in poison_lines()])
 def test_every_poison_line_is_counted_or_dead_lettered_writably(name: str, raw: bytes) -> None:
     parsed = parse_event(raw)
-    out = list(Validate(_Tag(), True).process_element(raw, None))  # type: ignore[arg-type]
+    out = list(Validate(_Tag(), True).process_element((raw, False), None))  # type: ignore[arg-type]
     assert len(out) == 1
     if not isinstance(parsed, Rejection):
         assert out[0][0] == parsed.event_id  # type: ignore[index]

@@ -28,13 +28,16 @@ import org.apache.flink.table.data.StringData;
 public final class RowSpec implements Serializable {
     private static final long serialVersionUID = 1L;
 
-    private final String[] input, output, names, labels;
+    private final String[] input, output, names, labels, seedInput;
     private final int[] widths;
     private final int indexed, dateWidth;
     private transient StringData[] texts;
 
     private RowSpec(Map<String, String> conf) {
         input = list(conf, "input");
+        // the seed rows' columns (abacus.pipeline._SEED_FIELDS): only Uniques has them
+        String seeds = conf.getOrDefault("seed_input", "");
+        seedInput = seeds.isEmpty() ? new String[0] : seeds.split(",", -1);
         output = list(conf, "output");
         names = list(conf, "resolutions");
         labels = list(conf, "labels");
@@ -75,6 +78,26 @@ public final class RowSpec implements Serializable {
                     + String.join(",", input));
         }
         return i;
+    }
+
+    /** The position of a seed row's column. */
+    int seedIn(String name) {
+        int i = List.of(seedInput).indexOf(name);
+        if (i < 0) {
+            throw new IllegalArgumentException("no seed column " + name + " in "
+                    + String.join(",", seedInput));
+        }
+        return i;
+    }
+
+    /** The index of a resolution given by name. */
+    int resolution(String name) {
+        int r = List.of(names).indexOf(name);
+        if (r < 0) {
+            throw new IllegalArgumentException("unknown resolution " + name + ": not one of "
+                    + String.join(",", names));
+        }
+        return r;
     }
 
     /**

@@ -14,10 +14,11 @@ import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.java.tuple.Tuple3;
 import org.apache.flink.streaming.api.datastream.DataStream;
-import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
+import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
 import org.apache.flink.table.data.ArrayData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
 
 /**
@@ -40,32 +41,63 @@ import org.apache.flink.util.Collector;
  * is first in that hour too: the hour lies in the day), the month only for those first in
  * their day. Entries expire after the configured time-to-live (from their last update).
  *
+ * <p>Its second input are seed rows (issue 14's hand-over: {@code counting.seeds}, one row
+ * per (company, statistic, customer, resolution, bucket) with the (facet, value) pairs a
+ * seed marks there, the coarser resolutions' rows included, as Python computes them): each
+ * pair is added to the customer's state as if counted, and nothing is emitted. Seeds are
+ * absorbed before the events they cover (the hand-over waits for it); a seed cannot take
+ * back a unique already counted.
+ *
  * <p>This is the contract's uniqueness written again in Java (for speed: SEMANTICS.md §5 is
- * {@code counting.Recount} in Python); {@code UniquesTest} feeds it the golden vectors that
- * {@code abacus.golden} generates from counting and requires the same counts.
+ * {@code counting.Recount} in Python, seeds {@code Recount.absorb}); {@code UniquesTest}
+ * feeds it the golden vectors that {@code abacus.golden} generates from counting and
+ * requires the same counts.
  */
 public final class Uniques
-        extends KeyedProcessFunction<Tuple3<String, String, String>, RowData, RowData> {
+        extends KeyedCoProcessFunction<Tuple3<String, String, String>, RowData, Row, RowData> {
     private static final long serialVersionUID = 1L;
     private final long ttlMs;
     private final Check check;
     private transient List<MapState<String, List<String>>> seen;
+    private transient Seen state;  // the current key's, over `seen`
 
     public Uniques(long ttlMs, RowSpec spec) {
         this.ttlMs = ttlMs;
         this.check = new Check(spec);
     }
 
-    /** The increments of {@code firsts} (rows as described above), keyed and checked;
-     * {@code conf} as {@link RowSpec#of} reads it. */
-    public static DataStream<RowData> apply(DataStream<RowData> firsts, long ttlMs,
-            Map<String, String> conf, TypeInformation<RowData> outType) {
+    /** The increments of {@code firsts} (rows as described above), keyed and checked, with
+     * the {@code seeds} absorbed; {@code conf} as {@link RowSpec#of} reads it. */
+    public static DataStream<RowData> apply(DataStream<RowData> firsts, DataStream<Row> seeds,
+            long ttlMs, Map<String, String> conf, TypeInformation<RowData> outType) {
         RowSpec spec = RowSpec.of(conf);
+        TypeInformation<Tuple3<String, String, String>> key =
+                Types.TUPLE(Types.STRING, Types.STRING, Types.STRING);
         return firsts
-                .keyBy(new ByCustomer(spec), Types.TUPLE(Types.STRING, Types.STRING, Types.STRING))
+                .keyBy(new ByCustomer(spec), key)
+                .connect(seeds.keyBy(new SeedByCustomer(spec), key))
                 .process(new Uniques(ttlMs, spec), outType)
                 .name("uniques")
                 .uid("uniques");
+    }
+
+    /** A seed row's key: (company_id, statistic_id, customer_id). */
+    public static final class SeedByCustomer
+            implements KeySelector<Row, Tuple3<String, String, String>> {
+        private static final long serialVersionUID = 1L;
+        private final int company, statistic, customer;
+
+        SeedByCustomer(RowSpec spec) {
+            company = spec.seedIn("company_id");
+            statistic = spec.seedIn("statistic_id");
+            customer = spec.seedIn("customer_id");
+        }
+
+        @Override
+        public Tuple3<String, String, String> getKey(Row row) {
+            return Tuple3.of((String) row.getField(company), (String) row.getField(statistic),
+                    (String) row.getField(customer));
+        }
     }
 
     /** The key: (company_id, statistic_id, customer_id). */
@@ -100,12 +132,7 @@ public final class Uniques
             descriptor.enableTimeToLive(ttl);
             seen.add(getRuntimeContext().getMapState(descriptor));
         }
-    }
-
-    @Override
-    public void processElement(RowData in, Context context, Collector<RowData> out)
-            throws Exception {
-        check.process(in, new Seen() {
+        state = new Seen() {
             @Override
             public List<String> get(int resolution, String bucket) throws Exception {
                 return seen.get(resolution).get(bucket);
@@ -116,7 +143,19 @@ public final class Uniques
                     throws Exception {
                 seen.get(resolution).put(bucket, pairs);
             }
-        }, out);
+        };
+    }
+
+    @Override
+    public void processElement1(RowData in, Context context, Collector<RowData> out)
+            throws Exception {
+        check.process(in, state, out);
+    }
+
+    @Override
+    public void processElement2(Row seed, Context context, Collector<RowData> out)
+            throws Exception {
+        check.absorb(seed, state);
     }
 
     /** One customer's state: per resolution, bucket label -> the pairs counted there. */
@@ -132,6 +171,8 @@ public final class Uniques
         final RowSpec spec;
         private final int company, statistic, facetsColumn, valuesColumn;
         private final int[] labels, out;
+        // the seed rows' columns, -1 without seeds
+        private final int seedResolution, seedBucket, seedFacets, seedValues;
 
         Check(RowSpec spec) {
             this.spec = spec;
@@ -143,6 +184,41 @@ public final class Uniques
             labels = spec.labelColumns();
             out = spec.out("company_id", "statistic_id", "period", "bucket", "resolution",
                     "facet", "value", "count", "uniques", "index_date");
+            seedResolution = spec.seedIn("resolution");
+            seedBucket = spec.seedIn("bucket");
+            seedFacets = spec.seedIn("facets");
+            seedValues = spec.seedIn("facet_values");
+        }
+
+        /** A pair as the state holds it: length-prefixed, so that no two (facet, value)
+         * pairs give the same string. */
+        static String pair(String facet, String value) {
+            return facet.length() + ":" + facet + value;
+        }
+
+        /** A seed row: its pairs added to the customer's state in its bucket, as counted. */
+        void absorb(Row seed, Seen seen) throws Exception {
+            int r = spec.resolution((String) seed.getField(seedResolution));
+            String bucket = (String) seed.getField(seedBucket);
+            Object[] facets = (Object[]) seed.getField(seedFacets);
+            Object[] values = (Object[]) seed.getField(seedValues);
+            if (facets.length != values.length) {
+                throw new IllegalArgumentException("a seed row with " + facets.length
+                        + " facets and " + values.length + " values");
+            }
+            List<String> had = seen.get(r, bucket);
+            List<String> now = had == null ? new ArrayList<>() : new ArrayList<>(had);
+            boolean added = false;
+            for (int i = 0; i < facets.length; i++) {
+                String p = pair((String) facets[i], (String) values[i]);
+                if (!now.contains(p)) {
+                    now.add(p);
+                    added = true;
+                }
+            }
+            if (added) {
+                seen.put(r, bucket, now);
+            }
         }
 
         void process(RowData in, Seen seen, Collector<RowData> collector) throws Exception {
@@ -151,9 +227,7 @@ public final class Uniques
             int n = facets.size();
             String[] pairs = new String[n];
             for (int i = 0; i < n; i++) {
-                String facet = facets.getString(i).toString();
-                // length-prefixed, so that no two (facet, value) pairs give the same string
-                pairs[i] = facet.length() + ":" + facet + values.getString(i).toString();
+                pairs[i] = pair(facets.getString(i).toString(), values.getString(i).toString());
             }
             boolean[] first = new boolean[n];
             Arrays.fill(first, true);  // finest resolution: every pair is a candidate
