@@ -17,6 +17,7 @@ _BENCHES: list[tuple[str, str]] = [
     ("bench.pipelines", "bench_abacus"),
     ("compare.bench", "bench_compare"),
     ("bench.faults", "bench_faults"),
+    ("bench.serve", "bench_serve"),
 ]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,14 @@ _LABEL = {
     "day": (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d", "YYYY-MM-DD"),
     "month": (re.compile(r"\d{4}-\d{2}"), "%Y-%m", "YYYY-MM"),
 }
+
+
+def _time_of(label: str) -> datetime:
+    """The UTC datetime of a label of the right shape (`_LABEL`'s pattern; strptime is ten
+    times slower); ValueError if it names no real hour, day or month."""
+    day = int(label[8:10]) if len(label) >= 10 else 1
+    hour = int(label[11:13]) if len(label) == 13 else 0
+    return datetime(int(label[:4]), int(label[5:7]), day, hour, tzinfo=UTC)
 
 
 class BadParameter(ValueError):
@@ -59,13 +67,14 @@ class Query:
         return "account" if self.customer is None else "customer"
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["from"], out["to"] = out.pop("first"), out.pop("last")
+        out: dict[str, Any] = {"level": self.level, "company": self.company}
+        if self.customer is not None:
+            out["customer"] = self.customer
+        out |= {"statistic": self.statistic, "resolution": self.resolution}
+        out |= {"from": self.first, "to": self.last}
         if self.customer is None:
-            del out["customer"]
-        else:
-            del out["facet"], out["value"]
-        return {"level": self.level, **out}
+            out |= {"facet": self.facet, "value": self.value}
+        return out
 
 
 def _id(name: str, value: str | None, limit: int) -> str:
@@ -79,11 +88,11 @@ def _id(name: str, value: str | None, limit: int) -> str:
 def _label_time(resolution: str, name: str, label: str | None) -> datetime:
     if label is None:
         raise BadParameter(f"missing parameter: {name}")
-    pattern, fmt, shown = _LABEL[resolution]
+    pattern, _, shown = _LABEL[resolution]
     if len(label) > 16 or not pattern.fullmatch(label):
         raise BadParameter(f"{name} must be a {resolution} label {shown} (got {label[:32]!r})")
     try:
-        return datetime.strptime(label, fmt).replace(tzinfo=UTC)
+        return _time_of(label)
     except ValueError:
         raise BadParameter(f"{name} is not a real {resolution}: {label!r}") from None
 
@@ -145,9 +154,10 @@ def buckets_between(resolution: str, first: str, last: str) -> list[str]:
     """Every label of the resolution from first to last, inclusive, in order. Local labels:
     a day has 24 hour labels here; a skipped hour (a spring-forward change) has no counter
     and reads as zero."""
+    if first == last:
+        return [first]
     _, fmt, _ = _LABEL[resolution]
-    start = datetime.strptime(first, fmt).replace(tzinfo=UTC)
-    end = datetime.strptime(last, fmt).replace(tzinfo=UTC)
+    start, end = _time_of(first), _time_of(last)
     if resolution == "month":
         out = []
         year, month = start.year, start.month

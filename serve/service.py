@@ -27,6 +27,7 @@ class Service:
         self.follower = StageFollower(self._fetch_stage, settings.serve.stage_refresh_s)
         self._session: Any = None
         self._stores: dict[str, CounterStore] = {}
+        self._keyspaces: dict[str, str] = {}
         self._stage_store: StageStore | None = None
 
     # -- life -----------------------------------------------------------------------------
@@ -71,7 +72,10 @@ class Service:
 
     async def read_async(self, store: str, query: Query) -> Answer:
         requests = requests_of(self.store(store), query)
-        pages = await asyncio.gather(*(self._execute(st, params) for st, params in requests))
+        if len(requests) == 1:  # a single-partition query (most): no gather, no task
+            pages = [await self._execute(*requests[0])]
+        else:
+            pages = await asyncio.gather(*(self._execute(st, params) for st, params in requests))
         return answer_of(query, (row for page in pages for row in page))
 
     async def _execute(self, statement: Any, params: tuple[Any, ...]) -> list[Row]:
@@ -94,11 +98,16 @@ class Service:
             "stage": view.stage,
             "version": view.version,
             "store": view.control,
-            "keyspace": keyspace_of(self.settings.cassandra, view.control),
+            "keyspace": self._keyspace(view.control),
             "candidate": view.candidate,
             "query": query.to_dict(),
             "buckets": buckets,
         }
+
+    def _keyspace(self, store: str) -> str:
+        if store not in self._keyspaces:
+            self._keyspaces[store] = keyspace_of(self.settings.cassandra, store)
+        return self._keyspaces[store]
 
     async def answer(self, query: Query) -> dict[str, Any]:
         view = self.follower.view

@@ -18,6 +18,7 @@ from settings.model import Settings
 APT_PACKAGES = {
     "rabbitmq-server": "/usr/lib/rabbitmq/bin/rabbitmq-server",
     "redis-server": "/usr/bin/redis-server",
+    "wrk": "/usr/bin/wrk",  # the HTTP load generator of `abacus bench serve`
 }
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 Say = Callable[[str], None]
