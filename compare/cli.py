@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import click
 
-from compare.audit import AuditError, AuditResult, RunOptions
+from compare.audit import AuditError, AuditResult, Progress, RunOptions
 from compare.diff import Tolerance
 from compare.report import FORMATS, headline, render
 from settings import Settings
@@ -107,6 +107,85 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
     return update, bar
 
 
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How an audit runs, the same options for compare and `audits run`: the command gets
+    them as `options: RunOptions`, with `kafka_skew_s` and `progress` (the bar) apart."""
+    from functools import wraps
+
+    @wraps(command)
+    def with_options(
+        *args: Any,
+        concurrency: int,
+        max_rps: float,
+        chunk_units: int,
+        settle_s: float,
+        work_dir: Path,
+        **kwargs: Any,
+    ) -> Any:
+        options = RunOptions(
+            concurrency=concurrency,
+            max_rps=max_rps,
+            chunk_units=chunk_units,
+            settle_s=settle_s,
+            work_dir=work_dir,
+        )
+        return command(*args, options=options, **kwargs)
+
+    decorated: Callable[..., Any] = with_options
+    for option in reversed(_RUN_OPTIONS):
+        decorated = option(decorated)
+    return decorated
+
+
+_RUN_OPTIONS = [
+    click.option(
+        "--concurrency",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Cassandra queries in flight.",
+    ),
+    click.option(
+        "--max-rps",
+        type=click.FloatRange(min=0),
+        default=5000,
+        show_default=True,
+        help="Cassandra queries per second at most (0: unlimited).",
+    ),
+    click.option(
+        "--chunk-units",
+        type=click.IntRange(min=1),
+        default=256,
+        show_default=True,
+        help="Index units read per chunk (a chunk is the unit of resume).",
+    ),
+    click.option(
+        "--settle-s",
+        type=click.FloatRange(min=0),
+        default=5.0,
+        show_default=True,
+        help="Wait before re-reading a mismatch, so writes in flight are not defects.",
+    ),
+    click.option(
+        "--kafka-skew-s",
+        type=click.IntRange(min=0),
+        default=3600,
+        show_default=True,
+        help="With --truth kafka: read records this much older than the date can be.",
+    ),
+    dir_path(
+        "--work-dir",
+        default=Path(".abacus/audits"),
+        help="Where audits keep their plan, progress and detail.",
+    ),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bar on stderr (default: when stderr is a terminal).",
+    ),
+]
+
+
 @click.command()
 @click.option("--date", callback=_date, help="Local date to audit, YYYY-MM-DD.")
 @click.option("--left", type=_STORE, default="legacy", show_default=True)
@@ -153,51 +232,7 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, Any]:
     callback=_audit_id,
     help="Carry on with an interrupted audit (its parameters are stored).",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Cassandra queries in flight.",
-)
-@click.option(
-    "--max-rps",
-    type=click.FloatRange(min=0),
-    default=5000,
-    show_default=True,
-    help="Cassandra queries per second at most (0: unlimited).",
-)
-@click.option(
-    "--chunk-units",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Index units read per chunk (a chunk is the unit of resume).",
-)
-@click.option(
-    "--settle-s",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Wait before re-reading a mismatch, so writes in flight are not defects.",
-)
-@click.option(
-    "--kafka-skew-s",
-    type=click.IntRange(min=0),
-    default=3600,
-    show_default=True,
-    help="With --truth kafka: read records this much older than the date can be.",
-)
-@dir_path(
-    "--work-dir",
-    default=Path(".abacus/audits"),
-    help="Where audits keep their plan, progress and detail.",
-)
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
-)
+@_run_options
 @click.pass_obj
 def compare(
     settings: Settings,
@@ -215,12 +250,8 @@ def compare(
     out: Path | None,
     top: int,
     resume_id: str | None,
-    concurrency: int,
-    max_rps: float,
-    chunk_units: int,
-    settle_s: float,
+    options: RunOptions,
     kafka_skew_s: int,
-    work_dir: Path,
     progress: bool | None,
 ) -> None:
     """Audit a date: two count stores against each other and the truth.
@@ -235,44 +266,53 @@ def compare(
         tolerance = Tolerance.parse(tolerances)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tolerance") from None
-    options = RunOptions(
-        concurrency=concurrency,
-        max_rps=max_rps,
-        chunk_units=chunk_units,
-        settle_s=settle_s,
-        work_dir=work_dir,
-    )
+
+    def run(update: Progress | None) -> AuditResult:
+        if resume_id is not None:
+            return resume_audit(settings, resume_id, options=options, progress=update)
+        assert date is not None
+        return run_audit(
+            settings,
+            date,
+            left,
+            right,
+            truth,
+            level=level,
+            companies=companies,
+            statistics=statistics,
+            include_month=include_month,
+            tolerance=tolerance,
+            allow_redeliveries=allow_redeliveries,
+            top=top,
+            kafka_skew_s=kafka_skew_s,
+            options=options,
+            progress=update,
+        )
+
+    result = _audited(run, progress, fmt, out)
+    sys.exit(result.exit_code)
+
+
+def _audited(
+    run: Callable[[Progress | None], AuditResult],
+    progress: bool | None,
+    fmt: str,
+    out: Path | None,
+) -> AuditResult:
+    """The run path of every audit command: `run` with a progress bar on stderr when asked
+    (default: when stderr is a terminal, so cron's logs stay plain), its errors as one line
+    and exit 2 (`_failures`), its report rendered; the result (the caller exits by it)."""
     update, bar = _progress(sys.stderr.isatty() if progress is None else progress)
     with _failures():
         if bar is not None:
             bar.start()
         try:
-            if resume_id is not None:
-                result = resume_audit(settings, resume_id, options=options, progress=update)
-            else:
-                assert date is not None
-                result = run_audit(
-                    settings,
-                    date,
-                    left,
-                    right,
-                    truth,
-                    level=level,
-                    companies=companies,
-                    statistics=statistics,
-                    include_month=include_month,
-                    tolerance=tolerance,
-                    allow_redeliveries=allow_redeliveries,
-                    top=top,
-                    kafka_skew_s=kafka_skew_s,
-                    options=options,
-                    progress=update,
-                )
+            result = run(update)
         finally:
             if bar is not None:
                 bar.stop()
         _emit(result, fmt, out)
-    sys.exit(result.exit_code)
+    return result
 
 
 def _emit(result: AuditResult, fmt: str, out: Path | None) -> None:
@@ -482,3 +522,87 @@ def gate(
             f"{'clean' if verdict.clean else 'NOT clean'}: last {days} days of {left} vs {right}"
         )
     sys.exit(0 if verdict.clean else 1)
+
+
+@audits.command("run")
+@click.option("--date", callback=_date, help="Local date to audit, YYYY-MM-DD.")
+@click.option(
+    "--yesterday",
+    is_flag=True,
+    help="Audit yesterday's date in UTC (the date `audits gate` and the cutover gate end at).",
+)
+@click.option("--left", type=_STORE, default="legacy", show_default=True)
+@click.option("--right", type=_STORE, default="shadow", show_default=True)
+@click.option(
+    "--truth",
+    default="kafka",
+    show_default=True,
+    callback=_truth,
+    help="'kafka' (kafka.topic: the mirror's topic, bounded to the date) or a FILE of "
+    "hydrated events; a gate needs a truth, so not 'none'.",
+)
+@click.option(
+    "--include-month",
+    is_flag=True,
+    help="Also compare the month bucket (only once the month is over everywhere: an open "
+    "month keeps counting after the truth's bounds are fixed).",
+)
+@output_format("table", "json")
+@_run_options
+@click.pass_obj
+def run_full(
+    settings: Settings,
+    date: str | None,
+    yesterday: bool,
+    left: str,
+    right: str,
+    truth: str,
+    include_month: bool,
+    fmt: str,
+    options: RunOptions,
+    kafka_skew_s: int,
+    progress: bool | None,
+) -> None:
+    """The gates' audit, for a scheduler (cron): a full-scope audit of a date that is over.
+
+    Both levels, no company or statistic filter, exact, redeliveries not excused, against
+    the truth (default: the mirror's Kafka topic); recorded in the ops keyspace, where
+    `audits gate` and `cutover status` read it. Refuses a date some time zone is still
+    counting (it ends everywhere at 12:00 UTC the next day). Exit 0 clean, 1 dirty,
+    2 error. No progress bar unless stderr is a terminal.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from compare.audit import run_audit
+    from counting.buckets import date_over_s
+
+    if (date is None) == (not yesterday):
+        raise click.UsageError("pass --date YYYY-MM-DD or --yesterday (one of them)")
+    if truth == "none":
+        raise click.BadParameter("a gate needs a truth: kafka or a FILE", param_hint="--truth")
+    now = datetime.now(UTC)
+    day = date or (now.date() - timedelta(days=1)).isoformat()
+    over = date_over_s(day, include_month)
+    if now.timestamp() < over:
+        what = f"the month of {day}" if include_month else day
+        at = datetime.fromtimestamp(over, UTC).isoformat(timespec="minutes")
+        raise Failure(
+            f"{what} is not over in every time zone before {at} (UTC-12): "
+            "its counts still change; audit it after that"
+        )
+
+    def run(update: Progress | None) -> AuditResult:
+        return run_audit(
+            settings,
+            day,
+            left,
+            right,
+            truth,
+            include_month=include_month,
+            kafka_skew_s=kafka_skew_s,
+            options=options,
+            progress=update,
+        )
+
+    result = _audited(run, progress, fmt, None)
+    sys.exit(result.exit_code)

@@ -10,7 +10,7 @@ for a zone that breaks the rule.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -67,6 +67,9 @@ DATED_RESOLUTIONS: tuple[str, ...] = ("hour", "day")
 # The largest UTC offset of any IANA zone (Pacific/Kiritimati, UTC+14): a local date begins
 # at the earliest 14 hours before the UTC midnight of the same date.
 MAX_UTC_OFFSET_S = 14 * 3600
+# The smallest (Etc/GMT+12, UTC-12): a local date ends at the latest 12 hours after the UTC
+# midnight that ends the same date.
+MIN_UTC_OFFSET_S = -12 * 3600
 # [low, high) label bounds: every label of a date D (D itself and every "DTHH", "T" < "U")
 # sorts at or after D and below D + DATE_END, a month's one label M below M + MONTH_END; the
 # labels of other dates and months sort outside.
@@ -116,3 +119,14 @@ def earliest_instant_s(date: str, include_month: bool = False) -> int:
     first = month_of(date) + "-01" if include_month else date
     midnight = datetime.fromisoformat(first).replace(tzinfo=UTC)
     return int(midnight.timestamp()) - MAX_UTC_OFFSET_S
+
+
+def date_over_s(date: str, include_month: bool = False) -> int:
+    """The first epoch second whose label lies after the date (with include_month: after its
+    month) in every time zone: the midnight ending it (its month) at UTC-12. Before it, some
+    zone still counts events on the date."""
+    day = datetime.fromisoformat(date).date()
+    if include_month:
+        day = (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    return int(end.timestamp()) - MIN_UTC_OFFSET_S

@@ -126,3 +126,36 @@ def test_no_zone_is_ahead_of_utc_plus_14() -> None:
             for month in (1, 7):
                 offset = datetime(year, month, 1, tzinfo=UTC).astimezone(zone).utcoffset()
                 assert offset is not None and offset.total_seconds() <= 14 * 3600, name
+
+
+@settings(max_examples=300, deadline=None)
+@given(second=instants, zone=st.sampled_from([*ZONES, "Etc/GMT+12", "Pacific/Niue"]))
+def test_no_event_of_a_date_is_at_or_after_its_end_everywhere(second: int, zone: str) -> None:
+    from counting.buckets import date_over_s
+
+    _, day, _ = bucket_labels(second, zone)
+    assert second < date_over_s(day)
+    assert second < date_over_s(day, include_month=True)
+
+
+def test_a_date_is_over_everywhere_at_the_next_midnight_at_utc_minus_12() -> None:
+    from counting.buckets import date_over_s
+
+    end = date_over_s("2020-02-28")
+    assert end == int(datetime(2020, 2, 29, 12, tzinfo=UTC).timestamp())
+    assert date_over_s("2020-02-10", include_month=True) == int(
+        datetime(2020, 3, 1, 12, tzinfo=UTC).timestamp()
+    )
+    assert date_over_s("2020-12-31", include_month=True) == date_over_s("2020-12-31")
+    # the bound is tight: UTC-12's date ends at it
+    assert bucket_labels(end - 1, "Etc/GMT+12")[1] == "2020-02-28"
+    assert bucket_labels(end, "Etc/GMT+12")[1] == "2020-02-29"
+
+
+def test_no_zone_is_behind_utc_minus_12() -> None:
+    for name in sorted(available_timezones()):
+        zone = ZoneInfo(name)
+        for year in (2013, 2026):
+            for month in (1, 7):
+                offset = datetime(year, month, 15, tzinfo=zone).utcoffset()
+                assert offset is not None and offset.total_seconds() >= -12 * 3600, name
