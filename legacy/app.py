@@ -1,8 +1,9 @@
 """The Celery app of the legacy pipeline: JSON only, acks late, one task per event.
 
 `make_app(settings, options)` builds an isolated app (its own queue names, control
-exchange and Redis prefix come from the settings), registers the aggregation task and
-the Big Bertha flush as a worker bootstep, and installs the dead-lettering consumer.
+exchange and Redis prefix come from the settings), registers the aggregation task,
+the Big Bertha flush as a worker bootstep and the hand-over flag as a consumer bootstep
+(`legacy.consuming`), and installs the dead-lettering consumer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from celery.exceptions import Reject
 from legacy import deadletter
 from legacy.aggregation import REDIS_TIMEOUT_S, Aggregator, Outcome, count_stats
 from legacy.chaos import Chaos
+from legacy.consuming import ConsumingFlagStep
 from legacy.flusher import DEFAULT_INTERVAL_S, start_flush_thread
 from legacy.retry import RetryPolicy
 from legacy.topology import legacy_queue
@@ -179,4 +181,5 @@ def make_app(settings: Settings, options: WorkerOptions | None = None) -> Celery
         return app.abacus_runtime.handle(self.request, args, kwargs)
 
     app.steps["worker"].add(BigBerthaFlushStep)
+    app.steps["consumer"].add(ConsumingFlagStep)  # the hand-over flag, on every (re)connect
     return app

@@ -364,6 +364,10 @@ def status(settings: Settings, fmt: str, sample_s: float) -> None:
     rows = [
         (f"queue {current.queue}", f"{current.ready} ready, {current.consumers} consumers"),
         (
+            "legacy workers consume",
+            "yes" if current.consuming else "no: paused for the hand-over (`legacy resume`)",
+        ),
+        (
             "unacked (asked of workers)",
             "unknown" if current.unacked is None else str(current.unacked),
         ),
@@ -428,3 +432,140 @@ def dead_letters(settings: Settings, limit: int, fmt: str) -> None:
                     f"{letter['detail'][:100]}"
                 )
             )
+
+
+def _timeout_option(command: F) -> F:
+    return click.option(
+        "--timeout-s",
+        type=click.FloatRange(min=1),
+        default=None,
+        help="How long to wait for the workers (default: cutover.handover_timeout_s).",
+    )(command)
+
+
+@legacy.command()
+@output_format("table", "json")
+@click.pass_obj
+def consumers(settings: Settings, fmt: str) -> None:
+    """Who consumes the legacy queue (consumer tags, channels, connections), as RabbitMQ
+    says (`rabbitmqctl list_consumers` on the node `abacus services` runs), and whether
+    legacy's workers may consume (the hand-over flag)."""
+    from legacy.handover import HandoverError, consuming_allowed, queue_consumers
+
+    with _servers("legacy consumers"):
+        try:
+            found = queue_consumers(settings)
+        except HandoverError as exc:
+            raise click.ClickException(str(exc)) from None
+        allowed = consuming_allowed(settings)
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "queue": settings.rabbitmq.legacy_queue,
+                    "consuming": "on" if allowed else "off",
+                    "consumers": found,
+                }
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from settings.output import term
+
+    click.echo(
+        term(
+            f"queue {settings.rabbitmq.legacy_queue}: {len(found)} consumer(s); "
+            f"legacy's workers may consume: {'yes' if allowed else 'no (paused)'}"
+        )
+    )
+    if not found:
+        return
+    table = Table("consumer tag", "connection", "channel", "ack", "prefetch")
+    for c in found:
+        table.add_row(
+            term(str(c["consumer_tag"])),
+            term(str(c["connection"])),
+            str(c["channel_number"]),
+            "yes" if c["ack_required"] else "no",
+            str(c["prefetch_count"]),
+        )
+    Console().print(table)
+
+
+def _handover(
+    settings: Settings, what: str, timeout_s: float | None, yes: bool, fmt: str, plan: str
+) -> None:
+    from legacy import handover
+
+    if not yes:
+        click.echo(f"would {plan}; nothing changed (add --yes to do it)")
+        return
+    call = handover.stop_consuming if what == "pause" else handover.resume_consuming
+    with _servers(f"legacy {what}"):
+        try:
+            report = call(settings, timeout_s or settings.cutover.handover_timeout_s)
+        except (TimeoutError, handover.HandoverError) as exc:
+            raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps(report))
+        return
+    after = report["after"]
+    line = (
+        f"legacy consuming {report['consuming']}: queue {report['queue']} has "
+        f"{after['consumers']} consumer(s), {after['ready']} ready; "
+        f"workers {', '.join(report['workers']) or 'none replied'}; "
+        f"{report['elapsed_s']:.1f} s"
+    )
+    if what == "pause":
+        bertha = report["bertha"]
+        line += (
+            f"; held before: {report['before']['reserved']} reserved, "
+            f"{report['before']['active']} active; Big Bertha flushed "
+            f"{bertha['keys_flushed']} keys; processed {report['processed']}"
+        )
+    click.echo(line)
+
+
+@legacy.command()
+@_timeout_option
+@click.option("--yes", is_flag=True, help="Do it (without: say what it would do).")
+@output_format("text", "json")
+@click.pass_obj
+def pause(settings: Settings, timeout_s: float | None, yes: bool, fmt: str) -> None:
+    """Stop legacy's workers consuming the legacy queue, persistently (a worker started or
+    reconnecting later does not consume either), let them finish what they hold, and flush
+    Big Bertha empty. `legacy resume` undoes it.
+
+    The cutover (`abacus cutover advance` to m1) is the normal caller; by hand, it holds
+    legacy still (events wait in the queue meanwhile)."""
+    _handover(
+        settings,
+        "pause",
+        timeout_s,
+        yes,
+        fmt,
+        f"set legacy's consuming flag off, cancel_consumer {settings.rabbitmq.legacy_queue} "
+        "on every worker, wait until they hold nothing, and flush Big Bertha empty",
+    )
+
+
+@legacy.command()
+@_timeout_option
+@click.option("--yes", is_flag=True, help="Do it (without: say what it would do).")
+@output_format("text", "json")
+@click.pass_obj
+def resume(settings: Settings, timeout_s: float | None, yes: bool, fmt: str) -> None:
+    """Let legacy's workers consume the legacy queue again (clears the flag, add_consumer).
+
+    The cutover (`abacus cutover rollback` from m1) is the normal caller."""
+    _handover(
+        settings,
+        "resume",
+        timeout_s,
+        yes,
+        fmt,
+        "clear legacy's consuming flag and add_consumer "
+        f"{settings.rabbitmq.legacy_queue} on every worker",
+    )

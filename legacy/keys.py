@@ -37,7 +37,23 @@ class RedisKeys:
 
     def uniques(self, company_id: str, customer_id: str) -> str:
         """Check Uniques: the set of account keys this customer already counted for."""
-        return self.prefix + "u:" + key_id((company_id, customer_id))
+        return self.uniques_prefix + key_id((company_id, customer_id))
+
+    @property
+    def uniques_prefix(self) -> str:
+        """What every Check Uniques key starts with (then the (company, customer) key_id)."""
+        return self.prefix + "u:"
+
+    @property
+    def uniques_pattern(self) -> str:
+        """A SCAN pattern matching every Check Uniques set of this prefix."""
+        return _glob_escape(self.uniques_prefix) + "*"
+
+    @property
+    def consuming(self) -> str:
+        """The hand-over flag (`legacy.handover`): "off" while legacy's workers must not
+        consume the legacy queue; absent, they do. Persistent (no TTL)."""
+        return self.prefix + "consuming"
 
     @property
     def pending(self) -> str:

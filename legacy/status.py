@@ -20,6 +20,7 @@ from kombu import Connection
 from legacy import deadletter
 from legacy.aggregation import redis_client
 from legacy.bertha import BigBertha
+from legacy.consuming import OFF
 from legacy.deadletter import FAILURE_REASONS
 from legacy.keys import RedisKeys
 from settings import Settings
@@ -39,6 +40,7 @@ class Status:
     rate: float | None = None  # tasks/s over the sample interval
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> state doc
     redis_aof: bool | None = None  # Redis writes an append-only file (None: it did not say)
+    consuming: bool = True  # the hand-over flag (`legacy.consuming`): workers may consume
 
     @property
     def failed_workers(self) -> dict[str, str]:
@@ -61,7 +63,10 @@ class Status:
         if self.redis_aof is False:
             out.append(NO_AOF)
         if self.consumers == 0 and self.ready > 0:
-            out.append(f"{self.ready} messages wait in {self.queue} with no consumer")
+            out.append(
+                f"{self.ready} messages wait in {self.queue} with no consumer"
+                + ("" if self.consuming else " (legacy is paused: `abacus legacy resume`)")
+            )
         failed = self.stats.get("failed", 0)
         if failed:
             reasons = ", ".join(
@@ -208,6 +213,7 @@ def read_status(settings: Settings, ask_workers: bool = True, sample_s: float = 
             rate=rate,
             workers=_workers(client, keys),
             redis_aof=redis_aof(client),
+            consuming=client.get(keys.consuming) != OFF,
         )
     finally:
         client.close()
