@@ -71,11 +71,18 @@ def rabbitmqctl(settings: Settings, *args: str, timeout_s: float = RABBITMQCTL_T
     from services.rabbitmq import BIN, RabbitService
 
     service = RabbitService(settings)
+    cookie = service.dir / ".erlang.cookie"
+    if not cookie.is_file():  # the CLI's Erlang VM would die trying to create it
+        raise HandoverError(
+            f"rabbitmqctl needs the node's Erlang cookie, not found at {cookie}: RabbitMQ "
+            "is not run by `abacus services` under this services.data_dir"
+        )
     command = [str(BIN / "rabbitmqctl"), "-q", *args]
     try:
         done = subprocess.run(
             command,
-            env={**os.environ, **service.environment()},
+            # no erl_crash.dump in the working directory if the CLI's VM dies
+            env={**os.environ, **service.environment(), "ERL_CRASH_DUMP_BYTES": "0"},
             capture_output=True,
             text=True,
             timeout=timeout_s,
