@@ -4,6 +4,7 @@ Validate makes of seeds, and `CountedKeys` (what `abacus.seeds.counted_uniques` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -218,3 +219,18 @@ def test_counted_keys_first_deliveries_and_seeds() -> None:
         ("C", "X", sorted(_keys(e1))),
         ("C", "Y", sorted(absorbed_keys([seed_key]))),
     ]
+
+
+def test_a_job_counts_its_own_topic() -> None:
+    from abacus.jobs import RunOptions, spec
+    from abacus.pipeline import job_topic
+    from settings import load_settings
+
+    settings = load_settings()
+    default = spec(settings, "statistic", "serving", RunOptions(), "statistic-serving", "", 0)
+    live = spec(settings, "statistic", "serving", RunOptions(topic="abacus.live.e3"), "n", "", 0)
+    assert (default.topic, live.topic) == (settings.kafka.topic, "abacus.live.e3")
+    assert job_topic(settings, live) == "abacus.live.e3"
+    older = spec(settings, "customer", "shadow", RunOptions(), "c", "", 0)
+    # a request of an older version (no topic): kafka.topic
+    assert job_topic(settings, dataclasses.replace(older, topic="")) == settings.kafka.topic
