@@ -204,10 +204,12 @@ def stop(settings: Settings, name: str, timeout_s: float, fmt: str) -> None:
         return
     how = "KILLED after the deadline" if result["killed"] else "stopped"
     totals = result.get("totals") or {}
+    counts = ", ".join(
+        f"{k} {totals[k]:,}" for k in ("consumed", "produced", "acked") if k in totals
+    )
     click.echo(
-        f"bridge {name}: {how} (pid {result['pid']}, {result['seconds']:.1f}s); "
-        f"consumed {totals.get('consumed', '?')}, produced {totals.get('produced', '?')}, "
-        f"acked {totals.get('acked', '?')}"
+        f"bridge {name}: {how} (pid {result['pid']}, {result['seconds']:.1f}s)"
+        + (f"; {counts}" if counts else "")
     )
     if result["killed"]:
         sys.exit(1)
@@ -230,17 +232,17 @@ def ps(settings: Settings, fmt: str) -> None:
 
     from settings.output import term
 
-    table = Table("name", "state", "pid", "mode", "queue -> topic", "consumer tag", *COUNTERS[:4])
+    shown = ("consumed", "produced", "acked")
+    table = Table("name", "state", "pid", "queue -> topic", "consumer tag", *shown)
     for b in found:
         totals = b.get("totals") or {}
         table.add_row(
             term(b["name"]),
             "running" if b["running"] else ("dead" if b["stale_pid"] else "stopped"),
             str(b["pid"] or b["stale_pid"] or "-"),
-            term(str(b["mode"] or "-")),
             term(f"{b['queue'] or '?'} -> {b['topic'] or '?'}"),
             term(str(b["consumer_tag"] or "-")),
-            *(f"{totals[k]:,}" if k in totals else "-" for k in COUNTERS[:4]),
+            *(f"{totals[k]:,}" if k in totals else "-" for k in shown),
         )
     Console().print(table)
 

@@ -180,7 +180,6 @@ def status(settings: Settings, name: str) -> dict[str, Any]:
         "name": name,
         "running": pid is not None,
         "pid": pid,
-        "managed": p.pid.exists(),
         "stale_pid": None if pid is not None else _pid_in_file(p),
         "log": str(p.log),
         "status_file": str(p.status),

@@ -1,7 +1,8 @@
-"""`abacus compare`, `abacus dump`, `abacus audits list|show|gate`.
+"""`abacus compare`, `abacus dump`, `abacus audits list|show|gate|run`.
 
-Exit codes of compare (and of `audits show`, `audits gate`): 0 clean (within tolerance),
-1 outside tolerance, 2 on error (a wrong argument, an unreachable server, a failed audit).
+Exit codes of compare (and of `audits show`, `audits gate`, `audits run`): 0 clean (within
+tolerance), 1 outside tolerance, 2 on error (a wrong argument, an unreachable server, a failed
+audit).
 """
 
 from __future__ import annotations
