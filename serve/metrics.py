@@ -33,7 +33,7 @@ class Metrics:
         )
         self.compared = Counter(
             "abacus_serve_experiment_compared",
-            "experiment samples whose candidate and control re-read completed",
+            "experiment samples judged (match, lagged, mismatch or ignored)",
             registry=r,
         )
         self.mismatches = Counter(
@@ -44,6 +44,11 @@ class Metrics:
         self.ignored = Counter(
             "abacus_serve_experiment_ignored",
             "samples not judged: the control disagreed with itself (the noise floor)",
+            registry=r,
+        )
+        self.lagged = Counter(
+            "abacus_serve_experiment_lagged",
+            "samples where the candidate differed, then agreed after the settle delay",
             registry=r,
         )
         self.dropped = Counter(

@@ -90,7 +90,10 @@ def _label_time(resolution: str, name: str, label: str | None) -> datetime:
         raise BadParameter(f"missing parameter: {name}")
     pattern, _, shown = _LABEL[resolution]
     if len(label) > 16 or not pattern.fullmatch(label):
-        raise BadParameter(f"{name} must be a {resolution} label {shown} (got {label[:32]!r})")
+        article = "an" if resolution == "hour" else "a"
+        raise BadParameter(
+            f"{name} must be {article} {resolution} label {shown} (got {label[:32]!r})"
+        )
     try:
         return _time_of(label)
     except ValueError:
