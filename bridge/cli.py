@@ -142,6 +142,7 @@ def _name(_: Any, param: click.Parameter, value: str | None) -> str | None:
 )
 @click.option("--topic", default=None, help="Events topic (default: kafka.topic).")
 @click.option("--queue", default=None, help="Override the consumed queue (as `bridge run`).")
+@click.option("--dlq-topic", default=None, help="Dead-letter topic (default: kafka.dlq_topic).")
 @click.option(
     "--timeout-s",
     type=click.FloatRange(min=1),
@@ -157,6 +158,7 @@ def start(
     name: str | None,
     topic: str | None,
     queue: str | None,
+    dlq_topic: str | None,
     timeout_s: float,
     fmt: str,
 ) -> None:
@@ -166,7 +168,15 @@ def start(
     from bridge import manage
 
     try:
-        result = manage.start(settings, mode, name, topic, queue, timeout_s)  # type: ignore[arg-type]
+        result = manage.start(
+            settings,
+            mode,  # type: ignore[arg-type]
+            name,
+            topic,
+            queue,
+            timeout_s,
+            dlq_topic,
+        )
     except (manage.BridgeError, MirrorQueueMismatch) as exc:
         raise Failure(str(exc)) from None
     if fmt == "json":

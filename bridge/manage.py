@@ -1,7 +1,7 @@
 """The bridge as a managed background component: start, stop, status, by name.
 
-A managed bridge is `python -m bridge run --mode M --status-file F [--topic T] [--queue Q]`
-started detached (its own session: it outlives the command that started it) through
+A managed bridge is `python -m bridge run --mode M --status-file F [--topic T] [--queue Q]
+[--dlq-topic D]` started detached (its own session: it outlives the command that started it) through
 `services.procs.spawn`, with exactly the caller's settings. Its files, in
 `<services.data_dir>/bridge/`:
 
@@ -15,7 +15,8 @@ A process is taken for the bridge of that name only when the pid file's process 
 and its command line is `bridge run` with that status file (a reused pid is not).
 
 `start` is idempotent (a live bridge of that name is returned as it is, unless it runs with
-another mode, topic or queue: then it refuses) and returns once the bridge consumes (its
+another mode, topic, queue or DLQ topic: then it refuses; so does a foreground `bridge run`
+writing the same status file) and returns once the bridge consumes (its
 status file shows it connected under its consumer tag), or raises `BridgeError` with the
 status's last error and the log's tail (the process stopped). `stop` sends SIGTERM (the
 bridge stops consuming, flushes Kafka, acks only what Kafka confirmed, writes its final
@@ -86,6 +87,7 @@ def start(
     topic: str | None = None,
     queue: str | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    dlq_topic: str | None = None,
 ) -> dict[str, Any]:
     """Start the bridge `name` (default: the mode's name) unless it runs; return once it
     consumes. Shadow mode declares the bounded mirror queue (and its overflow queue) on the
@@ -98,6 +100,7 @@ def start(
         "mode": mode,
         "topic": topic or settings.kafka.topic,
         "queue": queue or rabbit.queue_for(mode, settings.rabbitmq),
+        "dlq_topic": dlq_topic or settings.kafka.dlq_topic,
     }
     began = time.monotonic()
     with _locked(p):
@@ -106,6 +109,12 @@ def start(
             doc = _wait_consuming(p, pid, None, began + timeout_s)
             _check_same(p, doc, want)
             return _result(p, pid, doc, began, already_running=True)
+        other = read_status(p.status)
+        if other is not None and other.get("running"):
+            raise BridgeError(
+                f"a bridge not started by `bridge start` (pid {other.get('pid')}, "
+                f"`bridge run`?) writes {p.status}: stop it first, or use another --name"
+            )
         stale = _clean_stale(p)
         if mode == "shadow":
             rabbit.check_shadow_topology(settings.rabbitmq)  # MirrorQueueMismatch now
@@ -114,6 +123,8 @@ def start(
             args += ["--topic", topic]
         if queue:
             args += ["--queue", queue]
+        if dlq_topic:
+            args += ["--dlq-topic", dlq_topic]
         p.log.parent.mkdir(parents=True, exist_ok=True)
         with p.log.open("a", encoding="utf-8") as log:
             log.write(
