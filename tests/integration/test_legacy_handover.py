@@ -7,6 +7,8 @@ resuming counts the rest; Check Uniques read and back-filled.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -35,6 +37,7 @@ from legacy.handover import (
 )
 from legacy.keys import RedisKeys
 from legacy.producer import PublishReport, publish_lines
+from legacy.status import read_status
 from legacy.trace import Traces
 from legacy.worker import WorkerProcess, start_worker
 from settings.model import Settings
@@ -101,18 +104,26 @@ def as_sets(entries: Iterable[Entry]) -> dict[tuple[str, str], set[AccountKey]]:
     return out
 
 
-def bertha_left(env: Env) -> tuple[int, int]:
-    client = redis_client(env.settings)
+DONE = ("processed", "dead_lettered")  # legacy's stats of the tasks it finished
+
+
+def bertha_left_in(settings: Settings) -> tuple[int, int]:
+    """Big Bertha's pending fields and unfinished batches."""
+    client = redis_client(settings)
     try:
-        bertha = BigBertha(client, RedisKeys.of(env.settings.redis))
+        bertha = BigBertha(client, RedisKeys.of(settings.redis))
         return bertha.pending_fields(), len(list(bertha.batch_ids()))
     finally:
         client.close()
 
 
+def bertha_left(env: Env) -> tuple[int, int]:
+    return bertha_left_in(env.settings)
+
+
 def done(env: Env) -> int:
     stats = env.stats()
-    return stats.get("processed", 0) + stats.get("dead_lettered", 0)
+    return sum(stats.get(k, 0) for k in DONE)
 
 
 def worker(env: Env, name: str) -> WorkerProcess:
@@ -124,6 +135,10 @@ def worker(env: Env, name: str) -> WorkerProcess:
         loglevel="INFO",  # Celery's "Canceling queue" / "Started consuming" lines
     )
     return start_worker(env.settings, options, env.tmp / f"{name}.log")
+
+
+def whole_log(process: WorkerProcess) -> str:
+    return process.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 def workers_queues(env: Env) -> dict[str, list[str]]:
@@ -225,7 +240,7 @@ def test_stop_under_traffic_reconnect_new_worker_resume(env: Env) -> None:
             lambda: (old, first.log_tail(20)),
             "the worker reconnected",
         )
-        assert "Connection to broker lost" in first.log_tail(400)
+        assert "Connection to broker lost" in whole_log(first)
         # it answers on its new connection, so its consumer restarted past basic.consume
         wait_for(
             lambda: "w1@handover" in workers_queues(env),
@@ -234,7 +249,7 @@ def test_stop_under_traffic_reconnect_new_worker_resume(env: Env) -> None:
         )
         assert queue not in workers_queues(env)["w1@handover"]
         assert queue_counts(env.settings).consumers == 0
-        assert "legacy consuming is off" in first.log_tail(400)  # on its reconnect
+        assert "legacy consuming is off" in whole_log(first)  # on its reconnect
 
         # a worker started while stopped does not consume either
         second = worker(env, "w2")
@@ -244,7 +259,7 @@ def test_stop_under_traffic_reconnect_new_worker_resume(env: Env) -> None:
             "the new worker answers",
         )
         assert queue not in workers_queues(env)["w2@handover"]
-        assert "legacy consuming is off" in second.log_tail(400)
+        assert "legacy consuming is off" in whole_log(second)
         assert queue_counts(env.settings).consumers == 0
         assert done(env) == stopped
         assert queue_counts(env.settings).ready == len(lines) - stopped
@@ -312,3 +327,65 @@ def test_backfilled_uniques_are_not_counted_again(env: Env) -> None:
         for key, (count, _) in only_b.items()
     }
     assert as_sets(check_uniques(env.settings)) == uniques_of(lines)
+
+
+def test_a_worker_that_cannot_read_the_flag_consumes_only_once_it_can(env: Env) -> None:
+    """Redis unreachable when the worker's consumer starts: it does not consume (the flag is
+    unknown); once a Redis answers (here a throwaway server on the port the worker uses,
+    flag clear) it consumes and counts."""
+    from services.redis import RedisService
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    settings = env.settings.model_copy(
+        update={
+            "services": env.settings.services.model_copy(update={"data_dir": env.tmp / "data"}),
+            "redis": env.settings.redis.model_copy(update={"port": port, "password": None}),
+        }
+    )
+    server = RedisService(settings)
+    server.dir.mkdir(parents=True, exist_ok=True)
+    server.configure()
+    lines = events(200, seed=23)
+    queue = settings.rabbitmq.legacy_queue
+    options = WorkerOptions(concurrency=2, flush_interval_s=0.2, hostname="w@noredis")
+    process = start_worker(settings, options, env.tmp / "w.log")
+    redis_server: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(
+            lambda: "w@noredis" in workers_queues(env),
+            lambda: process.log_tail(20),
+            "the worker answers",
+        )
+        assert queue not in workers_queues(env)["w@noredis"]
+        assert "cannot read legacy's consuming flag" in whole_log(process)
+        publish_lines(settings.rabbitmq, lines)
+        counts = queue_counts(env.settings)
+        assert (counts.ready, counts.consumers) == (len(lines), 0)
+
+        with (server.dir / "redis.out").open("ab") as out:
+            redis_server = subprocess.Popen(
+                server.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+        def counted() -> int:
+            try:
+                return sum(read_status(settings, ask_workers=False).stats.get(k, 0) for k in DONE)
+            except redis.RedisError:
+                return -1
+
+        wait_for(
+            lambda: counted() == len(lines) and bertha_left_in(settings) == (0, 0),
+            lambda: (counted(), queue_counts(env.settings), process.log_tail(20)),
+            "the worker consumes once the flag can be read",
+        )
+        assert queue in workers_queues(env)["w@noredis"]
+    finally:
+        process.stop()
+        if redis_server is not None:
+            redis_server.kill()
+            redis_server.wait(30)
+    truth = recount(lines)
+    assert env.account() == account(truth)
+    assert env.customer() == customer(truth)
