@@ -208,3 +208,28 @@ def test_a_bridge_that_cannot_start_is_stopped_and_said_why(env: Env) -> None:
     state = manage.status(nowhere, "live")
     assert not state["running"] and state["pid"] is None
     assert not manage.paths(nowhere, "live").pid.exists()
+
+
+def test_stopped_mid_stream_and_started_again_loses_nothing(env: Env) -> None:
+    """What a rollback does to the live bridge: stopped while messages flow, what it had
+    not acked stays in the queue, and the next start forwards it (duplicates possible,
+    nothing lost)."""
+    s, rmq, n = env.settings, env.settings.rabbitmq, 3000
+    manage.start(s, "shadow")
+    env.publish([celery_message(event(i), task_id=f"t{i}") for i in range(n)])
+    wait_for("some messages acked", acked(env, "shadow", 200))
+    stopped = manage.stop(s, "shadow")
+    assert stopped["stopped_cleanly"] and stopped["exit_code"] == 0, stopped
+    first = stopped["totals"]
+    assert first["acked"] <= first["produced"] + first["dead_lettered"]
+    left = env.depth(rmq.shadow_queue)
+    assert left == n - first["acked"]  # every message not acked went back to the queue
+
+    again = manage.start(s, "shadow")
+    assert not again["already_running"]
+    wait_for("the rest acked", acked(env, "shadow", left))
+    assert wait_for("the mirror drained", lambda: env.depth(rmq.shadow_queue) == 0 or None)
+    manage.stop(s, "shadow")
+    records = read_topic(s, s.kafka.topic, n)
+    ids = {json.loads(r.value())["event_id"] for r in records}
+    assert ids == {f"E{i}" for i in range(n)}
