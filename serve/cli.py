@@ -33,7 +33,13 @@ def serve(
 
     host = host or settings.serve.host
     port = port or settings.serve.port
-    app = create_app(Service(settings, experiment_share))
+    service = Service(settings, experiment_share)
+    try:  # connect and read the stage first: an unreachable store is one line, exit 2
+        service.start()
+    except Exception as exc:
+        service.stop()
+        raise Failure(f"cannot start: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    app = create_app(service)
     click.echo(
         f"abacus serve: http://{host}:{port} (stage followed every "
         f"{settings.serve.stage_refresh_s}s; auth {'on' if settings.serve.token else 'off'})"

@@ -28,6 +28,7 @@ class Service:
         self._session: Any = None
         self._stores: dict[str, CounterStore] = {}
         self._keyspaces: dict[str, str] = {}
+        self._started = False
         self._stage_store: StageStore | None = None
 
     # -- life -----------------------------------------------------------------------------
@@ -39,12 +40,17 @@ class Service:
             self._stage_store = StageStore(self._session, self.settings.cassandra)
 
     def start(self) -> None:
-        """Connect, read the stage (fails if the ops keyspace cannot be read), poll it."""
+        """Connect, read the stage (fails if the ops keyspace cannot be read), poll it;
+        once (the CLI starts it before uvicorn, the app's lifespan again)."""
+        if self._started:
+            return
         self.connect()
         self.follower.start()
         self.experiment.start()
+        self._started = True
 
     def stop(self) -> None:
+        self._started = False
         self.follower.stop()
         self.experiment.stop()
         if self._session is not None:

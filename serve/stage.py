@@ -60,6 +60,7 @@ class StageFollower:
 
     def start(self) -> None:
         self.refresh()
+        self._stop.clear()
         self._thread = threading.Thread(target=self._poll, name="stage", daemon=True)
         self._thread.start()
 
@@ -71,6 +72,7 @@ class StageFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            self._thread = None
 
     def status(self) -> dict[str, Any]:
         view = self.view
