@@ -257,21 +257,13 @@ def history(settings: Settings, limit: int, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=1, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("at", "kind", "from", "to", "who", "host", "state", "forced", "reason", "audits")
-    for r in rows:
-        table.add_row(
-            _when(r["at_ms"]),
-            term(r["kind"]),
-            term(r["from_stage"]),
-            term(r["to_stage"]),
-            term(r["who"]),
-            term(r["host"]),
-            term(r["state"]),
-            "yes" if r["forced"] else "no",
-            term(r["reason"] or "-"),
-            term(", ".join(r["audit_ids"]) or "-"),
+    for r in rows:  # one line each: a table of ten columns does not fit a terminal
+        click.echo(
+            term(
+                f"{_when(r['at_ms'])}  {r['kind']} {r['from_stage']} -> {r['to_stage']}  "
+                f"{r['state']}  by {r['who']}@{r['host']}"
+                + ("  FORCED" if r["forced"] else "")
+                + (f"  reason: {r['reason']}" if r["reason"] else "")
+                + (f"  audits: {', '.join(r['audit_ids'])}" if r["audit_ids"] else "")
+            ).plain
         )
-    Console().print(table)
