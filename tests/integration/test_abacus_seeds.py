@@ -2,13 +2,14 @@
 
 As the hand-over does it, on a fresh live topic of the test's own: seeds written
 (`abacus.seeds.write_seeds`), the jobs started on that topic (`--topic`; the run's default
-topic holds other events, which must not count) and drained, then the events. The
-statistic job's uniques equal `Recount` with the seeds absorbed, exactly, and differ from
-`Recount` without them; the customer job ignores seeds (its counts equal the recount); a
-record with the seed header that is no seed is dead-lettered as `bad_seed`, and a body
-shaped like a seed without the header is an event (here an invalid one); nothing else is
-dead-lettered. `counted_uniques` reads back, per (company, customer), the keys of the first
-deliveries and of the seeds.
+topic holds other events, which must not count) and drained, then the events. In between,
+the statistic job is stopped with a savepoint and restored (the absorbed seeds are its
+state). The statistic job's uniques equal `Recount` with the seeds absorbed, exactly, and
+differ from `Recount` without them; the customer job ignores seeds (its counts equal the
+recount); a record with the seed header that is no seed is dead-lettered as `bad_seed`, and
+a body shaped like a seed without the header is an event (here an invalid one); nothing else
+is dead-lettered. `counted_uniques` reads back, per (company, customer), the keys of the
+first deliveries and of the seeds.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def test_seeded_jobs_count_uniques_as_recount_with_seeds(run: Run, live: str) ->
     assert {s.topic for s in states} == {live}
     names = [run.name("statistic"), run.name("customer")]
     manager.wait_drained(run.settings, names, 300)
+    # the absorbed seeds are in the job's state: they survive a stop and a restore
+    stopped = manager.stop(run.settings, run.name("statistic"), savepoint=True)
+    restarted = manager.start(run.settings, "statistic", "shadow", run.options(topic=live))
+    assert restarted.restored_from == stopped.savepoint, (restarted, stopped)
     # ... then the events, keyed by company as the bridge keys them
     _produce(
         run,
