@@ -583,8 +583,10 @@ def test_transient_redis_errors_are_retried_then_counted(
 def test_an_event_that_cannot_be_counted_is_dead_lettered_with_its_reason(
     env: Env, private_redis: PrivateRedis
 ) -> None:
-    """Redis stays down past the retry budget: each event is dead-lettered as redis_error
-    (nothing counted, nothing acked into oblivion); once Redis is back, counting resumes."""
+    """Redis goes down under a consuming worker and stays down past the retry budget: each
+    event is dead-lettered as redis_error (nothing counted, nothing acked into oblivion);
+    once Redis is back, counting resumes. (Down when the worker starts, it would not consume
+    at all: it cannot read legacy's consuming flag, test_legacy_handover.)"""
     settings = env.settings.model_copy(
         update={
             "redis": private_redis.settings.redis.model_copy(
@@ -594,8 +596,15 @@ def test_an_event_that_cannot_be_counted_is_dead_lettered_with_its_reason(
     )
     env = Env(settings, env.session, env.store, env.tmp)
     lines = [json.dumps(e) for e in generate(GeneratorConfig(n=4, seed=9, companies=1))]
+    private_redis.start()
     process = worker(env, redis_timeout_s=0.5, retry_budget_s=1.0)
     try:
+        wait_for(
+            "the worker consuming",
+            lambda: read_status(env.settings, ask_workers=False).consumers > 0,
+            lambda: process.log_tail(),
+        )
+        private_redis.kill()
         publish_lines(env.settings.rabbitmq, lines[:3])
         wait_for(
             "three dead letters",
