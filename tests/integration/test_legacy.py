@@ -538,8 +538,9 @@ def test_a_message_that_kills_the_worker_is_reported_at_once(env: Env) -> None:
 def test_transient_redis_errors_are_retried_then_counted(
     env: Env, private_redis: PrivateRedis
 ) -> None:
-    """Redis refuses connections (down), then stalls every write (CLIENT PAUSE: each call
-    times out): the tasks retry with backoff and every event is counted exactly once."""
+    """Redis refuses connections (down under a consuming worker), then stalls every write
+    (CLIENT PAUSE: each call times out): the tasks retry with backoff and every event is
+    counted exactly once."""
     settings = env.settings.model_copy(
         update={
             "redis": private_redis.settings.redis.model_copy(
@@ -551,9 +552,16 @@ def test_transient_redis_errors_are_retried_then_counted(
     config = GeneratorConfig(n=40, seed=8, companies=2, customers=10, facets=2)
     lines = [json.dumps(e) for e in generate(config)]
     first, second = lines[:20], lines[20:]
+    private_redis.start()  # a worker that cannot read legacy's consuming flag does not consume
     process = worker(env, redis_timeout_s=0.5, retry_budget_s=120.0)
     try:
-        publish_lines(env.settings.rabbitmq, first)  # Redis is not running yet
+        wait_for(
+            "the worker consuming",
+            lambda: read_status(env.settings, ask_workers=False).consumers > 0,
+            lambda: process.log_tail(),
+        )
+        private_redis.kill()
+        publish_lines(env.settings.rabbitmq, first)  # Redis is not running
         wait_for(
             "a task to retry",
             lambda: "retrying" in process.log_tail(400),
