@@ -25,6 +25,7 @@ it was in, or undone by the reverse transition's steps.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cutover.machine import Context, Gate, Step, Transition, Transitions
@@ -92,13 +93,26 @@ def _ping(name: str, settings: Settings) -> str:
     return "ok"
 
 
+def last_audited_date(now_s: float | None = None) -> str:
+    """The latest date that is over in every time zone (`counting.buckets.date_over_s`):
+    the last date a daily audit can have judged. Yesterday (UTC) from 12:00 UTC on, the day
+    before until then, so the gate never waits for an audit that cannot have run yet."""
+    from counting.buckets import date_over_s
+
+    now_s = time.time() if now_s is None else now_s
+    day = datetime.fromtimestamp(now_s, UTC).date() - timedelta(days=1)
+    while date_over_s(day.isoformat()) > now_s:
+        day -= timedelta(days=1)
+    return day.isoformat()
+
+
 def audits_gate(settings: Settings) -> Gate:
-    """The last `cutover.gate_days` dates (until yesterday, UTC) each have a clean
+    """The last `cutover.gate_days` dates that are over everywhere each have a clean
     full-scope audit of legacy vs shadow with the truth (`abacus audits run`)."""
     from compare.audits import last_clean_days
 
     n = settings.cutover.gate_days
-    days = last_clean_days(settings, "legacy", "shadow", n)
+    days = last_clean_days(settings, "legacy", "shadow", n, until=last_audited_date())
     return Gate(
         f"{n} consecutive clean daily audits of legacy vs shadow with the truth "
         f"(the last ending {days.days[-1].date})",

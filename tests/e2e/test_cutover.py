@@ -430,17 +430,17 @@ def test_cutover_legacy_shadow_m1_rollback_m1(installation: Settings, tmp_path: 
         assert audit.returncode in (0, 1), audit.stderr  # recorded, clean or not
 
         # shadow -> m1, forced (the audit saw legacy's events from before the mirror existed)
-        consumers.on.set()
         cutover(s, "advance", "--to", "m1", "--yes", "--force", "--reason", "pre-mirror events")
+        consumers.on.set()  # m1 from here on
         doc = status(s)
         assert doc["stage"] == "m1" and doc["healthy"], unhealthy(doc)
         expect_reads(s, "m1", *who)
         traffic.more(200)
 
         # two operators roll back at once: one wins, the other is refused
+        consumers.on.clear()  # m1 ends as the rollback begins
         ops = [operator(s, "cutover", "rollback", "--yes", "--reason", "drill") for _ in range(2)]
         outcomes = sorted((p.wait(DEADLINE_S), p.stderr.read() if p.stderr else "") for p in ops)
-        consumers.on.clear()
         assert [code for code, _ in outcomes] == [0, 1], outcomes
         assert "another operator" in outcomes[1][1] or "owner is alive" in outcomes[1][1], outcomes
         assert status(s)["stage"] == "shadow"
@@ -463,12 +463,12 @@ def test_cutover_legacy_shadow_m1_rollback_m1(installation: Settings, tmp_path: 
             doc = status(s)
             assert doc["transition"] is not None and doc["transition"]["to"] == "m1", doc
             assert doc["stage"] == "shadow" and not doc["healthy"]
-            consumers.on.set()
             # the killed owner's lease runs out, then the next advance carries on
             resumed = abacus(s, "cutover", "advance", "--to", "m1", "--yes")
             while resumed.returncode == 1 and "owner is alive" in resumed.stderr:
                 resumed = abacus(s, "cutover", "advance", "--to", "m1", "--yes")
             assert resumed.returncode == 0, f"{resumed.stdout}\n{resumed.stderr}"
+            consumers.on.set()  # m1 again
             doc = status(s)
             assert doc["stage"] == "m1" and doc["epoch"] == 2, doc
             assert doc["healthy"], unhealthy(doc)
