@@ -452,10 +452,15 @@ def _jobs_health(settings: Settings, names: list[str]) -> list[dict[str, Any]]:
 
 def _consumers_health(settings: Settings, stage: str) -> dict[str, Any]:
     try:
-        tags = [c.get("consumer_tag") or "" for c in legacy_consumers(settings)]
+        consumers = legacy_consumers(settings)
     except Exception as exc:
         return {"component": "legacy queue consumers", "ok": False, "detail": str(exc)[:200]}
+    tags = [c.get("consumer_tag") or "" for c in consumers]
     live = [t for t in tags if t.startswith(LIVE_TAG)]
+    shown = [  # Celery's tags say nothing (None<n>): its connection says who
+        t if t.startswith(LIVE_TAG) else f"{t} from {c.get('peer_host')}:{c.get('peer_port')}"
+        for t, c in zip(tags, consumers, strict=True)
+    ]
     if stage == "m1":
         ok = bool(live) and len(live) == len(tags)
         want = "only the live bridge"
@@ -465,7 +470,7 @@ def _consumers_health(settings: Settings, stage: str) -> dict[str, Any]:
     return {
         "component": "legacy queue consumers",
         "ok": ok,
-        "detail": f"{len(tags)}: {', '.join(tags) or 'none'} (expected {want})",
+        "detail": f"{len(tags)}: {', '.join(shown) or 'none'} (expected {want})",
     }
 
 

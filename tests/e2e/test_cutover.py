@@ -515,6 +515,22 @@ def test_cutover_legacy_shadow_m1_rollback_m1(installation: Settings, tmp_path: 
             ], got
             assert history[0]["reason"] == "again" and history[2]["reason"] == "pre-mirror events"
             assert all(h["who"] and h["host"] for h in history)
+
+            # back to legacy: leaving shadow removes what entering it started
+            cutover(s, "rollback", "--yes")
+            cutover(s, "rollback", "--yes")
+            doc = status(s)
+            assert doc["stage"] == "legacy" and doc["healthy"] and doc["components"], doc
+            assert [c["component"] for c in doc["components"]] == ["legacy queue consumers"]
+            from abacus import manager
+            from bridge import manage
+            from bridge.rabbit import queue_depth
+
+            assert not any(manage.status(s, n)["running"] for n in ("live", "shadow"))
+            running = [j.name for j in manager.statuses(s) if j.status in manager.RUNNING]
+            assert not running, running
+            assert queue_depth(s.rabbitmq, s.rabbitmq.shadow_queue) is None  # mirror removed
+            expect_reads(s, "legacy", *who)
         finally:
             session.cluster.shutdown()
     finally:
