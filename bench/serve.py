@@ -390,9 +390,10 @@ def render(result: dict[str, Any]) -> str:
 @click.option(
     "--connections",
     type=click.IntRange(1, 10_000),
-    default=32,
+    default=8,
     show_default=True,
-    help="wrk connections kept open.",
+    help="wrk connections kept open (each waits for its answer: more connections queue "
+    "in the server once it is saturated, raising p99, not req/s).",
 )
 @seed(1, help="The keys' counts and the queries' order.")
 @output_format("table", "json")
