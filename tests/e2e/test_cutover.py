@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,22 +56,13 @@ from services import procs
 from services.paths import data_dir
 from settings.model import Settings
 from shadow.installation import overrides
+from tests.integration.abacus_runs import first_differences
+from tests.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
 RATE = 25.0  # events/s, steady
 DEADLINE_S = 600.0
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not true after {timeout_s:.0f} s (last seen: {last!r})")
 
 
 @dataclass
@@ -304,22 +295,24 @@ def drained(s: Settings, epoch: int) -> None:
     from bridge import manage
     from legacy.handover import queue_counts
 
-    def legacy_queue_empty() -> Any:
-        q = queue_counts(s)
-        return (q.ready, q.unacked) == (0, 0) or q
-
-    wait_until("the legacy queue empty (the live bridge took everything)", legacy_queue_empty)
+    wait_for(
+        "the legacy queue empty (the live bridge took everything)",
+        lambda: queue_counts(s),
+        lambda q: (q.ready, q.unacked) == (0, 0),
+        DEADLINE_S,
+    )
     for name in ("live", "shadow"):
-        wait_until(
+        wait_for(
             f"the {name} bridge has nothing in flight",
-            lambda name=name: (
-                (manage.status(s, name).get("in_flight") == 0) or manage.status(s, name)
-            ),
+            lambda name=name: manage.status(s, name),
+            lambda st: st.get("in_flight") == 0,
+            DEADLINE_S,
         )
-    mirror = s.rabbitmq.shadow_queue
-    wait_until(
+    wait_for(
         "the mirror queue empty",
-        lambda: queue_counts(s, mirror).ready == 0 or queue_counts(s, mirror),
+        lambda: queue_counts(s, s.rabbitmq.shadow_queue),
+        lambda q: (q.ready, q.unacked) == (0, 0),
+        DEADLINE_S,
     )
     names = job_names("serving", serving_prefix(epoch)) + job_names("shadow", "cutover-")
     manager.wait_drained(s, names, DEADLINE_S)
@@ -383,17 +376,6 @@ def topic_values(s: Settings, topic: str) -> list[bytes]:
         return values
     finally:
         consumer.close()
-
-
-def differences(got: dict[Any, Any], want: dict[Any, Any]) -> list[Any]:
-    return sorted(
-        (
-            (k, got.get(k), want.get(k))
-            for k in got.keys() | want.keys()
-            if got.get(k) != want.get(k)
-        ),
-        key=str,
-    )
 
 
 def test_cutover_legacy_shadow_m1_rollback_m1(installation: Settings, tmp_path: Path) -> None:
@@ -481,18 +463,18 @@ def test_cutover_legacy_shadow_m1_rollback_m1(installation: Settings, tmp_path: 
             # the serving tables: every event, counted exactly once, uniques exact
             want_account, want_customer = recount_counts(published)
             got_account, got_customer = store_counts(s, "serving")
-            assert not differences(got_account, want_account)[:5], (
+            assert not first_differences(got_account, want_account)[:5], (
                 f"serving account counters differ from the recount of {len(published)} events: "
-                f"{differences(got_account, want_account)[:5]}"
+                f"{first_differences(got_account, want_account)[:5]}"
             )
-            assert got_customer == want_customer, differences(got_customer, want_customer)[:5]
+            assert got_customer == want_customer, first_differences(got_customer, want_customer)[:5]
             # the shadow store: every event the mirror topic holds
             mirrored = topic_values(s, s.kafka.topic)
             assert 0 < len(mirrored) < len(published)
             want_account, want_customer = recount_counts(mirrored)
             got_account, got_customer = store_counts(s, "shadow")
-            assert got_account == want_account, differences(got_account, want_account)[:5]
-            assert got_customer == want_customer, differences(got_customer, want_customer)[:5]
+            assert got_account == want_account, first_differences(got_account, want_account)[:5]
+            assert got_customer == want_customer, first_differences(got_customer, want_customer)[:5]
 
             # during m1, the legacy queue's only consumer was the live bridge
             assert consumers.seen, "no consumer sample taken during m1"

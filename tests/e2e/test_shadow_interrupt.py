@@ -18,6 +18,7 @@ from abacus import manager
 from services import procs
 from settings.model import Settings
 from shadow.installation import runs_dir
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -31,16 +32,6 @@ def run_doc(settings: Settings, owner: int) -> dict[str, Any] | None:
         if doc.get("owner_pid") == owner:
             return doc
     return None
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ctrl_c_stops_every_component(
@@ -82,15 +73,15 @@ def test_ctrl_c_stops_every_component(
                 return {**doc, "job_pids": [s.pid for s in states if s is not None]}
             return None
 
-        doc = wait_for(started, 600, "the run's components to start")
+        doc = wait_until("the run's components to start", started, 600, 1.0)
         children = [*doc["pids"], *doc["job_pids"]]
         assert all(procs.alive(pid) for pid in children)
         time.sleep(5)  # publishing is under way
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=300)
         assert process.returncode == 130, err[-3000:]
-        wait_for(
-            lambda: not any(procs.alive(pid) for pid in children), 60, "every component to exit"
+        wait_until(
+            "every component to exit", lambda: not any(procs.alive(pid) for pid in children), 60
         )
         for name in doc["jobs"].values():
             state = manager.status(settings, name)

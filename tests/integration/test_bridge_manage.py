@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -20,10 +19,9 @@ from services import procs
 from services.rabbitmq import BIN, RabbitService
 from settings.model import Settings
 from tests.integration.bridge_env import REPO, Env, celery_message, event, isolated, read_topic
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -32,18 +30,6 @@ def env(settings: Settings, services_up: Any, tmp_path: Path) -> Iterator[Env]:
         yield e
         for name in manage.names(e.settings):  # never leave a bridge running
             manage.stop(e.settings, name, timeout_s=60)
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120) -> T:
-    """Poll `probe` until it returns something truthy; fail saying what was last seen."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 @pytest.fixture
@@ -98,7 +84,7 @@ def test_shadow_bridge_started_counted_and_stopped_without_loss(
         manage.start(s, "shadow", topic=f"{s.kafka.topic}.other")
 
     env.publish([celery_message(event(i), task_id=f"t{i}") for i in range(n)])
-    seen = wait_for(f"{n} messages acked", acked(env, "shadow", n))
+    seen = wait_until(f"{n} messages acked", acked(env, "shadow", n))
     assert seen["running"] and seen["pid"] == pid and seen["connected"]
     assert seen["totals"]["consumed"] >= n and seen["totals"]["produced"] >= n
     assert [b["name"] for b in manage.ps(s)] == ["shadow"]
@@ -147,7 +133,7 @@ def test_live_bridge_from_the_cli_is_the_legacy_queues_only_consumer(
     assert ctl(rmq.legacy_queue) == [doc["consumer_tag"]]
 
     env.publish([celery_message(event(i), task_id=f"t{i}") for i in range(50)])
-    wait_for("50 messages acked", acked(env, "live", 50))
+    wait_until("50 messages acked", acked(env, "live", 50))
     listed = abacus("ps")
     assert listed.returncode == 0, listed.stderr
     (row,) = [b for b in json.loads(listed.stdout) if b["name"] == "live"]
@@ -170,7 +156,7 @@ def test_remove_mirror_refused_while_consumed_then_idempotent(env: Env) -> None:
     s, rmq = env.settings, env.settings.rabbitmq
     manage.start(s, "shadow")
     env.publish([celery_message(event(i), task_id=f"t{i}") for i in range(20)])
-    wait_for("20 messages acked", acked(env, "shadow", 20))
+    wait_until("20 messages acked", acked(env, "shadow", 20))
     with pytest.raises(manage.BridgeError, match="has a consumer"):
         manage.remove_mirror(s)
     assert rabbit.queue_depth(rmq, rmq.shadow_queue) is not None  # still there
@@ -217,7 +203,7 @@ def test_stopped_mid_stream_and_started_again_loses_nothing(env: Env) -> None:
     s, rmq, n = env.settings, env.settings.rabbitmq, 3000
     manage.start(s, "shadow")
     env.publish([celery_message(event(i), task_id=f"t{i}") for i in range(n)])
-    wait_for("some messages acked", acked(env, "shadow", 200))
+    wait_until("some messages acked", acked(env, "shadow", 200))
     stopped = manage.stop(s, "shadow")
     assert stopped["stopped_cleanly"] and stopped["exit_code"] == 0, stopped
     first = stopped["totals"]
@@ -227,8 +213,8 @@ def test_stopped_mid_stream_and_started_again_loses_nothing(env: Env) -> None:
 
     again = manage.start(s, "shadow")
     assert not again["already_running"]
-    wait_for("the rest acked", acked(env, "shadow", left))
-    assert wait_for("the mirror drained", lambda: env.depth(rmq.shadow_queue) == 0 or None)
+    wait_until("the rest acked", acked(env, "shadow", left))
+    assert wait_until("the mirror drained", lambda: env.depth(rmq.shadow_queue) == 0 or None)
     manage.stop(s, "shadow")
     records = read_topic(s, s.kafka.topic, n)
     ids = {json.loads(r.value())["event_id"] for r in records}

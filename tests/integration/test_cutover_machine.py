@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,10 @@ import pytest
 from cutover.machine import GateFailed, Machine, Refused
 from cutover.state import StageStore, TransitionLog
 from settings.model import Settings
-from storage import connect, keyspace_of, statements
+from storage import connect
+from tests.integration.cutover_env import private_ops
 from tests.integration.cutover_fake import transitions
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +31,8 @@ LEASE_S = 2.0
 def env(
     settings: Settings, services_up: object, tmp_path: Path
 ) -> Iterator[tuple[Settings, Path, str]]:
-    prefix = f"t{uuid.uuid4().hex[:8]}_"
-    cass = settings.cassandra.model_copy(update={"keyspace_prefix": prefix})
-    session = connect(cass)
-    for cql in statements(cass):
-        if ".cutover" in cql or (cql.startswith("CREATE KEYSPACE") and "abacus_ops" in cql):
-            session.execute(cql, timeout=120)
-    yield settings.model_copy(update={"cassandra": cass}), tmp_path, prefix
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace_of(cass, 'ops')}", timeout=120)
-    session.cluster.shutdown()
+    with private_ops(settings) as (isolated, _, prefix):
+        yield isolated, tmp_path, prefix
 
 
 def operator(root: Path, prefix: str, *args: str) -> subprocess.Popen[str]:
@@ -66,17 +60,6 @@ def finish(proc: subprocess.Popen[str], timeout_s: float = 120) -> tuple[int, st
 def journal(root: Path) -> list[str]:
     path = root / "journal"
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_until(what: str, check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout_s} s (last: {value!r})")
-        time.sleep(0.1)
 
 
 def lease_expired(store: StageStore) -> None:

@@ -10,22 +10,15 @@ import pytest
 
 from cutover.state import INITIAL, Conflict, StageStore, TransitionLog
 from settings.model import Settings
-from storage import connect, keyspace_of, statements
+from tests.integration.cutover_env import private_ops
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def ops(settings: Settings, services_up: object) -> Iterator[tuple[Settings, object]]:
-    prefix = f"t{uuid.uuid4().hex[:8]}_"
-    cass = settings.cassandra.model_copy(update={"keyspace_prefix": prefix})
-    session = connect(cass)
-    for cql in statements(cass):
-        if ".cutover" in cql or (cql.startswith("CREATE KEYSPACE") and "abacus_ops" in cql):
-            session.execute(cql, timeout=120)
-    yield settings.model_copy(update={"cassandra": cass}), session
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace_of(cass, 'ops')}", timeout=120)
-    session.cluster.shutdown()
+    with private_ops(settings) as (isolated, session, _):
+        yield isolated, session
 
 
 def test_no_row_is_legacy_and_writes_are_compare_and_set(ops: tuple[Settings, object]) -> None:

@@ -9,11 +9,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,13 @@ from serve.service import Service
 from settings.model import Settings
 from storage import CounterStore, Prepared, connect, keyspace_of
 from storage import resources as storage_resources
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 STORES = ["legacy", "shadow", "ops"]
 C, S = "ACME", "opened"
-
-
-def _deadline(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    """Wait until check() returns something truthy; fail saying what was last seen."""
-    end = time.monotonic() + timeout_s
-    seen: Any = None
-    while time.monotonic() < end:
-        seen = check()
-        if seen:
-            return seen
-        time.sleep(0.05)
-    pytest.fail(f"{what}: not within {timeout_s}s; last seen {seen!r}")
 
 
 @pytest.fixture(scope="module")
@@ -247,11 +235,11 @@ def test_stage_followed_without_restart_and_experiment(env: tuple[Settings, Any]
         assert answered(equal)["stage"] == "legacy"
         assert client.get("/experiment").json()["sampled"] == 0  # no candidate in legacy
         _set_stage(settings, session, "shadow")
-        shadow = _deadline("the API follows shadow", lambda: _in_stage(answered(equal), "shadow"))
+        shadow = wait_until("the API follows shadow", lambda: _in_stage(answered(equal), "shadow"))
         assert (shadow["store"], shadow["candidate"]) == ("legacy", "shadow")
         answered(differ)
         answered(equal)
-        report = _deadline(
+        report = wait_until(
             "the experiment judges its samples",
             lambda: _judged(client.get("/experiment").json(), 3),
         )
@@ -270,11 +258,11 @@ def test_stage_followed_without_restart_and_experiment(env: tuple[Settings, Any]
         assert "abacus_serve_experiment_mismatches_total 1.0" in metrics
         assert "abacus_serve_experiment_compared_total 3.0" in metrics
         _set_stage(settings, session, "m1")
-        m1 = _deadline("the API follows m1", lambda: _in_stage(answered(equal), "m1"))
+        m1 = wait_until("the API follows m1", lambda: _in_stage(answered(equal), "m1"))
         assert m1["store"] == "serving"
         assert m1["keyspace"] == keyspace_of(settings.cassandra, "legacy")  # legacy's tables
         _set_stage(settings, session, "legacy")
-        _deadline("the API follows legacy", lambda: _in_stage(answered(equal), "legacy"))
+        wait_until("the API follows legacy", lambda: _in_stage(answered(equal), "legacy"))
 
 
 def _in_stage(answer: dict[str, Any], stage: str) -> dict[str, Any] | None:
@@ -334,7 +322,7 @@ def test_abacus_serve_binds_and_answers_over_http(env: tuple[Settings, Any]) -> 
             except OSError:
                 return False
 
-        _deadline("abacus serve answers /health", health)
+        wait_until("abacus serve answers /health", health)
         url = (
             f"{base}/v1/account-counts?company={C}&statistic={S}&resolution=day"
             "&from=2025-11-30&to=2025-12-01"
