@@ -12,7 +12,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -48,59 +47,14 @@ def _machine(settings: Settings, say: bool = True) -> Iterator[Any]:
         session.cluster.shutdown()
 
 
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def status_doc(settings: Settings, machine: Any) -> dict[str, Any]:
-    from cutover.machine import Refused, describe_transition
-    from cutover.stages import next_stage, previous_stage, read_stores
-    from cutover.steps import health
-
-    state = machine.store.get(serial=True)
-    doc: dict[str, Any] = {
-        "stage": state.stage,
-        "since": _when(state.since_ms),
-        "epoch": state.epoch,
-        "version": state.version,
-        "reads": dict(zip(("control", "candidate"), read_stores(state.stage), strict=True)),
-        "transition": None,
-        "components": health(settings, state.stage, state.epoch),
-        "next": None,
-        "rollback_to": previous_stage(state.stage),
-    }
-    if state.transition is not None:
-        t = state.transition
-        doc["transition"] = {
-            "summary": describe_transition(t),
-            "kind": t["kind"],
-            "from": t["from"],
-            "to": t["to"],
-            "step": t["step"] + 1,
-            "of": len(t["steps"]),
-            "steps": t["steps"],
-            "who": t["who"],
-            "host": t["host"],
-        }
-    following = next_stage(state.stage)
-    if following is not None and state.transition is None:
-        try:
-            plan = machine.plan_advance(following, state)
-            doc["next"] = {"stage": following, "gate": plan.gate.to_dict() if plan.gate else None}
-        except Refused as exc:
-            doc["next"] = {"stage": following, "refused": str(exc)}
-    doc["healthy"] = state.transition is None and all(c["ok"] for c in doc["components"])
-    return doc
-
-
 @cutover.command()
 @output_format("table", "json")
 @click.pass_obj
 def status(settings: Settings, fmt: str) -> None:
     """The stage, since when, what runs and whether it is healthy, and the gate to the next
     stage with its evidence."""
+    from cutover.status import status_doc
+
     with _machine(settings) as machine:
         doc = status_doc(settings, machine)
     if fmt == "json":
@@ -252,6 +206,8 @@ def rollback(settings: Settings, yes: bool, reason: str | None, fmt: str) -> Non
 @click.pass_obj
 def history(settings: Settings, limit: int, fmt: str) -> None:
     """Every transition, newest first: who, where, when, from, to, audits, forced, reason."""
+    from cutover.status import when
+
     with _machine(settings) as machine:
         rows = machine.history(limit)
     if fmt == "json":
@@ -260,7 +216,7 @@ def history(settings: Settings, limit: int, fmt: str) -> None:
     for r in rows:  # one line each: a table of ten columns does not fit a terminal
         click.echo(
             term(
-                f"{_when(r['at_ms'])}  {r['kind']} {r['from_stage']} -> {r['to_stage']}  "
+                f"{when(r['at_ms'])}  {r['kind']} {r['from_stage']} -> {r['to_stage']}  "
                 f"{r['state']}  by {r['who']}@{r['host']}"
                 + ("  FORCED" if r["forced"] else "")
                 + (f"  reason: {r['reason']}" if r["reason"] else "")

@@ -20,20 +20,25 @@ or active, before it flushes Big Bertha empty.
 
 RabbitMQ's own views (consumers with their tags, unacked counts) come from `rabbitmqctl`,
 run against the node `abacus services` runs (its node name and cookie from
-`services.rabbitmq`): the management plugin is not enabled there, and AMQP itself reports
-a queue's ready messages and consumer count only.
+`services.rabbitmq`), or against a cluster's node (`rabbitmq.ctl_node`, with its Erlang
+cookie `rabbitmq.ctl_cookie`): rabbitmqctl answers from the node itself, where the
+management API's figures are statistics sampled every few seconds (too stale to tell that
+nothing is unacked), and AMQP reports a queue's ready messages and consumer count only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from celery import Celery
@@ -66,36 +71,59 @@ class HandoverError(RuntimeError):
 
 
 def rabbitmqctl(settings: Settings, *args: str, timeout_s: float = RABBITMQCTL_TIMEOUT_S) -> str:
-    """Run `rabbitmqctl -q ARGS` against the node `abacus services` runs for these settings;
-    its output. Raises HandoverError when it cannot (not installed, node unreachable)."""
-    from services.rabbitmq import BIN, RabbitService
+    """Run `rabbitmqctl -q ARGS` against the node `abacus services` runs for these settings,
+    or, with `rabbitmq.ctl_node` set, against that node with `rabbitmq.ctl_cookie`; its
+    output. Raises HandoverError when it cannot (not installed, node unreachable)."""
+    from services.rabbitmq import BIN
 
-    service = RabbitService(settings)
-    cookie = service.dir / ".erlang.cookie"
-    if not cookie.is_file():  # the CLI's Erlang VM would die trying to create it
-        raise HandoverError(
-            f"rabbitmqctl needs the node's Erlang cookie, not found at {cookie}: RabbitMQ "
-            "is not run by `abacus services` under this services.data_dir"
-        )
-    command = [str(BIN / "rabbitmqctl"), "-q", *args]
-    try:
-        done = subprocess.run(
-            command,
-            # no erl_crash.dump in the working directory if the CLI's VM dies
-            env={**os.environ, **service.environment(), "ERL_CRASH_DUMP_BYTES": "0"},
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise HandoverError(f"rabbitmqctl {args[0]}: {type(exc).__name__}: {exc}") from exc
+    with _ctl_environment(settings) as (env, node):
+        command = [str(BIN / "rabbitmqctl"), "-q", *(["-n", node] if node else []), *args]
+        try:
+            done = subprocess.run(
+                command,
+                # no erl_crash.dump in the working directory if the CLI's VM dies
+                env={**env, "ERL_CRASH_DUMP_BYTES": "0"},
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HandoverError(f"rabbitmqctl {args[0]}: {type(exc).__name__}: {exc}") from exc
     if done.returncode != 0:
         raise HandoverError(
-            f"rabbitmqctl {args[0]} (node {service.nodename}) exited {done.returncode}: "
-            + (done.stderr or done.stdout).strip()[:500]
+            f"rabbitmqctl {args[0]} (node {node or 'of abacus services'}) exited "
+            f"{done.returncode}: " + (done.stderr or done.stdout).strip()[:500]
         )
     return done.stdout
+
+
+@contextlib.contextmanager
+def _ctl_environment(settings: Settings) -> Iterator[tuple[dict[str, str], str | None]]:
+    """rabbitmqctl's environment and node: the local service's, or a cluster node's with
+    its cookie in a private HOME (mode 0600), never on the command line."""
+    from services.rabbitmq import RabbitService
+
+    rabbit = settings.rabbitmq
+    if rabbit.ctl_node is None:
+        service = RabbitService(settings)
+        cookie = service.dir / ".erlang.cookie"
+        if not cookie.is_file():  # the CLI's Erlang VM would die trying to create it
+            raise HandoverError(
+                f"rabbitmqctl needs the node's Erlang cookie, not found at {cookie}: RabbitMQ "
+                "is not run by `abacus services` under this services.data_dir (for another "
+                "RabbitMQ set rabbitmq.ctl_node and rabbitmq.ctl_cookie)"
+            )
+        yield {**os.environ, **service.environment()}, None
+        return
+    if rabbit.ctl_cookie is None:
+        raise HandoverError("rabbitmq.ctl_node is set: rabbitmq.ctl_cookie is needed too")
+    with tempfile.TemporaryDirectory(prefix="abacus-ctl-") as home:
+        path = Path(home) / ".erlang.cookie"
+        path.write_text(rabbit.ctl_cookie.get_secret_value())
+        path.chmod(0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        yield {**env, "HOME": home, "ERL_EPMD_PORT": str(rabbit.ctl_epmd_port)}, rabbit.ctl_node
 
 
 def _listing(settings: Settings, what: str, *columns: str) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The HTTP JSON API (FastAPI): the product's two queries, the stage, the experiment, and
 Prometheus metrics. Every answer says which stage and store answered it.
 
+    GET /                         the console page (HTML: stage, audits, pipelines, history)
     GET /health                   no auth: {"status": "ok"}
     GET /v1/account-counts        company, statistic, resolution, from, to[, facet, value]
     GET /v1/customer-counts       company, customer, statistic, resolution, from, to
@@ -14,6 +15,7 @@ needs `Authorization: Bearer <token>` (else 401).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -38,7 +40,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 HEALTH = "/health"
 ACCOUNT = "/v1/account-counts"
 CUSTOMER = "/v1/customer-counts"
-ROUTES = (HEALTH, ACCOUNT, CUSTOMER, "/stage", "/experiment", "/metrics")
+CONSOLE = "/"
+ROUTES = (HEALTH, ACCOUNT, CUSTOMER, "/stage", "/experiment", "/metrics", CONSOLE)
 _PARAMS = {
     ACCOUNT: {"company", "statistic", "resolution", "from", "to", "facet", "value"},
     CUSTOMER: {"company", "customer", "statistic", "resolution", "from", "to"},
@@ -176,6 +179,14 @@ def create_app(service: Service) -> FastAPI:
                 **service.experiment.snapshot(),
             }
         )
+
+    @app.get(CONSOLE)
+    async def console() -> Response:
+        try:
+            page = await asyncio.to_thread(service.console_page)
+        except Exception as exc:  # Cassandra unreachable: say so, not a stack trace
+            return _error(503, f"console unavailable: {type(exc).__name__}")
+        return Response(page, media_type="text/html; charset=utf-8")
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -4,6 +4,8 @@ followed, the experiment, and how a query is answered from the store the stage d
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 from cutover.state import StageState, StageStore
@@ -30,6 +32,8 @@ class Service:
         self._keyspaces: dict[str, str] = {}
         self._started = False
         self._stage_store: StageStore | None = None
+        self._console: tuple[float, str] | None = None
+        self._console_lock = threading.Lock()
 
     # -- life -----------------------------------------------------------------------------
 
@@ -57,6 +61,18 @@ class Service:
             self._session.cluster.shutdown()
             self._session = None
             self._stores.clear()
+
+    def console_page(self) -> str:
+        """The console page (`serve.console`), collected at most every CACHE_S seconds
+        (blocking: seconds of RabbitMQ, Kafka and Cassandra reads; run it in a thread)."""
+        from serve import console
+
+        with self._console_lock:
+            now = time.monotonic()
+            if self._console is None or now - self._console[0] > console.CACHE_S:
+                self.connect()
+                self._console = (now, console.render(console.collect(self.settings, self._session)))
+            return self._console[1]
 
     def _fetch_stage(self) -> StageState:
         self.connect()

@@ -41,6 +41,9 @@ class ServicesSettings(_Model):
     kafka_heap_mb: int = 512
     cassandra_heap_mb: int = 1024
     start_timeout_s: float = 180.0
+    # how long-running commands log (`--log-format` overrides): text, or JSON one event a
+    # line; the processes a command starts get its settings, so they log the same way
+    log_format: Literal["text", "json"] = "text"
 
 
 class KafkaSettings(_Model):
@@ -139,6 +142,13 @@ class RabbitSettings(_Model):
     # and at most this many bytes of message bodies (x-max-length-bytes), whichever first
     mirror_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     mirror_overflow_queue: str = "bridge.shadow.overflow"
+    # who consumes the legacy queue, and its unacked count, come from rabbitmqctl (the
+    # cutover's hand-over checks them): None = the node `abacus services` runs; for a
+    # cluster, its node name (rabbit@mq-1) and Erlang cookie (a secret: never on a command
+    # line, never printed), with epmd and the distribution port reachable from here
+    ctl_node: str | None = Field(default=None, pattern=r"^\w[\w.\-]*@[\w.\-]+$")
+    ctl_cookie: SecretStr | None = None
+    ctl_epmd_port: int = Field(default=4369, ge=1, le=65535)
 
     def url(self) -> str:
         """AMQP URL with the password in it: pass to clients only, never print it. User,
@@ -196,6 +206,14 @@ class BridgeSettings(_Model):
     metrics_host: str = "127.0.0.1"  # the metrics server binds here (0.0.0.0 only if set)
 
 
+class LegacySettings(_Model):
+    """The legacy Celery workers (`abacus legacy worker`)."""
+
+    # Celery task events (task-received/started/succeeded... and the worker's heartbeats),
+    # for Flower and `celery events`: one more message per task and state, so off by default
+    task_events: bool = False
+
+
 class CutoverSettings(_Model):
     """The staged cutover (`abacus cutover`)."""
 
@@ -227,6 +245,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     flink: FlinkSettings = FlinkSettings()
     bridge: BridgeSettings = BridgeSettings()
+    legacy: LegacySettings = LegacySettings()
     cutover: CutoverSettings = CutoverSettings()
     serve: ServeSettings = ServeSettings()
 
