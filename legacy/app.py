@@ -150,6 +150,11 @@ def control_exchange(settings: Settings) -> str:
     return "abacus." + settings.rabbitmq.legacy_queue
 
 
+def event_exchange(settings: Settings) -> str:
+    """Where the workers send their task events (when `legacy.task_events` is on)."""
+    return control_exchange(settings) + ".events"
+
+
 def make_app(settings: Settings, options: WorkerOptions | None = None) -> Celery:
     options = options or WorkerOptions()
     app = Celery("legacy", set_as_current=False)
@@ -170,6 +175,11 @@ def make_app(settings: Settings, options: WorkerOptions | None = None) -> Celery
         task_default_queue=settings.rabbitmq.legacy_queue,
         task_create_missing_queues=False,
         control_exchange=control_exchange(settings),
+        # task events (for Flower and `celery events`) only when legacy.task_events is on:
+        # on their own exchange, so each installation (each test) sees only its own workers
+        event_exchange=event_exchange(settings),
+        worker_send_task_events=settings.legacy.task_events,
+        task_send_sent_event=settings.legacy.task_events,
         worker_consumer="legacy.consumer:DeadLetteringConsumer",
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

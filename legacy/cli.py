@@ -253,6 +253,12 @@ def legacy() -> None:
     show_default=True,
     help="Socket timeout of every Redis call.",
 )
+@click.option(
+    "--task-events/--no-task-events",
+    default=None,
+    help="Send Celery task events and heartbeats, for Flower and `celery events` "
+    "(default: the legacy.task_events setting, off).",
+)
 @click.pass_obj
 def worker(
     settings: Settings,
@@ -268,9 +274,15 @@ def worker(
     hostname: str | None,
     retry_budget_s: float,
     redis_timeout_s: float,
+    task_events: bool | None,
 ) -> None:
-    """Run a Celery worker of the aggregation task (Ctrl-C: warm shutdown)."""
+    """Run a Celery worker of the aggregation task (Ctrl-C: warm shutdown). Celery's own
+    tools reach it through `celery -A legacy.celery_app ...` (see legacy/celery_app.py)."""
     from legacy.worker import run_worker
+
+    if task_events is not None:
+        legacy_settings = settings.legacy.model_copy(update={"task_events": task_events})
+        settings = settings.model_copy(update={"legacy": legacy_settings})
 
     options = WorkerOptions(
         concurrency=concurrency,

@@ -82,7 +82,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         queues=[settings.rabbitmq.legacy_queue],
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        without_heartbeat=not settings.legacy.task_events,  # Flower's "online" needs them
         prefetch_multiplier=options.prefetch_multiplier,
         optimization="fair",
     )
