@@ -178,6 +178,7 @@ def status(settings: Settings, fmt: str) -> None:
                         "condition": manager.describe(s),
                         "restarts_last_minute": manager.recent_restarts(s),
                         "problem": manager.problem(s),
+                        "web_ui": manager.web_ui(s),
                     }
                     for s in states
                 ],
@@ -194,7 +195,16 @@ def status(settings: Settings, fmt: str) -> None:
     from settings.output import term
 
     table = Table(
-        "job", "status", "target", "pid", "flink job", "since", "restarts", "savepoint", "reason"
+        "job",
+        "status",
+        "target",
+        "pid",
+        "flink job",
+        "web ui",
+        "since",
+        "restarts",
+        "savepoint",
+        "reason",
     )
     for s in states:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
@@ -208,6 +218,7 @@ def status(settings: Settings, fmt: str) -> None:
                     s.target,
                     str(s.pid or ""),
                     s.job_id or "",
+                    manager.web_ui(s) or "",
                     since,
                     str(s.restarts or ""),
                     s.savepoint or "",

@@ -64,6 +64,7 @@ __all__ = [
     "stop_jobs",
     "wait_drained",
     "wait_for",
+    "web_ui",
 ]
 
 # restart-looping: this many restarts within this window. Not fewer: an outage of a server
@@ -111,6 +112,17 @@ def problem(state: JobState, now_s: float | None = None) -> str | None:
                 f"the last minute){reason}"
             )
     return None
+
+
+def web_ui(state: JobState) -> str | None:
+    """The Flink web UI (and REST API) of the job's cluster while the job runs: a local
+    job's MiniCluster serves it on 127.0.0.1 at a free port (`rest_port` of its state), a
+    remote job's is its cluster's jobmanager; None otherwise."""
+    if state.status not in RUNNING:
+        return None
+    if state.remote is not None:
+        return f"http://{state.remote}/"
+    return f"http://127.0.0.1:{state.rest_port}/" if state.rest_port else None
 
 
 def describe(state: JobState, now_s: float | None = None) -> str:
