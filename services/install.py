@@ -19,6 +19,9 @@ APT_PACKAGES = {
     "rabbitmq-server": "/usr/lib/rabbitmq/bin/rabbitmq-server",
     "redis-server": "/usr/bin/redis-server",
     "wrk": "/usr/bin/wrk",  # the HTTP load generator of `abacus bench serve`
+    # Prometheus (the metrics server) and promtool, which checks and tests
+    # the alert rules (services/rules/alerts.yml); its own daemon is not started
+    "prometheus": "/usr/bin/promtool",
 }
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 Say = Callable[[str], None]
