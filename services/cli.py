@@ -18,7 +18,7 @@ from settings.model import Settings
 from settings.options import confirm, output_format
 from settings.output import term, visible
 
-NAME = click.Choice(manager.NAMES)
+NAME = click.Choice(manager.ALL)
 EXIT_NOT_RUNNING = 3  # `status`: some service is not running (LSB's "program is not running")
 
 
@@ -43,13 +43,23 @@ def install(settings: Settings) -> None:
 
 @services.command()
 @click.argument("names", nargs=-1, type=NAME)
+@click.option(
+    "--prometheus",
+    "with_prometheus",
+    is_flag=True,
+    help="Also start Prometheus (scrapes the metrics, evaluates the alert rules; "
+    "default: services.prometheus).",
+)
 @click.pass_obj
-def up(settings: Settings, names: tuple[str, ...]) -> None:
+def up(settings: Settings, names: tuple[str, ...], with_prometheus: bool) -> None:
     """Start NAMES (default all) and wait until each really serves; no-op for running ones.
 
     Exits 1 naming the service, its log and its last log lines when one dies or times out,
     or at once when a port is held by a process abacus did not start.
     """
+    names = names or manager.default_names(settings)
+    if with_prometheus and "prometheus" not in names:
+        names = (*names, "prometheus")
     console = Console(stderr=True)
     began = time.monotonic()
     with Progress(
@@ -59,13 +69,13 @@ def up(settings: Settings, names: tuple[str, ...]) -> None:
         console=console,
         transient=False,
     ) as bar:
-        tasks = {n: bar.add_task(f"{n}: waiting", total=1) for n in names or manager.NAMES}
+        tasks = {n: bar.add_task(f"{n}: waiting", total=1) for n in names}
 
         def progress(name: str, message: str) -> None:
             bar.update(tasks[name], description=visible(f"{name}: {message}"))
 
         try:
-            results = manager.ensure_up(settings, names or None, progress=progress)
+            results = manager.ensure_up(settings, names, progress=progress)
         except ServiceError as exc:
             for task in tasks.values():
                 bar.stop_task(task)

@@ -18,6 +18,7 @@ from services.base import (
 )
 from services.cassandra import CassandraService
 from services.kafka import KafkaService
+from services.prometheus import PrometheusService
 from services.rabbitmq import RabbitService
 from services.redis import RedisService
 from settings.model import Settings
@@ -28,17 +29,28 @@ SERVICES: dict[str, type[Service]] = {
     "kafka": KafkaService,
     "rabbitmq": RabbitService,
     "redis": RedisService,
+    "prometheus": PrometheusService,
 }
 NAMES: tuple[str, ...] = ("kafka", "cassandra", "rabbitmq", "redis")
+# started only when asked (services.prometheus, `up --prometheus` or by name); part of the
+# default set when asked or running, so `down` and `status` see one started by `up --prometheus`
+OPTIONAL: tuple[str, ...] = ("prometheus",)
+ALL: tuple[str, ...] = NAMES + OPTIONAL
 MEMORY_BUDGET_BYTES = 4 * 1024**3
 
 
+def default_names(settings: Settings) -> tuple[str, ...]:
+    """The four servers, and Prometheus when the settings ask for it or it runs."""
+    on = settings.services.prometheus or PrometheusService(settings).pid() is not None
+    return NAMES + (OPTIONAL if on else ())
+
+
 def services(settings: Settings, names: Iterable[str] | None = None) -> list[Service]:
-    """Service objects for `names` (default: all four), slowest first."""
-    wanted = set(names or NAMES)
+    """Service objects for `names` (default: `default_names`), slowest first."""
+    wanted = set(names or default_names(settings))
     unknown = wanted - set(SERVICES)
     if unknown:
-        raise ServiceError(f"unknown service(s): {', '.join(sorted(unknown))}; known: {NAMES}")
+        raise ServiceError(f"unknown service(s): {', '.join(sorted(unknown))}; known: {ALL}")
     return [cls(settings) for name, cls in SERVICES.items() if name in wanted]
 
 
@@ -116,6 +128,6 @@ def status(settings: Settings, names: Sequence[str] | None = None) -> StatusRepo
     chosen = services(settings, names)
     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
         found = list(pool.map(lambda svc: svc.status(), chosen))
-    order = {name: i for i, name in enumerate(NAMES)}
+    order = {name: i for i, name in enumerate(ALL)}
     found.sort(key=lambda s: order[s.name])
     return StatusReport(found, sum(s.rss_bytes for s in found))

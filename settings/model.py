@@ -44,6 +44,11 @@ class ServicesSettings(_Model):
     # how long-running commands log (`--log-format` overrides): text, or JSON one event a
     # line; the processes a command starts get its settings, so they log the same way
     log_format: Literal["text", "json"] = "text"
+    # a local Prometheus server (services/prometheus.py) that scrapes the bridge's and the
+    # read API's metrics and evaluates the alert rules: started by `services up` when true
+    # (or `services up --prometheus`), on 127.0.0.1:prometheus_port
+    prometheus: bool = False
+    prometheus_port: int = Field(default=19090, ge=1, le=65535)
 
 
 class KafkaSettings(_Model):

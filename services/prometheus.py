@@ -1,0 +1,105 @@
+"""Prometheus from the Debian package: scrapes the project's metrics, evaluates the alerts.
+
+Off by default (`services.prometheus`, or `abacus services up --prometheus`). It listens on
+127.0.0.1:`services.prometheus_port` and scrapes every 15 s (`scrape_targets`): itself, the
+read API's `/metrics` (`serve.host:serve.port`, with the bearer token when one is set) and
+the bridge's metrics port when one is configured (`bridge.metrics_port`). It loads the
+alert rules shipped with this package (services/rules/alerts.yml, copied into its
+directory at each start). Data (the TSDB) is kept 15 days under its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from importlib import resources
+from typing import Any
+
+from services.base import Service
+from settings.model import Settings
+
+HOST = "127.0.0.1"
+SCRAPE_INTERVAL = "15s"
+RETENTION = "15d"
+RULES = resources.files("services") / "rules" / "alerts.yml"
+ANY_ADDRESS = {"", "0.0.0.0", "::"}  # a server bound here is scraped on loopback
+
+
+def _address(host: str, port: int) -> str:
+    return f"{HOST if host in ANY_ADDRESS else host}:{port}"
+
+
+def scrape_targets(settings: Settings) -> dict[str, str]:
+    """The scrape job's name -> the address it scrapes."""
+    targets = {
+        "prometheus": f"{HOST}:{settings.services.prometheus_port}",
+        "serve": _address(settings.serve.host, settings.serve.port),
+    }
+    if settings.bridge.metrics_port is not None:
+        targets["bridge"] = _address(settings.bridge.metrics_host, settings.bridge.metrics_port)
+    return targets
+
+
+class PrometheusService(Service):
+    name = "prometheus"
+    stop_grace_s = 30.0
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    def ports(self) -> dict[str, int]:
+        return {"http": self.settings.services.prometheus_port}
+
+    def missing(self) -> str | None:
+        return None if shutil.which("prometheus") else "prometheus (apt package prometheus)"
+
+    def configure(self) -> None:
+        rules = self.dir / "rules" / "alerts.yml"
+        rules.parent.mkdir(parents=True, exist_ok=True)
+        rules.write_text(RULES.read_text())
+        token = self.dir / "serve.token"
+        token.unlink(missing_ok=True)
+        jobs: list[dict[str, Any]] = []
+        for job, address in scrape_targets(self.settings).items():
+            scrape: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": [address]}]}
+            if job == "serve" and self.settings.serve.token is not None:
+                # in a file of mode 0600, never in the configuration Prometheus shows
+                token.touch(mode=0o600)
+                token.write_text(self.settings.serve.token.get_secret_value())
+                scrape["authorization"] = {"type": "Bearer", "credentials_file": str(token)}
+            jobs.append(scrape)
+        config = {
+            "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+            "rule_files": [str(rules)],
+            "scrape_configs": jobs,
+        }
+        # JSON is YAML: the file Prometheus reads, with absolute paths
+        (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=1) + "\n")
+
+    def command(self) -> list[str]:
+        return [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--storage.tsdb.retention.time={RETENTION}",
+            f"--web.listen-address={self.address}",
+        ]
+
+    def probe(self) -> str:
+        """Ready (`/-/ready`: the TSDB is open, the rules loaded) and its version."""
+        ready = _get(f"http://{self.address}/-/ready")
+        if not ready.startswith(b"Prometheus"):
+            raise RuntimeError(f"/-/ready answered {ready[:80]!r}")
+        doc = json.loads(_get(f"http://{self.address}/api/v1/status/buildinfo"))
+        return str(doc["data"]["version"])
+
+
+def _get(url: str) -> bytes:
+    """GET an http:// URL of ours (an HTTP error status raises)."""
+    if not url.startswith("http://"):
+        raise ValueError(f"not an http URL: {url}")
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (http only)
+        body: bytes = response.read()
+    return body
