@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from settings import Settings
-from settings.options import output_format
+from settings.options import log_format, output_format
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,6 +111,7 @@ def job() -> None:
 )
 @job_option("heap_mb")
 @job_option("managed_mb")
+@log_format()
 @click.pass_obj
 def run(
     settings: Settings,
@@ -126,10 +128,12 @@ def run(
     uniques_ttl_s: int | None,
     heap_mb: int | None,
     managed_mb: int | None,
+    log_format: str | None,
 ) -> None:
     """Start the KIND job (statistic or customer) in the background, or in --foreground."""
     from abacus import manager
     from abacus.environment import Memory
+    from settings.logs import configure_for, with_log_format
 
     if from_savepoint is not None and fresh:
         raise click.UsageError("--from-savepoint and --fresh exclude each other: pick one")
@@ -146,8 +150,11 @@ def run(
         resume=not fresh,
         topic=topic,
     )
+    settings = with_log_format(settings, log_format)  # the background runner's too
     try:
         if foreground:
+            # as before in text (warnings, bare), JSON when asked; secrets masked in both
+            configure_for(settings, logging.WARNING, text_format="%(message)s")
             raise SystemExit(manager.run_foreground(settings, kind, target, options))
         state = manager.start(settings, kind, target, options)
     except (manager.JobError, FileNotFoundError) as exc:

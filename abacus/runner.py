@@ -25,6 +25,7 @@ from abacus.pipeline import JobSpec, build, checkpoint_root, job_topic
 from abacus.remote import cluster_configuration
 from abacus.state import JobState, StateFile, start_line
 from settings import Settings
+from settings.logs import configure_for
 
 log = logging.getLogger("abacus.runner")
 
@@ -271,16 +272,24 @@ def submit_remote(request: dict[str, Any]) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
-    )
     if "--request-file" in sys.argv:
         path = Path(sys.argv[sys.argv.index("--request-file") + 1])
         request = json.loads(path.read_text())
         path.unlink(missing_ok=True)
+        _configure_logs(request)
         sys.exit(submit_remote(request))
     request = json.load(sys.stdin)
+    _configure_logs(request)
     sys.exit(run(request))
+
+
+def _configure_logs(request: dict[str, Any]) -> None:
+    """The request's settings say the format (services.log_format) and the secrets."""
+    configure_for(
+        Settings.model_validate(request["settings"]),
+        logging.INFO,
+        text_format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
 
 
 if __name__ == "__main__":

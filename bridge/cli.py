@@ -13,8 +13,9 @@ import click
 from bridge import rabbit
 from bridge.rabbit import MirrorQueueMismatch
 from bridge.status import COUNTERS, read_status, status_path
+from settings.logs import configure_for, with_log_format
 from settings.model import Settings
-from settings.options import Failure, confirm, file_path, output_format
+from settings.options import Failure, confirm, file_path, log_format, output_format
 
 MODE = click.Choice(["shadow", "live"])
 EXIT_NOT_RUNNING = 3
@@ -57,6 +58,7 @@ def bridge() -> None:
     "(default: <services.data_dir>/bridge/<mode>.json).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection event.")
+@log_format()
 @click.pass_obj
 def run(
     settings: Settings,
@@ -68,6 +70,7 @@ def run(
     queue: str | None,
     status_file: Path | None,
     verbose: bool,
+    log_format: str | None,
 ) -> None:
     """Run the bridge until SIGTERM/SIGINT (then flush, ack what Kafka confirmed, exit 0).
 
@@ -77,11 +80,8 @@ def run(
     from bridge.overflow import OverflowDrainer
     from bridge.service import Bridge
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    settings = with_log_format(settings, log_format)
+    configure_for(settings, logging.INFO if verbose else logging.WARNING)
     logging.getLogger("abacus.bridge").setLevel(logging.INFO)
     settings = _override(settings, mode, topic, dlq_topic, queue)
     svc = Bridge(

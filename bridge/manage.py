@@ -43,6 +43,7 @@ from bridge.amqp091 import AmqpError
 from bridge.rabbit import Mode
 from bridge.status import read_status
 from services import procs
+from settings.logs import log_line
 from settings.model import Settings
 from settings.names import check_file_name
 
@@ -128,7 +129,11 @@ def start(
         p.log.parent.mkdir(parents=True, exist_ok=True)
         with p.log.open("a", encoding="utf-8") as log:
             log.write(
-                f"=== abacus: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                log_line(
+                    settings, "abacus.bridge.manage", f"start bridge {p.name}: {' '.join(args)}"
+                )
+                if settings.services.log_format == "json"
+                else f"=== abacus: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
                 f"start bridge {p.name}: {' '.join(args)}\n"
             )
         child = procs.spawn(settings, args, p.log, detach=True)

@@ -7,6 +7,7 @@ the legacy bench's and a shadow run's).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from legacy.app import POOLS, WorkerOptions
 from legacy.chaos import Chaos
 from legacy.flusher import DEFAULT_INTERVAL_S
 from settings import Settings
-from settings.options import SHARE, dir_path, output_format
+from settings.options import SHARE, dir_path, log_format, output_format
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -237,6 +238,7 @@ def legacy() -> None:
     default="WARNING",
     show_default=True,
 )
+@log_format()
 @click.option("--hostname", default=None, help="Celery node name (default: unique).")
 @click.option(
     "--retry-budget-s",
@@ -271,6 +273,7 @@ def worker(
     chaos_drop_flush: float,
     trace_dir: Path | None,
     loglevel: str,
+    log_format: str | None,
     hostname: str | None,
     retry_budget_s: float,
     redis_timeout_s: float,
@@ -279,6 +282,9 @@ def worker(
     """Run a Celery worker of the aggregation task (Ctrl-C: warm shutdown). Celery's own
     tools reach it through `celery -A legacy.celery_app ...` (see legacy/celery_app.py)."""
     from legacy.worker import run_worker
+    from settings.logs import with_log_format
+
+    settings = with_log_format(settings, log_format)  # Celery's logs, and the worker's
 
     if task_events is not None:
         legacy_settings = settings.legacy.model_copy(update={"task_events": task_events})
@@ -306,6 +312,7 @@ def worker(
     "--interval-s", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL_S, show_default=True
 )
 @click.option("--once", is_flag=True, help="Flush once and exit.")
+@log_format()
 @chaos_options(0.0, ("drop_flush", "kill_flush"))
 @_trace_dir
 @click.pass_obj
@@ -313,6 +320,7 @@ def flush(
     settings: Settings,
     interval_s: float,
     once: bool,
+    log_format: str | None,
     chaos_drop_flush: float,
     chaos_kill_flush: float,
     trace_dir: Path | None,
@@ -324,7 +332,11 @@ def flush(
 
     from legacy.flusher import Flusher
     from legacy.trace import Trace
+    from settings.logs import configure_for, with_log_format
 
+    settings = with_log_format(settings, log_format)
+    # text as before (warnings, bare); JSON when asked; secrets masked in both
+    configure_for(settings, logging.WARNING, text_format="%(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _servers("legacy flush"):
@@ -341,10 +353,16 @@ def flush(
                     result = flusher.flush_once()
         finally:
             flusher.close()
-    click.echo(
-        f"flushed {result.batches} batch(es), {result.keys} counter keys"
-        + (f", {result.dropped} dropped (chaos)" if result.dropped else "")
+    said = f"flushed {result.batches} batch(es), {result.keys} counter keys" + (
+        f", {result.dropped} dropped (chaos)" if result.dropped else ""
     )
+    if settings.services.log_format == "json":  # its output is one event a line too
+        figures = {"batches": result.batches, "keys": result.keys, "dropped": result.dropped}
+        result_log = logging.getLogger("legacy.flush")
+        result_log.setLevel(logging.INFO)  # the result, as the text format prints it
+        result_log.info(said, extra=figures)
+    else:
+        click.echo(said)
 
 
 @legacy.command()

@@ -3,19 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from legacy.app import WorkerOptions, make_app
 from legacy.chaos import Chaos
 from services import procs
 from services.procs import Child
 from settings import Settings
+from settings.logs import JsonFormatter, Redactor, add_redaction, configure_for, secrets_of
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Run a Celery worker on the legacy queue until it is stopped; its exit code."""
     app = make_app(settings, options)
     hostname = options.hostname or f"legacy-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    json_logs = settings.services.log_format == "json"
+    _route_celery_logs(settings, options.loglevel)
     worker = app.Worker(
         hostname=hostname,
         concurrency=options.concurrency,
@@ -85,10 +92,24 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         without_heartbeat=not settings.legacy.task_events,  # Flower's "online" needs them
         prefetch_multiplier=options.prefetch_multiplier,
         optimization="fair",
+        quiet=json_logs,  # its banner is many lines of text: one event instead (below)
     )
     registry = WorkerRegistry(settings, hostname)
     catcher = _Unrecoverable(registry)
     logging.getLogger("celery").addHandler(catcher)
+    if json_logs:
+        started = logging.getLogger("legacy.worker.start")
+        started.setLevel(logging.INFO)  # what the banner says, whatever the level
+        started.info(
+            "celery worker %s starting",
+            hostname,
+            extra={
+                "broker": app.connection_for_write().as_uri(),  # masked by kombu (and us)
+                "queue": settings.rabbitmq.legacy_queue,
+                "concurrency": options.concurrency,
+                "pool": options.pool,
+            },
+        )
     registry.set("running")
     registry.warn_without_aof()
     try:
@@ -101,6 +122,50 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
             )
         registry.close()
     return code
+
+
+def _route_celery_logs(settings: Settings, loglevel: str) -> None:
+    """Celery's logs in the settings' format, the settings' secrets masked. JSON: our
+    handler on the root logger from now on, and Celery told not to set up its own (a
+    `setup_logging` receiver); its shutdown notices (written straight to stdout from the
+    signal handler) become events too. Text: Celery's own handlers, as before, each given
+    the redaction filter."""
+    import celery.apps.worker as celery_worker
+    from celery import signals
+
+    if settings.services.log_format == "json":
+        configure_for(settings, loglevel)
+
+        def setup(**_: object) -> None:
+            configure_for(settings, loglevel)
+
+        signals.setup_logging.connect(setup, weak=False)
+        celery_worker.safe_say = _json_say(settings)
+        return
+
+    def redact(logger: logging.Logger | None = None, **_: object) -> None:
+        if logger is not None:
+            add_redaction(logger, settings)
+
+    signals.after_setup_logger.connect(redact, weak=False)
+    signals.after_setup_task_logger.connect(redact, weak=False)
+
+
+def _json_say(settings: Settings) -> Callable[..., None]:
+    """Celery's `safe_say` (one raw write, from a signal handler: no logging locks) that
+    writes a JSON event instead of a text line."""
+    formatter = JsonFormatter(Redactor(secrets_of(settings)))
+
+    def say(msg: str, f: IO[str] | None = None) -> None:
+        record = logging.LogRecord(
+            "celery.apps.worker", logging.WARNING, __file__, 0, msg, None, None
+        )
+        out = f or sys.__stderr__
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if out is not None:
+                os.write(out.fileno(), (formatter.format(record) + "\n").encode())
+
+    return say
 
 
 class WorkerProcess(Child):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import click
 
 from serve.queries import BadParameter, parse_query
 from settings import Settings
-from settings.options import SHARE, Failure, output_format
+from settings.options import SHARE, Failure, log_format, output_format
 
 
 @click.command()
@@ -21,12 +22,23 @@ from settings.options import SHARE, Failure, output_format
     default=None,
     help="Share of queries also read from the candidate store (default: serve.experiment_share).",
 )
+@log_format()
 @click.pass_obj
 def serve(
-    settings: Settings, host: str | None, port: int | None, experiment_share: float | None
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    experiment_share: float | None,
+    log_format: str | None,
 ) -> None:
     """The read API: account and customer counts from the store the cutover's stage names."""
     import uvicorn
+
+    from settings.logs import configure_for, uvicorn_log_config, with_log_format
+
+    settings = with_log_format(settings, log_format)
+    json_logs = settings.services.log_format == "json"
+    configure_for(settings, logging.WARNING, text_format="%(message)s")
 
     from serve.app import create_app
     from serve.service import Service
@@ -40,11 +52,26 @@ def serve(
         service.stop()
         raise Failure(f"cannot start: {type(exc).__name__}: {str(exc)[:300]}") from exc
     app = create_app(service)
-    click.echo(
+    said = (
         f"abacus serve: http://{host}:{port} (stage followed every "
         f"{settings.serve.stage_refresh_s}s; auth {'on' if settings.serve.token else 'off'})"
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    if json_logs:  # its output is one event a line
+        started = logging.getLogger("abacus.serve")
+        started.setLevel(logging.INFO)
+        started.info(said, extra={"host": host, "port": port, "auth": bool(settings.serve.token)})
+    else:
+        click.echo(said)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        # JSON: uvicorn's loggers propagate to our root handler; text: its own config, as
+        # before, with the redaction filter on its handlers
+        log_config=None if json_logs else uvicorn_log_config(settings),
+    )
 
 
 @click.group()

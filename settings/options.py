@@ -74,3 +74,15 @@ def seed(default: int, help: str | None = None) -> Callable[[F], F]:
 def confirm(help: str = "Do it (without: show what it would do).") -> Callable[[F], F]:
     """`--yes`: a destructive command shows what it would do unless it is given."""
     return click.option("--yes", is_flag=True, help=help)
+
+
+def log_format() -> Callable[[F], F]:
+    """`--log-format` (the parameter `log_format`): how a long-running command logs; None
+    when not given (then `services.log_format`, text by default; see settings.logs)."""
+    return click.option(
+        "--log-format",
+        "log_format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        help="Log lines as text or JSON, one event a line (default: services.log_format, text).",
+    )

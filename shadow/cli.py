@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import click
 from abacus.cli import job_option
 from legacy.cli import chaos_options, worker_options
 from settings import Settings
-from settings.options import Failure, dir_path, file_path, output_format, seed
+from settings.options import Failure, dir_path, file_path, log_format, output_format, seed
 
 # `--chaos` alone: every legacy flaw, at shares that show on a few thousand events
 CHAOS_PRESET = {"redeliver": 0.02, "crash": 0.002, "drop_flush": 0.05}
@@ -85,6 +86,7 @@ def shadow() -> None:
     "--live/--no-live", default=None, help="Live view (default: when stderr is a terminal)."
 )
 @output_format("table", "json")
+@log_format()
 @click.pass_obj
 def run(
     settings: Settings,
@@ -107,6 +109,7 @@ def run(
     services: bool | None,
     live: bool | None,
     fmt: str,
+    log_format: str | None,
 ) -> None:
     """Run legacy and Abacus side by side on the same events, wait until both drained,
     audit every date touched (legacy vs Abacus vs the truth). Exit 0 when every audit is
@@ -115,10 +118,11 @@ def run(
 
     from counting.events import read_lines
     from legacy.chaos import Chaos
+    from settings.logs import configure_for, with_log_format
     from shadow.components import JobOptions
     from shadow.run import RunConfig, run_shadow, summary
     from shadow.stream import generated
-    from shadow.view import LiveView, LogView, print_result
+    from shadow.view import EventLogView, LiveView, LogView, print_result
 
     if (events_file is None) == (n is None):
         raise click.UsageError("give exactly one of --events FILE or --generate N")
@@ -157,6 +161,10 @@ def run(
         jobs=JobOptions(window_ms=window_ms),
         services=services,
     )
+    # the components it starts (workers, flusher, bridge, jobs) get these settings: they
+    # log in the same format; its own lines too, unless the live view shows them
+    settings = with_log_format(settings, log_format)
+    configure_for(settings, logging.WARNING, text_format="%(message)s")
     err = Console(stderr=True)
     live = err.is_terminal if live is None else live
     signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the components like Ctrl-C
@@ -164,6 +172,8 @@ def run(
         if live:
             with LiveView(err) as view:
                 result = run_shadow(settings, config, view, total=n)
+        elif settings.services.log_format == "json":
+            result = run_shadow(settings, config, EventLogView(), total=n)
         else:
             result = run_shadow(settings, config, LogView(err), total=n)
     except KeyboardInterrupt:

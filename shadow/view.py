@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import IO, Any
 
@@ -167,6 +168,43 @@ class LogView(View):
                 f"{sample.bridge.get('produced', 0)}, {lags}"
             )
         )
+
+
+class EventLogView(View):
+    """`--log-format json` without a terminal: LogView's lines as log events (logger
+    `abacus.shadow`, INFO), the progress figures as fields."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self._log = logging.getLogger("abacus.shadow")
+        self._log.setLevel(logging.INFO)
+        self._every_s, self._last = every_s, 0.0
+        self._started = time.monotonic()
+
+    def phase(self, text: str) -> None:
+        self._log.info(visible(text), extra={"elapsed_s": self._elapsed()})
+
+    def update(
+        self,
+        sample: monitor.Sample,
+        stream: Stream,
+        total: int | None,
+        watcher: ProbeWatcher | None,
+    ) -> None:
+        if sample.at - self._last < self._every_s:
+            return
+        self._last = sample.at
+        figures = {
+            "elapsed_s": self._elapsed(),
+            "published": stream.published,
+            "legacy_done": sample.legacy_done,
+            "legacy_queue": sample.legacy.get("ready"),
+            "bridge_produced": sample.bridge.get("produced", 0),
+            "job_lags": {k: j["lag"] for k, j in sorted(sample.jobs.items())},
+        }
+        self._log.info("progress", extra=figures)
+
+    def _elapsed(self) -> float:
+        return round(time.monotonic() - self._started, 1)
 
 
 def print_result(result: RunResult, out: IO[str]) -> None:
