@@ -266,3 +266,39 @@ def test_secret_str_never_reaches_a_record_as_its_value(logger: logging.Logger) 
     out = _capture(logger, "json", _settings())
     logger.warning("token %s", SecretStr(TOKEN))
     assert TOKEN not in out.getvalue()
+
+
+def test_shadow_runs_lines_as_events() -> None:
+    """`shadow run --log-format json` without a terminal: its phases and progress lines are
+    events of `abacus.shadow`, the figures as fields."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from shadow.monitor import Sample
+    from shadow.view import EventLogView
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    out = io.StringIO()
+    try:
+        configure("json", logging.WARNING, [RMQ], stream=out)
+        view = EventLogView(every_s=0.0)
+        view.phase(f"starting legacy with amqp://u:{RMQ}@h")
+        sample = Sample(
+            at=1.0,
+            legacy={"stats": {"processed": 5, "dead_lettered": 1}, "ready": 2},
+            bridge={"produced": 7},
+            jobs={"statistic": {"lag": 3}},
+        )
+        view.update(sample, cast(Any, SimpleNamespace(published=9)), None, None)
+    finally:
+        root.handlers[:] = before
+        root.setLevel(level)
+    phase, progress = _events(out)
+    assert (
+        phase["logger"] == "abacus.shadow"
+        and phase["msg"] == f"starting legacy with amqp://u:{MASK}@h"
+    )
+    assert progress["msg"] == "progress"
+    assert (progress["published"], progress["legacy_done"], progress["legacy_queue"]) == (9, 6, 2)
+    assert progress["bridge_produced"] == 7 and progress["job_lags"] == {"statistic": 3}
