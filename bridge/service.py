@@ -107,6 +107,12 @@ class Bridge:
         self.status_file = status_file or status_path(settings.services.data_dir, mode)
         self.should_stop = should_stop
         self.producer_overrides = producer_overrides or {}
+        # JSON logs: librdkafka's own lines (its clients write them to stderr) as our events
+        self._kafka_log = (
+            logging.getLogger("abacus.bridge.kafka")
+            if settings.services.log_format == "json"
+            else None
+        )
         self.flush_timeout_s = flush_timeout_s
         self.counts = Counts()
         self.minutes = Minutes()
@@ -171,7 +177,7 @@ class Bridge:
         backoff = 1.0
         while not self._stop:
             try:
-                ensure_topics(self.kafka, [self.topic, self.dlq_topic])
+                ensure_topics(self.kafka, [self.topic, self.dlq_topic], logger=self._kafka_log)
                 break
             except (KafkaException, RuntimeError) as exc:
                 self._error("Kafka not ready", exc)
@@ -219,6 +225,8 @@ class Bridge:
         self.producers += 1
         self._progress = time.monotonic()
         conf = {"error_cb": self._kafka_error, **self.producer_overrides}
+        if self._kafka_log is not None:
+            conf.setdefault("logger", self._kafka_log)
         return make_producer(self.kafka, **conf)
 
     def _kafka_error(self, err: Any) -> None:

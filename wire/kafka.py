@@ -3,6 +3,9 @@ creation (the bridge's events and dead-letter topics, the m1 live topic the seed
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -34,10 +37,29 @@ def topic_config(kafka: KafkaSettings) -> dict[str, str]:
     }
 
 
-def ensure_topics(kafka: KafkaSettings, topics: list[str], timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(
+    kafka: KafkaSettings,
+    topics: list[str],
+    timeout_s: float = 30.0,
+    logger: logging.Logger | None = None,
+) -> list[str]:
     """Create the missing topics (partitions, replication and min.insync.replicas from
-    settings); the created ones. Existing topics are left as they are."""
-    admin = AdminClient(kafka.client_config())
+    settings); the created ones. Existing topics are left as they are. `logger`: where
+    librdkafka's own lines go (default: straight to stderr)."""
+    conf: dict[str, Any] = kafka.client_config()
+    if logger is not None:
+        conf["logger"] = logger
+    admin = AdminClient(conf)
+    try:
+        return _create_missing(admin, kafka, topics, timeout_s)
+    finally:
+        if logger is not None:
+            admin.poll(0)  # the client's queued lines, to the logger
+
+
+def _create_missing(
+    admin: AdminClient, kafka: KafkaSettings, topics: list[str], timeout_s: float
+) -> list[str]:
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [t for t in dict.fromkeys(topics) if t not in existing]
     if not missing:
