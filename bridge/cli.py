@@ -151,6 +151,7 @@ def _name(_: Any, param: click.Parameter, value: str | None) -> str | None:
     help="How long to wait until it consumes.",
 )
 @output_format("text", "json")
+@log_format()
 @click.pass_obj
 def start(
     settings: Settings,
@@ -161,12 +162,15 @@ def start(
     dlq_topic: str | None,
     timeout_s: float,
     fmt: str,
+    log_format: str | None,
 ) -> None:
     """Start a bridge in the background (detached, with a pid file, a log and a status file
     in <services.data_dir>/bridge/); return once it consumes. Idempotent: a bridge of that
-    name already running is left as it is. Exit 2 when it does not start."""
+    name already running is left as it is. Exit 2 when it does not start. --log-format:
+    its log's format."""
     from bridge import manage
 
+    settings = with_log_format(settings, log_format)  # the started bridge gets its settings
     try:
         result = manage.start(
             settings,

@@ -99,6 +99,30 @@ def test_bridge_run_in_json(bridge: bridge_env.Env, tmp_path: Path) -> None:
     assert stopped and stopped[-1]["logger"] == "abacus.bridge", text[-2000:]
 
 
+def test_bridge_start_in_json_writes_a_json_log(bridge: bridge_env.Env) -> None:
+    """A background bridge (`bridge start`) gets the format in its settings: its log file,
+    the line `start` writes before it included, is JSON."""
+    from bridge import manage
+
+    settings = with_log_format(bridge.settings, "json")
+    started = manage.start(settings, "shadow", timeout_s=120)
+    try:
+        bridge.publish([bridge_env.celery_message(bridge_env.event(i)) for i in range(5)])
+        wait_for(
+            "the started bridge moved the messages",
+            lambda: (bridge_status(Path(started["status_file"])) or {}).get("totals", {}),
+            lambda t: t.get("acked", 0) >= 5,
+            timeout_s=120,
+        )
+    finally:
+        manage.stop(settings, started["name"], timeout_s=60)
+    text = Path(started["log"]).read_text()
+    events = json_events(text)
+    assert events[0]["logger"] == "abacus.bridge.manage", text[:500]
+    assert str(events[0]["msg"]).startswith("start bridge shadow")
+    assert_no_secret(text, bridge.settings)
+
+
 # ---------------------------------------------------------------- a legacy worker
 
 

@@ -227,6 +227,7 @@ def test_every_long_running_command_has_log_format() -> None:
         ["legacy", "worker"],
         ["legacy", "flush"],
         ["bridge", "run"],
+        ["bridge", "start"],
         ["job", "run"],
         ["serve"],
         ["shadow", "run"],
