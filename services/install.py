@@ -19,6 +19,7 @@ APT_PACKAGES = {
     "rabbitmq-server": "/usr/lib/rabbitmq/bin/rabbitmq-server",
     "redis-server": "/usr/bin/redis-server",
     "wrk": "/usr/bin/wrk",  # the HTTP load generator of `abacus bench serve`
+    "kcat": "/usr/bin/kcat",  # reads the topics and the DLQ with their headers (README)
     # Prometheus (the metrics server) and promtool, which checks and tests
     # the alert rules (services/rules/alerts.yml); its own daemon is not started
     "prometheus": "/usr/bin/promtool",
