@@ -275,7 +275,7 @@ def drift_chart(audits: list[dict[str, Any]]) -> str:
         return "<p class='muted'>no audit with a truth yet</p>"
     width, height, pad_l, pad_b, pad_t = 760, 220, 56, 40, 24
     values = [v for a in points for v in (a["legacy_drift"], a["abacus_drift"])]
-    top, bottom = max(1, *values), min(-1, *values)
+    top, bottom = max(1, *values), min(0, *values)
     plot_w, plot_h = width - pad_l - 16, height - pad_b - pad_t
     step = plot_w / max(1, len(points) - 1)
 
@@ -287,7 +287,7 @@ def drift_chart(audits: list[dict[str, Any]]) -> str:
         "role='img' aria-label='drift from the truth per date' id='drift'>",
         f"<line x1='{pad_l}' y1='{y(0):.1f}' x2='{width - 16}' y2='{y(0):.1f}' stroke='#999'/>",
     ]
-    for v in (top, 0, bottom):
+    for v in sorted({top, 0, bottom}):
         out.append(f"<text x='{pad_l - 6}' y='{y(v) + 4:.1f}' text-anchor='end'>{v}</text>")
     for key, color, name in (
         ("legacy_drift", _LEGACY, "legacy - truth"),

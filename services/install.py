@@ -23,6 +23,8 @@ APT_PACKAGES = {
     # Prometheus (the metrics server) and promtool, which checks and tests
     # the alert rules (services/rules/alerts.yml); its own daemon is not started
     "prometheus": "/usr/bin/promtool",
+    # the real browser the console page's test loads it in (headless)
+    "chromium": "/usr/bin/chromium",
 }
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 Say = Callable[[str], None]

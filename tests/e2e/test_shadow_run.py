@@ -290,3 +290,82 @@ def test_poison_is_dead_lettered_by_every_pipeline_with_its_reason(
         m for source, ms in by_source.items() if not source.startswith("abacus-") for m in ms
     ]
     assert len(bridged) == len(too_big)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_the_console_shows_the_chaos_runs_dirty_date(
+    runs: dict[str, Outcome], settings: Settings, tmp_path: Path
+) -> None:
+    """`abacus serve`'s console page, loaded in a real headless Chromium, over the chaos
+    run's own keyspaces: the stage, and the run's dates dirty with legacy's drift. The
+    screenshot is kept in the test's temporary directory."""
+    import shutil
+    import socket
+    import urllib.request
+
+    from services import procs
+    from tests.waiting import wait_until
+
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: `abacus services install` installs it"
+    chaos = runs["chaos"]
+    dirty = sorted(a["date"] for a in chaos.doc["audits"] if a["outcome"] != "clean")
+    assert dirty, chaos.doc["audits"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = settings.model_copy(
+        update={
+            "cassandra": settings.cassandra.model_copy(
+                update={"keyspace_prefix": f"e2e_{chaos.doc['run_id']}_"}
+            ),
+            "serve": settings.serve.model_copy(update={"port": port}),
+            "services": settings.services.model_copy(update={"data_dir": tmp_path / "data"}),
+        }
+    )
+    server = procs.spawn(run, ["-m", "cli", "serve"], tmp_path / "serve.log")
+    try:
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_until("the read API answers", answers, 120)
+        profile = tmp_path / "chromium"
+        browser = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={profile}",
+            "--window-size=1200,2400",
+        ]
+        url = f"http://127.0.0.1:{port}/"
+        dom = subprocess.run(
+            [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=False
+        )
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        page = dom.stdout
+        assert "Abacus console" in page and 'id="stage">legacy<' in page, page[:2000]
+        for date in dirty:
+            assert date in page, f"{date} not on the page"
+        assert "dirty" in page and 'id="drift"' in page
+        shot = tmp_path / "console.png"
+        done = subprocess.run(
+            [*browser, f"--screenshot={shot}", url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
+        keep = os.environ.get("ABACUS_CONSOLE_SCREENSHOT")  # where to copy it for a look
+        if keep:
+            shutil.copy(shot, keep)
+    finally:
+        server.terminate()
+        server.wait(30)
