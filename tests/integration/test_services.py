@@ -249,7 +249,9 @@ def test_up_ends_leftovers_of_a_dead_launcher(settings: Settings, tmp_path: Path
         server = [p for p in svc.processes() if p != first.pid]
         assert server, svc.processes()
         os.kill(first.pid, signal.SIGKILL)
-        procs.reap(first.pid)
+        # wait for the launcher's death: reap's WNOHANG right after the kill can find it still
+        # running and leave a zombie, which the next `start` sees alive (flaked under load)
+        os.waitpid(first.pid, 0)
         restarted = svc.start(timeout_s=60)
         assert restarted.restarted and restarted.stale_pid == first.pid, restarted
         assert set(server) <= set(restarted.leftovers), (server, restarted)
