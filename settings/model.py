@@ -204,10 +204,15 @@ class FlinkSettings(_Model):
     restart_delay_s: float = Field(default=5.0, gt=0)
     restart_max_delay_s: float = Field(default=60.0, gt=0)
     restart_reset_s: float = Field(default=600.0, gt=0)
+    # a local job's Flink Prometheus reporter (the job's and Flink's own metrics): 0 = a
+    # free port, announced to the local Prometheus (services/targets.py), None = off
+    metrics_port: int | None = Field(default=0, ge=0, le=65535)
 
 
 class BridgeSettings(_Model):
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus; None = off
+    # Prometheus metrics: 0 = a free port (announced to the local Prometheus through
+    # services/targets.py), None = off
+    metrics_port: int | None = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # the metrics server binds here (0.0.0.0 only if set)
 
 
@@ -217,6 +222,10 @@ class LegacySettings(_Model):
     # Celery task events (task-received/started/succeeded... and the worker's heartbeats),
     # for Flower and `celery events`: one more message per task and state, so off by default
     task_events: bool = False
+    # each worker's Prometheus metrics (its pool's children summed): 0 = a free port,
+    # announced to the local Prometheus (services/targets.py), None = off
+    metrics_port: int | None = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class CutoverSettings(_Model):
