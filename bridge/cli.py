@@ -41,9 +41,9 @@ def bridge() -> None:
 )
 @click.option(
     "--metrics-port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics on this port (default: bridge.metrics_port, else none).",
+    help="Serve Prometheus metrics on this port, 0 = a free one (default: bridge.metrics_port).",
 )
 @click.option("--topic", default=None, help="Events topic (default: kafka.topic).")
 @click.option("--dlq-topic", default=None, help="Dead-letter topic (default: kafka.dlq_topic).")
@@ -88,7 +88,7 @@ def run(
         settings,
         mode,  # type: ignore[arg-type]
         prefetch=prefetch,
-        metrics_port=metrics_port or settings.bridge.metrics_port,
+        metrics_port=settings.bridge.metrics_port if metrics_port is None else metrics_port,
         status_file=status_file,
     )
     svc.install_signal_handlers()

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from bridge.decode import Bad, Good, Message, Reason, dead_letter, decode, last_
 from bridge.kafka import ensure_topics, make_producer, producer_config
 from bridge.status import Counts, Minutes, serve_metrics, status_path, write_status
 from counting.text import escape
+from services import targets
 from settings.model import Settings
 
 log = logging.getLogger("abacus.bridge")
@@ -103,7 +105,9 @@ class Bridge:
         self.topic = self.kafka.topic
         self.dlq_topic = self.kafka.dlq_topic
         self.prefetch = prefetch or self.rabbit.prefetch
-        self.metrics_port = metrics_port
+        self.metrics_port = metrics_port  # None: no metrics; 0: a free port
+        self._metrics_server: tuple[Any, Any] | None = None
+        self._target: Path | None = None
         self.status_file = status_file or status_path(settings.services.data_dir, mode)
         self.should_stop = should_stop
         self.producer_overrides = producer_overrides or {}
@@ -165,14 +169,8 @@ class Bridge:
 
     def run(self) -> Counts:
         """Run until stopped; return the final counts."""
-        if self.metrics_port:
-            serve_metrics(
-                self.metrics_port,
-                self.counts,
-                self.mode,
-                self.in_flight,
-                self.settings.bridge.metrics_host,
-            )
+        if self.metrics_port is not None:
+            self._serve_metrics()
         self._tick(force=True)
         backoff = 1.0
         while not self._stop:
@@ -437,6 +435,19 @@ class Bridge:
         self._conn.basic_ack(last, multiple=True)
         self.counts.acked += n
 
+    def _serve_metrics(self) -> None:
+        """The Prometheus endpoint (port 0: a free one), announced to the local Prometheus
+        (`services.targets`) until the bridge stops."""
+        host = self.settings.bridge.metrics_host
+        self.metrics_port = self.metrics_port or targets.free_port(host)
+        self._metrics_server = serve_metrics(
+            self.metrics_port, self.counts, self.mode, self.in_flight, host
+        )
+        name = f"{self.mode}-{socket.gethostname()}-{os.getpid()}"
+        self._target = targets.register(
+            self.settings, "bridge", name, targets.address(host, self.metrics_port)
+        )
+
     # ------------------------------------------------------------ shutdown
 
     def _shutdown(self) -> None:
@@ -461,6 +472,12 @@ class Bridge:
         self._conn = None
         self._connected = False
         self._tick(force=True, stopped=True)
+        if self._target is not None:
+            targets.unregister(self._target)
+        if self._metrics_server is not None:
+            server, _thread = self._metrics_server
+            server.shutdown()
+            server.server_close()
         log.info("bridge stopped: %s", self.counts.snapshot())
 
     # ------------------------------------------------------------ status

@@ -16,6 +16,7 @@ needs `Authorization: Bearer <token>` (else 401).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -190,6 +191,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        # the operations figures first (cached; a part that cannot be read is exported as
+        # abacus_ops_part_up 0, the request metrics always)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(service.snapshot)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(Guard, service=service)

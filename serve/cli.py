@@ -42,6 +42,7 @@ def serve(
 
     from serve.app import create_app
     from serve.service import Service
+    from services import targets
 
     host = host or settings.serve.host
     port = port or settings.serve.port
@@ -62,16 +63,21 @@ def serve(
         started.info(said, extra={"host": host, "port": port, "auth": bool(settings.serve.token)})
     else:
         click.echo(said)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        # JSON: uvicorn's loggers propagate to our root handler; text: its own config, as
-        # before, with the redaction filter on its handlers
-        log_config=None if json_logs else uvicorn_log_config(settings),
-    )
+    # announced to the local Prometheus (services.targets) while it serves
+    target = targets.register(settings, "serve", f"{port}", targets.address(host, port))
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            # JSON: uvicorn's loggers propagate to our root handler; text: its own config, as
+            # before, with the redaction filter on its handlers
+            log_config=None if json_logs else uvicorn_log_config(settings),
+        )
+    finally:
+        targets.unregister(target)
 
 
 @click.group()

@@ -1,10 +1,13 @@
 """The console page at `/`: one server-rendered HTML page (no build step, no script, no
 CDN; charts are inline SVG as in compare's HTML report) for the morning read: the stage and
 its gate, the audits per date with the drift over time (legacy - truth, Abacus - truth), the
-pipelines' rates, lags and dead letters, and the transition history.
+pipelines' totals, rates per minute, lags and dead letters, and the transition history.
 
 `collect(settings, session)` gathers the figures (seconds: it asks RabbitMQ, Kafka and the
-ops keyspace), `render(doc)` is pure. The app caches a collected page for `CACHE_S`.
+ops keyspace), `rates(now, before)` and `render(doc)` are pure. The service collects at
+most every `CACHE_S` (for the page and for `/metrics`, `serve.metrics.OpsCollector`) and
+keeps the documents of the last minutes: rates compare the newest with the one nearest a
+minute before it.
 """
 
 from __future__ import annotations
@@ -69,34 +72,91 @@ def _history(settings: Settings, session: Any) -> list[dict[str, Any]]:
 
 
 def _audits(settings: Settings, session: Any) -> list[dict[str, Any]]:
-    """Per date (newest first), the latest finished full-scope audit of legacy vs shadow:
-    outcome, keys compared and mismatched, and each side's drift from the truth."""
+    """Per date (newest first) and pair of stores, the latest ended full-scope audit of
+    the last AUDIT_DAYS dates: outcome (clean, dirty, or error when it failed), keys
+    compared and mismatched, and each side's drift from the truth (the sum over the date's
+    counters). The page shows legacy vs shadow (`legacy_vs_shadow`), the metrics every pair."""
     from compare.audits import AuditStore, narrowed_by
     from storage import Prepared
 
-    latest: dict[str, Any] = {}
+    latest: dict[tuple[str, str, str], Any] = {}
     for r in AuditStore(Prepared(session), settings.cassandra).all():
-        if (r.left, r.right) != ("legacy", "shadow") or r.state != "done" or narrowed_by(r):
+        if r.state not in ("done", "failed") or narrowed_by(r):
             continue
-        if r.date not in latest or r.started_at > latest[r.date].started_at:
-            latest[r.date] = r
+        key = (r.date, r.left, r.right)
+        if key not in latest or r.started_at > latest[key].started_at:
+            latest[key] = r
+    dates = sorted({date for date, _, _ in latest}, reverse=True)[:AUDIT_DAYS]
     out = []
-    for date in sorted(latest, reverse=True)[:AUDIT_DAYS]:
-        r = latest[date]
+    for key in sorted(latest, key=lambda k: (k[0], k[1], k[2]), reverse=True):
+        if key[0] not in dates:
+            continue
+        r = latest[key]
         s = r.summary or {}
         totals = s.get("totals") or {}
         truth = totals.get("truth_count")
         out.append(
             {
-                "date": date,
+                "date": r.date,
+                "left": r.left,
+                "right": r.right,
                 "audit_id": r.audit_id,
-                "outcome": r.outcome,
+                "outcome": "error" if r.state == "failed" else r.outcome,
                 "keys_compared": s.get("keys_compared"),
                 "mismatched": s.get("mismatched"),
                 "legacy_drift": None if truth is None else totals.get("left_count", 0) - truth,
                 "abacus_drift": None if truth is None else totals.get("right_count", 0) - truth,
             }
         )
+    return out
+
+
+def legacy_vs_shadow(audits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The audits the page shows: legacy vs shadow (the shadow run's and the cutover's)."""
+    return [a for a in audits if (a.get("left"), a.get("right")) == ("legacy", "shadow")]
+
+
+# the totals the page shows as rates per minute: (part, figure)
+RATE_FIGURES = (("legacy", "processed"), ("legacy", "dead_letters"))
+BRIDGE_RATE_FIGURES = ("consumed", "produced", "dead_lettered")
+RATE_WINDOW_S = (5.0, 300.0)  # rates compare with a snapshot between 5 s and 5 min old
+
+
+def rates(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """Per-minute rates between two collected documents (`before` older; None: no rates):
+    legacy's processed and dead-lettered tasks, each bridge's consumed, produced and
+    dead-lettered messages, each job's lag change. A figure that went down (a restart) or
+    is missing on either side has no rate."""
+    if before is None:
+        return {}
+    seconds = now["generated_at"] - before["generated_at"]
+    if not RATE_WINDOW_S[0] <= seconds <= RATE_WINDOW_S[1]:
+        return {}
+
+    def per_min(a: Any, b: Any) -> float | None:
+        if not isinstance(a, int) or not isinstance(b, int) or a < b:
+            return None
+        return round((a - b) * 60.0 / seconds, 1)
+
+    out: dict[str, Any] = {"over_s": round(seconds, 1)}
+    for part, figure in RATE_FIGURES:
+        new, old = now.get(part), before.get(part)
+        if isinstance(new, dict) and isinstance(old, dict):
+            out[f"{part}.{figure}"] = per_min(new.get(figure), old.get(figure))
+    if isinstance(now.get("bridges"), list) and isinstance(before.get("bridges"), list):
+        old_bridges = {b.get("name"): b.get("totals") or {} for b in before["bridges"]}
+        for b in now["bridges"]:
+            if (old_totals := old_bridges.get(b.get("name"))) is None:
+                continue
+            for figure in BRIDGE_RATE_FIGURES:
+                new_value = (b.get("totals") or {}).get(figure)
+                out[f"bridge.{b.get('name')}.{figure}"] = per_min(new_value, old_totals.get(figure))
+    if isinstance(now.get("jobs"), list) and isinstance(before.get("jobs"), list):
+        old_lags = {j["name"]: j.get("lag") for j in before["jobs"]}
+        for j in now["jobs"]:
+            a, b = j.get("lag"), old_lags.get(j["name"])
+            if isinstance(a, int) and isinstance(b, int):
+                out[f"job.{j['name']}.lag"] = round((a - b) * 60.0 / seconds, 1)
     return out
 
 
@@ -138,6 +198,7 @@ def _jobs(settings: Settings, session: Any) -> list[dict[str, Any]]:
                 "status": state.status,
                 "problem": manager.problem(state),
                 "topic": state.topic,
+                "group": state.group_id,
                 "lag": lag,
             }
         )
@@ -187,7 +248,7 @@ def render(doc: dict[str, Any]) -> str:
         f"<h1>Abacus console</h1><p class='muted'>as of {generated}</p>",
         _stage_section(doc["cutover"]),
         _audit_section(doc["audits"]),
-        _pipeline_section(doc["legacy"], doc["bridges"], doc["jobs"]),
+        _pipeline_section(doc["legacy"], doc["bridges"], doc["jobs"], doc.get("rates") or {}),
         _history_section(doc["history"]),
         "</body></html>",
     ]
@@ -243,6 +304,7 @@ def _stage_section(c: Any) -> str:
 def _audit_section(audits: Any) -> str:
     if (err := _error(audits)) is not None:
         return "<h2>Audits</h2>" + err
+    audits = legacy_vs_shadow(audits)
     rows = []
     for a in audits:
         cls = "ok" if a["outcome"] == "clean" else "bad"
@@ -319,15 +381,31 @@ def drift_chart(audits: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def _pipeline_section(legacy: Any, bridges: Any, jobs: Any) -> str:
-    out = ["<h2>Pipelines</h2><h3>legacy</h3>"]
+def _rate(rates: dict[str, Any], key: str) -> str:
+    value = rates.get(key)
+    return _t(None if value is None else f"{value:g}")
+
+
+def _pipeline_section(legacy: Any, bridges: Any, jobs: Any, rates: dict[str, Any]) -> str:
+    over = rates.get("over_s")
+    out = [
+        "<h2>Pipelines</h2>",
+        f"<p class='muted'>rates per minute over the last {over:g} s</p>"
+        if over
+        else "<p class='muted'>rates per minute: from the next refresh (every "
+        f"{CACHE_S:g} s at most)</p>",
+        "<h3>legacy</h3>",
+    ]
     if (err := _error(legacy)) is not None:
         out.append(err)
     else:
         out.append(
             _table(
-                LEGACY_COLUMNS,
-                [[_t(legacy.get(k)) for k in LEGACY_KEYS]],
+                [*LEGACY_COLUMNS, "processed / min", "dead letters / min"],
+                [
+                    [_t(legacy.get(k)) for k in LEGACY_KEYS]
+                    + [_rate(rates, "legacy.processed"), _rate(rates, "legacy.dead_letters")]
+                ],
             )
         )
         for problem in legacy.get("problems") or []:
@@ -347,6 +425,8 @@ def _pipeline_section(legacy: Any, bridges: Any, jobs: Any) -> str:
                     _t(totals.get("consumed")),
                     _t(totals.get("produced")),
                     _t(totals.get("dead_lettered")),
+                    _rate(rates, f"bridge.{b.get('name')}.produced"),
+                    _rate(rates, f"bridge.{b.get('name')}.dead_lettered"),
                     _t(b.get("in_flight")),
                     _t(b.get("last_error")),
                 ]
@@ -360,6 +440,8 @@ def _pipeline_section(legacy: Any, bridges: Any, jobs: Any) -> str:
                     "consumed",
                     "produced",
                     "dead-lettered",
+                    "produced / min",
+                    "dead-lettered / min",
                     "in flight",
                     "last error",
                 ],
@@ -372,9 +454,16 @@ def _pipeline_section(legacy: Any, bridges: Any, jobs: Any) -> str:
     else:
         out.append(
             _table(
-                ["job", "status", "topic", "consumer lag", "problem"],
+                ["job", "status", "topic", "consumer lag", "lag change / min", "problem"],
                 [
-                    [_t(j["name"]), _t(j["status"]), _t(j["topic"]), _t(j["lag"]), _t(j["problem"])]
+                    [
+                        _t(j["name"]),
+                        _t(j["status"]),
+                        _t(j["topic"]),
+                        _t(j["lag"]),
+                        _rate(rates, f"job.{j['name']}.lag"),
+                        _t(j["problem"]),
+                    ]
                     for j in jobs
                 ],
             )

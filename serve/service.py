@@ -32,7 +32,7 @@ class Service:
         self._keyspaces: dict[str, str] = {}
         self._started = False
         self._stage_store: StageStore | None = None
-        self._console: tuple[float, str] | None = None
+        self._snapshots: list[dict[str, Any]] = []  # the last minutes', oldest first
         self._console_lock = threading.Lock()
 
     # -- life -----------------------------------------------------------------------------
@@ -62,17 +62,35 @@ class Service:
             self._session = None
             self._stores.clear()
 
-    def console_page(self) -> str:
-        """The console page (`serve.console`), collected at most every CACHE_S seconds
-        (blocking: seconds of RabbitMQ, Kafka and Cassandra reads; run it in a thread)."""
+    def snapshot(self) -> dict[str, Any]:
+        """The operations document (`serve.console.collect`, with `rates` against the one
+        nearest a minute older), collected at most every CACHE_S seconds; the console page
+        and `/metrics` read it (blocking: seconds of RabbitMQ, Kafka and Cassandra reads;
+        run it in a thread)."""
         from serve import console
 
         with self._console_lock:
-            now = time.monotonic()
-            if self._console is None or now - self._console[0] > console.CACHE_S:
+            now = time.time()
+            if not self._snapshots or now - self._snapshots[-1]["generated_at"] > console.CACHE_S:
                 self.connect()
-                self._console = (now, console.render(console.collect(self.settings, self._session)))
-            return self._console[1]
+                doc = console.collect(self.settings, self._session)
+                keep = console.RATE_WINDOW_S[1]
+                self._snapshots = [d for d in self._snapshots if now - d["generated_at"] <= keep]
+                before = min(
+                    (d for d in self._snapshots if now - d["generated_at"] >= 5.0),
+                    key=lambda d: abs(now - d["generated_at"] - 60.0),
+                    default=None,
+                )
+                doc["rates"] = console.rates(doc, before)
+                self._snapshots.append(doc)
+                self.metrics.ops.document = doc
+            return self._snapshots[-1]
+
+    def console_page(self) -> str:
+        """The console page (`serve.console`) of the newest snapshot."""
+        from serve import console
+
+        return console.render(self.snapshot())
 
     def _fetch_stage(self) -> StageState:
         self.connect()

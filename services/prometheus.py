@@ -1,11 +1,12 @@
 """Prometheus from the Debian package: scrapes the project's metrics, evaluates the alerts.
 
 Off by default (`services.prometheus`, or `abacus services up --prometheus`). It listens on
-127.0.0.1:`services.prometheus_port` and scrapes every 15 s (`scrape_targets`): itself, the
-read API's `/metrics` (`serve.host:serve.port`, with the bearer token when one is set) and
-the bridge's metrics port when one is configured (`bridge.metrics_port`). It loads the
-alert rules shipped with this package (services/rules/alerts.yml, copied into its
-directory at each start). Data (the TSDB) is kept 15 days under its directory.
+127.0.0.1:`services.prometheus_port` and scrapes every 15 s: itself, and every process
+that announces a metrics endpoint under the data directory (`services.targets`: legacy
+workers, bridges, local Abacus jobs' Flink reporters, the read API with its bearer token
+when one is set), a scrape job per kind. It loads the rules shipped with this package
+(services/rules/*.yml: alerts and recordings, copied into its directory at each start).
+Data (the TSDB) is kept 15 days under its directory.
 """
 
 from __future__ import annotations
@@ -17,28 +18,13 @@ from importlib import resources
 from typing import Any
 
 from services.base import Service
+from services.targets import KINDS, targets_dir
 from settings.model import Settings
 
 HOST = "127.0.0.1"
 SCRAPE_INTERVAL = "15s"
 RETENTION = "15d"
-RULES = resources.files("services") / "rules" / "alerts.yml"
-ANY_ADDRESS = {"", "0.0.0.0", "::"}  # a server bound here is scraped on loopback
-
-
-def _address(host: str, port: int) -> str:
-    return f"{HOST if host in ANY_ADDRESS else host}:{port}"
-
-
-def scrape_targets(settings: Settings) -> dict[str, str]:
-    """The scrape job's name -> the address it scrapes."""
-    targets = {
-        "prometheus": f"{HOST}:{settings.services.prometheus_port}",
-        "serve": _address(settings.serve.host, settings.serve.port),
-    }
-    if settings.bridge.metrics_port is not None:
-        targets["bridge"] = _address(settings.bridge.metrics_host, settings.bridge.metrics_port)
-    return targets
+RULES = resources.files("services") / "rules"  # every *.yml there: alerts and recordings
 
 
 class PrometheusService(Service):
@@ -56,15 +42,24 @@ class PrometheusService(Service):
         return None if shutil.which("prometheus") else "prometheus (apt package prometheus)"
 
     def configure(self) -> None:
-        rules = self.dir / "rules" / "alerts.yml"
-        rules.parent.mkdir(parents=True, exist_ok=True)
-        rules.write_text(RULES.read_text())
+        rules = self.dir / "rules"
+        rules.mkdir(parents=True, exist_ok=True)
+        for old in rules.glob("*.yml"):
+            old.unlink()
+        for source in RULES.iterdir():
+            if source.name.endswith(".yml"):
+                (rules / source.name).write_text(source.read_text())
         token = self.dir / "serve.token"
         token.unlink(missing_ok=True)
-        jobs: list[dict[str, Any]] = []
-        for job, address in scrape_targets(self.settings).items():
-            scrape: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": [address]}]}
-            if job == "serve" and self.settings.serve.token is not None:
+        jobs: list[dict[str, Any]] = [
+            {"job_name": "prometheus", "static_configs": [{"targets": [self.address]}]}
+        ]
+        # the processes that announce themselves: legacy workers, bridges, local jobs, the
+        # read API (services.targets), a scrape job per kind
+        for kind in KINDS:
+            files = [str(targets_dir(self.settings) / f"{kind}-*.json")]
+            scrape: dict[str, Any] = {"job_name": kind, "file_sd_configs": [{"files": files}]}
+            if kind == "serve" and self.settings.serve.token is not None:
                 # in a file of mode 0600, never in the configuration Prometheus shows
                 token.touch(mode=0o600)
                 token.write_text(self.settings.serve.token.get_secret_value())
@@ -72,7 +67,7 @@ class PrometheusService(Service):
             jobs.append(scrape)
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-            "rule_files": [str(rules)],
+            "rule_files": [str(rules / "*.yml")],
             "scrape_configs": jobs,
         }
         # JSON is YAML: the file Prometheus reads, with absolute paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from services import manager
-from services.prometheus import PrometheusService, scrape_targets
+from services import targets
+from services.prometheus import PrometheusService
 from settings.model import BridgeSettings, ServeSettings, ServicesSettings, Settings
 
 
@@ -24,14 +26,22 @@ def settings_in(tmp_path: Path, **services: object) -> Settings:
     )
 
 
-def test_scrape_targets_itself_serve_and_the_bridge_on_loopback(tmp_path: Path) -> None:
-    s = settings_in(tmp_path, prometheus_port=29090)
-    assert scrape_targets(s) == {
-        "prometheus": "127.0.0.1:29090",
-        "serve": "127.0.0.1:18470",  # bound to every address: scraped on loopback
-        "bridge": "127.0.0.1:19400",
-    }
-    assert "bridge" not in scrape_targets(Settings())  # no metrics port, nothing to scrape
+def test_targets_announced_in_files_are_read_per_kind(tmp_path: Path) -> None:
+    s = settings_in(tmp_path)
+    path = targets.register(s, "bridge", "shadow-h/1", targets.address("0.0.0.0", 19400))
+    assert path.name == "bridge-shadow-h_1.json"  # the name made safe for a file
+    assert targets.registered(s)["bridge"] == [
+        {"targets": ["127.0.0.1:19400"], "labels": {"pid": str(os.getpid())}}
+    ]
+    with pytest.raises(ValueError, match="unknown metrics kind"):
+        targets.register(s, "other", "x", "127.0.0.1:1")
+    targets.unregister(path)
+    assert not path.exists()
+    # another process's file is left alone
+    path = targets.register(s, "legacy", "w1", "127.0.0.1:1")
+    path.write_text(path.read_text().replace(str(os.getpid()), "1"))
+    targets.unregister(path)
+    assert path.exists()
 
 
 def test_configuration_passes_promtool_and_keeps_the_token_out(tmp_path: Path) -> None:
@@ -43,9 +53,14 @@ def test_configuration_passes_promtool_and_keeps_the_token_out(tmp_path: Path) -
     svc.configure()
     config_file = svc.dir / "prometheus.yml"
     config = json.loads(config_file.read_text())
-    assert config["rule_files"] == [str(svc.dir / "rules" / "alerts.yml")]
+    assert config["rule_files"] == [str(svc.dir / "rules" / "*.yml")]
+    assert (svc.dir / "rules" / "alerts.yml").is_file()
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "serve", "bridge"}
+    assert set(jobs) == {"prometheus", "legacy", "bridge", "flink", "serve"}
+    assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:29090"]}]
+    targets_dir = tmp_path / "data" / "prometheus" / "targets"
+    assert jobs["flink"]["file_sd_configs"] == [{"files": [f"{targets_dir}/flink-*.json"]}]
+    assert "authorization" not in jobs["bridge"]
     token = Path(jobs["serve"]["authorization"]["credentials_file"])
     assert token.read_text() == "s3cret-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
