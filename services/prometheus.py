@@ -1,12 +1,13 @@
 """Prometheus from the Debian package: scrapes the project's metrics, evaluates the alerts.
 
 Off by default (`services.prometheus`, or `abacus services up --prometheus`). It listens on
-127.0.0.1:`services.prometheus_port` and scrapes every 15 s: itself, and every process
-that announces a metrics endpoint under the data directory (`services.targets`: legacy
-workers, bridges, local Abacus jobs' Flink reporters, the read API with its bearer token
-when one is set), a scrape job per kind. It loads the rules shipped with this package
-(services/rules/*.yml: alerts and recordings, copied into its directory at each start).
-Data (the TSDB) is kept 15 days under its directory.
+127.0.0.1:`services.prometheus_port` and scrapes every `services.prometheus_scrape_s`
+(15 s): itself, and every process that announces a metrics endpoint under the data
+directory (`services.targets`: legacy workers, bridges, local Abacus jobs' Flink
+reporters, the read API with its bearer token when one is set), a scrape job per kind.
+It loads the rules shipped with this package (services/rules/*.yml: alerts and
+recordings, copied into its directory at each start). Data (the TSDB) is kept 15 days
+under its directory.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from typing import Any
 
 from services.base import Service
 from services.targets import KINDS, targets_dir
-from settings.model import Settings
 
 HOST = "127.0.0.1"
-SCRAPE_INTERVAL = "15s"
 RETENTION = "15d"
 RULES = resources.files("services") / "rules"  # every *.yml there: alerts and recordings
 
@@ -65,8 +64,9 @@ class PrometheusService(Service):
                 token.write_text(self.settings.serve.token.get_secret_value())
                 scrape["authorization"] = {"type": "Bearer", "credentials_file": str(token)}
             jobs.append(scrape)
+        every = f"{round(self.settings.services.prometheus_scrape_s * 1000)}ms"
         config = {
-            "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+            "global": {"scrape_interval": every, "evaluation_interval": every},
             "rule_files": [str(rules / "*.yml")],
             "scrape_configs": jobs,
         }

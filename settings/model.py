@@ -49,6 +49,7 @@ class ServicesSettings(_Model):
     # (or `services up --prometheus`), on 127.0.0.1:prometheus_port
     prometheus: bool = False
     prometheus_port: int = Field(default=19090, ge=1, le=65535)
+    prometheus_scrape_s: float = Field(default=15.0, ge=1.0)  # scrape and rule interval
 
 
 class KafkaSettings(_Model):

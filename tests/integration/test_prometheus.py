@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bridge.status import Counts, serve_metrics
-from services import manager
+from services import manager, targets
 from services.prometheus import PrometheusService
 from settings.model import Settings
 from tests.waiting import wait_for
@@ -49,15 +49,18 @@ def private(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, Coun
     s = settings.model_copy(
         update={
             "services": settings.services.model_copy(
-                update={"data_dir": tmp_path / "data", "prometheus_port": free_port()}
-            ),
-            # nothing listens there: the target is down
-            "serve": settings.serve.model_copy(update={"host": "127.0.0.1", "port": free_port()}),
-            "bridge": settings.bridge.model_copy(
-                update={"metrics_port": bridge_port, "metrics_host": "127.0.0.1"}
+                update={
+                    "data_dir": tmp_path / "data",
+                    "prometheus_port": free_port(),
+                    "prometheus_scrape_s": 2.0,
+                }
             ),
         }
     )
+    # announced as the processes announce themselves (services.targets); nothing listens
+    # at the read API's address: that target is down
+    targets.register(s, "bridge", "shadow-test", f"127.0.0.1:{bridge_port}")
+    targets.register(s, "serve", "test", f"127.0.0.1:{free_port()}")
     try:
         yield s, counts
     finally:
@@ -90,6 +93,7 @@ def test_prometheus_scrapes_the_targets_and_evaluates_the_alert_rules(
         "AbacusAuditFailed",
     } <= alerts
     # the three targets, each scraped once: itself and the bridge up, serve (not running) down
+    # (the kinds with no target file, legacy and flink, have no target)
     expected = {"prometheus": "up", "bridge": "up", "serve": "down"}
 
     def health() -> dict[str, str]:
