@@ -151,7 +151,7 @@ class PrometheusCollector:
             fam.add_metric([self._mode], getattr(c, name))
             yield fam
         gauge = GaugeMetricFamily(
-            "abacus_bridge_in_flight", "Messages consumed, not yet acked", labels=["mode"]
+            "abacus_bridge_in_flight_messages", "Messages consumed, not yet acked", labels=["mode"]
         )
         gauge.add_metric([self._mode], self._in_flight())
         yield gauge

@@ -47,4 +47,4 @@ def test_prometheus_exposition() -> None:
     text = generate_latest(registry).decode()
     assert 'abacus_bridge_consumed_total{mode="shadow"} 5.0' in text
     assert 'abacus_bridge_dead_lettered_total{mode="shadow",reason="pickle"} 2.0' in text
-    assert 'abacus_bridge_in_flight{mode="shadow"} 7.0' in text
+    assert 'abacus_bridge_in_flight_messages{mode="shadow"} 7.0' in text
