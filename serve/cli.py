@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from typing import Any
 
 import click
@@ -65,6 +66,9 @@ def serve(
         click.echo(said)
     # announced to the local Prometheus (services.targets) while it serves
     target = targets.register(settings, "serve", f"{port}", targets.address(host, port))
+    # uvicorn re-raises the SIGTERM it stopped on once it has shut down: as SystemExit,
+    # so the target file is removed (the default action would end the process first)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             app,
@@ -78,6 +82,10 @@ def serve(
         )
     finally:
         targets.unregister(target)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @click.group()
