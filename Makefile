@@ -5,6 +5,9 @@ VENV := .venv
 ABACUS := $(VENV)/bin/abacus
 # PyFlink's thread mode runs the virtualenv's python: its bin must come first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# the checkout's own data directory (the servers' pid files and data, the jars, job state):
+# a clone (CI's) and a developer's tree never share servers (README: Configuration)
+export ABACUS_SERVICES__DATA_DIR := $(CURDIR)/.abacus
 
 .PHONY: install up down test test-unit lint demo clean
 

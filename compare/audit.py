@@ -41,6 +41,7 @@ from compare.plan import LEVELS, Plan, select, write_json
 from compare.read_ahead import ReadAhead, Sides
 from compare.summary import Summary
 from compare.truth_spool import Selection, Source, TruthSpool
+from services.paths import data_dir
 from settings import Settings
 from storage import KEY_WIDTH, STORES, Prepared, Row, connect, row_key
 from storage.overflow import overflow_of_date
@@ -116,7 +117,13 @@ class RunOptions:
     # counts once): ~330 bytes a row, so ~660 MB at most; the reads go on that far while
     # the truth is recounted (1M rows per side: the audit's peak RSS 855 MB, 736 MB at 1M)
     read_ahead_rows: int = 2_000_000
-    work_dir: Path = Path(".abacus/audits")
+    work_dir: Path | None = None  # None: <services.data_dir>/audits
+
+
+def audits_dir(settings: Settings, options: RunOptions) -> Path:
+    """Where audits keep their plan, progress and detail: `options.work_dir`, else
+    `<services.data_dir>/audits` (the same wherever the command runs)."""
+    return options.work_dir or data_dir(settings) / "audits"
 
 
 @dataclass
@@ -208,7 +215,7 @@ def run_audit(
         record = AuditRecord(audit_id, date, left, right, params.truth, params.to_dict())
         audits = AuditStore(prepared, settings.cassandra)
         audits.save(record)
-        spool = options.work_dir / audit_id
+        spool = audits_dir(settings, options) / audit_id
         spool.mkdir(parents=True, exist_ok=True)
         return _execute(
             settings, session, prepared, audits, record, spool, options, progress, on_candidates
@@ -224,7 +231,7 @@ def resume_audit(
 ) -> AuditResult:
     """Carry on with an audit that was interrupted; a finished audit is returned as is."""
     options = options or RunOptions()
-    spool = options.work_dir / audit_id
+    spool = audits_dir(settings, options) / audit_id
     with _Session(settings) as (session, prepared):
         audits = AuditStore(prepared, settings.cassandra)
         record = audits.get(audit_id)
@@ -248,7 +255,8 @@ def load_audit(settings: Settings, audit_id: str, work_dir: Path | None = None) 
         record = AuditStore(prepared, settings.cassandra).get(audit_id)
     if record is None:
         raise AuditError(f"no audit {audit_id!r} in the ops keyspace")
-    return AuditResult(record, (work_dir or RunOptions().work_dir) / audit_id / "detail.jsonl")
+    spool = audits_dir(settings, RunOptions(work_dir=work_dir)) / audit_id
+    return AuditResult(record, spool / "detail.jsonl")
 
 
 # -- the run ----------------------------------------------------------------------------

@@ -4,9 +4,9 @@ The dataset: generated events of one UTC day, recounted; the date's counters wri
 the legacy store (as they are) and the shadow store (0.1% of them changed) of keyspaces
 named after the parameters, both stores loaded at once, so a rerun with the same
 parameters reuses them (the events file and a marker, written once a load completed, live
-in `.abacus/bench/`). Each setting is audited `--repeat` times; the machine is shared, so
-the best, the spread and the load average are printed. Target (issue 6): at least 50,000
-rows/s per side on a date with 1M counter rows per side:
+in `<services.data_dir>/bench/`). Each setting is audited `--repeat` times; the machine is
+shared, so the best, the spread and the load average are printed. Target (issue 6): at
+least 50,000 rows/s per side on a date with 1M counter rows per side:
 `abacus bench compare --rows 1000000`.
 """
 
@@ -19,11 +19,11 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 import click
 
+from services.paths import data_dir
 from settings import Settings
 from settings.options import seed
 
@@ -163,7 +163,7 @@ def bench_compare(
     from compare.plan import LEVELS
 
     bench = _bench_settings(settings, rows, seed)
-    home = Path(".abacus/bench")
+    home = data_dir(settings) / "bench"
     home.mkdir(parents=True, exist_ok=True)
     marker = home / f"compare-{rows}-{seed}.json"  # written only once a load completed
     events_path = home / f"compare-{rows}-{seed}.events.jsonl"

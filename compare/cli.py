@@ -120,7 +120,7 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         max_rps: float,
         chunk_units: int,
         settle_s: float,
-        work_dir: Path,
+        work_dir: Path | None,
         **kwargs: Any,
     ) -> Any:
         options = RunOptions(
@@ -176,8 +176,8 @@ _RUN_OPTIONS = [
     ),
     dir_path(
         "--work-dir",
-        default=Path(".abacus/audits"),
-        help="Where audits keep their plan, progress and detail.",
+        help="Where audits keep their plan, progress and detail "
+        "(default: <services.data_dir>/audits).",
     ),
     click.option(
         "--progress/--no-progress",
@@ -441,9 +441,13 @@ def list_audits(settings: Settings, date: str | None, limit: int, fmt: str) -> N
 @click.argument("audit_id", callback=_audit_id)
 @output_format(*FORMATS, default="table")
 @file_path("--out")
-@dir_path("--work-dir", default=Path(".abacus/audits"), help="Where the audit kept its detail.")
+@dir_path(
+    "--work-dir", help="Where the audit kept its detail (default: <services.data_dir>/audits)."
+)
 @click.pass_obj
-def show(settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir: Path) -> None:
+def show(
+    settings: Settings, audit_id: str, fmt: str, out: Path | None, work_dir: Path | None
+) -> None:
     """One audit's report (the detail when its work directory is on this machine)."""
     from compare.audit import load_audit
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from services import install as installer
 from services import manager, procs
 from services.base import ServiceError
+from services.paths import data_dir
 from settings.model import Settings
 from settings.options import confirm, output_format
 from settings.output import term, visible
@@ -97,6 +98,7 @@ def up(settings: Settings, names: tuple[str, ...], with_prometheus: bool) -> Non
                 ),
             )
     console.print(f"all serving after {time.monotonic() - began:.1f} s")
+    console.print(term(f"data in {data_dir(settings)}"))
 
 
 @services.command()
@@ -156,6 +158,7 @@ def status(settings: Settings, names: tuple[str, ...], fmt: str) -> None:
             f"total RSS {_mib(report.total_rss_bytes)} ({verdict} the "
             f"{_mib(report.budget_bytes)} budget)"
         )
+        click.echo(visible(f"data in {data_dir(settings)}"))
     if not report.all_running:
         sys.exit(EXIT_NOT_RUNNING)
 

@@ -9,7 +9,8 @@ from settings.model import Settings
 
 
 def data_dir(settings: Settings) -> Path:
-    """The absolute data directory the project owns (`services.data_dir`, default ./.abacus)."""
+    """The absolute data directory the installation owns (`services.data_dir`: absolute once
+    the settings are loaded; a copy given a relative one is taken from the current directory)."""
     return settings.services.data_dir.expanduser().resolve()
 
 

@@ -8,6 +8,7 @@ import click
 
 from settings.model import Settings
 from settings.options import output_format
+from settings.output import visible
 
 
 @click.group()
@@ -19,7 +20,8 @@ def config() -> None:
 @output_format("json", "table", default="table", show_default=False)
 @click.pass_obj
 def show(settings: Settings, fmt: str) -> None:
-    """Print the settings in effect, secrets masked."""
+    """Print the settings in effect, secrets masked; the table says where the data
+    directory (services.data_dir, absolute) comes from."""
     data = settings.masked()
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -27,4 +29,7 @@ def show(settings: Settings, fmt: str) -> None:
     for section, values in data.items():
         click.echo(f"[{section}]")
         for key, value in values.items():
-            click.echo(f"  {key} = {json.dumps(value)}")
+            line = f"  {key} = {json.dumps(value)}"
+            if (section, key) == ("services", "data_dir") and settings.data_dir_origin:
+                line += f"  # {visible(settings.data_dir_origin)}"
+            click.echo(line)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -9,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -31,10 +34,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def user_data_dir() -> Path:
+    """The per-user data directory: `$XDG_DATA_HOME/abacus`, else `~/.local/share/abacus`
+    (a relative XDG_DATA_HOME is ignored, as the XDG spec says)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "abacus"
+
+
+# the source tree this code runs from, when it is a git checkout (an editable install)
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def checkout_data_dir() -> Path | None:
+    """`.abacus` in the git checkout this code runs from (`pip install -e`, `make`), so a
+    checkout is one installation wherever its commands are run; None for an installed
+    package."""
+    if (_CHECKOUT / ".git").exists() and (_CHECKOUT / "pyproject.toml").is_file():
+        return _CHECKOUT / ".abacus"
+    return None
+
+
+def _section_data_dir() -> Path:
+    """A section's own default (Settings resolves the real one: `_absolute_paths`)."""
+    return checkout_data_dir() or user_data_dir()
+
+
 class ServicesSettings(_Model):
     """The local servers that `abacus services` runs (ignored for remote clusters)."""
 
-    data_dir: Path = Path(".abacus")
+    # everything the installation keeps (pid files, jars, job state, audits' work...):
+    # absolute once loaded (see Settings._absolute_paths), never the current directory's
+    data_dir: Path = Field(default_factory=_section_data_dir)
     kafka_version: str = "4.1.1"
     cassandra_version: str = "5.0.6"
     flink_kafka_connector: str = "org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2"
@@ -191,7 +222,10 @@ class RedisSettings(_Model):
 class FlinkSettings(_Model):
     jobmanager: str | None = None  # host:port of a remote cluster's REST API; None = MiniCluster
     parallelism: int = Field(default=1, ge=1)
-    checkpoint_dir: Path = Path(".abacus/flink/checkpoints")
+    # default <services.data_dir>/flink/checkpoints (see Settings._absolute_paths)
+    checkpoint_dir: Path = Field(
+        default_factory=lambda: _section_data_dir() / "flink" / "checkpoints"
+    )
     checkpoint_interval_ms: int = Field(default=10_000, ge=100)
     window_ms: int = Field(default=1_000, ge=10)  # the sinks write their sums this often
     dedup_ttl_s: int = Field(default=7 * 86400, ge=1)
@@ -264,6 +298,8 @@ class Settings(BaseSettings):
     cutover: CutoverSettings = CutoverSettings()
     serve: ServeSettings = ServeSettings()
 
+    _data_dir_origin: str = PrivateAttr(default="")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -276,12 +312,86 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = _config_path()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_TomlFile(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        """The data directory made absolute once, so no command depends on the directory it
+        is run from: `services.data_dir` as given (relative: to its TOML file's directory,
+        or else to the current directory now); else the git checkout's own `.abacus` when
+        the code runs from one (as it always was there, whatever the config file); else
+        `.abacus` beside the config file in effect; else the per-user `user_data_dir()`.
+        `flink.checkpoint_dir` likewise, by default under the data directory."""
+        config = _config_path()
+        if "data_dir" in self.services.model_fields_set:
+            data_dir = self.services.data_dir.expanduser().resolve()
+            self._data_dir_origin = _data_dir_origin(config)
+        elif (checkout := checkout_data_dir()) is not None:
+            data_dir = checkout
+            self._data_dir_origin = "the checkout's own (the code runs from a git checkout)"
+        elif config is not None and config.is_file():
+            data_dir = config.resolve().parent / ".abacus"
+            self._data_dir_origin = f"beside the config file {config.resolve()}"
+        else:
+            data_dir = user_data_dir().expanduser().resolve()
+            self._data_dir_origin = "the per-user default (no config file in effect)"
+        self.services = self.services.model_copy(update={"data_dir": data_dir})
+        if "checkpoint_dir" in self.flink.model_fields_set:
+            checkpoints = self.flink.checkpoint_dir.expanduser().resolve()
+        else:
+            checkpoints = data_dir / "flink" / "checkpoints"
+        self.flink = self.flink.model_copy(update={"checkpoint_dir": checkpoints})
+        return self
+
+    @property
+    def data_dir_origin(self) -> str:
+        """Where `services.data_dir` came from, in words (for `config show`)."""
+        return self._data_dir_origin
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data, secrets replaced by '**********'."""
         return self.model_dump(mode="json")
+
+
+# path settings that a TOML file may give relative to its own directory
+_FILE_RELATIVE = (("services", "data_dir"), ("flink", "checkpoint_dir"))
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file, a relative path among `_FILE_RELATIVE` taken from the file's
+    directory (the same file means the same installation wherever a command runs)."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        base = Path(file_path).resolve().parent
+        for section, key in _FILE_RELATIVE:
+            table = data.get(section)
+            if isinstance(table, dict) and isinstance(table.get(key), str):
+                table[key] = str(base / Path(table[key]).expanduser())
+        return data
+
+
+def _data_dir_origin(config: Path | None) -> str:
+    """Which source gave `services.data_dir` (environment before the file), in words."""
+    env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith("ABACUS_SERV")}
+    if "ABACUS_SERVICES__DATA_DIR" in env:
+        return "ABACUS_SERVICES__DATA_DIR"
+    if "ABACUS_SERVICES" in env:
+        try:
+            given = json.loads(env["ABACUS_SERVICES"])
+        except ValueError:
+            given = None
+        if isinstance(given, dict) and "data_dir" in given:
+            return "ABACUS_SERVICES (the settings of the process that started this one)"
+    if config is not None and config.is_file():
+        try:
+            table = tomllib.loads(config.read_text(encoding="utf-8")).get("services", {})
+        except (OSError, ValueError):
+            table = {}
+        if isinstance(table, dict) and "data_dir" in table:
+            return f"services.data_dir in {config.resolve()}"
+    return "set by the program"
 
 
 _CONFIG_OVERRIDE: Path | None = None
