@@ -235,6 +235,21 @@ class Service(ABC):
                 f"it is the {role} port" + (f"; held by {who}" if who else "")
             )
 
+    def held_by(self) -> str | None:
+        """Who holds the client port of a server that is not running here: typically the
+        server of another data dir (settings that name another installation); None when
+        the port is free."""
+        try:
+            if procs.port_free(self.host, self.port):
+                return None
+        except OSError:  # not an address of this machine
+            return None
+        owners = procs.port_owners(self.port)
+        others = sorted({m for m in map(procs.marker_of, owners) if m and m != self.marker})
+        if others:
+            return f"port in use by {', '.join(others)}"  # another data dir's service dir
+        return "port in use, not by abacus"
+
     def log_excerpt(self, lines: int = LOG_TAIL_LINES) -> str:
         body = "\n".join("    " + line for line in procs.tail(self.log_file, lines))
         return f"  log: {self.log_file}\n  last {lines} lines:\n{body or '    (empty)'}"
@@ -377,8 +392,8 @@ class Service(ABC):
         version = detail = None
         if pid is None:
             state = "dead" if self.pid_file.exists() else "stopped"
-            if tree:
-                detail = f"stray processes: {', '.join(map(str, tree))}"
+            # a free port, or who holds it (a server of another data dir: other settings)
+            detail = f"stray processes: {', '.join(map(str, tree))}" if tree else self.held_by()
         else:
             try:
                 version = self.probe()

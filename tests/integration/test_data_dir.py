@@ -121,14 +121,20 @@ def test_without_any_setting_a_checkout_finds_its_own_servers_from_elsewhere(
 
 
 def test_another_data_dir_is_another_installation(
-    services_up: object, elsewhere: Path, tmp_path: Path
+    services_up: object, settings: Settings, elsewhere: Path, tmp_path: Path
 ) -> None:
-    """The control: what status reports depends on the data directory, not on the ports."""
+    """The control: what status reports depends on the data directory, not on the ports;
+    a port held by the servers of another data dir is said so."""
     empty = tmp_path / "other-installation"
-    status = run(elsewhere, "services", "status", ABACUS_SERVICES__DATA_DIR=str(empty))
+    env = {"ABACUS_SERVICES__DATA_DIR": str(empty)}
+    status = run(elsewhere, "services", "status", **env)
     assert status.returncode == 3, status.stdout + status.stderr
     assert f"data in {empty}" in status.stdout, status.stdout
-    assert "running" not in status.stdout, status.stdout
+    report = json.loads(run(elsewhere, "services", "status", "--format", "json", **env).stdout)
+    seen = {s["name"]: (s["state"], s["detail"]) for s in report["services"]}
+    assert seen == {
+        name: ("stopped", f"port in use by {data_dir(settings) / name}") for name in manager.NAMES
+    }, seen
 
 
 @pytest.fixture
