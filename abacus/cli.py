@@ -186,6 +186,7 @@ def status(settings: Settings, fmt: str) -> None:
                         "restarts_last_minute": manager.recent_restarts(s),
                         "problem": manager.problem(s),
                         "web_ui": manager.web_ui(s),
+                        "metrics": manager.metrics_url(s),
                     }
                     for s in states
                 ],
@@ -208,6 +209,7 @@ def status(settings: Settings, fmt: str) -> None:
         "pid",
         "flink job",
         "web ui",
+        "metrics",
         "since",
         "restarts",
         "savepoint",
@@ -226,6 +228,7 @@ def status(settings: Settings, fmt: str) -> None:
                     str(s.pid or ""),
                     s.job_id or "",
                     manager.web_ui(s) or "",
+                    manager.metrics_url(s) or "",
                     since,
                     str(s.restarts or ""),
                     s.savepoint or "",

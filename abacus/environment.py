@@ -3,6 +3,9 @@
 Memory is sized explicitly: each local job is one JVM (the PyFlink gateway running a
 MiniCluster) with a fixed heap, a fixed managed-memory budget that bounds RocksDB, and the
 Python operators in the same process (thread mode).
+
+A local job's metrics (Flink's and the job's own counters) are served for Prometheus by
+Flink's Prometheus reporter (`reporter_configuration`), bound to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -45,6 +48,37 @@ def prepare_process(memory: Memory, log_dir: Path | None = None) -> None:
         os.environ["FLINK_LOG_DIR"] = str(log_dir)
 
 
+def prometheus_reporter_jar() -> Path:
+    """Flink's Prometheus reporter, shipped in the PyFlink wheel (plugins/metrics-prometheus)."""
+    import pyflink
+
+    found = sorted(
+        Path(pyflink.__file__).parent.glob(
+            "plugins/metrics-prometheus/flink-metrics-prometheus-*.jar"
+        )
+    )
+    if not found:
+        raise FileNotFoundError("the PyFlink wheel has no plugins/metrics-prometheus jar")
+    return found[-1]
+
+
+def reporter_configuration(port: int) -> dict[str, str]:
+    """A MiniCluster's Prometheus reporter on 127.0.0.1:`port` (`abacus.sink.
+    BoundPrometheusReporterFactory` in abacus/jvm: Flink's reporter, whose own factory binds
+    every interface). The MiniCluster loads no plugin (plugins/ is ignored: no factory is
+    found there); it finds reporter factories on the class loader of the thread that starts
+    it, which holds the job's pipeline.jars: the reporter's jar (`prometheus_reporter_jar`)
+    goes there, beside the jobs' jar. Label values are kept as they are (`job_name` is the
+    Flink job name, `abacus-statistic`, not `abacus_statistic`)."""
+    prefix = "metrics.reporter.prom."
+    return {
+        prefix + "factory.class": "abacus.sink.BoundPrometheusReporterFactory",
+        prefix + "host": "127.0.0.1",
+        prefix + "port": str(port),
+        prefix + "filterLabelValueCharacters": "false",
+    }
+
+
 def job_jars(settings: Settings) -> list[str]:
     """The jars every job needs: the Kafka connector and the jobs' Java code. Resolved on the
     machine that submits (the Java code's jar is named by a digest of its sources)."""
@@ -59,7 +93,10 @@ def configuration(
     restore_from: Path | None,
     checkpoint_dir: Path,
     jars: list[str],
+    metrics_port: int | None = None,
 ) -> Configuration:
+    """The job's Flink configuration; with `metrics_port`, a Prometheus reporter there
+    (local jobs: a remote cluster's own reporter configuration applies to its jobs)."""
     flink = settings.flink
     conf = Configuration()
     python = sys.executable
@@ -92,6 +129,9 @@ def configuration(
         "rest.bind-address": "127.0.0.1",
     }
     values.update(restart_strategy(settings))
+    if metrics_port is not None:
+        values.update(reporter_configuration(metrics_port))
+        values["pipeline.jars"] = ";".join([*jars, prometheus_reporter_jar().as_uri()])
     if restore_from is not None:
         values["execution.state-recovery.path"] = str(restore_from)
     for key, value in values.items():

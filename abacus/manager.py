@@ -51,6 +51,7 @@ __all__ = [
     "launch",
     "log_path",
     "logs",
+    "metrics_url",
     "problem",
     "recent_restarts",
     "restore_point",
@@ -123,6 +124,15 @@ def web_ui(state: JobState) -> str | None:
     if state.remote is not None:
         return f"http://{state.remote}/"
     return f"http://127.0.0.1:{state.rest_port}/" if state.rest_port else None
+
+
+def metrics_url(state: JobState) -> str | None:
+    """Where a running local job serves its metrics for Prometheus (its Flink reporter on
+    127.0.0.1 at `metrics_port`, flink.metrics_port); None otherwise (a remote job's
+    metrics are its cluster's reporter's)."""
+    if state.status not in RUNNING or state.remote is not None or not state.metrics_port:
+        return None
+    return f"http://127.0.0.1:{state.metrics_port}/metrics"
 
 
 def describe(state: JobState, now_s: float | None = None) -> str:

@@ -25,6 +25,11 @@ surrogates, invalid bytes) and bounded (`MAX_HEADER_CHARS`), and say so (`escape
 `truncated`); a value the DLQ topic refuses as too large is written as its head
 (`truncated_to`). Only a DLQ that is unreachable, or refuses even that head, fails the job
 (restarted, then FAILED with the reason: see `abacus job status`): the record is not dropped.
+
+Metrics, in each operator's Flink metric group (the job's reporter exports them: Prometheus
+names in services/rules/records.yml): `eventsParsed` (Validate: valid events, one counter
+increment per event, about 0.75 us in thread mode, a tenth of the parse), and
+`deadLettered` in a `reason` group (DeadLetter, once the DLQ acknowledged the record).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from pyflink.common import Row
 from pyflink.datastream import MapFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.metrics import Counter, MetricGroup
 
 from counting import (
     Event,
@@ -46,6 +52,8 @@ from counting.seeds import Seed, SeedError, parse_seed, seed_groups
 from counting.text import escape
 from settings import KafkaSettings
 
+EVENTS_PARSED = "eventsParsed"  # Validate's metric: valid events
+DEAD_LETTERED = "deadLettered"  # DeadLetter's metric, in a group per reason (a label)
 OPERATOR_ERROR = "operator_error"  # the DLQ reason of a record an operator failed on
 BAD_SEED = "bad_seed"  # the DLQ reason of a record with the seed header that is no seed
 # the longest header values (characters, after escaping); longer ones are cut and listed in
@@ -82,6 +90,10 @@ class Validate(ProcessFunction):
         self._rejected = rejected
         self._facets = facets  # the customer job counts no facet: its rows end at the labels
         self._seeds = seeds
+        self._parsed: Counter | None = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self._parsed = runtime_context.get_metrics_group().counter(EVENTS_PARSED)
 
     def process_element(
         self, record: tuple[bytes, bool], ctx: ProcessFunction.Context
@@ -101,6 +113,8 @@ class Validate(ProcessFunction):
             else:
                 event_id = parsed.event_id
                 out = self._row(parsed)
+                if self._parsed is not None:
+                    self._parsed.inc()
         except Exception as exc:  # never fail the job on a record: dead-letter it
             out = self._rejected, rejected_row(value, OPERATOR_ERROR, describe(exc), event_id)
         yield out
@@ -211,9 +225,13 @@ class DeadLetter(MapFunction):
     def __init__(self, kafka: KafkaSettings, source: str) -> None:
         self._kafka, self._source = kafka, source
         self._producer: Any = None
+        self._metrics: MetricGroup | None = None
+        self._dead_lettered: dict[str, Counter] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from confluent_kafka import Producer
+
+        self._metrics = runtime_context.get_metrics_group()
 
         self._producer = Producer(
             {
@@ -232,7 +250,19 @@ class DeadLetter(MapFunction):
             error = self._publish(raw[:DLQ_FALLBACK_BYTES], headers)
         if error is not None:
             raise RuntimeError(f"dead-letter publish to {self._kafka.dlq_topic} failed: {error}")
+        self._count(value[1])
         return 1
+
+    def _count(self, reason: str) -> None:
+        """One more dead letter of `reason` (the reasons are a short fixed list: a counter
+        each, in a `reason` group, which the reporter makes a label)."""
+        if self._metrics is None:
+            return
+        counter = self._dead_lettered.get(reason)
+        if counter is None:
+            counter = self._metrics.add_group("reason", reason).counter(DEAD_LETTERED)
+            self._dead_lettered[reason] = counter
+        counter.inc()
 
     def _publish(self, raw: bytes, headers: list[tuple[str, bytes]]) -> Any:
         """Produce and wait for the broker's answer: None, or the error."""

@@ -4,6 +4,11 @@ It reads its request (settings with secrets, the job spec, memory, restore point
 stdin, never from argv or a file, so no secret reaches `ps` or the disk. It builds the job,
 `execute_async()`s it, and keeps `<data_dir>/jobs/<name>.json` up to date. Signals:
 SIGTERM cancels (checkpoints are retained on cancellation), SIGUSR1 stops with a savepoint.
+
+With `flink.metrics_port` set (0: a free port), the MiniCluster serves its metrics for
+Prometheus on 127.0.0.1 (`abacus.environment.reporter_configuration`); once the job runs
+and the endpoint answers, it is announced to the local Prometheus (`services.targets`,
+kind `flink`, label `abacus_job`) until this process ends.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ from abacus.jobs import savepoint_dir
 from abacus.pipeline import JobSpec, build, checkpoint_root, job_topic
 from abacus.remote import cluster_configuration
 from abacus.state import JobState, StateFile, start_line
+from services import targets
 from settings import Settings
 from settings.logs import configure_for
 
@@ -49,6 +56,7 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
     memory = Memory(**request["memory"])
     restore_from = Path(request["restore_from"]) if request.get("restore_from") else None
     state_file = StateFile(Path(request["state_path"]))
+    metrics_port = _metrics_port(settings)
     state = JobState(
         name=spec.name,
         kind=spec.kind,
@@ -80,6 +88,7 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
             restore_from,
             checkpoint_root(settings, spec.name),
             request["jars"],
+            metrics_port,
         )
         env = local_environment(conf)
         build(env, settings, spec)
@@ -90,14 +99,59 @@ def run(request: dict[str, Any], foreground: bool = False) -> int:
         log.exception("job %s could not start", spec.name)
         return 1
     rest = _rest_url(client)
+    announced = _announce(settings, spec.name, metrics_port)
     state = state.replace(
         status="RUNNING",
         job_id=str(client.get_job_id()),
         rest_port=int(rest.rsplit(":", 1)[1]) if rest else None,
+        metrics_port=metrics_port if announced is not None else None,
     )
     state_file.write(state)
     log.info("job %s running: %s", spec.name, state.job_id)
-    return _supervise(client, state, state_file, requests, settings, rest)
+    try:
+        return _supervise(client, state, state_file, requests, settings, rest)
+    finally:
+        if announced is not None:
+            targets.unregister(announced)
+
+
+def _metrics_port(settings: Settings) -> int | None:
+    """The port of the job's Prometheus reporter (flink.metrics_port: None = none, 0 = a
+    free one)."""
+    port = settings.flink.metrics_port
+    if port is None:
+        return None
+    return port or targets.free_port()
+
+
+def _announce(settings: Settings, name: str, port: int | None, wait_s: float = 30) -> Path | None:
+    """Announce the job's metrics endpoint to Prometheus once it serves this job's metrics
+    (the reporter starts with the MiniCluster, the job's series once it is submitted); None
+    when it does not: the port was taken (by another job's reporter, when flink.metrics_port
+    is not 0), the reason is in the job's Flink log."""
+    if port is None:
+        return None
+    url = f"http://127.0.0.1:{port}/metrics"
+    mine = f'job_name="abacus-{name}"'.encode()
+    deadline = time.monotonic() + wait_s
+    seen: object = None
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if mine in response.read():
+                    break
+                seen = "another job's metrics"
+        except OSError as exc:
+            seen = exc
+        if time.monotonic() > deadline:
+            log.warning("job %s: no metrics of its own at %s (%s): not announced", name, url, seen)
+            return None
+        time.sleep(0.5)
+    path = targets.register(
+        settings, "flink", name, targets.address("127.0.0.1", port), {"abacus_job": name}
+    )
+    log.info("job %s: metrics at %s", name, url)
+    return path
 
 
 def _rest_url(client: Any) -> str | None:

@@ -29,6 +29,7 @@ class JobState:
     run_started_ms: int = 0
     remote: str | None = None  # host:port of the remote cluster that runs it
     rest_port: int | None = None  # a local job's MiniCluster REST API (127.0.0.1)
+    metrics_port: int | None = None  # a local job's Prometheus reporter (127.0.0.1)
     restarts: int = 0  # how often Flink restarted the job (its numRestarts)
     failure_times_ms: list[int] = field(default_factory=list)  # its recent failures, newest last
     spec: dict[str, Any] = field(default_factory=dict)

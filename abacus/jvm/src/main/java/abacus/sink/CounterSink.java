@@ -43,6 +43,7 @@ import org.apache.flink.api.connector.sink2.StatefulSinkWriter;
 import org.apache.flink.api.connector.sink2.SupportsWriterState;
 import org.apache.flink.api.connector.sink2.WriterInitContext;
 import org.apache.flink.core.io.SimpleVersionedSerializer;
+import org.apache.flink.metrics.Counter;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.apache.flink.table.data.RowData;
@@ -86,6 +87,12 @@ import org.apache.flink.table.data.RowData;
  * store may hold up to that many more than {@code reapplied} says. A write refused before it
  * was applied (no node available, unavailable, overloaded, busy connection) adds nothing.
  * The sink retries both kinds the same way.
+ *
+ * <p>Metric (the writer's operator group, exported by the job's reporter): {@code
+ * incrementsWritten}, the count increments Cassandra acknowledged (the sums of the count
+ * measure of each acknowledged write): once a window is written, the fan-out's {@code
+ * incrementsFanned} (a retried write that Cassandra had applied, unknowingly, is not counted
+ * twice: only the acknowledged attempt counts).
  */
 public final class CounterSink implements Sink<RowData>, SupportsWriterState<RowData, Long> {
     private static final long serialVersionUID = 1L;
@@ -102,7 +109,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
     public StatefulSinkWriter<RowData, Long> createWriter(WriterInitContext context)
             throws IOException {
         return new Writer(new HashMap<>(conf), context.getProcessingTimeService(),
-                context.getTaskInfo(), 0L);
+                context.getTaskInfo(), 0L, writtenMetric(context));
     }
 
     @Override
@@ -113,7 +120,11 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
             base += total;
         }
         return new Writer(new HashMap<>(conf), context.getProcessingTimeService(),
-                context.getTaskInfo(), base);
+                context.getTaskInfo(), base, writtenMetric(context));
+    }
+
+    private static Counter writtenMetric(WriterInitContext context) {
+        return context.metricGroup().counter(Metrics.INCREMENTS_WRITTEN);
     }
 
     @Override
@@ -201,9 +212,11 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
         private long sentCount;  // count increments of the writes in flight; guarded by requests
         private boolean closed;  // guarded by requests
         private final Sums sums;
+        private final Counter writtenMetric;  // count increments acknowledged; guarded by requests
 
-        Writer(Map<String, String> conf, ProcessingTimeService time, TaskInfo task, long base)
-                throws IOException {
+        Writer(Map<String, String> conf, ProcessingTimeService time, TaskInfo task, long base,
+                Counter writtenMetric) throws IOException {
+            this.writtenMetric = writtenMetric;
             measures = Integer.parseInt(conf.get("measures"));
             partitionKeys = Integer.parseInt(conf.get("partition_keys"));
             sums = sums(conf);
@@ -494,6 +507,7 @@ public final class CounterSink implements Sink<RowData>, SupportsWriterState<Row
                     return;
                 }
                 if (error == null) {
+                    writtenMetric.inc(request.count);
                     if (written != null && request.count > 0) {
                         total += request.count;
                         written.add(request.count, total);

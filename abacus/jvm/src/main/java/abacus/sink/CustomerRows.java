@@ -1,8 +1,11 @@
 package abacus.sink;
 
 import java.util.Map;
-import org.apache.flink.api.common.functions.FlatMapFunction;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.functions.RichFlatMapFunction;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.SimpleCounter;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
@@ -17,13 +20,16 @@ import org.apache.flink.util.Collector;
  * Output: the customer store's key fields (company_id, customer_id, period, statistic_id,
  * bucket, resolution), count, then index_date (the label's date on rows of the indexed
  * resolution, null on others): the columns {@link CounterSink} is configured for.
+ *
+ * <p>Metric (its operator's group): {@code incrementsFanned}, the increment rows emitted.
  */
-public final class CustomerRows implements FlatMapFunction<RowData, RowData> {
+public final class CustomerRows extends RichFlatMapFunction<RowData, RowData> {
     private static final long serialVersionUID = 1L;
 
     private final RowSpec spec;
     private final int company, customer, statistic;
     private final int[] labels, out;
+    private transient Counter fanned = new SimpleCounter();  // the operator's, once open
 
     public CustomerRows(RowSpec spec) {
         this.spec = spec;
@@ -46,6 +52,12 @@ public final class CustomerRows implements FlatMapFunction<RowData, RowData> {
     }
 
     @Override
+    public void open(OpenContext context) {
+        fanned = getRuntimeContext().getMetricGroup()
+                .counter(Metrics.INCREMENTS_FANNED);
+    }
+
+    @Override
     public void flatMap(RowData in, Collector<RowData> collector) {
         for (int r = 0; r < spec.resolutions(); r++) {
             StringData label = in.getString(labels[r]);
@@ -54,5 +66,6 @@ public final class CustomerRows implements FlatMapFunction<RowData, RowData> {
                     spec.period(r, bucket), in.getString(statistic), label, spec.text(r), 1L,
                     spec.indexDate(r, bucket)));
         }
+        fanned.inc(spec.resolutions());
     }
 }

@@ -13,6 +13,8 @@ import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.java.tuple.Tuple3;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.MetricGroup;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
 import org.apache.flink.table.data.ArrayData;
@@ -52,6 +54,10 @@ import org.apache.flink.util.Collector;
  * {@code counting.Recount} in Python, seeds {@code Recount.absorb}); {@code UniquesTest}
  * feeds it the golden vectors that {@code abacus.golden} generates from counting and
  * requires the same counts.
+ *
+ * <p>Metrics (its operator's group, exported by the job's reporter): {@code
+ * incrementsFanned}, the increment rows emitted (one per account key of each first
+ * delivery), and {@code seedRowsAbsorbed}, the seed rows taken into the state.
  */
 public final class Uniques
         extends KeyedCoProcessFunction<Tuple3<String, String, String>, RowData, Row, RowData> {
@@ -60,6 +66,7 @@ public final class Uniques
     private final Check check;
     private transient List<MapState<String, List<String>>> seen;
     private transient Seen state;  // the current key's, over `seen`
+    private transient Counter fanned, absorbed;
 
     public Uniques(long ttlMs, RowSpec spec) {
         this.ttlMs = ttlMs;
@@ -121,6 +128,9 @@ public final class Uniques
 
     @Override
     public void open(OpenContext context) {
+        MetricGroup metrics = getRuntimeContext().getMetricGroup();
+        fanned = metrics.counter(Metrics.INCREMENTS_FANNED);
+        absorbed = metrics.counter(Metrics.SEED_ROWS_ABSORBED);
         StateTtlConfig ttl = StateTtlConfig.newBuilder(Duration.ofMillis(ttlMs))
                 .setUpdateType(StateTtlConfig.UpdateType.OnCreateAndWrite)
                 .setStateVisibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
@@ -149,13 +159,14 @@ public final class Uniques
     @Override
     public void processElement1(RowData in, Context context, Collector<RowData> out)
             throws Exception {
-        check.process(in, state, out);
+        fanned.inc(check.process(in, state, out));
     }
 
     @Override
     public void processElement2(Row seed, Context context, Collector<RowData> out)
             throws Exception {
         check.absorb(seed, state);
+        absorbed.inc();
     }
 
     /** One customer's state: per resolution, bucket label -> the pairs counted there. */
@@ -221,7 +232,8 @@ public final class Uniques
             }
         }
 
-        void process(RowData in, Seen seen, Collector<RowData> collector) throws Exception {
+        /** Emits the increment rows of a first delivery; returns how many. */
+        int process(RowData in, Seen seen, Collector<RowData> collector) throws Exception {
             ArrayData facets = in.getArray(facetsColumn);
             ArrayData values = in.getArray(valuesColumn);
             int n = facets.size();
@@ -245,6 +257,7 @@ public final class Uniques
                             first[i] ? 1L : 0L, indexDate));
                 }
             }
+            return n * spec.resolutions();
         }
 
         /** Clears first[i] for each candidate pair the customer already has in the bucket,

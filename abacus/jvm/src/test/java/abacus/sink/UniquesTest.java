@@ -1,5 +1,6 @@
 package abacus.sink;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -96,7 +97,10 @@ class UniquesTest {
         Collector<RowData> collector = collector(out);
         for (JsonNode values : rows) {
             RowData in = Golden.row(values);
-            check.process(in, seen(state, by.getKey(in)), collector);
+            int before = out.size();
+            int fanned = check.process(in, seen(state, by.getKey(in)), collector);
+            // what its incrementsFanned metric adds: the rows it emitted
+            assertEquals(out.size() - before, fanned, "increment rows emitted vs counted");
         }
         return out;
     }
