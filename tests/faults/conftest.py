@@ -24,7 +24,9 @@ from services.base import StartResult
 from settings import load_settings
 from settings.model import Settings
 
-DEFAULT_DATA_DIR = Path(".abacus").resolve()
+# the shared servers' data dir: the checkout's own, wherever pytest is started from (the
+# settings' data dir no longer follows the current directory)
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".abacus"
 
 
 @pytest.fixture(scope="session")
