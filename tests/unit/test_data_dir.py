@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -220,9 +221,7 @@ def test_audits_work_under_the_data_dir_by_default(tmp_path: Path) -> None:
     assert audits_dir(s, RunOptions(work_dir=tmp_path / "w")) == tmp_path / "w"
 
 
-def test_config_show_prints_the_absolute_data_dir_and_its_origin(
-    clean: Path, tmp_path: Path, installed: None
-) -> None:
+def test_config_show_prints_the_absolute_data_dir_and_its_origin(clean: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ABACUS_")}
     env |= {"PYTHONPATH": str(REPO), "ABACUS_SERVICES__DATA_DIR": "rel/data"}
     done = subprocess.run(
@@ -240,3 +239,20 @@ def test_config_show_prints_the_absolute_data_dir_and_its_origin(
     assert line == f"  data_dir = {expected}  # ABACUS_SERVICES__DATA_DIR", done.stdout
     chk = next(x for x in done.stdout.splitlines() if x.strip().startswith("checkpoint_dir ="))
     assert chk == f"  checkpoint_dir = {json.dumps(json.loads(expected) + '/flink/checkpoints')}"
+
+
+def test_a_stopped_server_says_who_holds_its_port(tmp_path: Path) -> None:
+    """Status read with another installation's settings: not `stopped` alone."""
+    from services import manager
+    from services.targets import free_port
+
+    port = free_port()
+    s = Settings(services=ServicesSettings(data_dir=tmp_path / "data"))
+    s = s.model_copy(update={"redis": s.redis.model_copy(update={"port": port})})
+    (redis,) = manager.services(s, ["redis"])
+    assert (redis.status().state, redis.status().detail) == ("stopped", None)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        found = redis.status()
+    assert (found.state, found.detail) == ("stopped", "port in use, not by abacus")
