@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from services import manager
-from services import targets
+from services import manager, targets
 from services.prometheus import PrometheusService
 from settings.model import BridgeSettings, ServeSettings, ServicesSettings, Settings
 
