@@ -133,7 +133,7 @@ def run(
     """Start the KIND job (statistic or customer) in the background, or in --foreground."""
     from abacus import manager
     from abacus.environment import Memory
-    from settings.logs import configure_for, with_log_format
+    from settings.logs import configure_for, log_line, with_log_format
 
     if from_savepoint is not None and fresh:
         raise click.UsageError("--from-savepoint and --fresh exclude each other: pick one")
@@ -161,9 +161,11 @@ def run(
         raise _fail(exc) from None
     restored = f", restored from {state.restored_from}" if state.restored_from else ""
     where = f"on {state.remote}" if state.remote else f"pid {state.pid}"
-    click.echo(
+    said = (
         f"{state.name}: {state.status} ({where}, job {state.job_id}, topic {state.topic}{restored})"
     )
+    # text: the line as before; JSON: the same line as one event (ts, level, logger, msg)
+    click.echo(log_line(settings, "abacus.job", said), nl=False)
 
 
 @job.command("status")

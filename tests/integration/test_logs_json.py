@@ -5,21 +5,37 @@ every line of their output is a JSON event with the fields, and the settings' se
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from abacus import manager
 from bridge.status import read_status as bridge_status
 from counting.corpus import tricky_lines
 from legacy.app import WorkerOptions
 from legacy.producer import publish_lines
 from legacy.worker import WorkerProcess, start_worker
 from services import procs
+from services.paths import data_dir
 from settings.logs import with_log_format
 from settings.model import Settings
+from shadow import installation
+from shadow.installation import runs_dir
+from storage import resources as storage_resources
 from tests.integration import bridge_env, legacy_env
+from tests.integration.abacus_runs import Run, generated_events, isolated_run
 from tests.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
@@ -180,3 +196,287 @@ def test_a_worker_with_a_wrong_password_never_logs_it(legacy: legacy_env.Env, fm
     assert "amqp://" in text  # the URL is there, its password masked
     if fmt == "json":
         json_events(text)
+
+
+# ---------------------------------------------------------------- commands run as a user runs them
+
+ROOT = Path(__file__).resolve().parents[2]
+CASSANDRA_USER = "abacus-logs"  # the shared Cassandra has no authentication: the user and
+CASSANDRA_PASSWORD = "cass-Passw0rd-never-logged"  # password are sent, never checked
+RABBIT_PASSWORD = "rabbit-Passw0rd-never-logged"  # for commands that never connect to it
+
+# what a JVM writes on its own stderr (a job's runner log holds its stdout and stderr): the
+# only lines of a JSON log that are not JSON. Each kind named, as the assertion reports it.
+JVM_LINES: dict[str, re.Pattern[str]] = {
+    # log4j's StatusLogger: "2026-11-27T16:59:29.530812599Z <thread> ERROR An exception ..."
+    "log4j status": re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[.,]\d+Z .* (ERROR|WARN|INFO) "),
+    "java stack frame": re.compile(r"^\s+(at [\w$.<>/]+\(.*\)|\.\.\. \d+ more)\s*$"),
+    "java cause": re.compile(r"^\s*(Caused by|Suppressed): [\w$.]+"),
+    "java exception": re.compile(r"^[a-z][\w$]*(\.[\w$]+)+(Exception|Error)\b"),
+    "slf4j": re.compile(r"^SLF4J(\(\w\))?: "),
+    "jvm warning": re.compile(r"^(WARNING: |OpenJDK 64-Bit Server VM warning: )"),
+}
+
+
+def _jvm_kind(line: str) -> str | None:
+    return next((kind for kind, pattern in JVM_LINES.items() if pattern.match(line)), None)
+
+
+def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of an `abacus` subprocess: the test's data directory (so the test and
+    the command see the same job and run files), secrets set, `extra`."""
+    return {
+        **os.environ,
+        "ABACUS_SERVICES__DATA_DIR": str(data_dir(settings)),
+        "ABACUS_CASSANDRA__USERNAME": CASSANDRA_USER,
+        "ABACUS_CASSANDRA__PASSWORD": CASSANDRA_PASSWORD,
+        "ABACUS_SERVE__TOKEN": TOKEN,
+        **extra,
+    }
+
+
+def _no_secret_anywhere(texts: dict[str, str], secrets: list[str]) -> None:
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret ({len(secret)} chars) is in {where}"
+
+
+def _abacus(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), *args]
+
+
+# ---------------------------------------------------------------- abacus serve
+
+
+@pytest.fixture
+def serve_env(settings: Settings, services_up: object) -> Iterator[Settings]:
+    """The read API's keyspaces under a prefix of their own (stage legacy), dropped after."""
+    prefix = f"tlog{uuid.uuid4().hex[:8]}_"
+    isolated = settings.model_copy(
+        update={"cassandra": settings.cassandra.model_copy(update={"keyspace_prefix": prefix})}
+    )
+    storage_resources.provision(isolated, SERVE_STORES)
+    try:
+        yield isolated
+    finally:
+        storage_resources.teardown(isolated, SERVE_STORES)
+
+
+SERVE_STORES = ["legacy", "shadow", "ops"]
+
+
+def _get(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_serve_in_json(serve_env: Settings, tmp_path: Path) -> None:
+    """`abacus serve --log-format json` with a token: requests answered 200, 400 (a bad
+    parameter), 401 (no token, a wrong one) and a malformed HTTP request (uvicorn's own
+    warning): every line on stdout and stderr is an event, uvicorn's included, no secret."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    out, err = tmp_path / "serve.out", tmp_path / "serve.err"
+    env = _cli_env(
+        serve_env,
+        ABACUS_CASSANDRA__KEYSPACE_PREFIX=serve_env.cassandra.keyspace_prefix,
+        ABACUS_RABBITMQ__PASSWORD=RABBIT_PASSWORD,
+    )
+    with out.open("w") as stdout, err.open("w") as stderr:
+        server = subprocess.Popen(
+            _abacus("serve", "--port", str(port), "--log-format", "json"),
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    base = f"http://127.0.0.1:{port}"
+    query = "company=ACME&statistic=opened&from=2025-12-01&to=2025-12-01"
+    try:
+
+        def up() -> bool:
+            assert server.poll() is None, f"exit {server.returncode}: {err.read_text()[-2000:]}"
+            try:
+                return _get(base + "/health") == 200
+            except OSError:
+                return False
+
+        wait_until("abacus serve answers /health", up, timeout_s=120)
+        answers = {
+            "ok": _get(f"{base}/v1/account-counts?{query}&resolution=day", TOKEN),
+            "bad": _get(f"{base}/v1/account-counts?{query}&resolution=week", TOKEN),
+            "no token": _get(f"{base}/v1/account-counts?{query}&resolution=day"),
+            "wrong token": _get(f"{base}/v1/account-counts?{query}&resolution=day", WRONG),
+        }
+        assert answers == {"ok": 200, "bad": 400, "no token": 401, "wrong token": 401}
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert raw.recv(200).startswith(b"HTTP/1.1 400"), "uvicorn refuses it"
+        wait_until(
+            "uvicorn logged the malformed request",
+            lambda: "Invalid HTTP request" in err.read_text(),
+            timeout_s=60,
+        )
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn's graceful shutdown
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+            raise
+    texts = {"stdout": out.read_text(), "stderr": err.read_text()}
+    assert code == 0, texts
+    assert texts["stdout"] == "", texts["stdout"][:2000]
+    events = json_events(texts["stderr"])
+    _no_secret_anywhere(texts, [TOKEN, WRONG, CASSANDRA_PASSWORD, RABBIT_PASSWORD])
+    started = [e for e in events if e["logger"] == "abacus.serve"]
+    assert started and started[0]["port"] == port and started[0]["auth"] is True, events
+    uvicorn = [e for e in events if e["logger"].startswith("uvicorn")]
+    assert any("Invalid HTTP request" in str(e["msg"]) for e in uvicorn), events
+
+
+# ---------------------------------------------------------------- abacus job run
+
+
+@pytest.fixture
+def job_env(settings: Settings, services_up: object) -> Iterator[Run]:
+    with isolated_run(settings, f"tlog{uuid.uuid4().hex[:8]}") as run:
+        yield run
+
+
+def test_job_run_in_json(job_env: Run) -> None:
+    """A background `abacus job run --log-format json`: its output line is an event, its
+    runner's log is JSON but for the JVM's own lines (named), no secret in the runner's log
+    nor in Flink's own log beside it (the Cassandra password reaches the JVM's sink)."""
+    run = job_env
+    name = run.name("statistic")
+    env = _cli_env(
+        run.settings,
+        ABACUS_KAFKA__TOPIC=run.settings.kafka.topic,
+        ABACUS_KAFKA__DLQ_TOPIC=run.settings.kafka.dlq_topic,
+        ABACUS_CASSANDRA__KEYSPACE_PREFIX=run.settings.cassandra.keyspace_prefix,
+        ABACUS_FLINK__CHECKPOINT_INTERVAL_MS="2000",
+        ABACUS_RABBITMQ__PASSWORD=RABBIT_PASSWORD,
+    )
+    started = subprocess.run(
+        _abacus(
+            "job",
+            "run",
+            "statistic",
+            "--prefix",
+            run.prefix,
+            "--window-ms",
+            "500",
+            "--log-format",
+            "json",
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        run.produce([*generated_events(3, 30), "not an event", '{"event_id": 1}'])
+        manager.wait_drained(run.settings, [name], 300)
+    finally:
+        state = manager.status(run.settings, name)
+        if state is not None and state.status in manager.RUNNING:
+            manager.stop(run.settings, name)
+    said = json_events(started.stdout)
+    assert len(said) == 1 and said[0]["logger"] == "abacus.job", started.stdout
+    assert str(said[0]["msg"]).startswith(f"{name}: RUNNING (pid "), said
+    if started.stderr:
+        json_events(started.stderr)
+
+    log = manager.log_path(run.settings, name).read_text()
+    jvm: dict[str, list[str]] = {}
+    logged = []
+    for n, line in enumerate(log.splitlines(), 1):
+        kind = _jvm_kind(line)
+        if kind is not None:
+            jvm.setdefault(kind, []).append(line)
+            continue
+        logged.append(line)
+        assert line.startswith("{"), f"runner log line {n}: neither JSON nor the JVM's: {line!r}"
+    events = json_events("\n".join(logged))
+    assert any(str(e["msg"]).startswith(f"job {name} starting") for e in events), events[:5]
+    flink = {
+        str(path): path.read_text(errors="replace")
+        for path in manager.jobs_dir(run.settings).glob(f"{name}.flink/*.log")
+    }
+    assert flink, "Flink's own log beside the runner's"
+    _no_secret_anywhere(
+        {"stdout": started.stdout, "stderr": started.stderr, "runner log": log, **flink},
+        [TOKEN, CASSANDRA_PASSWORD, RABBIT_PASSWORD],
+    )
+    print(f"runner log: {len(events)} JSON events, the JVM's own lines: {jvm or 'none'}")
+
+
+# ---------------------------------------------------------------- abacus shadow run
+
+
+def test_shadow_run_in_json(settings: Settings, services_up: object, tmp_path: Path) -> None:
+    """A short `abacus shadow run --log-format json --format json` (a few generated events):
+    stderr, the result on stdout and every log file of the run (workers, flusher, bridge,
+    both jobs' runners; the JVM's own lines aside) are events, no secret in any of them."""
+    prefix = f"tlog{uuid.uuid4().hex[:6]}_"
+    config = tmp_path / "abacus.toml"
+    config.write_text(
+        f'[cassandra]\nkeyspace_prefix = "{prefix}"\n[flink]\ncheckpoint_interval_ms = 2000\n'
+    )
+    env = _cli_env(settings, ABACUS_CONFIG=str(config))
+    args = ["shadow", "run", "--generate", "40", "--rate", "40", "--probes-per-s", "1"]
+    args += ["--keep", "0", "--no-services", "--no-live", "--format", "json"]
+    done = subprocess.run(
+        _abacus(*args, "--log-format", "json"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    mine = [d for d in runs_dir(settings).glob("r*") if prefix in _run_doc(d).get("base", "")]
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        (result,) = json_events(done.stdout)  # one line: the result, an event too
+        assert result["logger"] == "abacus.shadow" and result["clean"] is True, result
+        assert result["published"] >= 40 and result["audits"], result
+        events = json_events(done.stderr)
+        phases = [str(e["msg"]) for e in events if e["logger"] == "abacus.shadow"]
+        assert "auditing" in phases and "stopping the components" in phases, phases
+
+        run_dir = Path(result["run_dir"])
+        doc = json.loads((run_dir / "run.json").read_text())
+        logs = {str(p): p.read_text() for p in (run_dir / "logs").glob("*.log")}
+        assert {Path(p).stem for p in logs} >= {"legacy-worker", "legacy-flusher", "bridge"}
+        jobs = {
+            str(p): p.read_text()
+            for name in doc["jobs"].values()
+            for p in [manager.log_path(settings, name)]
+        }
+        assert len(jobs) == 2, doc["jobs"]
+        for path, text in logs.items():
+            assert json_events(text), path
+        jvm = {}
+        for path, text in jobs.items():
+            jvm[path] = [line for line in text.splitlines() if _jvm_kind(line)]
+            json_events("\n".join(line for line in text.splitlines() if not _jvm_kind(line)))
+        secrets = [TOKEN, CASSANDRA_PASSWORD, settings.rabbitmq.password.get_secret_value()]
+        _no_secret_anywhere({"stdout": done.stdout, "stderr": done.stderr, **logs, **jobs}, secrets)
+        print(f"the JVM's own lines in the runners' logs: {jvm}")
+    finally:  # what the run created (its names are whole in its overrides), and its files
+        for leftover in mine:
+            installation.remove(settings, leftover.name, _run_doc(leftover)["overrides"])
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _run_doc(run_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((run_dir / "run.json").read_text()))
+    except (OSError, ValueError):
+        return {}
