@@ -118,7 +118,7 @@ def run(
 
     from counting.events import read_lines
     from legacy.chaos import Chaos
-    from settings.logs import configure_for, with_log_format
+    from settings.logs import configure_for, log_line, with_log_format
     from shadow.components import JobOptions
     from shadow.run import RunConfig, run_shadow, summary
     from shadow.stream import generated
@@ -177,18 +177,24 @@ def run(
         else:
             result = run_shadow(settings, config, LogView(err), total=n)
     except KeyboardInterrupt:
-        click.echo(
+        said = (
             "shadow run: interrupted; every component it started is stopped "
-            "(the servers keep running)",
-            err=True,
+            "(the servers keep running)"
         )
+        click.echo(log_line(settings, "abacus.shadow", said), err=True, nl=False)
         sys.exit(130)
     except Exception as exc:  # a server unreachable, a failed audit: one line, exit 2
         from settings.output import visible
 
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise Failure(visible(f"shadow run: {type(exc).__name__}: {first}")) from None
-    if fmt == "json":
+    if fmt == "json" and settings.services.log_format == "json":
+        # one line, an event too (ts, level, logger, msg, then the result's fields): in a
+        # log collector that merges stdout and stderr every line is still one JSON event
+        verdict = f"shadow run {result.run_id}: exit {result.exit_code}"
+        event = json.loads(log_line(settings, "abacus.shadow", verdict))
+        click.echo(json.dumps({**event, **summary(result)}))
+    elif fmt == "json":
         click.echo(json.dumps(summary(result), indent=1))
     else:
         print_result(result, sys.stdout)
