@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from pathlib import Path
 
@@ -77,12 +78,23 @@ def main() -> None:
         click.echo(visible(f"{where}: {exc.format_message()}"), err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(visible(f"abacus: error: {exc.format_message()}", newlines=True), err=True)
+        _error(visible(f"abacus: error: {exc.format_message()}", newlines=True))
         sys.exit(exc.exit_code)
     except click.Abort:
-        click.echo("abacus: aborted", err=True)
+        _error("abacus: aborted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(said: str) -> None:
+    """The line on stderr; an ERROR event (logger `abacus`) instead when the command logs
+    JSON (`--log-format json` set up the root logger): its output stays one event a line."""
+    from settings.logs import JsonFormatter
+
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("abacus").error(said)
+    else:
+        click.echo(said, err=True)
 
 
 if __name__ == "__main__":

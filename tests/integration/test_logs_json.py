@@ -480,3 +480,25 @@ def _run_doc(run_dir: Path) -> dict[str, Any]:
         return dict(json.loads((run_dir / "run.json").read_text()))
     except (OSError, ValueError):
         return {}
+
+
+def test_serve_that_cannot_start_says_why_in_json(settings: Settings, tmp_path: Path) -> None:
+    """Its store unreachable, `abacus serve --log-format json` exits 2 and its error is the
+    last event (logger `abacus`, ERROR), not a line of text after the driver's events."""
+    with socket.socket() as s:  # a port nothing listens on: the store is unreachable
+        s.bind(("127.0.0.1", 0))
+        closed = int(s.getsockname()[1])
+    done = subprocess.run(
+        _abacus("serve", "--port", str(closed), "--log-format", "json"),
+        env=_cli_env(settings, ABACUS_CASSANDRA__PORT=str(closed)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout == ""
+    events = json_events(done.stderr)
+    last = events[-1]
+    assert (last["logger"], last["level"]) == ("abacus", "ERROR"), last
+    assert str(last["msg"]).startswith("abacus: error: cannot start: NoHostAvailable"), last
+    _no_secret_anywhere({"stderr": done.stderr}, [TOKEN, CASSANDRA_PASSWORD])
