@@ -38,7 +38,7 @@ import redis
 
 import storage
 from counting import CustomerKey, Rejection, account_keys, customer_keys, parse_event
-from legacy import deadletter
+from legacy import deadletter, metrics
 from legacy.bertha import BigBertha
 from legacy.chaos import Chaos
 from legacy.keys import RedisKeys, encode_key
@@ -161,6 +161,7 @@ class Aggregator(LegacyClients):
         def on_retry(step: str) -> Callable[[BaseException], None]:
             def note(exc: BaseException) -> None:
                 retries["retried"] += 1
+                metrics.step_retried(step)
                 if step == "cassandra" and ambiguous(exc):
                     retries["retried_ambiguous"] += 1
                 log.warning(
@@ -192,10 +193,13 @@ class Aggregator(LegacyClients):
                     partitions([(key, (1,)) for key in customer_keys(event)], _customer_partition)
                 )
             )
+            rows = sum(len(part) for part in pending.values())
             self._retry.run(lambda: self._write_customer(pending), on_retry(step))
         except Exception as exc:
             self._give_up(step, exc, raw_event, event.event_id, task_id, dict(retries))
             return Outcome.DEAD_LETTERED
+        metrics.rows_written("customer", rows)
+        metrics.task("retried" if retries else "done")
         if retries:
             count_stats(self._redis, self._keys, {**retries, "recovered": 1}, self._stats_retry)
         if task_id is not None:
@@ -244,6 +248,7 @@ class Aggregator(LegacyClients):
                 extra={"failed_step": step, "already_counted": counted},
             )
         )
+        metrics.task("failed")
         stats = {**retries, "failed": 1, "dead_lettered": 1, "dead:" + reason: 1}
         if step != "redis":
             stats["failed_partial"] = 1
@@ -264,6 +269,7 @@ class Aggregator(LegacyClients):
                 content_type="application/json",
             )
         )
+        metrics.task("dead_lettered")
         count_stats(
             self._redis, self._keys, {"dead_lettered": 1, "dead:" + reason: 1}, self._stats_retry
         )

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from celery import Celery, bootsteps
 from celery.exceptions import Reject
 
-from legacy import deadletter
+from legacy import deadletter, metrics
 from legacy.aggregation import REDIS_TIMEOUT_S, Aggregator, Outcome, count_stats
 from legacy.chaos import Chaos
 from legacy.consuming import ConsumingFlagStep
@@ -89,12 +89,18 @@ class Runtime:
     def dead_letter(self, letter: dict[str, Any]) -> None:
         with self.app.producer_or_acquire() as producer:
             deadletter.publish(producer, self.settings.rabbitmq, letter)
+        metrics.dead_lettered(str(letter.get("reason")))
 
     def handle(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        with metrics.running():
+            return self._handle(request, args, kwargs)
+
+    def _handle(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         try:
             aggregator = self.aggregator()
         except Exception as exc:  # Cassandra unreachable at the process's first task
             log.exception("legacy task %s: cannot open the counter store; requeued", request.id)
+            metrics.task("requeued")
             time.sleep(1.0)
             raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
         if problem := arguments_problem(args, kwargs):
@@ -110,6 +116,7 @@ class Runtime:
                 "legacy task %s: could not count nor dead-letter it; requeued", request.id
             )
             count_stats(aggregator.redis, aggregator.keys, {"requeued": 1}, RetryPolicy(budget_s=0))
+            metrics.task("requeued")
             time.sleep(1.0)
             raise Reject(f"{type(exc).__name__}: requeued", requeue=True) from exc
         if outcome is Outcome.REDELIVER:

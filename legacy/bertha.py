@@ -209,6 +209,17 @@ class BigBertha:
             pipe.hlen(self._keys.batch(batch_id))
         return sum(pipe.execute())
 
+    def pending_keys(self) -> int:
+        """Account keys not yet in Cassandra: the count fields (`c<key>`, one per key) of
+        the pending hash and of every unfinished batch, read by HSCAN (never blocking Redis
+        for the whole hash, as HKEYS would)."""
+        hashes = [self._keys.pending, *(self._keys.batch(b) for b in self.batch_ids())]
+        return sum(
+            1
+            for name in hashes
+            for _ in self._client.hscan_iter(name, match="c*", count=_SCAN_COUNT)
+        )
+
     def batch_ids(self) -> Iterator[str]:
         # redis-py types a reply as sync or awaitable; this client is sync: a list
         members = cast("list[bytes]", self._client.zrange(self._keys.batches, 0, -1))

@@ -97,8 +97,12 @@ def _servers(what: str) -> Iterator[None]:
     from cassandra.cluster import NoHostAvailable
     from kombu.exceptions import OperationalError
 
+    from legacy.metrics import MetricsError
+
     try:
         yield
+    except MetricsError as exc:
+        raise click.ClickException(f"{what}: {exc}") from None
     except (OperationalError, ConnectionError, OSError, redis.RedisError, NoHostAvailable) as exc:
         raise click.ClickException(
             f"{what}: cannot reach a server ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -328,8 +332,11 @@ def flush(
     """Write Big Bertha's pre-aggregated increments to Cassandra counters, periodically
     (SIGTERM or Ctrl-C: one last flush, then exit; SIGUSR1: chaos, the next batch kills
     the flusher between its write and its delete, as --chaos-kill-flush does)."""
+    import os
     import signal
+    import socket
 
+    from legacy import metrics
     from legacy.flusher import Flusher
     from legacy.trace import Trace
     from settings.logs import configure_for, with_log_format
@@ -343,7 +350,11 @@ def flush(
         chaos = Chaos(drop_flush=chaos_drop_flush, kill_flush=chaos_kill_flush)
         flusher = Flusher(settings, chaos, Trace(trace_dir, "flusher"))
         signal.signal(signal.SIGUSR1, lambda *_: flusher.arm_kill())
+        exporter = None
         try:
+            if not once:  # a long-running flusher serves its metrics (legacy.metrics_port)
+                name = f"flusher-{socket.gethostname()}-{os.getpid()}"
+                exporter = metrics.start(settings, name, {"flusher": name})
             if once:
                 result = flusher.flush_once()
             else:
@@ -352,6 +363,8 @@ def flush(
                 except KeyboardInterrupt:
                     result = flusher.flush_once()
         finally:
+            if exporter is not None:
+                exporter.close()
             flusher.close()
     said = f"flushed {result.batches} batch(es), {result.keys} counter keys" + (
         f", {result.dropped} dropped (chaos)" if result.dropped else ""

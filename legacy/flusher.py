@@ -32,6 +32,7 @@ from typing import Any
 
 import storage
 from counting import AccountKey
+from legacy import metrics
 from legacy.aggregation import REDIS_TIMEOUT_S, LegacyClients, count_stats
 from legacy.bertha import DEFAULT_LEASE_S, BigBertha, LeaseLost, Row
 from legacy.chaos import Chaos
@@ -128,6 +129,7 @@ class Flusher(LegacyClients):
             self._bertha.done(batch, self._token)  # chaos: the batch is lost
             log.warning("chaos: dropped flush batch %s (%d keys)", batch, len(rows))
             self._redis.hincrby(self._keys.stats, "chaos_dropped_flushes", 1)
+            metrics.batch_flushed(dropped=True)
             return FlushResult(1, 0, 1)
         with Renewal(self._bertha, batch, self._token, self._lease_s) as lease:
             self._write(batch, rows, lease)
@@ -138,6 +140,7 @@ class Flusher(LegacyClients):
                 raise LeaseLost(f"batch {batch}: lease lost before it was done")
         self._trace.flush(batch, t_taken or time.time(), time.time())
         count_stats(self._redis, self._keys, {"flushes": 1, "flushed_keys": len(rows)})
+        metrics.batch_flushed()
         return FlushResult(1, len(rows), 0)
 
     def _write(self, batch: str, rows: list[Row], lease: Renewal) -> None:
@@ -155,6 +158,7 @@ class Flusher(LegacyClients):
             if written:
                 self._chaos_kill(batch, [r for part in outcome.written for r in window[part]])
                 self._confirm(batch, [encode_key(k) for k in written])
+                metrics.rows_written("account", len(written))
             if outcome.error is not None:
                 error = error or outcome.error
                 failed += len(window) - len(outcome.written)
@@ -215,18 +219,23 @@ class Flusher(LegacyClients):
     def run(self, interval_s: float, stop: threading.Event) -> FlushResult:
         """Flush every `interval_s` until `stop` is set, then once more."""
         total = FlushResult()
+        metrics.flusher_started()
         while not stop.wait(interval_s):
             total += self._flush_logged()
         return total + self._flush_logged()
 
     def _flush_logged(self) -> FlushResult:
+        t0 = time.monotonic()
         try:
-            return self.flush_once()
+            result = self.flush_once()
         except Exception:  # a Redis or Cassandra hiccup: what was not written stays, released
+            metrics.flushed(False, time.monotonic() - t0, had_work=True)
             log.exception("Big Bertha flush failed; what it did not write is flushed again")
             with contextlib.suppress(Exception):
                 count_stats(self._redis, self._keys, {"flush_failures": 1}, RetryPolicy(budget_s=0))
             return FlushResult()
+        metrics.flushed(True, time.monotonic() - t0, had_work=result.batches > 0)
+        return result
 
 
 def _account_partition(key: AccountKey) -> tuple[str, str, str]:

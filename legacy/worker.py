@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from legacy import metrics
 from legacy.app import WorkerOptions, make_app
 from legacy.chaos import Chaos
 from services import procs
@@ -110,11 +111,19 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
                 "pool": options.pool,
             },
         )
+    try:
+        # before the pool forks: its children write their counts in the exporter's directory
+        exporter = metrics.start(settings, hostname, {"worker": hostname})
+    except BaseException:
+        registry.close()
+        raise
     registry.set("running")
     registry.warn_without_aof()
     try:
         worker.start()
     finally:
+        if exporter is not None:
+            exporter.close()
         code = int(worker.exitcode or 0)
         if catcher.reason is None:
             registry.set(
