@@ -421,58 +421,105 @@ def test_job_run_in_json(job_env: Run) -> None:
 # ---------------------------------------------------------------- abacus shadow run
 
 
-def test_shadow_run_in_json(settings: Settings, services_up: object, tmp_path: Path) -> None:
-    """A short `abacus shadow run --log-format json --format json` (a few generated events):
-    stderr, the result on stdout and every log file of the run (workers, flusher, bridge,
-    both jobs' runners; the JVM's own lines aside) are events, no secret in any of them."""
+@pytest.fixture
+def shadow_env(settings: Settings, services_up: object, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a shadow run with names of its own (keyspace prefix, so topics,
+    queues and Redis keys carry its run id under its own base); what it made removed after."""
     prefix = f"tlog{uuid.uuid4().hex[:6]}_"
     config = tmp_path / "abacus.toml"
     config.write_text(
         f'[cassandra]\nkeyspace_prefix = "{prefix}"\n[flink]\ncheckpoint_interval_ms = 2000\n'
     )
-    env = _cli_env(settings, ABACUS_CONFIG=str(config))
-    args = ["shadow", "run", "--generate", "40", "--rate", "40", "--probes-per-s", "1"]
-    args += ["--keep", "0", "--no-services", "--no-live", "--format", "json"]
+    try:
+        yield _cli_env(settings, ABACUS_CONFIG=str(config))
+    finally:  # what its runs created (their names are whole in their overrides), and files
+        for path in runs_dir(settings).glob("r*"):
+            doc = _run_doc(path)
+            if doc.get("base", "").startswith(f"{prefix}|"):
+                installation.remove(settings, path.name, doc["overrides"])
+                shutil.rmtree(path, ignore_errors=True)
+
+
+SHADOW_ARGS = ["shadow", "run", "--probes-per-s", "1", "--keep", "0", "--no-services"]
+SHADOW_ARGS += ["--no-live", "--format", "json", "--log-format", "json"]
+
+
+def test_shadow_run_in_json(settings: Settings, shadow_env: dict[str, str]) -> None:
+    """A short `abacus shadow run --log-format json --format json` (a few generated events):
+    stderr, the result on stdout and every log file of the run (workers, flusher, bridge,
+    both jobs' runners; the JVM's own lines aside) are events, no secret in any of them."""
     done = subprocess.run(
-        _abacus(*args, "--log-format", "json"),
-        env=env,
+        _abacus(*SHADOW_ARGS, "--generate", "40", "--rate", "40"),
+        env=shadow_env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    mine = [d for d in runs_dir(settings).glob("r*") if prefix in _run_doc(d).get("base", "")]
-    try:
-        assert done.returncode == 0, done.stderr[-3000:]
-        (result,) = json_events(done.stdout)  # one line: the result, an event too
-        assert result["logger"] == "abacus.shadow" and result["clean"] is True, result
-        assert result["published"] >= 40 and result["audits"], result
-        events = json_events(done.stderr)
-        phases = [str(e["msg"]) for e in events if e["logger"] == "abacus.shadow"]
-        assert "auditing" in phases and "stopping the components" in phases, phases
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json_events(done.stdout)  # one line: the result, an event too
+    assert result["logger"] == "abacus.shadow" and result["clean"] is True, result
+    assert result["published"] >= 40 and result["audits"], result
+    events = json_events(done.stderr)
+    phases = [str(e["msg"]) for e in events if e["logger"] == "abacus.shadow"]
+    assert "auditing" in phases and "stopping the components" in phases, phases
+    _run_logs_are_events(settings, Path(result["run_dir"]), done.stdout + done.stderr)
 
-        run_dir = Path(result["run_dir"])
-        doc = json.loads((run_dir / "run.json").read_text())
-        logs = {str(p): p.read_text() for p in (run_dir / "logs").glob("*.log")}
-        assert {Path(p).stem for p in logs} >= {"legacy-worker", "legacy-flusher", "bridge"}
-        jobs = {
-            str(p): p.read_text()
-            for name in doc["jobs"].values()
-            for p in [manager.log_path(settings, name)]
-        }
-        assert len(jobs) == 2, doc["jobs"]
-        for path, text in logs.items():
-            assert json_events(text), path
-        jvm = {}
-        for path, text in jobs.items():
-            jvm[path] = [line for line in text.splitlines() if _jvm_kind(line)]
-            json_events("\n".join(line for line in text.splitlines() if not _jvm_kind(line)))
-        secrets = [TOKEN, CASSANDRA_PASSWORD, settings.rabbitmq.password.get_secret_value()]
-        _no_secret_anywhere({"stdout": done.stdout, "stderr": done.stderr, **logs, **jobs}, secrets)
-        print(f"the JVM's own lines in the runners' logs: {jvm}")
-    finally:  # what the run created (its names are whole in its overrides), and its files
-        for leftover in mine:
-            installation.remove(settings, leftover.name, _run_doc(leftover)["overrides"])
-            shutil.rmtree(leftover, ignore_errors=True)
+
+def _run_logs_are_events(settings: Settings, run_dir: Path, output: str) -> None:
+    """Every log file of the run (workers, flusher, bridge; both jobs' runners but for the
+    JVM's own lines) is JSON events, and no secret is there nor in `output`."""
+    doc = json.loads((run_dir / "run.json").read_text())
+    logs = {str(p): p.read_text() for p in (run_dir / "logs").glob("*.log")}
+    assert {Path(p).stem for p in logs} >= {"legacy-worker", "legacy-flusher", "bridge"}
+    jobs = {
+        str(path): path.read_text()
+        for path in (manager.log_path(settings, name) for name in doc["jobs"].values())
+    }
+    assert len(jobs) == 2, doc["jobs"]
+    for path, text in logs.items():
+        assert json_events(text), path
+    jvm = {}
+    for path, text in jobs.items():
+        jvm[path] = [line for line in text.splitlines() if _jvm_kind(line)]
+        json_events("\n".join(line for line in text.splitlines() if not _jvm_kind(line)))
+    secrets = [TOKEN, CASSANDRA_PASSWORD, settings.rabbitmq.password.get_secret_value()]
+    _no_secret_anywhere({"output": output, **logs, **jobs}, secrets)
+    print(f"the JVM's own lines in the runners' logs: {jvm}")
+
+
+def test_shadow_run_interrupted_in_json(settings: Settings, shadow_env: dict[str, str]) -> None:
+    """Ctrl-C while a JSON shadow run publishes: exit 130, its last event says every
+    component it started is stopped, every line of its output and logs an event."""
+    config = Path(shadow_env["ABACUS_CONFIG"])
+    out, err = config.with_name("shadow.out"), config.with_name("shadow.err")
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            _abacus(*SHADOW_ARGS, "--generate", "100000", "--rate", "20"),
+            env=shadow_env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+
+        def publishing() -> bool:
+            assert process.poll() is None, f"exit {process.returncode}: {err.read_text()[-3000:]}"
+            return '"msg": "publishing"' in err.read_text()
+
+        wait_until("the run publishes", publishing, timeout_s=600, poll_s=0.5)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(60)
+    text = err.read_text()
+    assert code == 130, text[-3000:]
+    assert out.read_text() == ""
+    events = json_events(text)
+    assert str(events[-1]["msg"]).startswith("shadow run: interrupted; every component"), events[-1]
+    started = next(e for e in events if str(e["msg"]).startswith("run r"))
+    run_id = str(started["msg"]).split()[1].rstrip(":")
+    _run_logs_are_events(settings, runs_dir(settings) / run_id, text)
 
 
 def _run_doc(run_dir: Path) -> dict[str, Any]:
