@@ -12,6 +12,10 @@ does not de-duplicate) with the invalid lines:
   over-counts exactly the keys of the redelivered events, by exactly their redeliveries,
   Abacus equals the truth, exit 1, and the audits attribute the drift to those keys.
 
+A real Prometheus (scraping every 2 s) and a read API run beside them: every part's metric
+families are found in Prometheus afterwards, and the chaos run's dirty dates as audit
+outcomes with their alert firing.
+
 Both runs start together (each has its own run id: keyspaces, topics, queues, Redis prefix,
 jobs), so the slow part, starting four Flink jobs, overlaps.
 """
@@ -37,6 +41,9 @@ from counting.events import MAX_INPUT_BYTES
 from legacy import deadletter
 from legacy.chaos import Chaos
 from settings import Settings
+from tests.e2e import operating
+from tests.e2e.operating import Prometheus, ReadApi
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -114,8 +121,26 @@ def finish(process: subprocess.Popen[str]) -> Outcome:
 
 
 @pytest.fixture(scope="module")
+def prom(services_up: object, settings: Settings) -> Iterator[Prometheus]:
+    yield from operating.prometheus(settings)
+
+
+@pytest.fixture(scope="module")
+def ops_api(
+    prom: Prometheus, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReadApi]:
+    """A read API running through the runs (the jobs' consumer lag, legacy's queue and the
+    stage, for Prometheus to scrape), over an ops keyspace of its own."""
+    api = ReadApi(settings, "e2e_ops_", tmp_path_factory.mktemp("ops") / "serve.log")
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+@pytest.fixture(scope="module")
 def runs(
-    services_up: object, tmp_path_factory: pytest.TempPathFactory
+    services_up: object, ops_api: ReadApi, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Outcome]]:
     tmp = tmp_path_factory.mktemp("shadow")
     config = tmp / "abacus.toml"
@@ -369,3 +394,83 @@ def test_the_console_shows_the_chaos_runs_dirty_date(
     finally:
         server.terminate()
         server.wait(30)
+
+
+# what each kind of process exports (issue 15): found in Prometheus after the runs
+FAMILIES = {
+    "legacy": [
+        "abacus_legacy_tasks_total",
+        "abacus_legacy_dead_lettered_total",
+        "abacus_legacy_bertha_pending_keys",
+        "abacus_legacy_bertha_flush_age_seconds",
+    ],
+    "bridge": [
+        "abacus_bridge_produced_total",
+        "abacus_bridge_dead_lettered_total",
+        "abacus_bridge_in_flight_messages",
+    ],
+    "flink": [
+        "abacus_job_events_parsed_total",
+        "abacus_job_dead_lettered_total",
+        "abacus_job_increments_fanned_total",
+        "abacus_job_increments_written_total",
+        "abacus_job_restarts_total",
+    ],
+    "serve": [
+        "abacus_serve_requests_total",
+        "abacus_serve_request_seconds_bucket",
+        "abacus_cutover_stage",
+        "abacus_consumer_lag_messages",
+        "abacus_legacy_queue_consumers",
+    ],
+}
+
+
+def test_prometheus_scraped_every_part_and_alerts_on_the_dirty_dates(
+    runs: dict[str, Outcome], prom: Prometheus, settings: Settings, tmp_path: Path
+) -> None:
+    # every kind of process was scraped, and up, while the runs ran
+    up = prom.query("max by (job) (max_over_time(up[30m]))")
+    seen = {r["metric"]["job"]: r["value"][1] for r in up}
+    assert all(seen.get(kind) == "1" for kind in ("prometheus", *FAMILIES)), seen
+    missing = [
+        (kind, name)
+        for kind, names in FAMILIES.items()
+        for name in names
+        if not prom.query(f"last_over_time({name}[30m])")
+    ]
+    assert missing == [], missing
+    # the poison corpus reached every pipeline's dead letters
+    for name in ("abacus_legacy_dead_lettered_total", "abacus_job_dead_lettered_total"):
+        assert prom.query(f"max_over_time({name}[30m]) > 0"), name
+    # the chaos run's audits, through a read API over its keyspaces: the dirty dates
+    chaos = runs["chaos"]
+    dirty = sorted(a["date"] for a in chaos.doc["audits"] if a["outcome"] != "clean")
+    assert dirty, chaos.doc["audits"]
+    api = ReadApi(settings, f"e2e_{chaos.doc['run_id']}_", tmp_path / "serve.log")
+    try:
+        found = wait_for(
+            "Prometheus has the chaos run's dirty audit dates",
+            lambda: prom.query('abacus_audit_outcome{outcome="dirty"} == 1'),
+            lambda result: sorted(r["metric"]["date"] for r in result) == dirty,
+            timeout_s=180,
+        )
+        assert {(r["metric"]["left"], r["metric"]["right"]) for r in found} == {
+            ("legacy", "shadow")
+        }
+        firing = wait_for(
+            "AbacusAuditDirty firing for each dirty date",
+            lambda: prom.api("/api/v1/alerts")["alerts"],
+            lambda alerts: (
+                sorted(
+                    a["labels"]["date"]
+                    for a in alerts
+                    if a["labels"]["alertname"] == "AbacusAuditDirty" and a["state"] == "firing"
+                )
+                == dirty
+            ),
+            timeout_s=180,
+        )
+        assert all(a["labels"]["severity"] == "critical" for a in firing if "date" in a["labels"])
+    finally:
+        api.stop()
