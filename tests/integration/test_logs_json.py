@@ -215,11 +215,40 @@ JVM_LINES: dict[str, re.Pattern[str]] = {
     "java exception": re.compile(r"^[a-z][\w$]*(\.[\w$]+)+(Exception|Error)\b"),
     "slf4j": re.compile(r"^SLF4J(\(\w\))?: "),
     "jvm warning": re.compile(r"^(WARNING: |OpenJDK 64-Bit Server VM warning: )"),
+    "blank line after a java trace": re.compile(r"^\s*$"),  # never one of our events
 }
 
 
 def _jvm_kind(line: str) -> str | None:
     return next((kind for kind, pattern in JVM_LINES.items() if pattern.match(line)), None)
+
+
+def test_the_jvm_lines_are_told_apart_from_ours() -> None:
+    """Lines seen in runners' logs (a job cancelled while its Kafka client logged) are the
+    JVM's; a Python traceback, a text log line or our error line are not."""
+    jvm = [
+        "2026-11-27T16:59:29.530812599Z SourceCoordinator-Source: kafka ERROR An exception "
+        "occurred processing Appender FileAppender java.lang.IllegalStateException: Trying "
+        "to access closed classloader.",
+        "\tat org.apache.flink.util.FlinkUserCodeClassLoaders$SafetyNetWrapperClassLoader"
+        ".ensureInner(FlinkUserCodeClassLoaders.java:189)",
+        "\tat java.base/java.lang.Thread.run(Thread.java:840)",
+        "\t... 12 more",
+        "Caused by: java.lang.ClassNotFoundException: org.apache.kafka.Foo",
+        "java.lang.IllegalStateException: Trying to access closed classloader.",
+        "SLF4J: No SLF4J providers were found.",
+        "",
+    ]
+    ours = [
+        "Traceback (most recent call last):",
+        '  File "/work/main/abacus/runner.py", line 12, in run',
+        "ValueError: bad",
+        "2026-11-27 17:20:01,123 INFO abacus.runner job x starting (pid 1)",
+        "abacus: error: cannot start",
+        '{"ts": "2026-11-27T17:20:01.123Z", "level": "INFO"',
+    ]
+    assert [line for line in jvm if _jvm_kind(line) is None] == []
+    assert {line: _jvm_kind(line) for line in ours} == dict.fromkeys(ours)
 
 
 def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
