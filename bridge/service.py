@@ -27,7 +27,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -443,7 +442,7 @@ class Bridge:
         self._metrics_server = serve_metrics(
             self.metrics_port, self.counts, self.mode, self.in_flight, host
         )
-        name = f"{self.mode}-{socket.gethostname()}-{os.getpid()}"
+        name = f"{self.mode}-{self.queue}"  # a restarted bridge rewrites the same file
         self._target = targets.register(
             self.settings, "bridge", name, targets.address(host, self.metrics_port)
         )

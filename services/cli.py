@@ -12,7 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services import install as installer
-from services import manager, procs
+from services import manager, procs, targets
 from services.base import ServiceError
 from services.paths import data_dir
 from settings.model import Settings
@@ -161,6 +161,38 @@ def status(settings: Settings, names: tuple[str, ...], fmt: str) -> None:
         click.echo(visible(f"data in {data_dir(settings)}"))
     if not report.all_running:
         sys.exit(EXIT_NOT_RUNNING)
+
+
+@services.command("targets")
+@click.option("--prune", is_flag=True, help="Remove the targets whose process no longer runs.")
+@output_format("table", "json", show_default=False)
+@click.pass_obj
+def targets_(settings: Settings, prune: bool, fmt: str) -> None:
+    """The metrics endpoints the running processes announce to Prometheus (file-based
+    discovery under the data dir), and whether each process still runs. A dead one stays
+    scraped as down (AbacusComponentDown) until `--prune` removes it."""
+    found = targets.listed(settings)
+    removed = {t.path for t in targets.prune(settings)} if prune else set()
+    rows = [
+        {
+            "kind": t.kind,
+            "name": t.name,
+            "address": t.address,
+            "pid": t.pid,
+            "process": "running" if t.alive else ("pruned" if t.path in removed else "gone"),
+        }
+        for t in found
+    ]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for column in ("kind", "name", "address", "pid", "process"):
+        table.add_column(column, no_wrap=True)
+    for r in rows:
+        table.add_row(*(term(str("-" if v is None else v)) for v in r.values()))
+    Console().print(table)
+    click.echo(visible(f"files in {targets.targets_dir(settings)}"))
 
 
 @services.command()

@@ -6,7 +6,10 @@ local Abacus job's Flink reporter, the read API) writes `<data_dir>/prometheus/t
 Prometheus' file-based service discovery (`file_sd_configs`): the local Prometheus
 (services/prometheus.py) has one scrape job per kind, reading `<kind>-*.json`, and notices
 new and removed files by itself. A process killed without its clean-up leaves its file, so
-its target is scraped `up == 0`: the component-down alert says so, as it should.
+its target is scraped `up == 0`: the component-down alert says so, as it should, until
+the file is pruned (`abacus services targets --prune`, once the death is dealt with). A
+restarted component writes the same file again (its name names the component, not the
+process), so a supervisor's restart leaves nothing stale.
 
 Files are written whole (a temporary file renamed), so Prometheus never reads half of one.
 """
@@ -17,8 +20,10 @@ import json
 import os
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
+from services import procs
 from services.paths import data_dir
 from settings.model import Settings
 
@@ -69,6 +74,42 @@ def unregister(path: Path) -> None:
         return
     if doc and doc[0].get("labels", {}).get("pid") == str(os.getpid()):
         path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    name: str
+    path: Path
+    address: str
+    pid: int | None
+    alive: bool  # its process runs (on this host: the data directory is per host)
+
+
+def listed(settings: Settings) -> list[Target]:
+    """Every target file, with whether its process still runs."""
+    out = []
+    directory = targets_dir(settings)
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        kind, _, name = path.stem.partition("-")
+        try:
+            (doc,) = json.loads(path.read_text())
+            pid = int(doc["labels"]["pid"])
+            address = str(doc["targets"][0])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            out.append(Target(kind, name, path, "?", None, False))
+            continue
+        out.append(Target(kind, name, path, address, pid, procs.alive(pid)))
+    return out
+
+
+def prune(settings: Settings) -> list[Target]:
+    """Remove the files of processes that no longer run (their targets stop being
+    scraped, and AbacusComponentDown stops firing for them); returns what was removed."""
+    gone = [t for t in listed(settings) if not t.alive]
+    for t in gone:
+        t.path.unlink(missing_ok=True)
+    return gone
 
 
 def registered(settings: Settings) -> dict[str, list[dict[str, object]]]:

@@ -82,3 +82,27 @@ def test_prometheus_is_in_the_default_set_only_when_asked(tmp_path: Path) -> Non
     on = settings_in(tmp_path, prometheus=True)
     assert manager.default_names(on) == (*manager.NAMES, "prometheus")
     assert [svc.name for svc in manager.services(on, ["prometheus"])] == ["prometheus"]
+
+
+def test_targets_of_gone_processes_are_listed_and_pruned(tmp_path: Path) -> None:
+    s = settings_in(tmp_path)
+    mine = targets.register(s, "serve", "8470", "127.0.0.1:8470")
+    gone = targets.register(s, "bridge", "shadow-q", "127.0.0.1:19400")
+    dead_pid = _ended_pid()
+    gone.write_text(gone.read_text().replace(str(os.getpid()), str(dead_pid)))
+    (targets.targets_dir(s) / "legacy-broken.json").write_text("not json")
+    listed = {(t.kind, t.name): (t.pid, t.alive) for t in targets.listed(s)}
+    assert listed == {
+        ("serve", "8470"): (os.getpid(), True),
+        ("bridge", "shadow-q"): (dead_pid, False),
+        ("legacy", "broken"): (None, False),
+    }
+    pruned = {t.path.name for t in targets.prune(s)}
+    assert pruned == {"bridge-shadow-q.json", "legacy-broken.json"}
+    assert [p.name for p in targets.targets_dir(s).iterdir()] == [mine.name]
+
+
+def _ended_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
