@@ -230,3 +230,32 @@ def test_a_flusher_of_its_own_exports_big_bertha(env: Env) -> None:
     assert not [k for k in without_flusher if k[0].startswith("abacus_legacy_bertha_")]
     assert target_of(env.settings, worker.pid) is None
     assert target_of(env.settings, flusher.pid) is None
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_threads_and_solo_pools_count_in_the_main_process(env: Env, pool: str) -> None:
+    n = 30
+    options = WorkerOptions(concurrency=2, pool=pool, flush_interval_s=0.3)
+    process = start_worker(env.settings, options, env.tmp / "worker.log")
+    try:
+        [address], _ = announced(env.settings, process)
+        [directory] = metrics.metrics_root(env.settings).glob(f"{process.pid}-*")
+        publish_lines(env.settings.rabbitmq, [*events(n, seed=17), "{not json"])
+        found = wait_for(
+            f"the {pool} worker counted every task and flushed",
+            lambda: scrape(address),
+            lambda f: (
+                value(f, "abacus_legacy_tasks_total", outcome="dead_lettered") == 1
+                and value(f, "abacus_legacy_tasks_total", outcome="done") == n
+                and value(f, "abacus_legacy_bertha_pending_keys") == 0
+            ),
+            DEADLINE_S,
+        )
+        files = sorted(p.name for p in directory.glob("*.db"))
+    finally:
+        code = process.stop()
+    assert code == 0, process.log_tail()
+    assert value(found, "abacus_legacy_dead_lettered_total", reason="not_json") == 1
+    assert {f.rsplit("_", 1)[1] for f in files} == {f"{process.pid}.db"}, files  # one process
+    assert target_of(env.settings, process.pid) is None
+    assert not directory.exists()
