@@ -284,7 +284,9 @@ def worker(
     task_events: bool | None,
 ) -> None:
     """Run a Celery worker of the aggregation task (Ctrl-C: warm shutdown). Celery's own
-    tools reach it through `celery -A legacy.celery_app ...` (see legacy/celery_app.py)."""
+    tools reach it through `celery -A legacy.celery_app ...` (see legacy/celery_app.py).
+    Serves Prometheus metrics, its pool summed (legacy.metrics_port: 0 a free port, announced
+    in the data directory's prometheus/targets; null: off)."""
     from legacy.worker import run_worker
     from settings.logs import with_log_format
 
@@ -331,7 +333,8 @@ def flush(
 ) -> None:
     """Write Big Bertha's pre-aggregated increments to Cassandra counters, periodically
     (SIGTERM or Ctrl-C: one last flush, then exit; SIGUSR1: chaos, the next batch kills
-    the flusher between its write and its delete, as --chaos-kill-flush does)."""
+    the flusher between its write and its delete, as --chaos-kill-flush does). Serves
+    Prometheus metrics as a worker does (legacy.metrics_port), except with --once."""
     import os
     import signal
     import socket

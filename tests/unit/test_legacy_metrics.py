@@ -151,3 +151,40 @@ def test_off_when_the_port_setting_is_none(local: Settings) -> None:
     )
     assert metrics.start(off, "unit3@host", {}) is None
     assert not metrics.metrics_root(off).exists()
+
+
+def test_a_flusher_exports_its_flushes_and_age_and_no_pending_keys_without_redis(
+    local: Settings,
+) -> None:
+    from services.targets import free_port
+
+    nowhere = local.redis.model_copy(update={"port": free_port()})  # nothing listens there
+    s = local.model_copy(update={"redis": nowhere})
+    exporter = metrics.start(s, "flusher-unit", {"flusher": "flusher-unit"})
+    assert exporter is not None
+    try:
+        before = _scrape(exporter.address)
+        metrics.flusher_started()
+        metrics.flushed(True, 0.02, had_work=True)
+        metrics.batch_flushed()
+        metrics.rows_written("account", 7)
+        metrics.flushed(False, 0.5, had_work=True)
+        after = _scrape(exporter.address)
+    finally:
+        exporter.close()
+    assert not [k for k in before if k[0].startswith("abacus_legacy_bertha_")]  # no flusher yet
+
+    def value(name: str, **labels: str) -> float | None:
+        return after.get((name, tuple(sorted(labels.items()))))
+
+    assert value("abacus_legacy_bertha_flushes_total", outcome="ok") == 1
+    assert value("abacus_legacy_bertha_flushes_total", outcome="failed") == 1
+    assert value("abacus_legacy_bertha_batches_total", outcome="written") == 1
+    assert value("abacus_legacy_bertha_batches_total", outcome="dropped") == 0
+    assert value("abacus_legacy_bertha_flush_duration_seconds_count") == 2
+    assert value("abacus_legacy_counter_rows_written_total", level="account") == 7
+    age = value("abacus_legacy_bertha_flush_age_seconds")
+    assert age is not None and age >= 0
+    # Redis does not answer: its two gauges are left out, the rest is served
+    assert value("abacus_legacy_bertha_pending_keys") is None
+    assert value("abacus_legacy_bertha_unfinished_batches") is None
