@@ -48,6 +48,9 @@ class PrometheusService(Service):
         for source in RULES.iterdir():
             if source.name.endswith(".yml"):
                 (rules / source.name).write_text(source.read_text())
+        # the targets directory exists before Prometheus starts: it watches a directory that
+        # exists (one made later is only re-read every 5 minutes)
+        targets_dir(self.settings).mkdir(parents=True, exist_ok=True)
         token = self.dir / "serve.token"
         token.unlink(missing_ok=True)
         jobs: list[dict[str, Any]] = [

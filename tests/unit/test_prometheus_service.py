@@ -58,6 +58,7 @@ def test_configuration_passes_promtool_and_keeps_the_token_out(tmp_path: Path) -
     assert set(jobs) == {"prometheus", "legacy", "bridge", "flink", "serve"}
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:29090"]}]
     targets_dir = tmp_path / "data" / "prometheus" / "targets"
+    assert targets_dir.is_dir()  # watched from the start
     assert jobs["flink"]["file_sd_configs"] == [{"files": [f"{targets_dir}/flink-*.json"]}]
     assert "authorization" not in jobs["bridge"]
     token = Path(jobs["serve"]["authorization"]["credentials_file"])
