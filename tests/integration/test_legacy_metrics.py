@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ import amqp
 import pytest
 from kombu import Connection
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from counting import Event, customer_keys, parse_event
 from counting.generate import GeneratorConfig, generate
@@ -33,12 +31,12 @@ from legacy.worker import WorkerProcess, start_flusher, start_worker
 from services import targets
 from settings.model import Settings
 from tests.integration.legacy_env import Env, isolated
+from tests.metrics import Samples, scrape
 from tests.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
 DEADLINE_S = 180.0
-Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture
@@ -69,17 +67,7 @@ def announced(settings: Settings, process: WorkerProcess) -> Target:
     return found
 
 
-def scrape(address: str) -> Scrape:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(found: Scrape, name: str, **labels: str) -> float | None:
+def value(found: Samples, name: str, **labels: str) -> float | None:
     return found.get((name, tuple(sorted(labels.items()))))
 
 
@@ -136,7 +124,7 @@ def test_a_prefork_worker_sums_its_children_and_unregisters(env: Env) -> None:
         publish_lines(env.settings.rabbitmq, lines + ["{not json"] * not_json)
         publish_pickles(env, pickles)
 
-        def settled(found: Scrape) -> bool:
+        def settled(found: Samples) -> bool:
             tasks = sum(
                 value(found, "abacus_legacy_tasks_total", outcome=o) or 0
                 for o in metrics.TASK_OUTCOMES
@@ -152,7 +140,7 @@ def test_a_prefork_worker_sums_its_children_and_unregisters(env: Env) -> None:
                 and (value(found, "abacus_legacy_bertha_flushes_total", outcome="ok") or 0) > 0
             )
 
-        def probe() -> Scrape:
+        def probe() -> Samples:
             assert process.alive(), f"the worker died:\n{process.log_tail()}"
             return scrape(address)
 

@@ -9,16 +9,14 @@ promtool is: `abacus services install` installs it (the Debian package `promethe
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from importlib import resources
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bridge.status import Counts, PrometheusCollector
 from serve.metrics import Metrics
+from tests.metrics import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "services" / "rules" / "alerts.yml"
@@ -26,35 +24,18 @@ RULE_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"
 README = ROOT / "services" / "README.md"
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail(
-            "promtool is not installed: run `abacus services install` (or `make install`),"
-            " which installs the Debian package prometheus",
-            pytrace=False,
-        )
-    return path
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 def alerts() -> list[str]:
     return re.findall(r"^\s*- alert: (\w+)$", RULES.read_text(), re.MULTILINE)
 
 
 def test_promtool_checks_the_rules_file() -> None:
-    result = run("check", "rules", str(RULES))
+    result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
-    result = run("test", "rules", str(RULE_TESTS))
+    result = promtool("test", "rules", str(RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from counting import Reason
 from legacy import deadletter, metrics
 from settings.model import Settings
+from tests.metrics import Samples, scrape
 
 
 def test_owner_and_live_file_pids() -> None:
@@ -54,16 +53,6 @@ def test_calls_do_nothing_while_metrics_are_off() -> None:
     assert not metrics.enabled()
 
 
-def _scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 @pytest.fixture
 def local(tmp_path: Path) -> Settings:
     s = Settings()
@@ -101,28 +90,26 @@ def test_a_forked_process_counts_are_summed_and_cleaned_up(local: Settings) -> N
                 os._exit(1)
         os.close(say)  # the child's death ends the read below, whatever it did
         assert os.read(said, 1) == b"x", "the child died before it held a task"
-        during = _scrape(exporter.address)
+        during = scrape(exporter.address)
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-        after = _scrape(exporter.address)
+        after = scrape(exporter.address)
         for fd in (said, hold, held):
             os.close(fd)
     finally:
         exporter.close()
 
-    def value(
-        scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-    ) -> float:
-        return scrape[(name, tuple(sorted(labels.items())))]
+    def value(found: Samples, name: str, **labels: str) -> float:
+        return found[(name, tuple(sorted(labels.items())))]
 
     assert value(during, "abacus_legacy_tasks_in_progress") == 1
-    for scrape in (during, after):
-        assert value(scrape, "abacus_legacy_tasks_total", outcome="done") == 4
-        assert value(scrape, "abacus_legacy_tasks_total", outcome="failed") == 0
-        assert value(scrape, "abacus_legacy_dead_lettered_total", reason="not_json") == 1
-        assert value(scrape, "abacus_legacy_dead_lettered_total", reason="content_disallowed") == 1
-        assert value(scrape, "abacus_legacy_dead_lettered_total", reason="redis_error") == 0
-        assert value(scrape, "abacus_legacy_counter_rows_written_total", level="customer") == 5
+    for found in (during, after):
+        assert value(found, "abacus_legacy_tasks_total", outcome="done") == 4
+        assert value(found, "abacus_legacy_tasks_total", outcome="failed") == 0
+        assert value(found, "abacus_legacy_dead_lettered_total", reason="not_json") == 1
+        assert value(found, "abacus_legacy_dead_lettered_total", reason="content_disallowed") == 1
+        assert value(found, "abacus_legacy_dead_lettered_total", reason="redis_error") == 0
+        assert value(found, "abacus_legacy_counter_rows_written_total", level="customer") == 5
     assert value(after, "abacus_legacy_tasks_in_progress") == 0  # the dead child left the sum
     assert not any(name.startswith("abacus_legacy_bertha_") for name, _ in during)  # no flusher
     assert not exporter.target.exists()
@@ -163,13 +150,13 @@ def test_a_flusher_exports_its_flushes_and_age_and_no_pending_keys_without_redis
     exporter = metrics.start(s, "flusher-unit", {"flusher": "flusher-unit"})
     assert exporter is not None
     try:
-        before = _scrape(exporter.address)
+        before = scrape(exporter.address)
         metrics.flusher_started()
         metrics.flushed(True, 0.02, had_work=True)
         metrics.batch_flushed()
         metrics.rows_written("account", 7)
         metrics.flushed(False, 0.5, had_work=True)
-        after = _scrape(exporter.address)
+        after = scrape(exporter.address)
     finally:
         exporter.close()
     assert not [k for k in before if k[0].startswith("abacus_legacy_bertha_")]  # no flusher yet

@@ -6,21 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from serve.metrics import Metrics
+from tests.metrics import Samples, samples
 from tests.unit.test_console import doc
 
 
-def scrape(document: dict[str, Any] | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(document: dict[str, Any] | None) -> Samples:
     metrics = Metrics()
     metrics.ops.document = document
-    text = generate_latest(metrics.registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return samples(generate_latest(metrics.registry).decode())
 
 
 def test_stage_audits_lag_and_queue_as_gauges() -> None:

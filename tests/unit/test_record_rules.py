@@ -10,14 +10,11 @@ jobs' code registers (abacus/operators.py, abacus/jvm's Metrics.java), and every
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from importlib import resources
 from pathlib import Path
 
-import pytest
-
 from abacus.operators import DEAD_LETTERED, EVENTS_PARSED
+from tests.metrics import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "services" / "rules" / "alerts.yml"
@@ -40,31 +37,18 @@ WANTED = {
 }
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail(
-            "promtool is not installed: run `abacus services install` (the Debian package"
-            " prometheus)",
-            pytrace=False,
-        )
-    return subprocess.run(
-        [promtool, *args], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 def recorded() -> list[str]:
     return re.findall(r"^\s*- record: (\w+)$", RECORDS.read_text(), re.MULTILINE)
 
 
 def test_promtool_checks_the_rules_file() -> None:
-    result = run("check", "rules", str(RECORDS))
+    result = promtool("check", "rules", str(RECORDS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(recorded())} rules found" in result.stdout
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
-    result = run("test", "rules", str(RECORD_TESTS))
+    result = promtool("test", "rules", str(RECORD_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
