@@ -82,6 +82,7 @@ class Target:
     name: str
     path: Path
     address: str
+    labels: dict[str, str]
     pid: int | None
     alive: bool  # its process runs (on this host: the data directory is per host)
 
@@ -94,12 +95,13 @@ def listed(settings: Settings) -> list[Target]:
         kind, _, name = path.stem.partition("-")
         try:
             (doc,) = json.loads(path.read_text())
-            pid = int(doc["labels"]["pid"])
+            labels = {str(k): str(v) for k, v in doc["labels"].items()}
+            pid = int(labels["pid"])
             address = str(doc["targets"][0])
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            out.append(Target(kind, name, path, "?", None, False))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            out.append(Target(kind, name, path, "?", {}, None, False))
             continue
-        out.append(Target(kind, name, path, address, pid, procs.alive(pid)))
+        out.append(Target(kind, name, path, address, labels, pid, procs.alive(pid)))
     return out
 
 
@@ -110,18 +112,3 @@ def prune(settings: Settings) -> list[Target]:
     for t in gone:
         t.path.unlink(missing_ok=True)
     return gone
-
-
-def registered(settings: Settings) -> dict[str, list[dict[str, object]]]:
-    """Every target file by kind (for status and tests)."""
-    found: dict[str, list[dict[str, object]]] = {kind: [] for kind in KINDS}
-    directory = targets_dir(settings)
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        kind = path.name.split("-", 1)[0]
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if kind in found:
-            found[kind].extend(doc)
-    return found

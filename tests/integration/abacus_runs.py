@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from abacus import manager
@@ -19,7 +22,10 @@ from abacus.manager import RunOptions
 from abacus.pipeline import checkpoint_root
 from counting import Event, Recount, parse_event
 from counting.generate import GeneratorConfig, generate
+from services.procs import child_env
 from settings.model import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 # the events topic takes records up to 8 MiB, as the bridge creates it; the DLQ topic only
 # 2 MiB, so that a larger dead letter must be cut to be written (`truncated_to`)
@@ -95,6 +101,21 @@ def first_differences(got: dict[Any, Any], want: dict[Any, Any]) -> list[Any]:
 def generated_events(seed: int, n: int) -> list[str]:
     config = GeneratorConfig(n=n, seed=seed, companies=8, customers=400, duplicate_share=0.1)
     return [json.dumps(e) for e in generate(config)]
+
+
+def job_status(settings: Settings, name: str) -> dict[str, Any]:
+    """One job's row of `abacus job status --format json`, run as a user runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "job", "status", "--format", "json"],
+        env=child_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (job,) = [j for j in json.loads(done.stdout) if j["name"] == name]
+    return dict(job)
 
 
 def private_settings(settings: Settings, tag: str, **flink: Any) -> Settings:

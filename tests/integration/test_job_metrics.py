@@ -13,12 +13,9 @@ After a clean stop the target file is gone.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from abacus import manager
 from counting import Event, Rejection, account_keys, parse_event
 from services import targets
-from services.procs import child_env
 from settings.model import Settings
-from tests.integration.abacus_runs import generated_events, isolated_run
+from tests.integration.abacus_runs import generated_events, isolated_run, job_status
 from tests.waiting import wait_for, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 # the job's own counters as Flink's reporter names them (user metrics of an operator group)
 OPERATOR = "flink_taskmanager_job_task_operator_"
 PARSED = OPERATOR + "eventsParsed"
@@ -93,12 +88,11 @@ def _scrape(address: str, flink_job: str) -> dict[str, Any]:
     return found
 
 
-def _target(settings: Settings, name: str) -> dict[str, Any] | None:
-    """The job's target file's entry (targets and labels), None when there is none."""
-    for entry in targets.registered(settings)["flink"]:
-        labels = entry.get("labels")
-        if isinstance(labels, dict) and labels.get("abacus_job") == name:
-            return entry
+def _target(settings: Settings, name: str) -> targets.Target | None:
+    """The job's target (its file's address and labels), None when there is none."""
+    for target in targets.listed(settings):
+        if target.kind == "flink" and target.labels.get("abacus_job") == name:
+            return target
     return None
 
 
@@ -118,22 +112,13 @@ def test_a_local_jobs_counters_reach_its_prometheus_endpoint(
         started = manager.start(run.settings, "statistic", "shadow", run.options())
         entry = _target(run.settings, name)
         assert entry is not None and path.is_file(), (
-            f"no target file for {name}: {targets.registered(run.settings)['flink']}"
+            f"no target file for {name}: {targets.listed(run.settings)}"
         )
-        (address,) = entry["targets"]
+        address = entry.address
         assert address == f"127.0.0.1:{started.metrics_port}", (entry, started)
 
         # job status names the same endpoint
-        done = subprocess.run(
-            [sys.executable, "-m", "cli", "job", "status", "--format", "json"],
-            env=child_env(run.settings),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        (job,) = [j for j in json.loads(done.stdout) if j["name"] == name]
+        job = job_status(run.settings, name)
         assert job["metrics"] == f"http://{address}/metrics", job
 
         flink_job = f"abacus-{name}"

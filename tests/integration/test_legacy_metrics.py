@@ -14,7 +14,6 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import amqp
 import pytest
@@ -50,10 +49,9 @@ Target = tuple[list[str], dict[str, str]]  # its addresses, its labels
 
 def target_of(settings: Settings, pid: int) -> Target | None:
     """The target a process announced (its `pid` label), None while it has none."""
-    for target in targets.registered(settings)["legacy"]:
-        labels = target.get("labels")
-        if isinstance(labels, dict) and labels.get("pid") == str(pid):
-            return cast("list[str]", target["targets"]), labels
+    for target in targets.listed(settings):
+        if target.kind == "legacy" and target.pid == pid:
+            return [target.address], target.labels
     return None
 
 

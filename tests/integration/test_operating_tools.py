@@ -28,7 +28,7 @@ from legacy.worker import WorkerProcess, start_worker
 from services import procs
 from services.procs import child_env
 from settings.model import Settings
-from tests.integration.abacus_runs import isolated_run
+from tests.integration.abacus_runs import isolated_run, job_status
 from tests.integration.legacy_env import Env, isolated
 from tests.waiting import wait_until
 
@@ -130,16 +130,7 @@ def test_job_status_names_a_local_jobs_flink_web_ui(
 ) -> None:
     with isolated_run(settings, f"o{uuid.uuid4().hex[:8]}") as run:
         started = manager.start(run.settings, "statistic", "shadow", run.options())
-        done = subprocess.run(
-            [sys.executable, "-m", "cli", "job", "status", "--format", "json"],
-            env=child_env(run.settings),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        (job,) = [j for j in json.loads(done.stdout) if j["name"] == started.name]
+        job = job_status(run.settings, started.name)
         web_ui = job["web_ui"]
         assert web_ui == f"http://127.0.0.1:{job['rest_port']}/", job
         with urllib.request.urlopen(web_ui + "overview", timeout=30) as response:

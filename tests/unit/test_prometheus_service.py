@@ -29,9 +29,8 @@ def test_targets_announced_in_files_are_read_per_kind(tmp_path: Path) -> None:
     s = settings_in(tmp_path)
     path = targets.register(s, "bridge", "shadow-h/1", targets.address("0.0.0.0", 19400))
     assert path.name == "bridge-shadow-h_1.json"  # the name made safe for a file
-    assert targets.registered(s)["bridge"] == [
-        {"targets": ["127.0.0.1:19400"], "labels": {"pid": str(os.getpid())}}
-    ]
+    ((kind, address, labels),) = [(t.kind, t.address, t.labels) for t in targets.listed(s)]
+    assert (kind, address, labels) == ("bridge", "127.0.0.1:19400", {"pid": str(os.getpid())})
     with pytest.raises(ValueError, match="unknown metrics kind"):
         targets.register(s, "other", "x", "127.0.0.1:1")
     targets.unregister(path)
